@@ -1,0 +1,41 @@
+"""moe_estimation: the statistics of mixture-of-experts parameter estimation, for prefix-tuning.
+
+Prefix-tuning is a softmax-gated mixture of experts: the frozen tokens are pre-trained experts and each
+prefix is a new expert with a linear gate (its key) and a constant value. This package simulates that
+regression model, fits it by batched least squares, scores the fit with Voronoi losses and measures
+empirical convergence rates, for the four prompt structures (non-shared, shared-linear,
+shared-nonlinear, prompt-tuning).
+
+Estimation is meant to run in float64: call ``jax.config.update("jax_enable_x64", True)`` first.
+"""
+
+from .data import simulate as simulate
+from .fit import FitResult as FitResult
+from .fit import FitSettings as FitSettings
+from .fit import STATUS as STATUS
+from .fit import fit as fit
+from .fit import fit_batch as fit_batch
+from .fit import initial_params as initial_params
+from .model import Params as Params
+from .model import predict as predict
+from .model import regression_function as regression_function
+from .model import true_params as true_params
+from .problems import PRESETS as PRESETS
+from .problems import Problem as Problem
+from .problems import make_problem as make_problem
+from .problems import preset as preset
+from .problems import random_pretrained as random_pretrained
+from .rates import Rate as Rate
+from .rates import empirical_rate as empirical_rate
+from .rates import theory_slope as theory_slope
+from .structures import STRUCTURES as STRUCTURES
+from .structures import key_value as key_value
+from .voronoi import d1r_loss as d1r_loss
+from .voronoi import d2_loss as d2_loss
+from .voronoi import key_value_loss as key_value_loss
+from .voronoi import key_value_parts as key_value_parts
+from .voronoi import structure_parts as structure_parts
+from .voronoi import voronoi_loss as voronoi_loss
+from .voronoi import voronoi_parts as voronoi_parts
+
+__version__ = "0.1.0"

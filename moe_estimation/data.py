@@ -1,0 +1,42 @@
+"""Simulation of (X, Y) from a problem: X bounded (SPEC section 2), Y = f_{G*}(X) + N(0, nu I)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ._checks import check_n
+from .model import predict, true_params
+
+
+def _row(problem, key: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array]:
+    kx, ke = jax.random.split(jax.random.fold_in(key, index))
+    if problem.input_dist == "uniform":
+        x = jax.random.uniform(kx, (problem.d,), minval=-problem.input_scale, maxval=problem.input_scale)
+    else:
+        x = problem.input_scale * jnp.clip(jax.random.normal(kx, (problem.d,)), -3.0, 3.0)
+    eps = jnp.sqrt(problem.noise_var) * jax.random.normal(ke, (problem.d_v,))
+    return x, eps
+
+
+def simulate_rows(problem, key: jax.Array, rows: int) -> tuple[jax.Array, jax.Array]:
+    """``rows`` samples, traceable (``rows`` is a static size). Row i depends on ``(key, i)`` alone, so the
+    first n rows are the same whatever ``rows`` is: padding a data set to a larger bucket does not change
+    the data it holds."""
+    X, eps = jax.vmap(_row, in_axes=(None, None, 0))(problem, key, jnp.arange(rows))
+    return X, predict(problem, true_params(problem), X) + eps
+
+
+def simulate(key: jax.Array, problem, n: int) -> tuple[jax.Array, jax.Array]:
+    """Draw n i.i.d. samples: X ``(n, d)`` from the problem's input distribution, Y ``(n, d_v)``.
+
+    Args:
+      key: a JAX PRNG key.
+      problem: a :class:`moe_estimation.Problem`.
+      n: the sample size, an integer >= 1.
+    """
+    n = check_n(n)
+    return _simulate_jit(problem, key, n)
+
+
+_simulate_jit = jax.jit(simulate_rows, static_argnums=2)

@@ -1,0 +1,333 @@
+"""The least-squares estimator of the mixing measure (SPEC sections 2 and 5).
+
+    G_hat = argmin over measures with L' atoms in the box of  sum_i ||Y_i - f_G(X_i)||^2
+
+Solver: a projected Levenberg-Marquardt on the small normal equations. The parameter vector theta (the
+L' atoms and L' biases, tens of numbers) is tiny and the residual vector (n * d_v) long, so each step
+forms J^T J (P x P) and J^T r from one forward pass with P tangents (``jax.linearize`` + ``vmap``),
+solves the damped system ``(J^T J + lambda diag(J^T J)) delta = -J^T r`` by Cholesky, and projects the
+candidate onto the box [-atom_bound, atom_bound] x [bias_lo, bias_hi] (the compact parameter set of the
+theory: without it the over-specified non-shared fit is unbounded, SPEC section 5). Damping follows
+Nielsen's rule. Replicates and restarts are ``vmap``-ed; the loop is a ``lax.while_loop`` that runs until
+every fit in the batch has stopped, each fit frozen once it has.
+
+Stopping (the MINPACK tests, as in ``scipy.optimize.least_squares(method="lm")``):
+
+- ``ftol``: actual and predicted relative reductions of the objective both below ftol;
+- ``xtol``: an accepted step shorter than ``xtol * (xtol + ||theta||)``;
+- ``gtol``: the largest cosine between the residual and a free Jacobian column below gtol.
+
+A fit that meets one of these has ``converged = True``. One that used ``max_steps`` steps, or whose
+damping blew up without progress (``stalled``), has ``converged = False`` and keeps its status code, so
+that a study can count it instead of averaging it in silently.
+
+Initialisation (SPEC section 5), recorded in :class:`FitResult`:
+
+- ``near-truth``: fitted atom i starts at true atom ``i mod L`` (every true atom covered; the extra atoms of
+  an over-specified fit split from a true atom, the weight exp(b*_j) shared equally between the atoms
+  of its cell), plus Gaussian noise of scale ``init_scale * n^(-1/4)``. This measures the local rate,
+  not whether a global optimiser finds it.
+- ``random``: atoms uniform in half the box, biases uniform in [-1, 1].
+
+The best of ``restarts`` starts (by final objective) is returned.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._checks import check_data
+from .model import Params, expert_summary, regression_from_summary
+from .structures import key_value
+
+INITS = ("near-truth", "random")
+STATUS = {0: "running", 1: "ftol", 2: "xtol", 3: "gtol", 4: "max_steps", 5: "stalled"}
+_FTOL, _XTOL, _GTOL, _MAXSTEPS, _STALLED = 1, 2, 3, 4, 5
+
+
+class FitSettings(NamedTuple):
+    """Static settings of the estimator (hashable, so a change of settings is a new compilation)."""
+
+    num_prompts: int
+    restarts: int = 4
+    init: str = "near-truth"
+    init_scale: float = 0.5
+    max_steps: int = 300
+    ftol: float = 1e-10
+    xtol: float = 1e-10
+    gtol: float = 1e-10
+
+
+class FitResult(NamedTuple):
+    """The estimate and how it was reached (one fit; fields gain a leading axis when batched).
+
+    params: the best restart's :class:`Params`.
+    objective: its mean squared residual ``(1/n) sum_i ||Y_i - f_G(X_i)||^2``.
+    converged: True when it stopped on ftol, xtol or gtol; False on the step limit or a stall.
+    status: the stopping code, a key of ``moe_estimation.fit.STATUS``.
+    steps: the number of LM steps it took.
+    at_bound: True when some parameter sits on the box boundary.
+    restart_objectives: the final objective of every restart, ``(restarts,)``.
+    """
+
+    params: Params
+    objective: jax.Array
+    converged: jax.Array
+    status: jax.Array
+    steps: jax.Array
+    at_bound: jax.Array
+    restart_objectives: jax.Array
+
+
+def _validate_settings(problem, s: FitSettings) -> None:
+    L = problem.num_true_prompts
+    if isinstance(s.num_prompts, bool) or not isinstance(s.num_prompts, (int, np.integer)) or s.num_prompts < L:
+        raise ValueError(
+            f"num_prompts: must be an integer >= L = {L}, the number of true prompts (L' = L exactly specified,"
+            f" L' > L over-specified), got {s.num_prompts!r}"
+        )
+    if s.init not in INITS:
+        raise ValueError(f"init: expected one of {INITS}, got {s.init!r}")
+    if not (isinstance(s.restarts, (int, np.integer)) and s.restarts >= 1):
+        raise ValueError(f"restarts: must be an integer >= 1, got {s.restarts!r}")
+    if not (isinstance(s.max_steps, (int, np.integer)) and s.max_steps >= 1):
+        raise ValueError(f"max_steps: must be an integer >= 1, got {s.max_steps!r}")
+    for name in ("init_scale", "ftol", "xtol", "gtol"):
+        v = getattr(s, name)
+        if not (np.isfinite(v) and v >= 0):
+            raise ValueError(f"{name}: must be a finite number >= 0, got {v!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# parameter vector <-> Params, box
+
+
+def _flatten(p: Params) -> jax.Array:
+    return jnp.concatenate([p.atoms.ravel(), p.biases])
+
+
+def _unflatten(theta: jax.Array, num_prompts: int, atom_dim: int) -> Params:
+    k = num_prompts * atom_dim
+    return Params(theta[:k].reshape(num_prompts, atom_dim), theta[k:])
+
+
+def _box(problem, num_prompts: int, dtype) -> tuple[jax.Array, jax.Array]:
+    k = num_prompts * problem.atom_dim
+    lo, hi = problem.bias_bounds
+    b = problem.atom_bound
+    lower = jnp.concatenate([jnp.full(k, -b, dtype), jnp.full(num_prompts, lo, dtype)])
+    upper = jnp.concatenate([jnp.full(k, b, dtype), jnp.full(num_prompts, hi, dtype)])
+    return lower, upper
+
+
+def initial_params(key: jax.Array, problem, settings: FitSettings, n_eff: jax.Array) -> Params:
+    """One starting point (see the module docstring for the two strategies); traceable."""
+    Lp, L, D = settings.num_prompts, problem.num_true_prompts, problem.atom_dim
+    ka, kb = jax.random.split(key)
+    dtype = problem.true_atoms.dtype
+    if settings.init == "near-truth":
+        assign = np.arange(Lp) % L
+        share = np.bincount(assign, minlength=L)[assign]
+        scale = settings.init_scale * n_eff ** (-0.25)
+        atoms = problem.true_atoms[assign] + scale * jax.random.normal(ka, (Lp, D), dtype)
+        biases = problem.true_biases[assign] - jnp.log(share.astype(dtype)) + scale * jax.random.normal(kb, (Lp,), dtype)
+    else:
+        atoms = jax.random.uniform(ka, (Lp, D), dtype, -problem.atom_bound / 2, problem.atom_bound / 2)
+        biases = jax.random.uniform(kb, (Lp,), dtype, -1.0, 1.0)
+    lower, upper = _box(problem, Lp, dtype)
+    return _unflatten(jnp.clip(_flatten(Params(atoms, biases)), lower, upper), Lp, D)
+
+
+# ------------------------------------------------------------------------------------------------
+# one Levenberg-Marquardt solve
+
+
+class _State(NamedTuple):
+    theta: jax.Array
+    F: jax.Array  # 0.5 * ||r||^2
+    g: jax.Array  # J^T r
+    H: jax.Array  # J^T J
+    lam: jax.Array
+    nu: jax.Array
+    steps: jax.Array
+    status: jax.Array
+
+
+def _jacobian_autodiff(problem, settings, data, theta):
+    """Residuals r ``(n, d_v)`` and Jacobian J ``(n, d_v, P)`` by forward-mode autodiff (the reference)."""
+    X, Y, w, lse, mean = data
+    f = jax.vmap(regression_from_summary, in_axes=(None, None, 0, 0, 0))
+
+    def residual(t):
+        return (f(problem, _unflatten(t, settings.num_prompts, problem.atom_dim), X, lse, mean) - Y) * w[:, None]
+
+    r, jvp = jax.linearize(residual, theta)
+    return r, jax.vmap(jvp, out_axes=-1)(jnp.eye(theta.shape[0], dtype=theta.dtype))
+
+
+def _jacobian_analytic(problem, settings, data, theta):
+    """Residuals and Jacobian in closed form. With gates pi = softmax(lse, k_i^T x + b_i) and
+    f = pi_0 mean + sum_i pi_i v_i:  df/db_i = pi_i (v_i - f),
+    df/da_i = pi_i (v_i - f) x^T dk_i/da_i + pi_i dv_i/da_i,  where the per-atom Jacobians dk/da, dv/da
+    come from autodiff once per step (they do not depend on the sample)."""
+    X, Y, w, lse, mean = data
+    p = _unflatten(theta, settings.num_prompts, problem.atom_dim)
+    kv_one = lambda a: tuple(x[0] for x in key_value(problem, a[None]))
+    K, V = key_value(problem, p.atoms)  # (L', d), (L', d_v)
+    Jk, Jv = jax.vmap(jax.jacfwd(kv_one))(p.atoms)  # (L', d, D), (L', d_v, D)
+    scores = jnp.concatenate([lse[:, None], X @ K.T + p.biases], axis=1)  # (n, 1 + L')
+    pi = jax.nn.softmax(scores, axis=1)
+    f = pi[:, :1] * mean + pi[:, 1:] @ V  # (n, d_v)
+    G = pi[:, 1:, None] * (V[None] - f[:, None, :])  # (n, L', d_v) = df/db
+    xk = jnp.einsum("nd,ldD->nlD", X, Jk)  # (n, L', D)
+    Ja = G[..., None] * xk[:, :, None, :] + pi[:, 1:, None, None] * Jv[None]  # (n, L', d_v, D)
+    n, Lp, dv, D = Ja.shape
+    J = jnp.concatenate([Ja.transpose(0, 2, 1, 3).reshape(n, dv, Lp * D), G.transpose(0, 2, 1)], axis=2)
+    return (f - Y) * w[:, None], J * w[:, None, None]
+
+
+def _linearize(problem, settings, data, theta, jacobian=_jacobian_analytic):
+    """F = 0.5 ||r||^2, g = J^T r, H = J^T J at theta, with r the masked residuals (n, d_v)."""
+    r, J = jacobian(problem, settings, data, theta)
+    F = 0.5 * jnp.sum(r * r)
+    g = jnp.einsum("ndp,nd->p", J, r)
+    H = jnp.einsum("ndp,ndq->pq", J, J)
+    return F, g, H
+
+
+def _solve_one(problem, settings: FitSettings, data, theta0):
+    lower, upper = _box(problem, settings.num_prompts, theta0.dtype)
+    lin = partial(_linearize, problem, settings, data)
+    F0, g0, H0 = lin(theta0)
+    tiny = jnp.finfo(theta0.dtype).tiny
+    eps = jnp.finfo(theta0.dtype).eps
+
+    def free_gradient(theta, g):
+        blocked = ((theta <= lower) & (g > 0)) | ((theta >= upper) & (g < 0))
+        return jnp.where(blocked, 0.0, g)
+
+    def gtol_met(theta, F, g, H):
+        gf = free_gradient(theta, g)
+        cos = jnp.abs(gf) / (jnp.sqrt(jnp.maximum(jnp.diag(H), tiny)) * jnp.sqrt(jnp.maximum(2 * F, tiny)))
+        return (jnp.max(cos) <= settings.gtol) | (F <= tiny)
+
+    def body(s: _State) -> _State:
+        D = jnp.maximum(jnp.diag(s.H), eps * jnp.max(jnp.diag(s.H)) + tiny)
+        A = s.H + s.lam * jnp.diag(D)
+        chol = jnp.linalg.cholesky(A)
+        delta = -jax.scipy.linalg.cho_solve((chol, True), s.g)
+        cand = jnp.clip(s.theta + delta, lower, upper)
+        step = cand - s.theta
+        F1, g1, H1 = lin(cand)
+        pred = -(step @ s.g + 0.5 * step @ (s.H @ step))
+        actual = s.F - F1
+        ok = jnp.isfinite(F1) & jnp.all(jnp.isfinite(delta)) & (pred > 0)
+        rho = jnp.where(ok, actual / jnp.where(pred > 0, pred, 1.0), -1.0)
+        accept = ok & (rho > 1e-4)
+        # Nielsen's damping update
+        lam = jnp.where(accept, s.lam * jnp.maximum(1 / 3, 1 - (2 * rho - 1) ** 3), s.lam * s.nu)
+        nu = jnp.where(accept, 2.0, 2 * s.nu)
+        theta = jnp.where(accept, cand, s.theta)
+        F = jnp.where(accept, F1, s.F)
+        g = jnp.where(accept, g1, s.g)
+        H = jnp.where(accept, H1, s.H)
+        steps = s.steps + 1
+        Fs = jnp.maximum(s.F, tiny)
+        ftol = ok & (jnp.abs(actual) <= settings.ftol * Fs) & (pred <= settings.ftol * Fs) & (rho <= 2)
+        xtol = accept & (jnp.linalg.norm(step) <= settings.xtol * (settings.xtol + jnp.linalg.norm(theta)))
+        gtol = accept & gtol_met(theta, F, g, H)
+        status = jnp.select(
+            [ftol, xtol, gtol, lam > 1e16, steps >= settings.max_steps],
+            [_FTOL, _XTOL, _GTOL, _STALLED, _MAXSTEPS],
+            0,
+        )
+        new = _State(theta, F, g, H, lam, nu, steps, status)
+        # a fit that has stopped stays frozen while the rest of the batch runs on
+        return jax.tree.map(lambda a, b: jnp.where(s.status == 0, a, b), new, s)
+
+    status0 = jnp.where(gtol_met(theta0, F0, g0, H0), _GTOL, 0)
+    s0 = _State(theta0, F0, g0, H0, jnp.asarray(1e-3, theta0.dtype), jnp.asarray(2.0, theta0.dtype), jnp.asarray(0), status0)
+    s = jax.lax.while_loop(lambda s: s.status == 0, body, s0)
+    return s.theta, s.F, s.status, s.steps
+
+
+# ------------------------------------------------------------------------------------------------
+# batched entry points
+
+
+def _fit_one_dataset(problem, settings: FitSettings, key, X, Y, w):
+    n_eff = jnp.sum(w)
+    starts = jax.vmap(lambda k: _flatten(initial_params(k, problem, settings, n_eff)))(
+        jax.random.split(key, settings.restarts)
+    )
+    lse, mean = jax.vmap(expert_summary, in_axes=(None, 0))(problem, X)  # once per data set
+    data = (X, Y, w, lse, mean)
+    theta, F, status, steps = jax.vmap(lambda t0: _solve_one(problem, settings, data, t0))(starts)
+    obj = 2 * F / n_eff
+    obj_rank = jnp.where(jnp.isfinite(obj), obj, jnp.inf)
+    best = jnp.argmin(obj_rank)
+    lower, upper = _box(problem, settings.num_prompts, theta.dtype)
+    tb = theta[best]
+    return FitResult(
+        params=_unflatten(tb, settings.num_prompts, problem.atom_dim),
+        objective=obj[best],
+        converged=(status[best] >= _FTOL) & (status[best] <= _GTOL),
+        status=status[best],
+        steps=steps[best],
+        at_bound=jnp.any((tb <= lower) | (tb >= upper)),
+        restart_objectives=obj,
+    )
+
+
+@partial(jax.jit, static_argnames=("settings",))
+def _fit_batch_jit(problem, keys, X, Y, w, settings: FitSettings) -> FitResult:
+    return jax.vmap(lambda k, x, y, ww: _fit_one_dataset(problem, settings, k, x, y, ww))(keys, X, Y, w)
+
+
+def fit_batch(keys, problem, X, Y, num_prompts: int, *, mask=None, **options) -> FitResult:
+    """Fit R data sets at once: ``keys`` ``(R,)``, X ``(R, m, d)``, Y ``(R, m, d_v)``.
+
+    ``mask`` ``(R, m)`` (1 for a real row, 0 for padding) lets data sets of different sizes share one
+    padded shape, hence one compilation. ``options`` are the fields of :class:`FitSettings`. Every field
+    of the returned :class:`FitResult` has a leading axis R.
+    """
+    settings = FitSettings(num_prompts=num_prompts, **options)
+    _validate_settings(problem, settings)
+    check_data(problem, X, Y, batched=True)
+    X = jnp.asarray(X, problem.true_atoms.dtype)
+    Y = jnp.asarray(Y, problem.true_atoms.dtype)
+    if jnp.ndim(keys) == 0 or len(keys) != X.shape[0]:
+        raise ValueError(f"Shape mismatch in keys: expected one key per data set ({X.shape[0]},), got {jnp.shape(keys)}")
+    if mask is None:
+        mask = jnp.ones(X.shape[:2], X.dtype)
+    else:
+        mask = jnp.asarray(mask, X.dtype)
+        if mask.shape != X.shape[:2]:
+            raise ValueError(f"Shape mismatch in mask: expected {X.shape[:2]} (the rows of X), got {mask.shape}")
+        if bool(jnp.any(mask.sum(axis=1) < 1)):
+            raise ValueError("mask: every data set needs n >= 1 unmasked rows")
+    return _fit_batch_jit(problem, keys, X, Y, mask, settings)
+
+
+def fit(key, problem, X, Y, num_prompts: int, **options) -> FitResult:
+    """Least-squares fit of a mixing measure with ``num_prompts`` (L' >= L) atoms to one data set.
+
+    Args:
+      key: PRNG key for the starting points.
+      problem: the :class:`moe_estimation.Problem` (its known part, structure and box).
+      X: ``(n, d)`` inputs; Y: ``(n, d_v)`` outputs.
+      num_prompts: L', the number of fitted prompts (L' = L exactly specified, L' > L over-specified).
+      **options: ``restarts`` (4), ``init`` ("near-truth" or "random"), ``init_scale`` (0.5),
+        ``max_steps`` (300), ``ftol``, ``xtol``, ``gtol`` (1e-10 each); see :class:`FitSettings`.
+
+    Returns a :class:`FitResult`. Raises ``ValueError`` for shapes that disagree with the problem, NaN or
+    inf in the data, L' < L, or bad options.
+    """
+    check_data(problem, X, Y)
+    out = fit_batch(jnp.asarray(key)[None], problem, jnp.asarray(X)[None], jnp.asarray(Y)[None], num_prompts, **options)
+    return jax.tree.map(lambda a: a[0], out)

@@ -1,0 +1,359 @@
+"""Problems: the known pre-trained part, the prompt structure and the true mixing measure.
+
+A :class:`Problem` is a frozen pytree (arrays are leaves; names and bounds are static), so it can be passed
+straight into jitted and vmapped functions. Building one validates it (SPEC section 5): shapes agree, the
+known maps are injective where identifiability needs it, the true atoms are distinct, the noise is
+positive, and the truth lies inside the compact parameter box that the estimator is confined to. Every
+failure is a ``ValueError`` whose message names the argument, the value and the rule.
+
+Use :func:`make_problem` to build one from your own matrices (or from a seed), and :func:`preset` for the
+named problems that the studies and the tests use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .structures import (
+    ACTIVATIONS,
+    NON_SHARED,
+    PROMPT_TUNING,
+    SHARED_LINEAR,
+    SHARED_NONLINEAR,
+    STRUCTURES,
+    atom_dim,
+    is_shared,
+    key_value,
+)
+
+INPUT_DISTRIBUTIONS = ("uniform", "normal")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A prefix-MoE regression problem (SPEC section 2).
+
+    Arrays (pytree leaves):
+      A: ``(N, d, d)`` symmetric quadratic gating matrices of the pre-trained experts.
+      a: ``(N,)`` their gating biases.
+      H: ``(N, d_v, d)`` their linear experts.
+      B: ``(d, d_k)`` key read-out; C: ``(d_v, d_k2)`` value read-out.
+      W1: ``(d_k, d_p)``, W2: ``(d_k2, d_p)`` reparameterisation maps (``None`` for ``non-shared``).
+      true_atoms: ``(L, atom_dim)`` true prompts; true_biases: ``(L,)`` their gating biases b*.
+
+    Static fields: ``structure``, ``activation``, ``noise_var`` (nu, the variance of each output
+    coordinate), ``input_dist`` (``uniform`` on [-input_scale, input_scale]^d, or ``normal`` with that
+    standard deviation, clipped to 3 of them so X stays bounded), ``atom_bound`` (atoms live in
+    [-atom_bound, atom_bound]^atom_dim) and ``bias_bounds`` (biases in [lo, hi]).
+    """
+
+    A: jax.Array
+    a: jax.Array
+    H: jax.Array
+    B: jax.Array
+    C: jax.Array
+    W1: jax.Array | None
+    W2: jax.Array | None
+    true_atoms: jax.Array
+    true_biases: jax.Array
+    structure: str = SHARED_LINEAR
+    activation: str = "tanh"
+    noise_var: float = 0.01
+    input_dist: str = "uniform"
+    input_scale: float = 1.0
+    atom_bound: float = 3.0
+    bias_bounds: tuple[float, float] = (-3.0, 3.0)
+
+    # -- sizes -------------------------------------------------------------------------------------
+    @property
+    def d(self) -> int:
+        """Input dimension."""
+        return int(self.A.shape[1])
+
+    @property
+    def d_v(self) -> int:
+        """Output dimension."""
+        return int(self.H.shape[1])
+
+    @property
+    def num_experts(self) -> int:
+        """N, the number of pre-trained experts."""
+        return int(self.A.shape[0])
+
+    @property
+    def num_true_prompts(self) -> int:
+        """L, the number of prompts in the truth."""
+        return int(self.true_atoms.shape[0])
+
+    @property
+    def atom_dim(self) -> int:
+        """Length of one atom (``d_k + d_k2`` for non-shared, ``d_p`` otherwise)."""
+        return int(self.true_atoms.shape[1])
+
+    @property
+    def key_dim(self) -> int:
+        """Length of the key part p^K of a non-shared atom (``d_k``); the value part follows it."""
+        return int(self.B.shape[1])
+
+    def true_key_value(self) -> tuple[jax.Array, jax.Array]:
+        """The true prefix keys ``(L, d)`` and values ``(L, d_v)``."""
+        return key_value(self, self.true_atoms)
+
+    def replace(self, **changes: Any) -> "Problem":
+        """A copy with some fields changed, validated again."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields.update(changes)
+        return make_problem(**fields)
+
+
+jax.tree_util.register_dataclass(
+    Problem,
+    data_fields=["A", "a", "H", "B", "C", "W1", "W2", "true_atoms", "true_biases"],
+    meta_fields=[
+        "structure",
+        "activation",
+        "noise_var",
+        "input_dist",
+        "input_scale",
+        "atom_bound",
+        "bias_bounds",
+    ],
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# validation
+
+
+def _arr(name: str, value: Any, ndim: int) -> np.ndarray:
+    try:
+        out = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: expected a numeric array, got {type(value).__name__} ({e})") from None
+    if out.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-dimensional array, got shape {out.shape}")
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"{name}: every entry must be finite, got NaN or inf")
+    return out
+
+
+def _shape(name: str, x: np.ndarray, expected: tuple[int, ...], what: str) -> None:
+    if x.shape != expected:
+        raise ValueError(f"Shape mismatch in {name}: expected {expected} ({what}), got {x.shape}")
+
+
+def _full_column_rank(name: str, M: np.ndarray, rule: str) -> None:
+    rank = int(np.linalg.matrix_rank(M))
+    if rank < M.shape[1]:
+        raise ValueError(
+            f"{name} is not injective: shape {M.shape}, rank {rank} < {M.shape[1]} columns. {rule} "
+            "The problem is not identifiable (SPEC section 5)."
+        )
+
+
+def make_problem(
+    *,
+    A: Any,
+    a: Any,
+    H: Any,
+    B: Any,
+    C: Any,
+    true_atoms: Any,
+    true_biases: Any,
+    W1: Any = None,
+    W2: Any = None,
+    structure: str = SHARED_LINEAR,
+    activation: str = "tanh",
+    noise_var: float = 0.01,
+    input_dist: str = "uniform",
+    input_scale: float = 1.0,
+    atom_bound: float = 3.0,
+    bias_bounds: tuple[float, float] = (-3.0, 3.0),
+) -> Problem:
+    """Build and validate a :class:`Problem` from explicit arrays (see its docstring for shapes).
+
+    Raises ``ValueError`` naming the argument and the rule when the problem is malformed or not
+    identifiable: shapes that disagree, a non-symmetric ``A``, non-finite entries, a value map that is
+    not injective (``C W2`` for shared-linear and prompt-tuning, ``W2`` and ``C`` for shared-nonlinear,
+    ``B`` and ``C`` for non-shared), true atoms (or their key/value pairs) that coincide, a zero true key
+    in a shared structure, a non-positive noise variance, or a truth outside the parameter box.
+    """
+    if structure not in STRUCTURES:
+        raise ValueError(f"structure: expected one of {STRUCTURES}, got {structure!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"activation: expected one of {tuple(ACTIVATIONS)} (an injective activation), got {activation!r}"
+        )
+    if input_dist not in INPUT_DISTRIBUTIONS:
+        raise ValueError(f"input_dist: expected one of {INPUT_DISTRIBUTIONS}, got {input_dist!r}")
+    for name, val in (("noise_var", noise_var), ("input_scale", input_scale), ("atom_bound", atom_bound)):
+        if not (isinstance(val, (int, float, np.floating)) and np.isfinite(val) and val > 0):
+            raise ValueError(f"{name}: must be a finite number > 0, got {val!r}")
+    try:
+        lo, hi = (float(v) for v in bias_bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"bias_bounds: expected a pair (lo, hi), got {bias_bounds!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ValueError(f"bias_bounds: expected finite lo < hi, got {bias_bounds!r}")
+
+    A_, a_, H_ = _arr("A", A, 3), _arr("a", a, 1), _arr("H", H, 3)
+    N, d = A_.shape[0], A_.shape[1]
+    if N < 1:
+        raise ValueError(f"A: need at least one pre-trained expert (N >= 1), got N = {N}")
+    _shape("A", A_, (N, d, d), "N square d x d matrices")
+    if not np.allclose(A_, np.swapaxes(A_, 1, 2), atol=1e-10):
+        raise ValueError("A: every A_j must be symmetric (the gating score is X^T A_j X); got a non-symmetric A")
+    _shape("a", a_, (N,), "one bias per expert, N from A")
+    d_v = H_.shape[1]
+    _shape("H", H_, (N, d_v, d), "N experts of shape d_v x d, N and d from A")
+    B_, C_ = _arr("B", B, 2), _arr("C", C, 2)
+    d_k, d_k2 = B_.shape[1], C_.shape[1]
+    _shape("B", B_, (d, d_k), "d rows, d from A")
+    _shape("C", C_, (d_v, d_k2), "d_v rows, d_v from H")
+
+    if structure == NON_SHARED:
+        W1_ = W2_ = None
+        d_p = 0
+        _full_column_rank("B", B_, "The key map B must have full column rank to recover p^K from the key.")
+        _full_column_rank("C", C_, "The value map C must have full column rank to recover p^V from the value.")
+    else:
+        if W1 is None or W2 is None:
+            raise ValueError(f"W1, W2: required for structure {structure!r} (the shared vector p -> key, value)")
+        W1_, W2_ = _arr("W1", W1, 2), _arr("W2", W2, 2)
+        d_p = W1_.shape[1]
+        _shape("W1", W1_, (d_k, d_p), "d_k rows (columns of B)")
+        _shape("W2", W2_, (d_k2, d_p), "d_k2 rows (columns of C), d_p columns as W1")
+        if structure in (SHARED_LINEAR, PROMPT_TUNING):
+            _full_column_rank(
+                "C @ W2", C_ @ W2_, "The values C W2 p must determine p: C W2 needs at least d_p rows and rank d_p."
+            )
+        else:
+            _full_column_rank("W2", W2_, "W2 must be injective for s(W2 p) to determine p.")
+            _full_column_rank("C", C_, "C must be injective for C s(W2 p) to determine s(W2 p).")
+
+    D = atom_dim(structure, d_k, d_k2, d_p)
+    atoms_ = _arr("true_atoms", true_atoms, 2)
+    L = atoms_.shape[0]
+    if L < 1:
+        raise ValueError(f"true_atoms: need at least one true prompt (L >= 1), got L = {L}")
+    _shape("true_atoms", atoms_, (L, D), f"L atoms of length {D} for {structure}")
+    biases_ = _arr("true_biases", true_biases, 1)
+    _shape("true_biases", biases_, (L,), "one bias per true atom")
+    if np.any(np.abs(atoms_) > atom_bound):
+        raise ValueError(
+            f"true_atoms: must lie in the parameter box [-atom_bound, atom_bound] = [{-atom_bound}, {atom_bound}],"
+            f" got max |atom| = {np.abs(atoms_).max():.4g}"
+        )
+    if np.any(biases_ < lo) or np.any(biases_ > hi):
+        raise ValueError(f"true_biases: must lie in bias_bounds [{lo}, {hi}], got {biases_.tolist()}")
+
+    out = Problem(
+        A=jnp.asarray(A_),
+        a=jnp.asarray(a_),
+        H=jnp.asarray(H_),
+        B=jnp.asarray(B_),
+        C=jnp.asarray(C_),
+        W1=None if W1_ is None else jnp.asarray(W1_),
+        W2=None if W2_ is None else jnp.asarray(W2_),
+        true_atoms=jnp.asarray(atoms_),
+        true_biases=jnp.asarray(biases_),
+        structure=structure,
+        activation=activation,
+        noise_var=float(noise_var),
+        input_dist=input_dist,
+        input_scale=float(input_scale),
+        atom_bound=float(atom_bound),
+        bias_bounds=(lo, hi),
+    )
+
+    keys, values = (np.asarray(x) for x in out.true_key_value())
+    if L > 1:
+        sep = np.linalg.norm(atoms_[:, None] - atoms_[None], axis=-1) + np.eye(L)
+        if sep.min() < 1e-6:
+            i, j = np.unravel_index(np.argmin(sep), sep.shape)
+            raise ValueError(f"true_atoms: true atoms must be distinct, but atoms {i} and {j} coincide")
+        kv = np.concatenate([keys, values], axis=1)
+        sep = np.linalg.norm(kv[:, None] - kv[None], axis=-1) + np.eye(L)
+        if sep.min() < 1e-6:
+            i, j = np.unravel_index(np.argmin(sep), sep.shape)
+            raise ValueError(
+                f"true_atoms: atoms {i} and {j} give the same (key, value); the true prompts must be distinct"
+            )
+    if is_shared(structure):
+        norms = np.linalg.norm(keys, axis=1)
+        if norms.min() < 1e-8:
+            raise ValueError(
+                f"true_atoms: the key of true atom {int(np.argmin(norms))} is zero; the shared structures need "
+                "B W1 p*_j != 0 (SPEC section 5), else the gating cannot separate the prompt from its bias"
+            )
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# presets
+
+
+def _orthogonalish(rng: np.random.Generator, rows: int, cols: int, scale: float = 1.0) -> np.ndarray:
+    """A well-conditioned random matrix: Q from a QR, rescaled so singular values lie in [0.7, 1.3] * scale."""
+    q, _ = np.linalg.qr(rng.normal(size=(max(rows, cols), max(rows, cols))))
+    s = np.linspace(1.3, 0.7, min(rows, cols))
+    m = q[:rows, : min(rows, cols)] * s
+    q2, _ = np.linalg.qr(rng.normal(size=(cols, cols)))
+    return scale * (m @ q2[: min(rows, cols), :])
+
+
+def random_pretrained(seed: int, *, d: int = 2, d_v: int = 2, num_experts: int = 2, scale: float = 1.0) -> dict:
+    """Draw a pre-trained part (A, a, H) from a seed: symmetric A_j with entries ~ N(0, scale^2 / 4),
+    a_j = 0, H_j with entries ~ N(0, scale^2). Returns a dict of numpy arrays for :func:`make_problem`."""
+    rng = np.random.default_rng(seed)
+    M = rng.normal(size=(num_experts, d, d)) * scale / 2
+    A = (M + np.swapaxes(M, 1, 2)) / 2
+    return dict(A=A, a=np.zeros(num_experts), H=rng.normal(size=(num_experts, d_v, d)) * scale)
+
+
+PRESETS = (NON_SHARED, SHARED_LINEAR, "shared-tanh", PROMPT_TUNING)
+
+
+def preset(name: str, *, seed: int = 0, noise_var: float = 0.01) -> Problem:
+    """A named, identifiable problem; the four presets are comparable.
+
+    All four share one pre-trained part (d = 2 inputs, d_v = 2 outputs, N = 2 quadratic-gated linear
+    experts, drawn from ``seed``), the key map B, the value map C and one map W = W1 = W2, and their L = 2
+    true prompts have the same true keys ``B q_j`` and values ``C q_j`` (with q_1 = (0.8, -0.5),
+    q_2 = (-0.6, 0.7)) and the same biases b* = (0, 0.3):
+
+    - ``non-shared``: atoms (p^K, p^V) = (q_j, q_j);
+    - ``shared-linear``: p_j = W^{-1} q_j, so that W p_j = q_j;
+    - ``shared-tanh`` (shared-nonlinear, s = tanh): p_j = W^{-1} artanh(q_j), so that tanh(W p_j) = q_j;
+    - ``prompt-tuning``: W_K = B W, W_V = C W, B = C = I, p_j = W^{-1} q_j.
+
+    The estimators are all confined to atoms in [-3, 3] and biases in [-3, 3] (weights exp(b) in [0.05, 20]).
+    """
+    if name not in PRESETS:
+        raise ValueError(f"name: unknown preset {name!r}; expected one of {PRESETS}")
+    rng = np.random.default_rng(seed)
+    pre = random_pretrained(seed)
+    B = _orthogonalish(rng, 2, 2, 1.5)
+    C = _orthogonalish(rng, 2, 2, 1.5)
+    W = _orthogonalish(rng, 2, 2, 1.0)
+    q = np.array([[0.8, -0.5], [-0.6, 0.7]])
+    b = np.array([0.0, 0.3])
+    Winv = np.linalg.inv(W)
+    common = dict(true_biases=b, noise_var=noise_var, **pre)
+    if name == NON_SHARED:
+        return make_problem(structure=NON_SHARED, B=B, C=C, true_atoms=np.concatenate([q, q], axis=1), **common)
+    if name == SHARED_LINEAR:
+        return make_problem(structure=SHARED_LINEAR, B=B, C=C, W1=W, W2=W, true_atoms=q @ Winv.T, **common)
+    if name == "shared-tanh":
+        return make_problem(
+            structure=SHARED_NONLINEAR, activation="tanh", B=B, C=C, W1=W, W2=W,
+            true_atoms=np.arctanh(q) @ Winv.T, **common,
+        )
+    return make_problem(
+        structure=PROMPT_TUNING, B=np.eye(2), C=np.eye(2), W1=B @ W, W2=C @ W, true_atoms=q @ Winv.T, **common
+    )

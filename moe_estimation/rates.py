@@ -1,0 +1,106 @@
+"""Empirical convergence rates (SPEC section 4) and the theory's reference slopes (SPEC section 1).
+
+The empirical rate is the OLS slope of log(statistic of the loss over replicates) on log(n). Its 95%
+interval is a percentile bootstrap over replicates: resample the R replicates within each n (with
+replacement), recompute the statistic at every n, refit the slope; repeat.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .structures import NON_SHARED, STRUCTURES
+
+STATISTICS = ("mean", "median")
+
+
+class Rate(NamedTuple):
+    """slope with its bootstrap interval [ci_low, ci_high], the intercept (log scale) and the sizes used."""
+
+    slope: float
+    ci_low: float
+    ci_high: float
+    intercept: float
+    n_min: int
+    n_max: int
+
+
+def _stat(x: np.ndarray, statistic: str, axis: int) -> np.ndarray:
+    return np.nanmean(x, axis=axis) if statistic == "mean" else np.nanmedian(x, axis=axis)
+
+
+def _ols(logn: np.ndarray, logy: np.ndarray) -> tuple[float, float]:
+    slope, intercept = np.polyfit(logn, logy, 1)
+    return float(slope), float(intercept)
+
+
+def empirical_rate(
+    ns,
+    losses,
+    *,
+    statistic: str = "mean",
+    num_bootstrap: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Rate:
+    """Slope of log(statistic of losses) on log(n), with a bootstrap interval over replicates.
+
+    Args:
+      ns: ``(m,)`` sample sizes, at least two distinct, each >= 1.
+      losses: ``(m, R)`` losses, row i holding the R replicates at ``ns[i]``; NaN marks a missing
+        replicate (it is ignored), every row needs at least one finite value and all must be > 0.
+      statistic: ``"mean"`` or ``"median"`` over replicates.
+      num_bootstrap: bootstrap resamples; level: the interval's coverage.
+      seed: seed of the bootstrap (the interval is reproducible).
+    """
+    ns = np.asarray(ns, dtype=float)
+    losses = np.asarray(losses, dtype=float)
+    if ns.ndim != 1 or ns.size < 2 or np.unique(ns).size < 2:
+        raise ValueError(f"ns: need at least two distinct sample sizes, got {ns.tolist()}")
+    if np.any(~np.isfinite(ns)) or np.any(ns < 1):
+        raise ValueError(f"ns: every sample size must be a finite number >= 1, got {ns.tolist()}")
+    if losses.ndim == 1:
+        losses = losses[:, None]
+    if losses.ndim != 2 or losses.shape[0] != ns.size:
+        raise ValueError(f"Shape mismatch in losses: expected ({ns.size}, R) (one row per n), got {losses.shape}")
+    finite = np.isfinite(losses)
+    if np.any(finite.sum(axis=1) == 0):
+        raise ValueError("losses: every sample size needs at least one finite loss")
+    if np.any(losses[finite] <= 0):
+        raise ValueError("losses: must be > 0 to take logs, got a loss <= 0")
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic: expected one of {STATISTICS}, got {statistic!r}")
+    if not (0 < level < 1):
+        raise ValueError(f"level: must lie in (0, 1), got {level}")
+    logn = np.log(ns)
+    slope, intercept = _ols(logn, np.log(_stat(losses, statistic, axis=1)))
+    rng = np.random.default_rng(seed)
+    R = losses.shape[1]
+    idx = rng.integers(0, R, size=(num_bootstrap, ns.size, R))
+    boot = np.take_along_axis(losses[None], idx, axis=2)  # (B, m, R)
+    stat = _stat(boot, statistic, axis=2)  # (B, m); a row resampled to all-NaN falls back to the point value
+    point = _stat(losses, statistic, axis=1)
+    stat = np.where(np.isfinite(stat), stat, point[None])
+    ly = np.log(stat)
+    xc = logn - logn.mean()
+    slopes = (ly - ly.mean(axis=1, keepdims=True)) @ xc / (xc @ xc)
+    a = (1 - level) / 2
+    lo, hi = np.quantile(slopes, [a, 1 - a])
+    return Rate(slope, float(lo), float(hi), intercept, int(ns.min()), int(ns.max()))
+
+
+def theory_slope(structure: str, loss: str = "own") -> float:
+    """The reference log-log slope of SPEC section 1 for a structure and a loss.
+
+    ``loss`` is ``"own"`` (D_2 for the shared structures, D_{1,r} for non-shared) or ``"key_value"`` (D_2 on
+    the (key, value) atoms). Shared structures: -1/2 on both (D_2 converges at sqrt(log n / n), and for an
+    injective smooth map D_2 on (k, v) is within constants of D_2 on p). Non-shared: 0.0, the reference
+    for "slower than every polynomial" (the minimax bound allows 1/log n, whose log-log slope tends to 0).
+    """
+    if structure not in STRUCTURES:
+        raise ValueError(f"structure: expected one of {STRUCTURES}, got {structure!r}")
+    if loss not in ("own", "key_value"):
+        raise ValueError(f"loss: expected 'own' or 'key_value', got {loss!r}")
+    return 0.0 if structure == NON_SHARED else -0.5

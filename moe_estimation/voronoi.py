@@ -1,0 +1,120 @@
+"""Voronoi losses between a fitted and the true mixing measure (SPEC section 3).
+
+Cells: V_j = {i : atom_i is nearer to true atom j than to any other}, ties to the lower j. With
+Delta_ij = atom_i - atom*_j and weights w_i = exp(b_i):
+
+    D_2     = sum_j |sum_{i in V_j} w_i - w*_j|                       (weight part)
+            + sum_{j: |V_j| = 1} sum_{i in V_j} w_i ||Delta_ij||      (singleton cells)
+            + sum_{j: |V_j| > 1} sum_{i in V_j} w_i ||Delta_ij||^2    (cells with several fitted atoms)
+
+    D_{1,r} = sum_j |sum_{i in V_j} w_i - w*_j| + sum_j sum_{i in V_j} w_i (||Delta^K_ij||^r + ||Delta^V_ij||^r)
+
+An empty cell contributes its w*_j through the weight part. All functions are pure JAX (jit and vmap them
+freely) and invariant to permuting the fitted atoms. Besides the totals, :func:`voronoi_parts` returns
+each part, and the singleton and multi-atom parts split into a key half and a value half, so that a
+reader can see where a loss comes from.
+
+:func:`voronoi_loss` is each structure's own loss (D_2 on p for the shared structures, D_{1,r} on
+(p^K, p^V) for non-shared); :func:`key_value_loss` is the one yardstick for all structures: D_2 on the
+atoms (k_i, v_i) that the attention head actually uses.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .model import Params
+from .structures import NON_SHARED, key_value
+
+
+def voronoi_parts(
+    weights: jax.Array,
+    atoms: jax.Array,
+    true_weights: jax.Array,
+    true_atoms: jax.Array,
+    split: int | None = None,
+    r: float = 1.0,
+) -> dict[str, jax.Array]:
+    """All parts of D_2 and D_{1,r} for fitted ``(weights (L',), atoms (L', D))`` against the truth
+    ``(true_weights (L,), true_atoms (L, D))``.
+
+    ``split`` cuts each atom into a key part ``[:split]`` and a value part ``[split:]`` (default: the
+    whole atom is the key part and the value parts are zero). Returns a dict with ``d2``, ``d1r``,
+    ``weight``, ``single``, ``multi`` and ``key_single``, ``key_multi``, ``value_single``, ``value_multi``
+    (the singleton and multi-atom parts computed on the key and value halves alone), ``num_cells_multi``
+    (cells holding more than one fitted atom) and ``num_cells_empty``.
+    """
+    L = true_atoms.shape[0]
+    split = atoms.shape[-1] if split is None else split
+    dist = jnp.linalg.norm(atoms[:, None, :] - true_atoms[None, :, :], axis=-1)  # (L', L)
+    cell = jnp.argmin(dist, axis=1)  # first minimum: ties go to the lower j
+    onehot = jax.nn.one_hot(cell, L, dtype=weights.dtype)  # (L', L)
+    counts = onehot.sum(0)
+    weight = jnp.sum(jnp.abs(onehot.T @ weights - true_weights))
+    delta = atoms - true_atoms[cell]
+    single = counts[cell] == 1
+
+    def norm(x):
+        # sqrt of a sum with a safe zero: no NaN if anyone differentiates through a loss at the truth
+        sq = jnp.sum(x**2, axis=-1)
+        return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+
+    n_all, n_k, n_v = norm(delta), norm(delta[:, :split]), norm(delta[:, split:])
+    w_single, w_multi = jnp.where(single, weights, 0.0), jnp.where(single, 0.0, weights)
+    parts = dict(
+        weight=weight,
+        single=w_single @ n_all,
+        multi=w_multi @ n_all**2,
+        key_single=w_single @ n_k,
+        key_multi=w_multi @ n_k**2,
+        value_single=w_single @ n_v,
+        value_multi=w_multi @ n_v**2,
+        d1r=weight + weights @ (n_k**r + n_v**r),
+        num_cells_multi=jnp.sum(counts > 1),
+        num_cells_empty=jnp.sum(counts == 0),
+    )
+    parts["d2"] = weight + parts["single"] + parts["multi"]
+    return parts
+
+
+def d2_loss(weights, atoms, true_weights, true_atoms) -> jax.Array:
+    """D_2(G, G*) for weights ``(L',)``, atoms ``(L', D)`` against ``(L,)``, ``(L, D)``."""
+    return voronoi_parts(weights, atoms, true_weights, true_atoms)["d2"]
+
+
+def d1r_loss(weights, atoms, true_weights, true_atoms, split: int, r: float = 1.0) -> jax.Array:
+    """D_{1,r}(G, G*) with atoms cut into key ``[:split]`` and value ``[split:]`` parts."""
+    return voronoi_parts(weights, atoms, true_weights, true_atoms, split=split, r=r)["d1r"]
+
+
+def structure_parts(problem, params: Params, r: float = 1.0) -> dict[str, jax.Array]:
+    """:func:`voronoi_parts` on the structure's own atoms (p, or the pair (p^K, p^V) split at d_k)."""
+    split = problem.key_dim if problem.structure == NON_SHARED else None
+    return voronoi_parts(
+        jnp.exp(params.biases), params.atoms, jnp.exp(problem.true_biases), problem.true_atoms, split=split, r=r
+    )
+
+
+def key_value_parts(problem, params: Params) -> dict[str, jax.Array]:
+    """:func:`voronoi_parts` on the atoms (k_i, v_i), the prefix keys and values, split into key and value."""
+    k, v = key_value(problem, params.atoms)
+    tk, tv = problem.true_key_value()
+    return voronoi_parts(
+        jnp.exp(params.biases),
+        jnp.concatenate([k, v], axis=-1),
+        jnp.exp(problem.true_biases),
+        jnp.concatenate([tk, tv], axis=-1),
+        split=k.shape[-1],
+    )
+
+
+def voronoi_loss(problem, params: Params, r: float = 1.0) -> jax.Array:
+    """The structure's own loss: D_2 on p (shared structures) or D_{1,r} on (p^K, p^V) (non-shared)."""
+    parts = structure_parts(problem, params, r=r)
+    return parts["d1r"] if problem.structure == NON_SHARED else parts["d2"]
+
+
+def key_value_loss(problem, params: Params) -> jax.Array:
+    """The common yardstick: D_2 on the (key, value) atoms, the same formula for every structure."""
+    return key_value_parts(problem, params)["d2"]
