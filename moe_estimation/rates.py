@@ -91,16 +91,19 @@ def empirical_rate(
     return Rate(slope, float(lo), float(hi), intercept, int(ns.min()), int(ns.max()))
 
 
-def theory_slope(structure: str, loss: str = "own") -> float:
-    """The reference log-log slope of SPEC section 1 for a structure and a loss.
+def theory_slope(structure: str, loss: str = "own", specification: str = "over") -> float:
+    """The reference log-log slope of SPEC section 1 for a structure, a loss and a specification.
 
     ``loss`` is ``"own"`` (D_2 for the shared structures, D_{1,r} for non-shared) or ``"key_value"`` (D_2 on
     the (key, value) atoms). Shared structures: -1/2 on both (D_2 converges at sqrt(log n / n), and for an
-    injective smooth map D_2 on (k, v) is within constants of D_2 on p). Non-shared: 0.0, the reference
-    for "slower than every polynomial" (the minimax bound allows 1/log n, whose log-log slope tends to 0).
+    injective smooth map D_2 on (k, v) is within constants of D_2 on p). Non-shared, over-specified: 0.0,
+    the reference for "slower than every polynomial" (the minimax bound allows 1/log n, whose log-log slope
+    tends to 0). Exactly specified (L' = L), every structure is a regular parametric model: -1/2.
     """
+    if specification not in ("exact", "over"):
+        raise ValueError(f"specification: expected 'exact' or 'over', got {specification!r}")
     if structure not in STRUCTURES:
         raise ValueError(f"structure: expected one of {STRUCTURES}, got {structure!r}")
     if loss not in ("own", "key_value"):
         raise ValueError(f"loss: expected 'own' or 'key_value', got {loss!r}")
-    return 0.0 if structure == NON_SHARED else -0.5
+    return 0.0 if (structure == NON_SHARED and specification == "over") else -0.5

@@ -48,5 +48,6 @@ def test_rejects_bad_input(ns, losses, word):
 def test_theory_slopes():
     assert me.theory_slope("shared-linear") == -0.5
     assert me.theory_slope("non-shared") == 0.0
+    assert me.theory_slope("non-shared", specification="exact") == -0.5
     with pytest.raises(ValueError, match="structure"):
         me.theory_slope("other")

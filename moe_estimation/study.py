@@ -1,0 +1,224 @@
+"""The Monte Carlo runner: (problem, specification, n, replicate) -> fitted, scored, tabulated, rated.
+
+One *cell* of the grid is (problem, specification, n): its R replicates are simulated, fitted (restarts
+vmapped inside) and scored in one compiled call. Design choices:
+
+- Keys come from the cell's coordinates: ``fold_in(root, crc32(problem), crc32(specification), n,
+  replicate)``, so a replicate's numbers do not depend on which cells ran, in what order, or in how many
+  chunks.
+- Shapes are bucketed: a data set of size n is simulated at the next power of two and masked, so the
+  number of compilations per (problem, specification) is the number of buckets, not of sample sizes.
+  Simulation is row-wise keyed, so padding never changes the data.
+- Memory is bounded: replicates go through in chunks sized so that the Jacobian of a chunk stays under
+  ``max_elements`` numbers; the chunk size is a function of the shape only, so results are reproducible.
+- Resumable: after each cell, ``fits.csv`` is rewritten atomically (temporary file, then rename); a run
+  started again on the same ``--out`` skips every finished cell. ``config.json`` guards against resuming
+  into a different study.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+import zlib
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .config import StudyConfig
+from .data import simulate_rows
+from .fit import STATUS, FitSettings, _fit_one_dataset
+from .rates import empirical_rate, theory_slope
+from .voronoi import key_value_parts, structure_parts
+
+PART_NAMES = ("weight", "single", "multi", "key_single", "key_multi", "value_single", "value_multi")
+RATE_LOSSES = {
+    # rates.csv loss name -> how to read it from fits.csv
+    "own": ("loss_own",),
+    "key_value": ("loss_key_value",),
+    "key_value_key_part": ("kv_key_single", "kv_key_multi"),
+    "key_value_value_part": ("kv_value_single", "kv_value_multi"),
+}
+FITS_COLUMNS = (
+    ["problem", "structure", "specification", "num_prompts", "n", "replicate", "seed", "init",
+     "loss_own", "loss_key_value"]
+    + [f"own_{p}" for p in PART_NAMES]
+    + [f"kv_{p}" for p in PART_NAMES]
+    + ["objective", "converged", "status", "steps", "at_bound", "seconds"]
+)
+
+
+def bucket_size(n: int, minimum: int = 64) -> int:
+    """The padded size of a data set of n rows: the next power of two (at least ``minimum``)."""
+    return max(minimum, 1 << (int(n) - 1).bit_length())
+
+
+def cell_keys(seed: int, problem: str, specification: str, n: int, replicates: int) -> jax.Array:
+    """``(R,)`` keys of one cell, from its coordinates alone."""
+    k = jax.random.key(seed)
+    for part in (zlib.crc32(problem.encode()), zlib.crc32(specification.encode()), int(n)):
+        k = jax.random.fold_in(k, part & 0x7FFFFFFF)
+    return jax.vmap(lambda r: jax.random.fold_in(k, r))(jnp.arange(replicates))
+
+
+@partial(jax.jit, static_argnames=("rows", "settings"))
+def _run_chunk(problem, keys, n, rows: int, settings: FitSettings):
+    def one(key):
+        X, Y = simulate_rows(problem, jax.random.fold_in(key, 0), rows)
+        w = (jnp.arange(rows) < n).astype(X.dtype)
+        res = _fit_one_dataset(problem, settings, jax.random.fold_in(key, 1), X, Y, w)
+        return res, structure_parts(problem, res.params), key_value_parts(problem, res.params)
+
+    return jax.vmap(one)(keys)
+
+
+def run_cell(problem, keys, n: int, settings: FitSettings, max_elements: int = 1 << 25):
+    """Simulate, fit and score the replicates of one cell. Returns (FitResult, own parts, kv parts) as
+    numpy arrays with a leading replicate axis."""
+    rows = bucket_size(n)
+    P = settings.num_prompts * (problem.atom_dim + 1)
+    per_fit = rows * problem.d_v * P * settings.restarts
+    chunk = int(max(1, min(len(keys), max_elements // per_fit)))
+    outs = []
+    for start in range(0, len(keys), chunk):
+        k = keys[start : start + chunk]
+        pad = chunk - len(k)
+        if pad:  # keep one compiled shape: pad with copies of the last key, drop their results
+            k = jnp.concatenate([k, jnp.repeat(k[-1:], pad, axis=0)])
+        out = jax.device_get(_run_chunk(problem, k, jnp.asarray(n), rows, settings))
+        outs.append(jax.tree.map(lambda a: a[: chunk - pad], out))
+    return jax.tree.map(lambda *a: np.concatenate(a), *outs)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_csv(path: Path, df: pd.DataFrame) -> None:
+    """Write a table atomically, floats at full precision (round-trips exactly)."""
+    _atomic_write(path, df.to_csv(index=False, float_format="%.17g"))
+
+
+def _versions() -> dict:
+    import scipy
+
+    return {
+        "moe_estimation": __version__, "jax": jax.__version__, "numpy": np.__version__, "pandas": pd.__version__,
+        "scipy": scipy.__version__, "python": sys.version.split()[0],
+    }
+
+
+def _cells(cfg: StudyConfig):
+    # n outermost: a run stopped part-way has every problem at the smaller sizes
+    for n in cfg.ns:
+        for prob_name in cfg.problems:
+            for spec in cfg.specifications:
+                yield prob_name, spec, n
+
+
+def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=print) -> pd.DataFrame:
+    """Run (or resume) a study into directory ``out``; returns the fits table. Writes ``fits.csv`` after
+    every cell, and ``rates.csv`` and ``config.json`` at the end (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = {"study": cfg.to_dict()}
+    cfg_path = out / "config.json"
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        if old.get("study") != json.loads(json.dumps(resolved["study"])):
+            raise ValueError(
+                f"--out: {out} holds a different study (its config.json differs); choose a new --out or delete it"
+            )
+    meta = dict(
+        resolved, versions=_versions(), platform=platform.platform(), device=str(jax.devices()[0]),
+        x64=bool(jax.config.jax_enable_x64), root_seed=cfg.seed,
+        bucket_sizes={str(n): bucket_size(n) for n in cfg.ns},
+    )
+    _atomic_write(cfg_path, json.dumps(meta, indent=2))
+
+    fits_path = out / "fits.csv"
+    done = pd.read_csv(fits_path) if fits_path.exists() else pd.DataFrame(columns=FITS_COLUMNS)
+    finished = {
+        (p, s, int(n)) for (p, s, n), g in done.groupby(["problem", "specification", "n"]) if len(g) == cfg.replicates
+    }
+    todo = [c for c in _cells(cfg) if c not in finished]
+    if finished:
+        log(f"resuming: {len(finished)} of {len(finished) + len(todo)} cells already in {fits_path}")
+    rows = [done] if len(done) else []
+    problems = {name: cfg.problem(name) for name in cfg.problems}
+    bar = tqdm(total=len(finished) + len(todo), initial=len(finished), disable=not progress, unit="cell", file=sys.stderr)
+    for prob_name, spec, n in todo:
+        prob = problems[prob_name]
+        bar.set_description(f"{prob_name} {spec} n={n}")
+        settings = cfg.fit_settings(cfg.num_prompts(prob, spec))
+        t0 = time.perf_counter()
+        res, own, kv = run_cell(prob, cell_keys(cfg.seed, prob_name, spec, n, cfg.replicates), n, settings)
+        seconds = (time.perf_counter() - t0) / cfg.replicates
+        table = {
+            "problem": prob_name, "structure": prob.structure, "specification": spec,
+            "num_prompts": settings.num_prompts, "n": n, "replicate": np.arange(cfg.replicates), "seed": cfg.seed,
+            "init": settings.init, "loss_own": own["d1r"] if prob.structure == "non-shared" else own["d2"],
+            "loss_key_value": kv["d2"],
+            **{f"own_{p}": own[p] for p in PART_NAMES}, **{f"kv_{p}": kv[p] for p in PART_NAMES},
+            "objective": res.objective, "converged": res.converged,
+            "status": [STATUS[int(s)] for s in res.status], "steps": res.steps, "at_bound": res.at_bound,
+            "seconds": seconds,
+        }
+        rows.append(pd.DataFrame(table)[FITS_COLUMNS])
+        write_csv(fits_path, pd.concat(rows, ignore_index=True))
+        bar.update(1)
+    bar.close()
+    fits = canonical_order(pd.concat(rows, ignore_index=True) if rows else done, cfg)
+    write_csv(fits_path, fits)
+    write_csv(out / "rates.csv", rates_table(fits, cfg))
+    return fits
+
+
+def canonical_order(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
+    """Rows in grid order (problem, specification, n, replicate), whatever order the cells ran in."""
+    order = {p: i for i, p in enumerate(cfg.problems)}
+    sorder = {s: i for i, s in enumerate(cfg.specifications)}
+    key = fits["problem"].map(order) * 10 + fits["specification"].map(sorder)
+    return fits.assign(_k=key).sort_values(["_k", "n", "replicate"]).drop(columns="_k").reset_index(drop=True)
+
+
+def rates_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
+    """One row per (problem, specification, loss, statistic): slope, 95% bootstrap interval, theory."""
+    out = []
+    window = fits[(fits["n"] >= cfg.n_min) & (fits["n"] <= cfg.n_max)]
+    for (prob_name, spec), g in window.groupby(["problem", "specification"], sort=False):
+        structure = g["structure"].iloc[0]
+        ns = np.sort(g["n"].unique())
+        for loss, cols in RATE_LOSSES.items():
+            values = g[list(cols)].sum(axis=1).to_numpy()
+            mat = np.full((len(ns), cfg.replicates), np.nan)
+            for i, n in enumerate(ns):
+                v = values[(g["n"] == n).to_numpy()]
+                mat[i, : len(v)] = v
+            mat[mat <= 0] = np.nan  # an exactly zero part (e.g. no multi-atom cell) has no log
+            for stat in ("mean", "median"):
+                try:
+                    r = empirical_rate(ns, mat, statistic=stat, num_bootstrap=cfg.num_bootstrap, seed=cfg.seed)
+                    vals = dict(slope=r.slope, ci_low=r.ci_low, ci_high=r.ci_high)
+                except ValueError:
+                    vals = dict(slope=np.nan, ci_low=np.nan, ci_high=np.nan)
+                out.append(dict(
+                    problem=prob_name, structure=structure, specification=spec, loss=loss, statistic=stat, **vals,
+                    theory_slope=theory_slope(structure, "own" if loss == "own" else "key_value", spec),
+                    n_min=int(ns.min()), n_max=int(ns.max()), replicates=cfg.replicates,
+                    fits_not_converged=int((~g["converged"].astype(bool)).sum()),
+                    mean_loss_at_n_max=float(np.nanmean(mat[-1])),
+                ))
+    return pd.DataFrame(out)
