@@ -37,10 +37,19 @@ def cmd_study(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .plots import plot_study
+    from .plots import plot_results
 
-    for path in plot_study(args.results, args.out):
+    for path in plot_results(args.results, args.out):
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_transformer(args) -> int:
+    from .transformer.train import TRANSFORMER_PRESETS, run_transformer
+
+    _setup_jax(argparse.Namespace(float32=True))  # the transformer trains in float32
+    curves = run_transformer(TRANSFORMER_PRESETS[args.preset], args.out, progress=not args.no_progress)
+    print(f"wrote {len(curves)} rows to {Path(args.out) / 'curves.csv'}")
     return 0
 
 
@@ -48,7 +57,7 @@ def cmd_bench(args) -> int:
     _setup_jax(args)
     from .bench import run_bench
 
-    run_bench(sizes=args.sizes, fits=args.fits, json_path=args.json, methods=args.methods)
+    run_bench(sizes=args.sizes, fits=args.fits, json_path=args.json, methods=args.methods, problems=args.problems)
     return 0
 
 
@@ -67,11 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--float32", action="store_true", help="estimate in float32 (default float64)")
     s.set_defaults(func=cmd_study)
 
-    pl = sub.add_parser("plot", help="draw the figures of a finished study",
-                        description="Read fits.csv and rates.csv from --results and write PNG figures to --out.")
-    pl.add_argument("--results", required=True, help="a study's output directory")
+    pl = sub.add_parser("plot", help="draw the figures of finished studies",
+                        description="Read the tables in each --results directory (a rate study's fits.csv and "
+                                    "rates.csv, or a transformer run's curves.csv) and write PNG figures to --out; "
+                                    "given one of each, also the combined figure.")
+    pl.add_argument("--results", required=True, nargs="+", help="output directories of `study` and/or `transformer`")
     pl.add_argument("--out", required=True, help="directory for the figures")
     pl.set_defaults(func=cmd_plot)
+
+    t = sub.add_parser("transformer", help="prefix-tune a small pre-trained transformer: learning curves",
+                       description="Pre-train a small transformer on a synthetic task (or reuse OUT/backbone.npz), "
+                                   "freeze it, prefix-tune it on another task with no-share, simple-share and "
+                                   "deep-share prefixes, and write curves.csv, curve_rates.csv and config.json.")
+    t.add_argument("--preset", choices=["quick", "tiny"], default="quick",
+                   help="quick (CPU, minutes) or tiny (seconds, for smoke tests)")
+    t.add_argument("--out", required=True, help="output directory")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.set_defaults(func=cmd_transformer)
 
     b = sub.add_parser("bench", help="time our estimator against scipy and optimistix on the same fits",
                        description="Same data, same starting points, same tolerances: fits per second and final "
@@ -81,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--fits", type=int, default=16, help="fits per method and size")
     b.add_argument("--methods", nargs="+", default=["ours", "scipy", "optimistix"],
                    choices=["ours", "scipy", "optimistix"], help="which methods to run")
+    b.add_argument("--problems", nargs="+", default=["shared-linear", "non-shared"],
+                   choices=["shared-linear", "non-shared"], help="which over-specified problems to time")
     b.add_argument("--json", help="also write the records as JSON to this path")
     b.set_defaults(func=cmd_bench)
     return p

@@ -61,6 +61,19 @@ class FitSettings(NamedTuple):
     ftol: float = 1e-10
     xtol: float = 1e-10
     gtol: float = 1e-10
+    batching: str = "auto"
+
+
+BATCHINGS = ("auto", "vmap", "map")
+
+
+def _batch(f, xs, mode: str):
+    """Apply f over the leading axis: ``vmap`` (all fits in lockstep: what an accelerator wants) or ``map``
+    (one fit after another, each stopping on its own: what a CPU wants, where lockstep only wastes the
+    steps of fits that have already stopped). ``auto`` picks by the default backend."""
+    if mode == "auto":
+        mode = "map" if jax.default_backend() == "cpu" else "vmap"
+    return jax.vmap(f)(xs) if mode == "vmap" else jax.lax.map(f, xs)
 
 
 class FitResult(NamedTuple):
@@ -91,6 +104,8 @@ def _validate_settings(problem, s: FitSettings) -> None:
             f"num_prompts: must be an integer >= L = {L}, the number of true prompts (L' = L exactly specified,"
             f" L' > L over-specified), got {s.num_prompts!r}"
         )
+    if s.batching not in BATCHINGS:
+        raise ValueError(f"batching: expected one of {BATCHINGS}, got {s.batching!r}")
     if s.init not in INITS:
         raise ValueError(f"init: expected one of {INITS}, got {s.init!r}")
     if not (isinstance(s.restarts, (int, np.integer)) and s.restarts >= 1):
@@ -158,16 +173,22 @@ class _State(NamedTuple):
     status: jax.Array
 
 
+# The data of one fit travel sample-last, ``(X^T (d, n), Y^T (d_v, n), w (n,), lse (n,), mean^T (d_v, n))``:
+# with the long axis innermost the CPU vectorises over samples, and J comes out as ``(P, d_v, n)`` so
+# that J^T J is one matrix product.
+
+
 def _jacobian_autodiff(problem, settings, data, theta):
-    """Residuals r ``(n, d_v)`` and Jacobian J ``(n, d_v, P)`` by forward-mode autodiff (the reference)."""
-    X, Y, w, lse, mean = data
+    """Residuals r ``(d_v, n)`` and Jacobian J ``(P, d_v, n)`` by forward-mode autodiff (the reference)."""
+    Xt, Yt, w, lse, meant = data
     f = jax.vmap(regression_from_summary, in_axes=(None, None, 0, 0, 0))
 
     def residual(t):
-        return (f(problem, _unflatten(t, settings.num_prompts, problem.atom_dim), X, lse, mean) - Y) * w[:, None]
+        p = _unflatten(t, settings.num_prompts, problem.atom_dim)
+        return (f(problem, p, Xt.T, lse, meant.T).T - Yt) * w
 
     r, jvp = jax.linearize(residual, theta)
-    return r, jax.vmap(jvp, out_axes=-1)(jnp.eye(theta.shape[0], dtype=theta.dtype))
+    return r, jax.vmap(jvp)(jnp.eye(theta.shape[0], dtype=theta.dtype))
 
 
 def _jacobian_analytic(problem, settings, data, theta):
@@ -175,29 +196,31 @@ def _jacobian_analytic(problem, settings, data, theta):
     f = pi_0 mean + sum_i pi_i v_i:  df/db_i = pi_i (v_i - f),
     df/da_i = pi_i (v_i - f) x^T dk_i/da_i + pi_i dv_i/da_i,  where the per-atom Jacobians dk/da, dv/da
     come from autodiff once per step (they do not depend on the sample)."""
-    X, Y, w, lse, mean = data
+    Xt, Yt, w, lse, meant = data
     p = _unflatten(theta, settings.num_prompts, problem.atom_dim)
     kv_one = lambda a: tuple(x[0] for x in key_value(problem, a[None]))
     K, V = key_value(problem, p.atoms)  # (L', d), (L', d_v)
     Jk, Jv = jax.vmap(jax.jacfwd(kv_one))(p.atoms)  # (L', d, D), (L', d_v, D)
-    scores = jnp.concatenate([lse[:, None], X @ K.T + p.biases], axis=1)  # (n, 1 + L')
-    pi = jax.nn.softmax(scores, axis=1)
-    f = pi[:, :1] * mean + pi[:, 1:] @ V  # (n, d_v)
-    G = pi[:, 1:, None] * (V[None] - f[:, None, :])  # (n, L', d_v) = df/db
-    xk = jnp.einsum("nd,ldD->nlD", X, Jk)  # (n, L', D)
-    Ja = G[..., None] * xk[:, :, None, :] + pi[:, 1:, None, None] * Jv[None]  # (n, L', d_v, D)
-    n, Lp, dv, D = Ja.shape
-    J = jnp.concatenate([Ja.transpose(0, 2, 1, 3).reshape(n, dv, Lp * D), G.transpose(0, 2, 1)], axis=2)
-    return (f - Y) * w[:, None], J * w[:, None, None]
+    s = K @ Xt + p.biases[:, None]  # (L', n)
+    m = jnp.maximum(jnp.max(s, axis=0), lse)
+    e0, e = jnp.exp(lse - m), jnp.exp(s - m)
+    den = e0 + jnp.sum(e, axis=0)
+    pi0, pi = e0 / den, e / den  # (n,), (L', n)
+    f = pi0 * meant + V.T @ pi  # (d_v, n)
+    G = pi[:, None, :] * (V[:, :, None] - f[None])  # (L', d_v, n) = df/db
+    xk = jnp.einsum("ldD,dn->lDn", Jk, Xt)  # (L', D, n)
+    Ja = G[:, None] * xk[:, :, None] + pi[:, None, None, :] * jnp.transpose(Jv, (0, 2, 1))[..., None]  # (L', D, d_v, n)
+    Lp, D, dv, n = Ja.shape
+    J = jnp.concatenate([Ja.reshape(Lp * D, dv, n), G], axis=0)
+    return (f - Yt) * w, J * w
 
 
 def _linearize(problem, settings, data, theta, jacobian=_jacobian_analytic):
-    """F = 0.5 ||r||^2, g = J^T r, H = J^T J at theta, with r the masked residuals (n, d_v)."""
+    """F = 0.5 ||r||^2, g = J^T r, H = J^T J at theta, with r the masked residuals."""
     r, J = jacobian(problem, settings, data, theta)
-    F = 0.5 * jnp.sum(r * r)
-    g = jnp.einsum("ndp,nd->p", J, r)
-    H = jnp.einsum("ndp,ndq->pq", J, J)
-    return F, g, H
+    Jm = J.reshape(J.shape[0], -1)
+    rv = r.reshape(-1)
+    return 0.5 * rv @ rv, Jm @ rv, Jm @ Jm.T
 
 
 def _solve_one(problem, settings: FitSettings, data, theta0):
@@ -238,7 +261,7 @@ def _solve_one(problem, settings: FitSettings, data, theta0):
         H = jnp.where(accept, H1, s.H)
         steps = s.steps + 1
         Fs = jnp.maximum(s.F, tiny)
-        ftol = ok & (jnp.abs(actual) <= settings.ftol * Fs) & (pred <= settings.ftol * Fs) & (rho <= 2)
+        ftol = accept & (jnp.abs(actual) <= settings.ftol * Fs) & (pred <= settings.ftol * Fs) & (rho <= 2)
         xtol = accept & (jnp.linalg.norm(step) <= settings.xtol * (settings.xtol + jnp.linalg.norm(theta)))
         gtol = accept & gtol_met(theta, F, g, H)
         status = jnp.select(
@@ -266,8 +289,8 @@ def _fit_one_dataset(problem, settings: FitSettings, key, X, Y, w):
         jax.random.split(key, settings.restarts)
     )
     lse, mean = jax.vmap(expert_summary, in_axes=(None, 0))(problem, X)  # once per data set
-    data = (X, Y, w, lse, mean)
-    theta, F, status, steps = jax.vmap(lambda t0: _solve_one(problem, settings, data, t0))(starts)
+    data = (X.T, Y.T, w, lse, mean.T)
+    theta, F, status, steps = _batch(lambda t0: _solve_one(problem, settings, data, t0), starts, settings.batching)
     obj = 2 * F / n_eff
     obj_rank = jnp.where(jnp.isfinite(obj), obj, jnp.inf)
     best = jnp.argmin(obj_rank)
@@ -286,7 +309,7 @@ def _fit_one_dataset(problem, settings: FitSettings, key, X, Y, w):
 
 @partial(jax.jit, static_argnames=("settings",))
 def _fit_batch_jit(problem, keys, X, Y, w, settings: FitSettings) -> FitResult:
-    return jax.vmap(lambda k, x, y, ww: _fit_one_dataset(problem, settings, k, x, y, ww))(keys, X, Y, w)
+    return _batch(lambda a: _fit_one_dataset(problem, settings, *a), (keys, X, Y, w), settings.batching)
 
 
 def fit_batch(keys, problem, X, Y, num_prompts: int, *, mask=None, **options) -> FitResult:
@@ -323,7 +346,8 @@ def fit(key, problem, X, Y, num_prompts: int, **options) -> FitResult:
       X: ``(n, d)`` inputs; Y: ``(n, d_v)`` outputs.
       num_prompts: L', the number of fitted prompts (L' = L exactly specified, L' > L over-specified).
       **options: ``restarts`` (4), ``init`` ("near-truth" or "random"), ``init_scale`` (0.5),
-        ``max_steps`` (300), ``ftol``, ``xtol``, ``gtol`` (1e-10 each); see :class:`FitSettings`.
+        ``max_steps`` (300), ``ftol``, ``xtol``, ``gtol`` (1e-10 each), ``batching`` ("auto": one fit
+        after another on a CPU, all in lockstep under vmap on an accelerator); see :class:`FitSettings`.
 
     Returns a :class:`FitResult`. Raises ``ValueError`` for shapes that disagree with the problem, NaN or
     inf in the data, L' < L, or bad options.

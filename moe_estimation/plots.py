@@ -6,6 +6,10 @@
   drawn through the first mean. Fits that stopped on the step limit are counted in each panel's title.
 - ``side_by_side.png``: every problem on the key/value yardstick, over-specified, with the key part
   and the value part of the loss drawn apart.
+- ``transformer_curves.png``: held-out loss and accuracy against n for the three prefix
+  parameterisations (mean over seeds with the seed range, fitted slopes in the legend).
+- ``combined.png``: the MoE rate panels (key/value yardstick, over-specified) beside the transformer's
+  learning curves.
 """
 
 from __future__ import annotations
@@ -111,4 +115,98 @@ def plot_study(results: str | Path, out: str | Path) -> list[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     written.append(path)
+    return written
+
+
+PARAM_COLORS = {"no-share": "C3", "simple-share": "C0", "deep-share": "C2"}
+
+
+def _curve_panel(ax, curves: pd.DataFrame, crates: pd.DataFrame | None, column: str = "heldout_loss"):
+    for kind, color in PARAM_COLORS.items():
+        g = curves[curves["parameterisation"] == kind]
+        if not len(g):
+            continue
+        ns = np.sort(g["n"].unique())
+        vals = [g[g["n"] == n][column].to_numpy() for n in ns]
+        label = kind
+        if crates is not None and column == "heldout_loss":
+            r = crates[(crates["parameterisation"] == kind) & (crates["statistic"] == "mean")].iloc[0]
+            label = f"{kind}: slope {r['slope']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+        ax.fill_between(ns, [v.min() for v in vals], [v.max() for v in vals], color=color, alpha=0.15, lw=0)
+        ax.plot(ns, [v.mean() for v in vals], "o-", color=color, ms=4, label=label)
+    ax.set_xscale("log")
+    if column == "heldout_loss":
+        ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ns = np.sort(curves["n"].unique())
+    ax.set_xticks(ns, [str(int(n)) for n in ns], fontsize=7)
+    ax.set_xlabel("training samples n")
+    ax.grid(True, which="both", alpha=0.2)
+    ax.legend(fontsize=7)
+
+
+def plot_curves(results: Path, out: Path) -> list[Path]:
+    """``transformer_curves.png`` from a transformer run's ``curves.csv``."""
+    curves = pd.read_csv(results / "curves.csv")
+    crates = pd.read_csv(results / "curve_rates.csv") if (results / "curve_rates.csv").exists() else None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    _curve_panel(axes[0], curves, crates, "heldout_loss")
+    axes[0].set_ylabel("held-out cross-entropy")
+    _curve_panel(axes[1], curves, None, "accuracy")
+    axes[1].set_ylabel("held-out accuracy")
+    fig.suptitle("Prefix-tuning a frozen transformer: learning curves (mean and range over seeds)")
+    fig.tight_layout()
+    path = out / "transformer_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def plot_combined(study: Path, transformer: Path, out: Path) -> Path:
+    """The MoE rate panels (key/value yardstick, over-specified) beside the transformer learning curves."""
+    fits = pd.read_csv(study / "fits.csv")
+    rates = pd.read_csv(study / "rates.csv")
+    curves = pd.read_csv(transformer / "curves.csv")
+    crates = pd.read_csv(transformer / "curve_rates.csv")
+    problems = [p for p in dict.fromkeys(fits["problem"])]
+    fig, axes = plt.subplots(1, len(problems) + 1, figsize=(4.0 * (len(problems) + 1), 4.2), squeeze=False)
+    for ax, prob in zip(axes[0], problems):
+        g = fits[(fits["problem"] == prob) & (fits["specification"] == "over")]
+        rr = rates[(rates["problem"] == prob) & (rates["specification"] == "over")]
+        _panel(ax, g, rr, "key_value")
+        ax.set_title(f"MoE: {prob} (over-specified)", fontsize=9)
+        ax.set_xlabel("n")
+        ax.legend(fontsize=6)
+    axes[0, 0].set_ylabel("D_2 on (key, value) atoms")
+    ax = axes[0, -1]
+    _curve_panel(ax, curves, crates, "heldout_loss")
+    ax.set_title("transformer: prefix-tuning held-out loss", fontsize=9)
+    fig.suptitle("Shared vs free prefixes: MoE estimation rates (left) and a prefix-tuned transformer (right)")
+    fig.tight_layout()
+    path = out / "combined.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_results(results, out) -> list[Path]:
+    """Every figure for the given result directories (rate studies and/or transformer runs)."""
+    out = Path(out)
+    dirs = [Path(r) for r in ([results] if isinstance(results, (str, Path)) else results)]
+    studies, transformers = [], []
+    for d in dirs:
+        if (d / "fits.csv").is_file():
+            studies.append(d)
+        elif (d / "curves.csv").is_file():
+            transformers.append(d)
+        else:
+            raise ValueError(f"--results: {d} holds neither fits.csv (a study) nor curves.csv (a transformer run)")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for d in studies:
+        written += plot_study(d, out)
+    for d in transformers:
+        written += plot_curves(d, out)
+    if studies and transformers:
+        written.append(plot_combined(studies[0], transformers[0], out))
     return written

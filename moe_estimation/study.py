@@ -35,7 +35,7 @@ import pandas as pd
 from . import __version__
 from .config import StudyConfig
 from .data import simulate_rows
-from .fit import STATUS, FitSettings, _fit_one_dataset
+from .fit import STATUS, FitSettings, _batch, _fit_one_dataset
 from .rates import empirical_rate, theory_slope
 from .voronoi import key_value_parts, structure_parts
 
@@ -77,7 +77,7 @@ def _run_chunk(problem, keys, n, rows: int, settings: FitSettings):
         res = _fit_one_dataset(problem, settings, jax.random.fold_in(key, 1), X, Y, w)
         return res, structure_parts(problem, res.params), key_value_parts(problem, res.params)
 
-    return jax.vmap(one)(keys)
+    return _batch(one, keys, settings.batching)
 
 
 def run_cell(problem, keys, n: int, settings: FitSettings, max_elements: int = 1 << 25):

@@ -18,7 +18,7 @@ def test_analytic_jacobian_matches_autodiff(name):
     w = jnp.ones(64).at[:5].set(0.0)
     s = me.FitSettings(num_prompts=3)
     theta = fitmod._flatten(me.initial_params(jax.random.key(1), prob, s, jnp.asarray(50.0)))
-    data = (X, Y, w, lse, mean)
+    data = (X.T, Y.T, w, lse, mean.T)
     r1, J1 = fitmod._jacobian_autodiff(prob, s, data, theta)
     r2, J2 = fitmod._jacobian_analytic(prob, s, data, theta)
     np.testing.assert_allclose(r1, r2, atol=1e-13)

@@ -1,0 +1,85 @@
+"""The backbone: a pre-LN transformer encoder over a short token sequence, classifying by mean pool.
+
+Parameters are a plain pytree (dicts of arrays), so freezing is structural: prefix-tuning differentiates
+only the prefix pytree and passes the backbone as a constant. Shapes: tokens ``(T,)`` integers for one
+sequence (callers vmap over sequences); width ``D``, ``H`` heads of size ``D / H``.
+
+Attention with a prefix (one layer, per head): with queries q_t, keys [p^K_1..p^K_L', k_1..k_T] and values
+[p^V_1..p^V_L', v_1..v_T], row t is softmax_j(q_t . key_j / sqrt(d_head)) over all L' + T keys, applied to
+the values; it is exactly the softmax-gated MoE of SPEC section 2 (see the bridge test).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class BackboneConfig(NamedTuple):
+    vocab: int = 16
+    seq_len: int = 8
+    width: int = 32
+    heads: int = 2
+    layers: int = 2
+    mlp: int = 64
+    classes: int = 4
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+
+def init_backbone(key: jax.Array, cfg: BackboneConfig) -> dict:
+    """Random initial backbone parameters (scaled normal, as in GPT-2: std 0.02 for embeddings)."""
+    D = cfg.width
+    ks = iter(jax.random.split(key, 4 + 6 * cfg.layers))
+    nrm = lambda k, shape, fan_in: jax.random.normal(k, shape) / jnp.sqrt(fan_in)
+    layers = []
+    for _ in range(cfg.layers):
+        layers.append(dict(
+            ln1=dict(g=jnp.ones(D), b=jnp.zeros(D)), ln2=dict(g=jnp.ones(D), b=jnp.zeros(D)),
+            W_Q=nrm(next(ks), (D, D), D), W_K=nrm(next(ks), (D, D), D), W_V=nrm(next(ks), (D, D), D),
+            W_O=nrm(next(ks), (D, D), D) / jnp.sqrt(2 * cfg.layers),
+            W_1=nrm(next(ks), (D, cfg.mlp), D), b_1=jnp.zeros(cfg.mlp),
+            W_2=nrm(next(ks), (cfg.mlp, D), cfg.mlp) / jnp.sqrt(2 * cfg.layers), b_2=jnp.zeros(D),
+        ))
+    return dict(
+        tok=0.5 * jax.random.normal(next(ks), (cfg.vocab, D)), pos=0.5 * jax.random.normal(next(ks), (cfg.seq_len, D)),
+        layers=layers, ln_f=dict(g=jnp.ones(D), b=jnp.zeros(D)),
+        head=nrm(next(ks), (D, cfg.classes), D), head_b=jnp.zeros(cfg.classes),
+    )
+
+
+def _ln(p, x):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / jnp.sqrt(var + 1e-5) * p["g"] + p["b"]
+
+
+def attention(W_Q, W_K, W_V, x, heads: int, prefix_k=None, prefix_v=None):
+    """Multi-head attention of tokens ``x`` ``(T, D)`` with optional prefix keys and values
+    ``(heads, L', d_head)`` (already in each head's key/value space). Returns ``(T, D)`` before W_O."""
+    T, D = x.shape
+    dh = W_Q.shape[1] // heads
+    split = lambda a: a.reshape(T, heads, dh).transpose(1, 0, 2)  # (H, T, dh)
+    q, k, v = split(x @ W_Q), split(x @ W_K), split(x @ W_V)
+    if prefix_k is not None:
+        k = jnp.concatenate([prefix_k, k], axis=1)
+        v = jnp.concatenate([prefix_v, v], axis=1)
+    w = jax.nn.softmax(jnp.einsum("htd,hsd->hts", q, k) / jnp.sqrt(dh), axis=-1)
+    return jnp.einsum("hts,hsd->htd", w, v).transpose(1, 0, 2).reshape(T, heads * dh)
+
+
+def forward(backbone: dict, tokens: jax.Array, cfg: BackboneConfig, prefix=None) -> jax.Array:
+    """Class logits ``(classes,)`` for one sequence ``tokens`` ``(T,)``. ``prefix``: per layer a pair
+    ``(keys, values)`` each ``(heads, L', d_head)``, or None for the plain backbone."""
+    x = backbone["tok"][tokens] + backbone["pos"][: tokens.shape[0]]
+    for i, lp in enumerate(backbone["layers"]):
+        pk, pv = (None, None) if prefix is None else prefix[i]
+        x = x + attention(lp["W_Q"], lp["W_K"], lp["W_V"], _ln(lp["ln1"], x), cfg.heads, pk, pv) @ lp["W_O"]
+        h = _ln(lp["ln2"], x)
+        x = x + jax.nn.gelu(h @ lp["W_1"] + lp["b_1"]) @ lp["W_2"] + lp["b_2"]
+    pooled = _ln(backbone["ln_f"], x).mean(0)
+    return pooled @ backbone["head"] + backbone["head_b"]

@@ -1,0 +1,58 @@
+"""The three prefix parameterisations of SPEC section 6 (same number L' of prefixes in each).
+
+- ``no-share``: free prefix keys and values at every layer, ``pk, pv`` ``(layers, L', D)``.
+- ``simple-share``: one vector per prefix and layer, ``p`` ``(layers, L', D)``; key = p W_K and
+  value = p W_V through that layer's frozen projections (the prefix is a virtual token).
+- ``deep-share``: one vector per prefix, ``p`` ``(L', d_p)``, through a trainable Linear-Tanh-Linear MLP
+  whose output holds every layer's key and value (Li and Liang's reparameterisation).
+
+:func:`prefix_kv` turns trainable parameters into the per-layer ``(keys, values)`` that
+:func:`moe_estimation.transformer.forward` takes, each ``(heads, L', d_head)``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+PARAMETERISATIONS = ("no-share", "simple-share", "deep-share")
+
+
+def init_prefix(key: jax.Array, kind: str, cfg, num_prefixes: int, hidden: int = 64) -> dict:
+    """Initial trainable parameters. The scales are chosen so that the initial prefix keys and values of
+    the three parameterisations have about the same size (entries of order 0.5)."""
+    L, D = cfg.layers, cfg.width
+    k1, k2, k3 = jax.random.split(key, 3)
+    if kind == "no-share":
+        return dict(pk=0.5 * jax.random.normal(k1, (L, num_prefixes, D)),
+                    pv=0.5 * jax.random.normal(k2, (L, num_prefixes, D)))
+    if kind == "simple-share":
+        return dict(p=0.5 * jax.random.normal(k1, (L, num_prefixes, D)))
+    if kind == "deep-share":
+        return dict(
+            p=jax.random.normal(k1, (num_prefixes, D)),
+            W1=jax.random.normal(k2, (D, hidden)) / jnp.sqrt(D), b1=jnp.zeros(hidden),
+            W2=0.5 * jax.random.normal(k3, (hidden, L * 2 * D)) / jnp.sqrt(hidden), b2=jnp.zeros(L * 2 * D),
+        )
+    raise ValueError(f"kind: expected one of {PARAMETERISATIONS}, got {kind!r}")
+
+
+def prefix_kv(kind: str, params: dict, backbone: dict, cfg) -> list[tuple[jax.Array, jax.Array]]:
+    """Per-layer prefix keys and values, each ``(heads, L', d_head)``."""
+    H, dh = cfg.heads, cfg.head_dim
+    heads = lambda a: a.reshape(a.shape[0], H, dh).transpose(1, 0, 2)
+    out = []
+    if kind == "deep-share":
+        z = jnp.tanh(params["p"] @ params["W1"] + params["b1"]) @ params["W2"] + params["b2"]  # (L', layers*2*D)
+        z = z.reshape(-1, cfg.layers, 2, cfg.width)
+    for i, lp in enumerate(backbone["layers"]):
+        if kind == "no-share":
+            k, v = params["pk"][i], params["pv"][i]
+        elif kind == "simple-share":
+            k, v = params["p"][i] @ lp["W_K"], params["p"][i] @ lp["W_V"]
+        elif kind == "deep-share":
+            k, v = z[:, i, 0], z[:, i, 1]
+        else:
+            raise ValueError(f"kind: expected one of {PARAMETERISATIONS}, got {kind!r}")
+        out.append((heads(k), heads(v)))
+    return out

@@ -1,0 +1,113 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import moe_estimation as me
+from moe_estimation.transformer import PARAMETERISATIONS, BackboneConfig, attention, forward, init_backbone, init_prefix, prefix_kv
+from moe_estimation.transformer.tasks import sample
+from moe_estimation.transformer.train import TRANSFORMER_PRESETS, evaluate, pretrain, tune
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG = BackboneConfig()
+
+
+def test_shapes():
+    bb = init_backbone(jax.random.key(0), CFG)
+    tokens, labels = sample(jax.random.key(1), "pretrain", 5, CFG)
+    assert tokens.shape == (5, CFG.seq_len) and labels.shape == (5,)
+    assert forward(bb, tokens[0], CFG).shape == (CFG.classes,)
+    for kind in PARAMETERISATIONS:
+        kv = prefix_kv(kind, init_prefix(jax.random.key(2), kind, CFG, 4), bb, CFG)
+        assert len(kv) == CFG.layers
+        for k, v in kv:
+            assert k.shape == v.shape == (CFG.heads, 4, CFG.head_dim)
+        assert forward(bb, tokens[0], CFG, kv).shape == (CFG.classes,)
+
+
+def test_unknown_parameterisation():
+    with pytest.raises(ValueError, match="kind"):
+        init_prefix(jax.random.key(0), "half-share", CFG, 4)
+
+
+@pytest.mark.parametrize("kind", PARAMETERISATIONS)
+def test_only_prefix_parameters_get_gradients_and_backbone_stays_frozen(kind):
+    bb = init_backbone(jax.random.key(0), CFG)
+    before = jax.tree.map(np.array, bb)
+    tokens, labels = sample(jax.random.key(1), "downstream", 32, CFG)
+    params = init_prefix(jax.random.key(2), kind, CFG, 4)
+
+    def loss(p, b):
+        logits = jax.vmap(lambda t: forward(b, t, CFG, prefix_kv(kind, p, b, CFG)))(tokens)
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(32), labels])
+
+    g_prefix = jax.grad(loss)(params, bb)
+    assert set(g_prefix) == set(params)  # every trainable prefix (and deep-share MLP) parameter
+    assert all(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(g_prefix))
+    trained, losses = tune(jax.random.key(2), kind, bb, CFG, tokens, labels, 1e-2, 5, 4)
+    assert set(trained) == set(params)
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(bb)):
+        np.testing.assert_array_equal(a, np.asarray(b))  # bitwise unchanged
+    assert float(losses[-1]) < float(losses[0])
+
+
+def test_pretraining_learns_its_task():
+    study = TRANSFORMER_PRESETS["tiny"]._replace(pretrain_steps=400)
+    bb, _ = pretrain(jax.random.key(0), study)
+    tokens, labels = sample(jax.random.key(9), "pretrain", 2000, CFG)
+    loss, acc = evaluate(bb, CFG, tokens, labels)
+    trivial = np.log(CFG.classes)  # predicting the uniform distribution
+    assert float(loss) < 0.5 * trivial, (float(loss), float(acc))
+
+
+def _bridge(structure):
+    """One layer, one head, d_head = D, and a prefix, against the MoE regression function."""
+    T, D, Lp = 4, 3, 2
+    ks = jax.random.split(jax.random.key(3), 8)
+    W_Q, W_K, W_V = (jax.random.normal(k, (D, D)) for k in ks[:3])
+    x = jax.random.normal(ks[3], (T, D))
+    E = [jnp.zeros((D, T * D)).at[:, j * D:(j + 1) * D].set(jnp.eye(D)) for j in range(T)]
+    A = jnp.stack([E[0].T @ W_Q @ W_K.T @ E[j] / jnp.sqrt(D) for j in range(T)])
+    A = (A + jnp.swapaxes(A, 1, 2)) / 2  # X^T A X only sees the symmetric part
+    H = jnp.stack([W_V.T @ E[j] for j in range(T)])
+    B = E[0].T @ W_Q / jnp.sqrt(D)
+    if structure == "non-shared":
+        pk, pv = jax.random.normal(ks[4], (Lp, D)), jax.random.normal(ks[5], (Lp, D))
+        prob = me.make_problem(structure="non-shared", A=A, a=jnp.zeros(T), H=H, B=B, C=jnp.eye(D),
+                               true_atoms=jnp.concatenate([pk, pv], 1), true_biases=jnp.zeros(Lp), atom_bound=50.0)
+    else:  # simple-share: the prefix is a virtual token p, key W_K^T p, value W_V^T p
+        p = jax.random.normal(ks[4], (Lp, D))
+        pk, pv = p @ W_K, p @ W_V
+        prob = me.make_problem(structure="shared-linear", A=A, a=jnp.zeros(T), H=H, B=B, C=jnp.eye(D), W1=W_K.T,
+                               W2=W_V.T, true_atoms=p, true_biases=jnp.zeros(Lp), atom_bound=50.0)
+    moe = me.regression_function(prob, me.true_params(prob), x.reshape(-1))
+    att = attention(W_Q, W_K, W_V, x, 1, pk[None], pv[None])[0]
+    return np.asarray(moe), np.asarray(att)
+
+
+@pytest.mark.parametrize("structure", ["non-shared", "shared-linear"])
+def test_bridge_attention_row_is_the_moe_regression_function(structure):
+    moe, att = _bridge(structure)
+    np.testing.assert_allclose(moe, att, rtol=1e-10, atol=1e-12)
+
+
+def test_transformer_command_end_to_end(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MOE_ESTIMATION_CACHE="")
+    out = tmp_path / "tr"
+    r = subprocess.run([sys.executable, "-m", "moe_estimation.cli", "transformer", "--preset", "tiny", "--out", str(out),
+                        "--no-progress"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    curves = pd.read_csv(out / "curves.csv")
+    assert {"parameterisation", "n", "seed", "heldout_loss", "accuracy", "steps", "seconds"} <= set(curves.columns)
+    assert set(curves["parameterisation"]) == set(PARAMETERISATIONS)
+    assert (out / "config.json").exists() and (out / "backbone.npz").exists()
+    r = subprocess.run([sys.executable, "-m", "moe_estimation.cli", "plot", "--results", str(out), "--out",
+                        str(tmp_path / "figs")], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "figs" / "transformer_curves.png").exists()
