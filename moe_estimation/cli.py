@@ -14,6 +14,11 @@ from pathlib import Path
 def _setup_jax(args) -> None:
     import jax
 
+    if getattr(args, "distributed", False):
+        # several hosts: under Slurm, Open MPI or on TPU the arguments are detected; elsewhere pass them
+        kw = {k: v for k, v in (("coordinator_address", args.coordinator), ("num_processes", args.num_processes),
+                                ("process_id", args.process_id)) if v is not None}
+        jax.distributed.initialize(**kw)
     if not getattr(args, "float32", False):
         jax.config.update("jax_enable_x64", True)
     cache = os.environ.get("MOE_ESTIMATION_CACHE", str(Path.home() / ".cache" / "moe_estimation" / "jax"))
@@ -74,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output directory; an existing one of the same study is resumed")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     s.add_argument("--float32", action="store_true", help="estimate in float32 (default float64)")
+    s.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (one process per host; the replicate axis is "
+                        "sharded over every device of every host)")
+    s.add_argument("--coordinator", help="with --distributed: host:port of process 0 (detected under Slurm/MPI)")
+    s.add_argument("--num-processes", type=int, help="with --distributed: the number of processes (one per host)")
+    s.add_argument("--process-id", type=int, help="with --distributed: this process's rank, 0..num_processes-1")
     s.set_defaults(func=cmd_study)
 
     pl = sub.add_parser("plot", help="draw the figures of finished studies",

@@ -170,6 +170,8 @@ def plot_combined(study: Path, transformer: Path, out: Path) -> Path:
     crates = pd.read_csv(transformer / "curve_rates.csv")
     problems = [p for p in dict.fromkeys(fits["problem"])]
     fig, axes = plt.subplots(1, len(problems) + 1, figsize=(4.0 * (len(problems) + 1), 4.2), squeeze=False)
+    for ax in axes[0, 1:-1]:
+        ax.sharey(axes[0, 0])  # one y-scale for the MoE panels, so that their levels compare
     for ax, prob in zip(axes[0], problems):
         g = fits[(fits["problem"] == prob) & (fits["specification"] == "over")]
         rr = rates[(rates["problem"] == prob) & (rates["specification"] == "over")]

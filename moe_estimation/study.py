@@ -11,6 +11,10 @@ vmapped inside) and scored in one compiled call. Design choices:
   Simulation is row-wise keyed, so padding never changes the data.
 - Memory is bounded: replicates go through in chunks sized so that the Jacobian of a chunk stays under
   ``max_elements`` numbers; the chunk size is a function of the shape only, so results are reproducible.
+- Many devices: the replicate axis of a chunk is sharded over every visible device (a one-dimensional
+  mesh, ``shard_map``); each device fits its replicates exactly as one device would, so a study's tables
+  do not depend on the number of devices. After ``jax.distributed.initialize()`` (``--distributed``) the
+  mesh spans every host; results are gathered to every process and process 0 writes them.
 - Resumable: after each cell, ``fits.csv`` is rewritten atomically (temporary file, then rename); a run
   started again on the same ``--out`` skips every finished cell. ``config.json`` guards against resuming
   into a different study.
@@ -69,8 +73,7 @@ def cell_keys(seed: int, problem: str, specification: str, n: int, replicates: i
     return jax.vmap(lambda r: jax.random.fold_in(k, r))(jnp.arange(replicates))
 
 
-@partial(jax.jit, static_argnames=("rows", "settings"))
-def _run_chunk(problem, keys, n, rows: int, settings: FitSettings):
+def _local_chunk(problem, keys, n, rows: int, settings: FitSettings):
     def one(key):
         X, Y = simulate_rows(problem, jax.random.fold_in(key, 0), rows)
         w = (jnp.arange(rows) < n).astype(X.dtype)
@@ -80,20 +83,63 @@ def _run_chunk(problem, keys, n, rows: int, settings: FitSettings):
     return _batch(one, keys, settings.batching)
 
 
+@partial(jax.jit, static_argnames=("rows", "settings"))
+def _run_chunk(problem, keys, n, rows: int, settings: FitSettings):
+    return _local_chunk(problem, keys, n, rows, settings)
+
+
+_SHARDED = {}
+
+
+def _sharded_chunk(mesh):
+    """``_run_chunk`` with the replicate axis split over ``mesh`` (one jitted function per mesh)."""
+    from jax.sharding import PartitionSpec as P
+
+    if mesh not in _SHARDED:
+        def run(problem, keys, n, rows, settings):
+            local = partial(_local_chunk, rows=rows, settings=settings)
+            return jax.shard_map(lambda p, k, m: local(p, k, m), mesh=mesh, in_specs=(P(), P("replicate"), P()),
+                                 out_specs=P("replicate"), check_vma=False)(problem, keys, n)
+
+        _SHARDED[mesh] = jax.jit(run, static_argnames=("rows", "settings"))
+    return _SHARDED[mesh]
+
+
+def _gather(tree):
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.device_get(tree)
+
+
 def run_cell(problem, keys, n: int, settings: FitSettings, max_elements: int = 1 << 25):
     """Simulate, fit and score the replicates of one cell. Returns (FitResult, own parts, kv parts) as
     numpy arrays with a leading replicate axis."""
     rows = bucket_size(n)
     P = settings.num_prompts * (problem.atom_dim + 1)
     per_fit = rows * problem.d_v * P * settings.restarts
-    chunk = int(max(1, min(len(keys), max_elements // per_fit)))
+    ndev = jax.device_count()
+    chunk = int(max(1, min(len(keys), max_elements * ndev // per_fit)))
+    chunk = -(-chunk // ndev) * ndev  # a multiple of the number of devices
+    place = lambda k: k
+    if ndev > 1:
+        from jax.sharding import NamedSharding
+        from jax.sharding import PartitionSpec as Pspec
+
+        mesh = jax.make_mesh((ndev,), ("replicate",))
+        run = _sharded_chunk(mesh)
+        problem = jax.device_put(problem, NamedSharding(mesh, Pspec()))
+        place = lambda k: jax.device_put(k, NamedSharding(mesh, Pspec("replicate")))
+    else:
+        run = _run_chunk
     outs = []
     for start in range(0, len(keys), chunk):
         k = keys[start : start + chunk]
         pad = chunk - len(k)
         if pad:  # keep one compiled shape: pad with copies of the last key, drop their results
             k = jnp.concatenate([k, jnp.repeat(k[-1:], pad, axis=0)])
-        out = jax.device_get(_run_chunk(problem, k, jnp.asarray(n), rows, settings))
+        out = _gather(run(problem, place(k), jnp.asarray(n), rows, settings))
         outs.append(jax.tree.map(lambda a: a[: chunk - pad], out))
     return jax.tree.map(lambda *a: np.concatenate(a), *outs)
 
@@ -143,10 +189,12 @@ def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=p
             )
     meta = dict(
         resolved, versions=_versions(), platform=platform.platform(), device=str(jax.devices()[0]),
+        devices=jax.device_count(), processes=jax.process_count(),
         x64=bool(jax.config.jax_enable_x64), root_seed=cfg.seed,
         bucket_sizes={str(n): bucket_size(n) for n in cfg.ns},
     )
-    _atomic_write(cfg_path, json.dumps(meta, indent=2))
+    if jax.process_index() == 0:
+        _atomic_write(cfg_path, json.dumps(meta, indent=2))
 
     fits_path = out / "fits.csv"
     done = pd.read_csv(fits_path) if fits_path.exists() else pd.DataFrame(columns=FITS_COLUMNS)
@@ -177,12 +225,14 @@ def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=p
             "seconds": seconds,
         }
         rows.append(pd.DataFrame(table)[FITS_COLUMNS])
-        write_csv(fits_path, pd.concat(rows, ignore_index=True))
+        if jax.process_index() == 0:
+            write_csv(fits_path, pd.concat(rows, ignore_index=True))
         bar.update(1)
     bar.close()
     fits = canonical_order(pd.concat(rows, ignore_index=True) if rows else done, cfg)
-    write_csv(fits_path, fits)
-    write_csv(out / "rates.csv", rates_table(fits, cfg))
+    if jax.process_index() == 0:
+        write_csv(fits_path, fits)
+        write_csv(out / "rates.csv", rates_table(fits, cfg))
     return fits
 
 

@@ -1,8 +1,10 @@
-"""Reproduce the rate figures: run (or resume) a study, then draw its figures.
+"""Reproduce every figure: the rate study, the prefix-tuned transformer, then all plots.
 
-    python simulations/reproduce.py --preset quick            # CPU, minutes -> results/quick, figures/quick
-    python simulations/reproduce.py --preset full             # GPU-sized    -> results/full,  figures/full
+    python simulations/reproduce.py --preset quick   # CPU, about 10 minutes -> results/quick*, figures/quick
+    python simulations/reproduce.py --preset full    # the GPU-sized rate study (+ the quick transformer)
     python simulations/reproduce.py --config simulations/example.toml --results results/mine --figures figures/mine
+
+Both halves resume: run the same command again after an interruption and finished work is kept.
 """
 
 from __future__ import annotations
@@ -14,26 +16,35 @@ from moe_estimation.cli import main as cli_main
 
 
 def main(args) -> int:
-    results = args.results or f"results/{args.preset or 'custom'}"
-    figures = args.figures or f"figures/{args.preset or 'custom'}"
-    study = ["study", "--out", results]
+    name = args.preset or "custom"
+    results = args.results or f"results/{name}"
+    figures = args.figures or f"figures/{name}"
+    flags = ["--no-progress"] if args.no_progress else []
+    study = ["study", "--out", results, *flags]
     study += ["--preset", args.preset] if args.preset else ["--config", args.config]
-    if args.no_progress:
-        study.append("--no-progress")
     rc = cli_main(study)
     if rc:
         return rc
-    return cli_main(["plot", "--results", results, "--out", figures])
+    dirs = [results]
+    if not args.no_transformer:
+        transformer = f"results/transformer-{'tiny' if args.preset == 'tiny' else 'quick'}"
+        rc = cli_main(["transformer", "--preset", "tiny" if args.preset == "tiny" else "quick", "--out", transformer,
+                       *flags])
+        if rc:
+            return rc
+        dirs.append(transformer)
+    return cli_main(["plot", "--results", *dirs, "--out", figures])
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--preset", choices=["quick", "full", "tiny"], help="a named study (default quick)")
+    g.add_argument("--preset", choices=["quick", "full", "tiny"], help="a named rate study (default quick)")
     g.add_argument("--config", help="a TOML study configuration")
-    p.add_argument("--results", help="where the tables go (default results/PRESET)")
+    p.add_argument("--results", help="where the rate tables go (default results/PRESET)")
     p.add_argument("--figures", help="where the figures go (default figures/PRESET)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no-transformer", action="store_true", help="skip the transformer half")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     a = p.parse_args()
     if a.preset is None and a.config is None:
         a.preset = "quick"

@@ -199,6 +199,42 @@ def test_cli_reports_bad_config_cleanly(tmp_path, cache_env):
 def test_simulation_scripts_run_tiny(tmp_path, cache_env):
     r = subprocess.run([sys.executable, str(ROOT / "simulations" / "reproduce.py"), "--preset", "tiny", "--results",
                         str(tmp_path / "res"), "--figures", str(tmp_path / "fig"), "--no-progress"], env=cache_env,
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "fig" / "side_by_side.png").exists()
+    for name in ("side_by_side.png", "transformer_curves.png", "combined.png"):
+        assert (tmp_path / "fig" / name).exists(), name
+    r = subprocess.run([sys.executable, str(ROOT / "simulations" / "summarize.py"), "--study", str(tmp_path / "res"),
+                        "--transformer", str(tmp_path / "results" / "transformer-tiny")], env=cache_env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "| shared-linear | exact | own |" in r.stdout and "| deep-share |" in r.stdout
+
+
+def test_tables_do_not_depend_on_the_number_of_devices(tmp_path, cache_env):
+    conf = tmp_path / "dev.toml"
+    conf.write_text(SMALL.replace("ns = [100, 110, 120, 130]", "ns = [100, 130]").replace("replicates = 2", "replicates = 3"))
+    outs = {}
+    for ndev in (1, 2):
+        env = dict(cache_env, XLA_FLAGS=f"--xla_force_host_platform_device_count={ndev}")
+        out = tmp_path / f"d{ndev}"
+        r = cli(["study", "--config", str(conf), "--out", str(out), "--no-progress"], env, timeout=600)
+        assert r.returncode == 0, r.stderr
+        assert json.loads((out / "config.json").read_text())["devices"] == ndev
+        outs[ndev] = out
+    pd.testing.assert_frame_equal(pd.read_csv(outs[1] / "fits.csv").drop(columns="seconds"),
+                                  pd.read_csv(outs[2] / "fits.csv").drop(columns="seconds"))
+    pd.testing.assert_frame_equal(pd.read_csv(outs[1] / "rates.csv"), pd.read_csv(outs[2] / "rates.csv"))
+
+
+def test_compilations_grow_with_buckets_not_sample_sizes(tmp_path):
+    import jax
+
+    from moe_estimation import study as study_mod
+
+    jax.config.update("jax_enable_x64", True)
+    ns = [70, 80, 90, 100, 110, 120, 200, 250]  # eight sizes, two buckets (128 and 256)
+    cfg = parse_config(dict(grid=dict(ns=ns, replicates=2, problems=["shared-tanh"], specifications=["over"]),
+                            fit=dict(restarts=1, max_steps=3), rates=dict(num_bootstrap=100)))
+    before = study_mod._run_chunk._cache_size()
+    run_study(cfg, tmp_path, progress=False)
+    assert study_mod._run_chunk._cache_size() - before == len({bucket_size(n) for n in ns}) == 2

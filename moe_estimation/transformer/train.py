@@ -34,10 +34,10 @@ class TransformerStudy(NamedTuple):
     pretrain_lr: float = 3e-3
     num_prefixes: int = 4
     tune_steps: int = 300
-    ns: tuple = (32, 64, 128, 256, 512, 1024)
+    ns: tuple = (16, 32, 64, 128, 256, 512)
     seeds: int = 5
-    lr_grid: tuple = (1e-3, 3e-3, 1e-2, 3e-2)
-    lr_search_n: int = 256
+    lr_grid: tuple = (3e-3, 1e-2, 3e-2, 1e-1)
+    lr_search_n: int = 128
     test_size: int = 4000
 
 
@@ -175,9 +175,17 @@ def run_transformer(study: TransformerStudy, out, *, progress: bool = True, log=
         lrs[kind] = study.lr_grid[int(np.nanargmin(scores))]
     log("learning rates by validation loss: " + ", ".join(f"{k} {v:g}" for k, v in lrs.items()))
 
-    rows = []
+    curves_path = out / "curves.csv"
+    done = pd.read_csv(curves_path) if curves_path.exists() else None
+    if done is not None and set(done["lr"].groupby(done["parameterisation"]).first().items()) != set(lrs.items()):
+        done = None  # made with other learning rates: start the curves again
+    rows = [] if done is None else done.to_dict("records")
+    finished = set() if done is None else {(k, int(n)) for k, n in zip(done["parameterisation"], done["n"])}
     cells = [(kind, n) for n in study.ns for kind in PARAMETERISATIONS]
-    for kind, n in tqdm(cells, disable=not progress, unit="cell", desc="prefix-tuning"):
+    if finished:
+        log(f"resuming: {len(finished)} of {len(cells)} cells already in {curves_path}")
+    todo = [c for c in cells if c not in finished]
+    for kind, n in tqdm(todo, disable=not progress, unit="cell", desc="prefix-tuning"):
         seed_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(root, 7), n), s))(
             jnp.arange(study.seeds))
         t0 = time.perf_counter()
@@ -186,8 +194,12 @@ def run_transformer(study: TransformerStudy, out, *, progress: bool = True, log=
         for s in range(study.seeds):
             rows.append(dict(parameterisation=kind, n=n, seed=s, heldout_loss=float(loss[s]), accuracy=float(acc[s]),
                              train_loss=float(train_loss[s]), steps=study.tune_steps, lr=lrs[kind], seconds=sec))
+        write_csv(curves_path, pd.DataFrame(rows))  # after every cell: a killed run resumes from here
+    order = {k: i for i, k in enumerate(PARAMETERISATIONS)}
     curves = pd.DataFrame(rows)
-    write_csv(out / "curves.csv", curves)
+    curves = curves.assign(_k=curves["parameterisation"].map(order)).sort_values(["_k", "n", "seed"]).drop(columns="_k")
+    curves = curves.reset_index(drop=True)
+    write_csv(curves_path, curves)
     rates = []
     for kind in PARAMETERISATIONS:
         g = curves[curves["parameterisation"] == kind]

@@ -1,0 +1,95 @@
+"""Print the README's result tables (markdown) from the tables that the studies wrote.
+
+    python simulations/summarize.py --study results/quick --transformer results/transformer-quick \\
+        --bench benchmarks/cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+
+def study_table(path: Path) -> str:
+    r = pd.read_csv(path / "rates.csv")
+    f = pd.read_csv(path / "fits.csv")
+    out = ["| problem | spec | loss | mean: slope [95% CI] | median: slope [95% CI] | theory | mean loss at n_max | fits not converged | fits at box bound |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for (prob, spec, loss), g in r.groupby(["problem", "specification", "loss"], sort=False):
+        if loss not in ("own", "key_value"):
+            continue
+        m = g[g["statistic"] == "mean"].iloc[0]
+        md = g[g["statistic"] == "median"].iloc[0]
+        ff = f[(f["problem"] == prob) & (f["specification"] == spec)]
+        out.append(f"| {prob} | {spec} | {loss} | {m.slope:.2f} [{m.ci_low:.2f}, {m.ci_high:.2f}] | "
+                   f"{md.slope:.2f} [{md.ci_low:.2f}, {md.ci_high:.2f}] | {m.theory_slope:g} | {m.mean_loss_at_n_max:.3g} | "
+                   f"{int(m.fits_not_converged)}/{len(ff)} | {int(ff['at_bound'].sum())}/{len(ff)} |")
+    n = sorted(f["n"].unique())
+    out.append("")
+    out.append(f"n = {', '.join(str(x) for x in n)}; {f['replicate'].nunique()} replicates; init: {f['init'].iloc[0]}.")
+    return "\n".join(out)
+
+
+def parts_table(path: Path) -> str:
+    """Key and value parts of the yardstick, over-specified, mean and median at the largest n."""
+    f = pd.read_csv(path / "fits.csv")
+    f = f[(f["specification"] == "over") & (f["n"] == f["n"].max())]
+    f = f.assign(key=f["kv_key_single"] + f["kv_key_multi"], value=f["kv_value_single"] + f["kv_value_multi"])
+    out = ["| problem (over, n = %d) | weight part mean | key part mean / median | value part mean / median | max value part |" % f["n"].max(),
+           "|---|---|---|---|---|"]
+    for prob, g in f.groupby("problem", sort=False):
+        out.append(f"| {prob} | {g['kv_weight'].mean():.3g} | {g['key'].mean():.3g} / {g['key'].median():.3g} | "
+                   f"{g['value'].mean():.3g} / {g['value'].median():.3g} | {g['value'].max():.3g} |")
+    return "\n".join(out)
+
+
+def transformer_table(path: Path) -> str:
+    r = pd.read_csv(path / "curve_rates.csv")
+    meta = json.loads((path / "config.json").read_text())
+    c = pd.read_csv(path / "curves.csv")
+    out = ["| parameterisation | lr (validation) | slope of mean held-out loss [95% CI] | held-out loss at n_max | accuracy at n_max | accuracy at n_min |",
+           "|---|---|---|---|---|---|"]
+    for _, m in r[r["statistic"] == "mean"].iterrows():
+        g = c[c["parameterisation"] == m.parameterisation]
+        out.append(f"| {m.parameterisation} | {meta['learning_rates'][m.parameterisation]:g} | {m.slope:.2f} [{m.ci_low:.2f}, {m.ci_high:.2f}] | "
+                   f"{m.mean_loss_at_n_max:.3f} | {m.mean_accuracy_at_n_max:.3f} | {g[g['n'] == g['n'].min()]['accuracy'].mean():.3f} |")
+    pre = meta["backbone_pretrain_test"]
+    zero = meta["downstream_without_prefix"]
+    out.append("")
+    out.append(f"Backbone on its pre-training task (held out): loss {pre['loss']:.4f} (trivial {pre['trivial_loss']:.3f}), "
+               f"accuracy {pre['accuracy']:.3f}. Frozen backbone on the downstream task with no prefix: loss "
+               f"{zero['loss']:.2f}, accuracy {zero['accuracy']:.3f}. n = {', '.join(str(x) for x in sorted(c['n'].unique()))}; "
+               f"{c['seed'].nunique()} seeds per size.")
+    return "\n".join(out)
+
+
+def bench_table(path: Path) -> str:
+    recs = json.loads(path.read_text())
+    out = ["| shape | method | fits/s | ours / this | mean objective | worst fit vs ours |", "|---|---|---|---|---|---|"]
+    for r in recs:
+        out.append(f"| {r['shape']} | {r['method']} | {r['fits_per_second']:.2f} | {r['ours_speedup']:.1f}x | "
+                   f"{r['mean_objective']:.10g} | {r.get('worst_fit_rel_diff_vs_ours', 0):.1e} |")
+    return "\n".join(out)
+
+
+def main(args) -> int:
+    if args.study:
+        print(study_table(Path(args.study)), "\n")
+        print(parts_table(Path(args.study)), "\n")
+    if args.transformer:
+        print(transformer_table(Path(args.transformer)), "\n")
+    if args.bench:
+        print(bench_table(Path(args.bench)))
+    return 0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--study", help="a study's output directory")
+    p.add_argument("--transformer", help="a transformer run's output directory")
+    p.add_argument("--bench", help="a benchmark JSON (moe-estimation bench --json)")
+    sys.exit(main(p.parse_args()))
