@@ -62,7 +62,8 @@ def cmd_bench(args) -> int:
     _setup_jax(args)
     from .bench import run_bench
 
-    run_bench(sizes=args.sizes, fits=args.fits, json_path=args.json, methods=args.methods, problems=args.problems)
+    run_bench(sizes=args.sizes, fits=args.fits, json_path=args.json, methods=args.methods, problems=args.problems,
+              large_fits=args.large_fits)
     return 0
 
 
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "a loop, and optimistix.LevenbergMarquardt under vmap.")
     b.add_argument("--sizes", type=int, nargs="+", default=[1000, 8000, 100000], help="sample sizes n to time")
     b.add_argument("--fits", type=int, default=16, help="fits per method and size")
+    b.add_argument("--large-fits", type=int, default=4, help="fits per method at n >= 50000 (default 4)")
     b.add_argument("--methods", nargs="+", default=["ours", "scipy", "optimistix"],
                    choices=["ours", "scipy", "optimistix"], help="which methods to run")
     b.add_argument("--problems", nargs="+", default=["shared-linear", "non-shared"],
