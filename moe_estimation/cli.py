@@ -36,7 +36,7 @@ def cmd_study(args) -> int:
     _setup_jax(args)
     from .study import run_study
 
-    fits = run_study(cfg, args.out, progress=not args.no_progress)
+    fits = run_study(cfg, args.out, progress=not args.no_progress, tables_only=args.tables_only)
     print(f"wrote {len(fits)} fits to {Path(args.out) / 'fits.csv'}, rates to {Path(args.out) / 'rates.csv'}")
     return 0
 
@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="a TOML study configuration (see moe_estimation.config for the keys)")
     s.add_argument("--out", required=True, help="output directory; an existing one of the same study is resumed")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    s.add_argument("--tables-only", action="store_true",
+                   help="fit nothing: rebuild rates.csv from the cells already in --out (a study stopped part-way)")
     s.add_argument("--float32", action="store_true", help="estimate in float32 (default float64)")
     s.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (one process per host; the replicate axis is "

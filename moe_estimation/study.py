@@ -172,9 +172,12 @@ def _cells(cfg: StudyConfig):
                 yield prob_name, spec, n
 
 
-def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=print) -> pd.DataFrame:
+def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=print,
+              tables_only: bool = False) -> pd.DataFrame:
     """Run (or resume) a study into directory ``out``; returns the fits table. Writes ``fits.csv`` after
-    every cell, and ``rates.csv`` and ``config.json`` at the end (see the module docstring)."""
+    every cell, and ``rates.csv`` and ``config.json`` at the end (see the module docstring). With
+    ``tables_only``, fit nothing: rebuild the tables from the cells already finished (a study stopped
+    part-way can be looked at, and resumed later)."""
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -202,6 +205,12 @@ def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=p
         (p, s, int(n)) for (p, s, n), g in done.groupby(["problem", "specification", "n"]) if len(g) == cfg.replicates
     }
     todo = [c for c in _cells(cfg) if c not in finished]
+    if tables_only:
+        if not finished:
+            raise ValueError(f"--tables-only: {out} holds no finished cell yet")
+        log(f"tables only: {len(finished)} finished cells, {len(todo)} not run")
+        todo = []
+        done = done[[(p, s, int(n)) in finished for p, s, n in zip(done["problem"], done["specification"], done["n"])]]
     if finished:
         log(f"resuming: {len(finished)} of {len(finished) + len(todo)} cells already in {fits_path}")
     rows = [done] if len(done) else []
@@ -229,7 +238,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=p
             write_csv(fits_path, pd.concat(rows, ignore_index=True))
         bar.update(1)
     bar.close()
-    fits = canonical_order(pd.concat(rows, ignore_index=True) if rows else done, cfg)
+    fits = canonical_order(pd.concat(rows, ignore_index=True) if rows and not tables_only else done, cfg)
     if jax.process_index() == 0:
         write_csv(fits_path, fits)
         write_csv(out / "rates.csv", rates_table(fits, cfg))

@@ -37,7 +37,8 @@ def study_table(path: Path) -> str:
 def parts_table(path: Path) -> str:
     """Key and value parts of the yardstick, over-specified, mean and median at the largest n."""
     f = pd.read_csv(path / "fits.csv")
-    f = f[(f["specification"] == "over") & (f["n"] == f["n"].max())]
+    f = f[f["specification"] == "over"]
+    f = f[f["n"] == f["n"].max()]
     f = f.assign(key=f["kv_key_single"] + f["kv_key_multi"], value=f["kv_value_single"] + f["kv_value_multi"])
     out = ["| problem (over, n = %d) | weight part mean | key part mean / median | value part mean / median | max value part |" % f["n"].max(),
            "|---|---|---|---|---|"]

@@ -93,6 +93,11 @@ def test_killed_run_resumes_to_identical_tables(tmp_path, cache_env):
     b = pd.read_csv(part / "fits.csv").drop(columns="seconds")
     pd.testing.assert_frame_equal(a, b)
     pd.testing.assert_frame_equal(pd.read_csv(full / "rates.csv"), pd.read_csv(part / "rates.csv"))
+    # the tables of a finished study rebuild to the same rates without fitting anything
+    r = cli(["study", "--config", str(conf), "--out", str(part), "--no-progress", "--tables-only"], cache_env,
+            timeout=600)
+    assert r.returncode == 0, r.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(full / "rates.csv"), pd.read_csv(part / "rates.csv"))
 
 
 def test_cell_numbers_do_not_depend_on_other_cells(tmp_path):
