@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .data import simulate_rows
-from .fit import FitSettings, _batch, _flatten, _jacobian_autodiff, _solve_one, _unflatten, initial_params
+from .fit import FitSettings, _batch, _flatten, _solve_one, _unflatten, initial_params
 from .model import expert_summary, predict
 from .problems import preset
 

@@ -179,11 +179,8 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
     tables = data.get("problems", {})
     if not isinstance(tables, dict):
         raise _err(source, "problems", "expected tables [problems.NAME]")
-    for name in problems:
-        prob = build_problem(name, tables.get(name), source)
-        num = prob.num_true_prompts + (extra if "over" in specs else 0)
-        if num < prob.num_true_prompts:  # pragma: no cover - extra >= 1 above
-            raise _err(source, "grid.extra_prompts", "L' < L")
+    for name in problems:  # every problem builds and validates before any work starts
+        build_problem(name, tables.get(name), source)
     return StudyConfig(
         seed=seed, ns=tuple(sorted(ns)), replicates=reps, problems=tuple(problems), specifications=tuple(specs),
         extra_prompts=extra, fit=fit, num_bootstrap=nb, n_min=n_min, n_max=n_max,
