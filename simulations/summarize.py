@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from moe_estimation.study import RATE_LOSSES
+
 
 def study_table(path: Path) -> str:
     r = pd.read_csv(path / "rates.csv")
@@ -39,7 +41,8 @@ def parts_table(path: Path) -> str:
     f = pd.read_csv(path / "fits.csv")
     f = f[f["specification"] == "over"]
     f = f[f["n"] == f["n"].max()]
-    f = f.assign(key=f["kv_key_single"] + f["kv_key_multi"], value=f["kv_value_single"] + f["kv_value_multi"])
+    part = lambda loss: f[list(RATE_LOSSES[loss])].sum(axis=1)  # the parts as rates.csv defines them
+    f = f.assign(key=part("key_value_key_part"), value=part("key_value_value_part"))
     out = ["| problem (over, n = %d) | weight part mean | key part mean / median | value part mean / median | max value part |" % f["n"].max(),
            "|---|---|---|---|---|"]
     for prob, g in f.groupby("problem", sort=False):
