@@ -1,7 +1,7 @@
 """The speed benchmark: our batched estimator against what a user would otherwise write.
 
-On the same problem, the same simulated data sets and the same starting points (one start per fit),
-with the same stopping tolerances (1e-8), it times:
+``moe-estimation bench`` (:func:`run_bench`): on the same problem, the same simulated data sets and the
+same starting points (one start per fit), with the same stopping tolerances (1e-8), it times:
 
 - ``ours``: the batched projected Levenberg-Marquardt of :mod:`moe_estimation.fit`, vmapped over fits;
 - ``scipy``: ``scipy.optimize.least_squares(method="lm")`` in a Python loop over fits, with a jitted JAX
@@ -11,19 +11,26 @@ with the same stopping tolerances (1e-8), it times:
 
 Every method is compiled ahead of the timed run (JAX's ahead-of-time ``lower().compile()``, and one call of
 scipy's jitted residual and Jacobian), so compilation is not counted. The
-problem is the over-specified shared-linear preset (L = 2, L' = 3, 9 parameters), started near the truth,
-the case the rate study spends most of its time on. The parameter box is widened (atoms in [-30, 30],
-biases in [-30, 30]) so that it never binds: scipy's and optimistix's LM are unconstrained, and all three
-must solve the same problem. Speed counts only at equal objectives: the table flags a method whose mean
+problems are the over-specified shared-linear and non-shared presets (L = 2, L' = 3; 9 and 15
+parameters), started near the truth: the fits the rate study spends most of its time on. The parameter box
+is widened (atoms in [-30, 30], biases in [-30, 30]) so that it never binds: scipy's and optimistix's LM
+are unconstrained, and all three must solve the same problem. Speed counts only at equal objectives: the table flags a method whose mean
 objective is better than ours by more than a relative ``EQUAL_RTOL`` = 1e-4. Over-specified least
 squares has flat valleys and several local minima, and different solvers stop at different points of
 them (per fit, differences of a few parts per million either way); 1e-4 lies well below the statistical
 resolution of the objective, about P / (2 n) relative (5.6e-4 for P = 9 at n = 8000), so a difference
 under it changes no estimate that a study could see. The table also reports the worst per-fit difference.
+
+``moe-estimation bench --step`` (:func:`run_step_bench`): one solver step of ours against its floor, the
+bytes it must read over this device's measured bandwidth or its operations over the measured
+matrix-product rate.
+
+``moe-estimation bench --precision`` (:func:`run_precision_bench`): the same fits in float64 and float32.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 
@@ -35,6 +42,8 @@ from .data import simulate_rows
 from .fit import FitSettings, _batch, _flatten, _solve_one, _unflatten, initial_params
 from .model import expert_summary, predict
 from .problems import preset
+
+fitmod = importlib.import_module("moe_estimation.fit")  # the module (the package exports a function of that name)
 
 TOL = 1e-8
 EQUAL_RTOL = 1e-4
@@ -52,18 +61,34 @@ def _setup(n: int, fits: int, problem_name: str = "shared-linear", num_prompts: 
     return prob, settings, X, Y, theta0
 
 
-def _ours(prob, settings, X, Y, theta0):
+def _compiled_solver(prob, settings, X, Y, theta0, n=None, batching=None):
+    """Our solver over a batch of fits as the study runs it, compiled ahead for these arrays:
+    ``(X, Y, theta0) -> (theta, objective, status, steps)``, each with a leading fit axis. Rows from ``n`` on
+    are padding (weight 0); ``batching`` overrides ``settings.batching``."""
+    rows = X.shape[1]
+    n = rows if n is None else n
+
     @jax.jit
     def run(X, Y, theta0):
         def one(x, y, t0):
-            w = jnp.ones(x.shape[0], x.dtype)
+            w = (jnp.arange(rows) < n).astype(x.dtype)
             lse, mean = jax.vmap(expert_summary, in_axes=(None, 0))(prob, x)
             theta, F, status, steps = _solve_one(prob, settings, (x.T, y.T, w, lse, mean.T), t0)
-            return theta, 2 * F / x.shape[0]
+            return theta, 2 * F / jnp.sum(w), status, steps
 
-        return _batch(lambda a: one(*a), (X, Y, theta0), settings.batching)
+        return _batch(lambda a: one(*a), (X, Y, theta0), batching or settings.batching)
 
-    compiled = run.lower(X, Y, theta0).compile()  # compile ahead: only the solve is timed
+    return run.lower(X, Y, theta0).compile()
+
+
+def _write_json(path, records) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(records, f, indent=2)
+
+
+def _ours(prob, settings, X, Y, theta0):
+    compiled = _compiled_solver(prob, settings, X, Y, theta0)  # compiled ahead: only the solve is timed
     return lambda: jax.block_until_ready(compiled(X, Y, theta0))[1]
 
 
@@ -157,7 +182,167 @@ def run_bench(sizes=(1000, 8000, 100000), fits: int = 16, json_path=None, method
             ok = "yes" if rel >= -EQUAL_RTOL else f"NO (ours worse by {-rel:.1e})"
             log(f"{shape:34s} {r['method']:11s} {r['fits_per_second']:9.2f} {speed:7.1f} {r['mean_objective']:18.12g}"
                 f" {r.get('worst_fit_rel_diff_vs_ours', 0.0):10.1e}  {ok}")
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(records, f, indent=2)
+    _write_json(json_path, records)
+    return records
+
+
+# ------------------------------------------------------------------------------------------------
+# one solver step against its floor
+
+
+def _measured_peaks(dtype) -> dict:
+    """What this device can do, measured here: streaming bandwidth (a jitted sum over a large array: the
+    bytes read over the time) and arithmetic rate (a jitted square matrix product in ``dtype``: 2 m^3 over
+    the time). Both are best-of-5 after a compiled warm-up."""
+    cpu = jax.default_backend() == "cpu"
+    big = jnp.ones((1 << (25 if cpu else 28),), dtype)  # 256 MiB (CPU) or 2 GiB (accelerator) in float64
+    m = 2048 if cpu else 8192
+    A = jax.random.normal(jax.random.key(0), (m, m), dtype)
+    total = jax.jit(jnp.sum)
+    matmul = jax.jit(lambda a: a @ a)
+
+    def best(f, x):
+        jax.block_until_ready(f(x))
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(x))
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    return dict(bandwidth=big.nbytes / best(total, big), flops=2 * m**3 / best(matmul, A))
+
+
+def step_floor(rows: int, num_params: int, d: int, d_v: int, itemsize: int) -> tuple[int, int]:
+    """Bytes and floating-point operations that one Levenberg-Marquardt step of one fit cannot avoid.
+
+    Bytes: the step must read the fit's data once, ``rows * (d + 2 d_v + 2)`` numbers (X, Y, the weights,
+    and the experts' log-sum-exp and mixed output). Operations: forming J^T J (symmetric, P(P+1)/2 entries),
+    J^T r and r^T r over ``rows * d_v`` residuals, two per multiply-add; building J itself, the exponentials
+    and the P x P solve are left out, so the floor is a lower bound."""
+    P = num_params
+    return rows * (d + 2 * d_v + 2) * itemsize, rows * d_v * (P * (P + 1) + 2 * P + 2)
+
+
+def run_step_bench(sizes=(1000, 8000, 100000), fits: int = 16, problems=tuple(PROBLEMS), steps: int = 20,
+                   json_path=None, log=print) -> list[dict]:
+    """Time one solver step as the study runs it (padded rows, the batching of ``FitSettings``) and set it
+    against its floor (:func:`step_floor`) at this device's measured bandwidth and arithmetic rate.
+
+    Each fit runs ``steps`` Levenberg-Marquardt steps with the stopping tests switched off (best of three
+    runs); the time per step is the time over the number of steps taken (the longest fit's under vmap, where
+    the batch moves in lockstep; the total under map, where fits run one after another). Where the study sums rows in blocks
+    (large shapes on the CPU, see ``moe_estimation.fit.BLOCK_ROWS``), the whole-array path is timed too, in
+    the same run. Records: ``{shape, rows, fits, batching, path, step_seconds, floor_seconds, floor_bound,
+    times_floor, gflops, gbytes_per_second, ...}``."""
+    from .study import bucket_size
+
+    dtype = jnp.zeros(()).dtype
+    peaks = _measured_peaks(dtype)
+    log(f"device: {jax.devices()[0]}, dtype: {dtype}, measured streaming bandwidth {peaks['bandwidth'] / 1e9:.1f} GB/s, "
+        f"matrix-product rate {peaks['flops'] / 1e9:.1f} GFLOP/s")
+    records = []
+    for problem_name in problems:
+        for n in sizes:
+            rows = bucket_size(n)
+            prob, settings, X, Y, theta0 = _setup(rows, fits, problem_name, PROBLEMS[problem_name])
+            settings = settings._replace(max_steps=steps, ftol=0.0, xtol=0.0, gtol=0.0)
+            mode = settings.batching if settings.batching != "auto" else (
+                "map" if jax.default_backend() == "cpu" else "vmap")
+
+            paths = ["whole"]
+            if fitmod._num_blocks(rows) > 1:  # time the row-blocked path against the whole-array one
+                paths = ["blocked", "whole"]
+            for path in paths:
+                saved = fitmod.BLOCK_FROM
+                if path == "whole":
+                    fitmod.BLOCK_FROM = 1 << 62
+                try:
+                    compiled = _compiled_solver(prob, settings, X, Y, theta0, n=n, batching=mode)
+                finally:
+                    fitmod.BLOCK_FROM = saved
+                jax.block_until_ready(compiled(X, Y, theta0))
+                sec = np.inf
+                for _ in range(3):  # best of three
+                    t0 = time.perf_counter()
+                    taken = np.asarray(jax.block_until_ready(compiled(X, Y, theta0))[3])
+                    sec = min(sec, time.perf_counter() - t0)
+                # per step of the whole batch: lockstep -> the longest fit's steps; one after another -> per fit
+                step_sec = sec / taken.max() if mode == "vmap" else sec / taken.sum()
+                batch = fits if mode == "vmap" else 1
+                P = theta0.shape[1]
+                nbytes, nflops = step_floor(rows, P, prob.d, prob.d_v, X.dtype.itemsize)
+                nbytes, nflops = nbytes * batch, nflops * batch
+                t_mem, t_ops = nbytes / peaks["bandwidth"], nflops / peaks["flops"]
+                floor = max(t_mem, t_ops)
+                rec = dict(shape=f"{problem_name} P={P} n={n} rows={rows}", problem=problem_name, n=n, rows=rows,
+                           fits=fits, batching=mode, path=path, fits_per_step=batch, steps_taken=int(taken.sum()),
+                           step_seconds=step_sec, floor_seconds=floor,
+                           floor_bound="memory" if t_mem >= t_ops else "compute", times_floor=step_sec / floor,
+                           gflops=nflops / step_sec / 1e9, gbytes_per_second=nbytes / step_sec / 1e9,
+                           device=str(jax.devices()[0]), measured_bandwidth=peaks["bandwidth"],
+                           measured_flops=peaks["flops"])
+                records.append(rec)
+                log(f"{rec['shape']:38s} {mode:4s} x{batch:<4d} {path:7s} step {step_sec * 1e3:9.3f} ms   "
+                    f"floor {floor * 1e3:8.4f} ms ({rec['floor_bound']})   x{rec['times_floor']:7.1f}   "
+                    f"{rec['gflops']:7.2f} GFLOP/s")
+    _write_json(json_path, records)
+    return records
+
+
+# ------------------------------------------------------------------------------------------------
+# float32 against float64 on the same fits
+
+
+def run_precision_bench(sizes=(1000, 8000), fits: int = 16, problems=tuple(PROBLEMS), json_path=None,
+                        log=print) -> list[dict]:
+    """Would float32 do? The same data sets (simulated in float64) and the same starting points are fitted
+    in float64 and in float32, exactly and over-specified, with the study's tolerances and box; both
+    estimates are scored in float64 with the structure's own Voronoi loss. Records per shape: fits that
+    converged in each precision, the median and largest relative difference of the loss and of the
+    objective, and the seconds each took. Needs ``jax_enable_x64``."""
+    from .voronoi import voronoi_loss
+
+    if not jax.config.jax_enable_x64:
+        raise ValueError("bench --precision: needs jax_enable_x64 (float64 is the reference)")
+    records = []
+    log(f"device: {jax.devices()[0]}, fits per shape: {fits}, tolerances 1e-8, study box, one near-truth start per fit")
+    for problem_name in problems:
+        prob64 = preset(problem_name)
+        prob32 = jax.tree.map(lambda a: a.astype(jnp.float32), prob64)
+        for spec, num in (("exact", prob64.num_true_prompts), ("over", prob64.num_true_prompts + 1)):
+            for n in sizes:
+                settings = FitSettings(num_prompts=num, restarts=1, max_steps=600, ftol=TOL, xtol=TOL, gtol=TOL)
+                keys = jax.random.split(jax.random.key(n), fits)
+                X, Y = jax.vmap(lambda k: simulate_rows(prob64, jax.random.fold_in(k, 0), n))(keys)
+                theta0 = jax.vmap(lambda k: _flatten(initial_params(jax.random.fold_in(k, 1), prob64, settings,
+                                                                     jnp.asarray(float(n)))))(keys)
+                rec = dict(shape=f"{problem_name} {spec} L'={num} n={n}", problem=problem_name, specification=spec,
+                           n=n, fits=fits)
+                out = {}
+                for name, prob in (("float64", prob64), ("float32", prob32)):
+                    dt = prob.true_atoms.dtype
+                    args = (X.astype(dt), Y.astype(dt), theta0.astype(dt))
+                    compiled = _compiled_solver(prob, settings, *args)
+                    t0 = time.perf_counter()
+                    theta, obj, status, _ = jax.block_until_ready(compiled(*args))
+                    rec[f"seconds_{name}"] = time.perf_counter() - t0
+                    params = jax.vmap(lambda t: _unflatten(t.astype(jnp.float64), num, prob64.atom_dim))(theta)
+                    loss = np.asarray(jax.vmap(voronoi_loss, in_axes=(None, 0))(prob64, params))
+                    st = np.asarray(status)
+                    out[name] = (loss, np.asarray(obj, np.float64))
+                    rec[f"converged_{name}"] = int(((st >= 1) & (st <= 3)).sum())
+                    rec[f"stalled_{name}"] = int((st == 5).sum())
+                rel_loss = np.abs(out["float32"][0] - out["float64"][0]) / out["float64"][0]
+                rel_obj = np.abs(out["float32"][1] - out["float64"][1]) / out["float64"][1]
+                rec.update(loss_rel_diff_median=float(np.median(rel_loss)), loss_rel_diff_max=float(rel_loss.max()),
+                           objective_rel_diff_max=float(rel_obj.max()),
+                           mean_loss_float64=float(out["float64"][0].mean()),
+                           mean_loss_float32=float(out["float32"][0].mean()))
+                records.append(rec)
+                log(f"{rec['shape']:36s} converged f64 {rec['converged_float64']:3d} f32 {rec['converged_float32']:3d} "
+                    f"(stalled {rec['stalled_float32']:3d})  loss rel diff median {rec['loss_rel_diff_median']:.1e} "
+                    f"max {rec['loss_rel_diff_max']:.1e}  objective max {rec['objective_rel_diff_max']:.1e}  "
+                    f"s f64 {rec['seconds_float64']:.2f} f32 {rec['seconds_float32']:.2f}")
+    _write_json(json_path, records)
     return records

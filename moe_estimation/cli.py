@@ -70,6 +70,21 @@ def cmd_bench(args) -> int:
     _setup_jax(args)
     from .bench import run_bench
 
+    if args.fits < 1 or args.large_fits < 1 or args.steps < 1 or any(n < 1 for n in args.sizes):
+        raise ValueError("bench: --sizes, --fits, --large-fits and --steps must be >= 1")
+    if args.step and args.precision:
+        raise ValueError("bench: give at most one of --step and --precision")
+    if args.precision:
+        from .bench import run_precision_bench
+
+        run_precision_bench(sizes=args.sizes, fits=args.fits, problems=args.problems, json_path=args.json)
+        return 0
+    if args.step:
+        from .bench import run_step_bench
+
+        run_step_bench(sizes=args.sizes, fits=args.fits, problems=args.problems, steps=args.steps,
+                       json_path=args.json)
+        return 0
     run_bench(sizes=args.sizes, fits=args.fits, json_path=args.json, methods=args.methods, problems=args.problems,
               large_fits=args.large_fits)
     return 0
@@ -89,7 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     s.add_argument("--tables-only", action="store_true",
                    help="fit nothing: rebuild rates.csv from the cells already in --out (a study stopped part-way)")
-    s.add_argument("--float32", action="store_true", help="estimate in float32 (default float64)")
     s.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (one process per host; the replicate axis is "
                         "sharded over every device of every host)")
@@ -127,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["ours", "scipy", "optimistix"], help="which methods to run")
     b.add_argument("--problems", nargs="+", default=["shared-linear", "non-shared"],
                    choices=["shared-linear", "non-shared"], help="which over-specified problems to time")
+    b.add_argument("--step", action="store_true",
+                   help="instead: time one solver step of ours as the study runs it and compare it with its floor "
+                        "(the bytes it must read over this device's measured bandwidth, or its operations over the "
+                        "measured matrix-product rate)")
+    b.add_argument("--precision", action="store_true",
+                   help="instead: fit the same data from the same starts in float64 and float32 and compare the "
+                        "losses (why estimation runs in float64)")
+    b.add_argument("--steps", type=int, default=20, help="with --step: LM steps per fit (default 20)")
     b.add_argument("--json", help="also write the records as JSON to this path")
     b.set_defaults(func=cmd_bench)
     return p

@@ -4,12 +4,14 @@
 
 Solver: a projected Levenberg-Marquardt on the small normal equations. The parameter vector theta (the
 L' atoms and L' biases, tens of numbers) is tiny and the residual vector (n * d_v) long, so each step
-forms J^T J (P x P) and J^T r from one forward pass with P tangents (``jax.linearize`` + ``vmap``),
-solves the damped system ``(J^T J + lambda diag(J^T J)) delta = -J^T r`` by Cholesky, and projects the
-candidate onto the box [-atom_bound, atom_bound] x [bias_lo, bias_hi] (the compact parameter set of the
-theory: without it the over-specified non-shared fit is unbounded, SPEC section 5). Damping follows
-Nielsen's rule. Replicates and restarts are ``vmap``-ed; the loop is a ``lax.while_loop`` that runs until
-every fit in the batch has stopped, each fit frozen once it has.
+forms J^T J (P x P) and J^T r from the closed-form Jacobian (``_jacobian_analytic``; the tests check it
+against forward-mode autodiff), summed over row blocks for large n on the CPU, solves the damped system
+``(J^T J + lambda diag(J^T J)) delta = -J^T r`` by Cholesky, and projects the candidate onto the box
+[-atom_bound, atom_bound] x [bias_lo, bias_hi] (the compact parameter set of the theory: without it the
+over-specified non-shared fit is unbounded, SPEC section 5). Damping follows Nielsen's rule. Each fit is
+a ``lax.while_loop``; replicates and restarts run one after another on a CPU (``lax.map``) and in
+lockstep under ``vmap`` on an accelerator (``FitSettings.batching``), a fit that has stopped frozen while
+the rest of its batch runs on.
 
 Stopping (the MINPACK tests, as in ``scipy.optimize.least_squares(method="lm")``):
 
@@ -34,6 +36,7 @@ The best of ``restarts`` starts (by final objective) is returned.
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from typing import NamedTuple
 
@@ -215,17 +218,64 @@ def _jacobian_analytic(problem, settings, data, theta):
     return (f - Yt) * w, J * w
 
 
-def _linearize(problem, settings, data, theta, jacobian=_jacobian_analytic):
-    """F = 0.5 ||r||^2, g = J^T r, H = J^T J at theta, with r the masked residuals."""
+# Above BLOCK_FROM rows (on the CPU), F, g and H are accumulated over blocks of BLOCK_ROWS rows in a
+# ``lax.scan``, so that the Jacobian of a block, (P, d_v, 2048) numbers, stays in cache instead of the whole
+# (P, d_v, n) going through memory (the rows are padded with zero-weight rows to whole blocks, once per fit).
+# `moe-estimation bench --step` times both paths at the large shapes in one run (README, performance). At
+# 32768 rows and below the gain we saw was 1.3x or less, and the threshold keeps those shapes on the
+# whole-array path, so the tables of studies up to n = 32768 are unchanged by it. Accelerators keep the
+# whole-array path: one big kernel is what they want.
+BLOCK_ROWS = 2048
+BLOCK_FROM = 32768
+
+
+def _linearize_whole(problem, settings, data, theta, jacobian=_jacobian_analytic):
     r, J = jacobian(problem, settings, data, theta)
     Jm = J.reshape(J.shape[0], -1)
     rv = r.reshape(-1)
     return 0.5 * rv @ rv, Jm @ rv, Jm @ Jm.T
 
 
+def _num_blocks(rows: int) -> int:
+    """1 (the whole-array path) or the number of row blocks that ``_row_blocks`` makes."""
+    if jax.default_backend() != "cpu" or rows <= BLOCK_FROM:
+        return 1
+    return -(-rows // BLOCK_ROWS)
+
+
+def _row_blocks(data):
+    """The data of one fit as row blocks with a leading block axis, padded with zero-weight rows; or the data
+    unchanged when the whole-array path is faster."""
+    rows = data[2].shape[0]
+    nb = _num_blocks(rows)
+    if nb == 1:
+        return data
+    pad = nb * BLOCK_ROWS - rows
+    data = jax.tree.map(lambda a: jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, pad)]), data)  # w = 0 on padding
+    return jax.tree.map(lambda a: jnp.moveaxis(a.reshape(a.shape[:-1] + (nb, BLOCK_ROWS)), -2, 0), data)
+
+
+def _linearize_blocks(problem, settings, blocks, theta, jacobian=_jacobian_analytic):
+    if blocks[2].ndim == 1:  # not blocked
+        return _linearize_whole(problem, settings, blocks, theta, jacobian)
+
+    def add(acc, block):
+        return jax.tree.map(jnp.add, acc, _linearize_whole(problem, settings, block, theta, jacobian)), None
+
+    P = theta.shape[0]
+    zero = (jnp.zeros((), theta.dtype), jnp.zeros(P, theta.dtype), jnp.zeros((P, P), theta.dtype))
+    return jax.lax.scan(add, zero, blocks)[0]
+
+
+def _linearize(problem, settings, data, theta, jacobian=_jacobian_analytic):
+    """F = 0.5 ||r||^2, g = J^T r, H = J^T J at theta, with r the masked residuals (rows summed in
+    blocks when that is faster; see ``BLOCK_ROWS``)."""
+    return _linearize_blocks(problem, settings, _row_blocks(data), theta, jacobian)
+
+
 def _solve_one(problem, settings: FitSettings, data, theta0):
     lower, upper = _box(problem, settings.num_prompts, theta0.dtype)
-    lin = partial(_linearize, problem, settings, data)
+    lin = partial(_linearize_blocks, problem, settings, _row_blocks(data))  # blocked once, not per step
     F0, g0, H0 = lin(theta0)
     tiny = jnp.finfo(theta0.dtype).tiny
     eps = jnp.finfo(theta0.dtype).eps
@@ -321,6 +371,11 @@ def fit_batch(keys, problem, X, Y, num_prompts: int, *, mask=None, **options) ->
     """
     settings = FitSettings(num_prompts=num_prompts, **options)
     _validate_settings(problem, settings)
+    if problem.true_atoms.dtype != jnp.float64:
+        warnings.warn(
+            f"fitting in {problem.true_atoms.dtype}: fits stall short of the float64 optimum, and over-specified "
+            "losses differ from float64 ones by tens of percent (`moe-estimation bench --precision`); call "
+            "jax.config.update('jax_enable_x64', True) before building the problem", stacklevel=2)
     check_data(problem, X, Y, batched=True)
     X = jnp.asarray(X, problem.true_atoms.dtype)
     Y = jnp.asarray(Y, problem.true_atoms.dtype)

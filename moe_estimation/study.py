@@ -10,7 +10,8 @@ vmapped inside) and scored in one compiled call. Design choices:
   number of compilations per (problem, specification) is the number of buckets, not of sample sizes.
   Simulation is row-wise keyed, so padding never changes the data.
 - Memory is bounded: replicates go through in chunks sized so that the Jacobian of a chunk stays under
-  ``max_elements`` numbers; the chunk size is a function of the shape only, so results are reproducible.
+  ``max_elements`` numbers (2^25 on a CPU, an eighth of an accelerator's memory there; see
+  :func:`default_max_elements`); the chunk size is a function of the shape and the device only.
 - Many devices: the replicate axis of a chunk is sharded over every visible device (a one-dimensional
   mesh, ``shard_map``); each device fits its replicates exactly as one device would, so a study's tables
   do not depend on the number of devices. After ``jax.distributed.initialize()`` (``--distributed``) the
@@ -113,9 +114,26 @@ def _gather(tree):
     return jax.device_get(tree)
 
 
-def run_cell(problem, keys, n: int, settings: FitSettings, max_elements: int = 1 << 25):
+CPU_MAX_ELEMENTS = 1 << 25
+
+
+def default_max_elements(device=None) -> int:
+    """The Jacobian numbers a chunk may hold: 2^25 (256 MiB in float64) on a CPU; on an accelerator an
+    eighth of its memory in float64 numbers, rounded down to a power of two (the Jacobian and the
+    intermediates that build it live at once; 1/8 leaves room for them), and never below 2^25."""
+    device = device or jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if not stats or "bytes_limit" not in stats:
+        return CPU_MAX_ELEMENTS
+    elements = int(stats["bytes_limit"]) // (8 * 8)
+    return max(CPU_MAX_ELEMENTS, 1 << (elements.bit_length() - 1))
+
+
+def run_cell(problem, keys, n: int, settings: FitSettings, max_elements: int | None = None):
     """Simulate, fit and score the replicates of one cell. Returns (FitResult, own parts, kv parts) as
-    numpy arrays with a leading replicate axis."""
+    numpy arrays with a leading replicate axis. Replicates go in chunks whose Jacobians hold at most
+    ``max_elements`` numbers (default :func:`default_max_elements`)."""
+    max_elements = default_max_elements() if max_elements is None else max_elements
     rows = bucket_size(n)
     P = settings.num_prompts * (problem.atom_dim + 1)
     per_fit = rows * problem.d_v * P * settings.restarts
@@ -180,6 +198,12 @@ def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=p
     part-way can be looked at, and resumed later)."""
     from tqdm.auto import tqdm
 
+    if not jax.config.jax_enable_x64:
+        raise ValueError(
+            "run_study: estimation runs in float64; call jax.config.update('jax_enable_x64', True) first (in float32 "
+            "every fit stalls short of the float64 optimum, and over-specified losses differ from float64 ones by "
+            "tens of percent on the same data: `moe-estimation bench --precision`)"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     resolved = {"study": cfg.to_dict()}
@@ -190,6 +214,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=p
             raise ValueError(
                 f"--out: {out} holds a different study (its config.json differs); choose a new --out or delete it"
             )
+
     meta = dict(
         resolved, versions=_versions(), platform=platform.platform(), device=str(jax.devices()[0]),
         devices=jax.device_count(), processes=jax.process_count(),

@@ -1,7 +1,8 @@
 """Print the README's result tables (markdown) from the tables that the studies wrote.
 
     python simulations/summarize.py --study results/quick --transformer results/transformer-quick \\
-        --bench benchmarks/cpu.json
+        --bench benchmarks/cpu.json --step benchmarks/cpu-step.json --precision benchmarks/precision-cpu.json
+    python simulations/summarize.py --compare results/full results/full-gpu   # two runs of one study
 """
 
 from __future__ import annotations
@@ -80,6 +81,56 @@ def bench_table(path: Path) -> str:
     return "\n".join(out)
 
 
+def step_table(path: Path) -> str:
+    recs = json.loads(path.read_text())
+    r0 = recs[0]
+    out = [f"Device: {r0['device']}; measured streaming bandwidth {r0['measured_bandwidth'] / 1e9:.1f} GB/s, "
+           f"matrix-product rate {r0['measured_flops'] / 1e9:.1f} GFLOP/s.", "",
+           "| shape | batching (fits per step) | rows | one step | floor | bound | step / floor | GFLOP/s | GB/s |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in recs:
+        out.append(f"| {r['shape']} | {r['batching']} ({r['fits_per_step']}) | {r.get('path', 'whole')} | "
+                   f"{r['step_seconds'] * 1e3:.3f} ms | "
+                   f"{r['floor_seconds'] * 1e3:.4f} ms | {r['floor_bound']} | {r['times_floor']:.1f}x | "
+                   f"{r['gflops']:.2f} | {r['gbytes_per_second']:.2f} |")
+    return "\n".join(out)
+
+
+def precision_table(path: Path) -> str:
+    recs = json.loads(path.read_text())
+    out = ["| shape | converged float64 / float32 (stalled) | loss rel. diff median | max | objective rel. diff max |",
+           "|---|---|---|---|---|"]
+    for r in recs:
+        out.append(f"| {r['shape']} | {r['converged_float64']}/{r['fits']} / {r['converged_float32']}/{r['fits']} "
+                   f"({r['stalled_float32']}) | {r['loss_rel_diff_median']:.1e} | {r['loss_rel_diff_max']:.1e} | "
+                   f"{r['objective_rel_diff_max']:.1e} |")
+    return "\n".join(out)
+
+
+def compare_table(a: Path, b: Path) -> str:
+    """Two runs of the same study (say float64 and float32): per cell, the relative difference of the mean
+    loss, and per rate, the two slopes."""
+    fa, fb = pd.read_csv(a / "fits.csv"), pd.read_csv(b / "fits.csv")
+    keys = ["problem", "specification", "n", "replicate"]
+    m = fa.merge(fb, on=keys, suffixes=("_a", "_b"))
+    if len(m) != len(fa) or len(m) != len(fb):
+        raise ValueError(f"--compare: {a} and {b} do not hold the same cells ({len(fa)} and {len(fb)} fits, {len(m)} shared)")
+    cell = m.groupby(["problem", "specification", "n"])[["loss_own_a", "loss_own_b"]].mean()
+    rel = (cell["loss_own_b"] - cell["loss_own_a"]).abs() / cell["loss_own_a"]
+    fit_rel = (m["loss_own_b"] - m["loss_own_a"]).abs() / m["loss_own_a"]
+    ra, rb = pd.read_csv(a / "rates.csv"), pd.read_csv(b / "rates.csv")
+    r = ra.merge(rb, on=["problem", "specification", "loss", "statistic"], suffixes=("_a", "_b"))
+    r = r[(r["loss"] == "own") & (r["statistic"] == "mean")]
+    out = [f"Compared {len(m)} fits: mean own loss per cell differs by at most {rel.max():.2g} relative (median "
+           f"{rel.median():.2g}); single fits by at most {fit_rel.max():.2g} (median {fit_rel.median():.2g}); "
+           f"fits converged {int(m['converged_a'].sum())} vs {int(m['converged_b'].sum())}.", "",
+           f"| problem | spec | own-loss slope, {a.name} | own-loss slope, {b.name} |", "|---|---|---|---|"]
+    for _, x in r.iterrows():
+        out.append(f"| {x.problem} | {x.specification} | {x.slope_a:.3f} [{x.ci_low_a:.2f}, {x.ci_high_a:.2f}] | "
+                   f"{x.slope_b:.3f} [{x.ci_low_b:.2f}, {x.ci_high_b:.2f}] |")
+    return "\n".join(out)
+
+
 def main(args) -> int:
     if args.study:
         print(study_table(Path(args.study)), "\n")
@@ -87,7 +138,13 @@ def main(args) -> int:
     if args.transformer:
         print(transformer_table(Path(args.transformer)), "\n")
     if args.bench:
-        print(bench_table(Path(args.bench)))
+        print(bench_table(Path(args.bench)), "\n")
+    if args.step:
+        print(step_table(Path(args.step)), "\n")
+    if args.precision:
+        print(precision_table(Path(args.precision)), "\n")
+    if args.compare:
+        print(compare_table(*map(Path, args.compare)))
     return 0
 
 
@@ -96,4 +153,8 @@ if __name__ == "__main__":
     p.add_argument("--study", help="a study's output directory")
     p.add_argument("--transformer", help="a transformer run's output directory")
     p.add_argument("--bench", help="a benchmark JSON (moe-estimation bench --json)")
+    p.add_argument("--step", help="a step benchmark JSON (moe-estimation bench --step --json)")
+    p.add_argument("--precision", help="a precision benchmark JSON (moe-estimation bench --precision --json)")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="two output directories of the same study (e.g. float64 and float32): how far apart they are")
     sys.exit(main(p.parse_args()))

@@ -25,6 +25,35 @@ def test_analytic_jacobian_matches_autodiff(name):
     np.testing.assert_allclose(J1, J2, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["non-shared", "shared-tanh"])
+def test_blocked_linearisation_equals_whole(name, monkeypatch):
+    """The row-blocked sums of F, g and H (large shapes on the CPU) agree with the whole-array ones, masked
+    rows and the padding of a last partial block included; and the blocked path really is taken (8 blocks)."""
+    monkeypatch.setattr(fitmod, "BLOCK_ROWS", 32)
+    monkeypatch.setattr(fitmod, "BLOCK_FROM", 100)
+    prob = me.preset(name)
+    X, Y = me.simulate(jax.random.key(4), prob, 250)  # not a whole number of blocks: padded to 256
+    lse, mean = jax.vmap(expert_summary, in_axes=(None, 0))(prob, X)
+    w = jnp.ones(250).at[200:].set(0.0)
+    s = me.FitSettings(num_prompts=3)
+    theta = fitmod._flatten(me.initial_params(jax.random.key(5), prob, s, jnp.asarray(200.0)))
+    data = (X.T, Y.T, w, lse, mean.T)
+    assert fitmod._num_blocks(250) == (8 if jax.default_backend() == "cpu" else 1)
+    whole = fitmod._linearize_whole(prob, s, data, theta)
+    blocked = fitmod._linearize(prob, s, data, theta)
+    for a, b in zip(whole, blocked):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    # and a whole solve takes the same path either way (exactly specified: well posed)
+    s2 = me.FitSettings(num_prompts=2, max_steps=50)
+    theta2 = fitmod._flatten(me.initial_params(jax.random.key(6), prob, s2, jnp.asarray(200.0)))
+    t_b, F_b, status_b, steps_b = fitmod._solve_one(prob, s2, data, theta2)
+    monkeypatch.setattr(fitmod, "BLOCK_FROM", 10**9)
+    t_w, F_w, status_w, steps_w = fitmod._solve_one(prob, s2, data, theta2)
+    np.testing.assert_allclose(t_b, t_w, atol=1e-9)
+    np.testing.assert_allclose(F_b, F_w, rtol=1e-10)
+    assert int(steps_b) == int(steps_w) and int(status_b) == int(status_w)
+
+
 @pytest.mark.parametrize("num_prompts", [2, 3])
 def test_vmap_of_fit_equals_python_loop(num_prompts):
     prob = me.preset("shared-linear")
@@ -138,3 +167,10 @@ def test_fit_rejects_bad_data():
         me.fit(jax.random.key(0), prob, X, Y[:5], 2)
     with pytest.raises(ValueError, match="NaN"):
         me.fit(jax.random.key(0), prob, X, Y.at[3, 0].set(jnp.nan), 2)
+
+
+def test_float32_fit_warns():
+    prob = jax.tree.map(lambda a: a.astype(jnp.float32), me.preset("shared-linear"))
+    X, Y = me.simulate(jax.random.key(0), me.preset("shared-linear"), 100)
+    with pytest.warns(UserWarning, match="jax_enable_x64"):
+        me.fit(jax.random.key(1), prob, X, Y, 2, restarts=1, max_steps=3)

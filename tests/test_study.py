@@ -124,6 +124,20 @@ def test_resume_refuses_a_different_study(tmp_path):
         run_study(other, tmp_path, progress=False)
 
 
+def test_study_refuses_float32(tmp_path):
+    import jax
+
+    cfg = parse_config(dict(grid=dict(ns=[100, 120], replicates=2, problems=["shared-linear"], specifications=["exact"]),
+                            fit=dict(restarts=1, max_steps=5), rates=dict(num_bootstrap=100)))
+    jax.config.update("jax_enable_x64", False)
+    try:
+        with pytest.raises(ValueError, match="jax_enable_x64"):
+            run_study(cfg, tmp_path / "s", progress=False)
+    finally:
+        jax.config.update("jax_enable_x64", True)
+    assert not (tmp_path / "s").exists()  # refused before anything was written
+
+
 def test_bucket_sizes_are_few():
     ns = [int(round(x)) for x in np.geomspace(1e3, 1e5, 12)]
     assert len({bucket_size(n) for n in ns}) <= 8
@@ -213,6 +227,10 @@ def test_simulation_scripts_run_tiny(tmp_path, cache_env):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "| shared-linear | exact | own |" in r.stdout and "| deep-share |" in r.stdout
+    r = subprocess.run([sys.executable, str(ROOT / "simulations" / "summarize.py"), "--compare", str(tmp_path / "res"),
+                        str(tmp_path / "res")], env=cache_env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "differs by at most 0 relative" in r.stdout  # a run against itself
 
 
 def test_tables_do_not_depend_on_the_number_of_devices(tmp_path, cache_env):
@@ -243,3 +261,21 @@ def test_compilations_grow_with_buckets_not_sample_sizes(tmp_path):
     before = study_mod._run_chunk._cache_size()
     run_study(cfg, tmp_path, progress=False)
     assert study_mod._run_chunk._cache_size() - before == len({bucket_size(n) for n in ns}) == 2
+
+
+def test_chunk_budget_follows_device_memory():
+    """CPU: the fixed 2^25-number budget. Accelerator: an eighth of its memory in float64 numbers (a power of
+    two), never below the CPU budget; a device that reports no memory gets the CPU budget."""
+    from moe_estimation.study import CPU_MAX_ELEMENTS, default_max_elements
+
+    class Device:
+        def __init__(self, platform, stats):
+            self.platform, self._stats = platform, stats
+
+        def memory_stats(self):
+            return self._stats
+
+    assert default_max_elements(Device("cpu", None)) == CPU_MAX_ELEMENTS
+    assert default_max_elements(Device("gpu", {"bytes_limit": 80 * 2**30})) == 2**30  # 80 GiB / 64 = 1.25 * 2^30
+    assert default_max_elements(Device("gpu", {"bytes_limit": 2**30})) == CPU_MAX_ELEMENTS  # 2^24 -> floor
+    assert default_max_elements(Device("gpu", None)) == CPU_MAX_ELEMENTS
