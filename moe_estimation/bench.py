@@ -331,8 +331,8 @@ def run_precision_bench(sizes=(1000, 8000), fits: int = 16, problems=tuple(PROBL
                     loss = np.asarray(jax.vmap(voronoi_loss, in_axes=(None, 0))(prob64, params))
                     st = np.asarray(status)
                     out[name] = (loss, np.asarray(obj, np.float64))
-                    rec[f"converged_{name}"] = int(((st >= 1) & (st <= 3)).sum())
-                    rec[f"stalled_{name}"] = int((st == 5).sum())
+                    rec[f"converged_{name}"] = int(((st >= fitmod._FTOL) & (st <= fitmod._GTOL)).sum())
+                    rec[f"stalled_{name}"] = int((st == fitmod._STALLED).sum())
                 rel_loss = np.abs(out["float32"][0] - out["float64"][0]) / out["float64"][0]
                 rel_obj = np.abs(out["float32"][1] - out["float64"][1]) / out["float64"][1]
                 rec.update(loss_rel_diff_median=float(np.median(rel_loss)), loss_rel_diff_max=float(rel_loss.max()),

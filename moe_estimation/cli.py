@@ -68,20 +68,16 @@ def cmd_transformer(args) -> int:
 
 def cmd_bench(args) -> int:
     _setup_jax(args)
-    from .bench import run_bench
+    from .bench import run_bench, run_precision_bench, run_step_bench
 
     if args.fits < 1 or args.large_fits < 1 or args.steps < 1 or any(n < 1 for n in args.sizes):
         raise ValueError("bench: --sizes, --fits, --large-fits and --steps must be >= 1")
     if args.step and args.precision:
         raise ValueError("bench: give at most one of --step and --precision")
     if args.precision:
-        from .bench import run_precision_bench
-
         run_precision_bench(sizes=args.sizes, fits=args.fits, problems=args.problems, json_path=args.json)
         return 0
     if args.step:
-        from .bench import run_step_bench
-
         run_step_bench(sizes=args.sizes, fits=args.fits, problems=args.problems, steps=args.steps,
                        json_path=args.json)
         return 0
