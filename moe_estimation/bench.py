@@ -247,8 +247,7 @@ def run_step_bench(sizes=(1000, 8000, 100000), fits: int = 16, problems=tuple(PR
             rows = bucket_size(n)
             prob, settings, X, Y, theta0 = _setup(rows, fits, problem_name, PROBLEMS[problem_name])
             settings = settings._replace(max_steps=steps, ftol=0.0, xtol=0.0, gtol=0.0)
-            mode = settings.batching if settings.batching != "auto" else (
-                "map" if jax.default_backend() == "cpu" else "vmap")
+            mode = fitmod._resolve_batching(settings.batching)
 
             paths = ["whole"]
             if fitmod._num_blocks(rows) > 1:  # time the row-blocked path against the whole-array one

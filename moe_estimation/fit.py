@@ -70,12 +70,18 @@ class FitSettings(NamedTuple):
 BATCHINGS = ("auto", "vmap", "map")
 
 
+def _resolve_batching(mode: str) -> str:
+    """``auto`` -> ``map`` on a CPU, ``vmap`` on an accelerator; other modes unchanged."""
+    if mode == "auto":
+        return "map" if jax.default_backend() == "cpu" else "vmap"
+    return mode
+
+
 def _batch(f, xs, mode: str):
     """Apply f over the leading axis: ``vmap`` (all fits in lockstep: what an accelerator wants) or ``map``
     (one fit after another, each stopping on its own: what a CPU wants, where lockstep only wastes the
     steps of fits that have already stopped). ``auto`` picks by the default backend."""
-    if mode == "auto":
-        mode = "map" if jax.default_backend() == "cpu" else "vmap"
+    mode = _resolve_batching(mode)
     return jax.vmap(f)(xs) if mode == "vmap" else jax.lax.map(f, xs)
 
 

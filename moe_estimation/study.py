@@ -214,7 +214,6 @@ def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=p
             raise ValueError(
                 f"--out: {out} holds a different study (its config.json differs); choose a new --out or delete it"
             )
-
     meta = dict(
         resolved, versions=_versions(), platform=platform.platform(), device=str(jax.devices()[0]),
         devices=jax.device_count(), processes=jax.process_count(),
