@@ -16,6 +16,7 @@ from .fit import STATUS as STATUS
 from .fit import fit as fit
 from .fit import fit_batch as fit_batch
 from .fit import initial_params as initial_params
+from .fit import start_scale as start_scale
 from .model import Params as Params
 from .model import predict as predict
 from .model import regression_function as regression_function
@@ -32,6 +33,8 @@ from .structures import STRUCTURES as STRUCTURES
 from .structures import key_value as key_value
 from .voronoi import d1r_loss as d1r_loss
 from .voronoi import d2_loss as d2_loss
+from .voronoi import identified_key_value as identified_key_value
+from .voronoi import identified_parts as identified_parts
 from .voronoi import key_value_loss as key_value_loss
 from .voronoi import key_value_parts as key_value_parts
 from .voronoi import structure_parts as structure_parts

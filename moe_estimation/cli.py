@@ -93,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("study", help="run (or resume) a Monte Carlo rate study",
                        description="Fit every cell of a (problem, specification, n, replicate) grid, write "
                                    "fits.csv, rates.csv and config.json into --out. Resumes from --out.")
-    s.add_argument("--preset", choices=["quick", "full", "tiny"], help="a named study: quick (CPU, minutes), "
-                   "full (n = 1e3..1e5, 12 sizes, 40 replicates; GPU-sized), tiny (seconds, for smoke tests)")
+    s.add_argument("--preset", choices=["quick", "full", "robust-quick", "robust", "tiny"],
+                   help="a named study: quick (CPU, minutes), full (n = 1e3..1e5, 12 sizes, 40 replicates; GPU-sized), "
+                   "robust-quick (every structure under four starting-point schedules; CPU, about 10 minutes), robust "
+                   "(the same at n = 1e3..1e5 with five schedules; GPU-sized), tiny (seconds, for smoke tests)")
     s.add_argument("--config", help="a TOML study configuration (see moe_estimation.config for the keys)")
     s.add_argument("--out", required=True, help="output directory; an existing one of the same study is resumed")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")

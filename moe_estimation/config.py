@@ -9,14 +9,27 @@ file, the key and the rule. The layout (all sections optional except ``[grid]``)
     ns = [500, 1000, 2000]                     # sample sizes, integers >= 1
     replicates = 8                             # R >= 2
     problems = ["shared-linear", "non-shared"] # preset names or names of [problems.*] tables
-    specifications = ["exact", "over"]         # L' = L, or L' = L + extra_prompts
+    specifications = ["exact", "over"]         # L' = L, or L' = L + extra_prompts; or per problem:
+    # specifications = { non-shared = ["over"], shared-linear = ["exact", "over"] }
     extra_prompts = 1
 
     [fit]                                      # the fields of moe_estimation.FitSettings
-    restarts = 4
-    init = "near-truth"
     max_steps = 400
     ftol = 1e-8
+    restarts = 4                               # without [schedules]: the one starting-point schedule,
+    init = "near-truth"                        # named "default" in the tables
+    init_scale = 0.5
+    init_rate = 0.25
+
+    [schedules.shrinking]                      # or several starting-point schedules, each run on every
+    init = "near-truth"                        # (problem, specification, n) cell with the same data
+    init_scale = 0.5                           # near-truth: noise init_scale * n^(-init_rate)
+    init_rate = 0.25
+    restarts = 2
+    [schedules.random]
+    init = "random"                            # random: uniform over the fraction init_scale of the box
+    init_scale = 1.0
+    restarts = 8
 
     [rates]
     num_bootstrap = 2000
@@ -37,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from .fit import INITS, FitSettings
+from .fit import INITS, FitSettings, validate_settings
 from .problems import PRESETS, Problem, make_problem, preset
 
 SPECIFICATIONS = ("exact", "over")
@@ -54,6 +67,8 @@ class StudyConfig:
     specifications: tuple[str, ...]
     extra_prompts: int
     fit: dict
+    schedules: tuple[dict, ...]
+    problem_specifications: dict
     num_bootstrap: int
     n_min: int
     n_max: int
@@ -66,17 +81,34 @@ class StudyConfig:
     def num_prompts(self, problem: Problem, specification: str) -> int:
         return problem.num_true_prompts + (self.extra_prompts if specification == "over" else 0)
 
-    def fit_settings(self, num_prompts: int) -> FitSettings:
-        return FitSettings(num_prompts=num_prompts, **self.fit)
+    def specifications_of(self, problem: str) -> tuple[str, ...]:
+        """The specifications run for ``problem`` (all of ``specifications`` unless the grid names them)."""
+        return tuple(self.problem_specifications.get(problem, self.specifications))
+
+    @property
+    def schedule_names(self) -> tuple[str, ...]:
+        return tuple(sc["name"] for sc in self.schedules)
+
+    def schedule(self, name: str) -> dict:
+        """The starting-point schedule called ``name``: its ``init``, ``init_scale``, ``init_rate``, ``restarts``."""
+        return next(sc for sc in self.schedules if sc["name"] == name)
+
+    def fit_settings(self, num_prompts: int, schedule: str | None = None) -> FitSettings:
+        """The estimator's settings for one cell: the study's [fit] table and the schedule's start."""
+        sc = self.schedule(schedule or self.schedules[0]["name"])
+        return FitSettings(num_prompts=num_prompts, **self.fit, **{k: sc[k] for k in SCHEDULE_KEYS})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 _FIT_TYPES = {
-    "restarts": int, "init": str, "init_scale": float, "max_steps": int, "ftol": float, "xtol": float, "gtol": float,
+    "restarts": int, "init": str, "init_scale": float, "init_rate": float, "max_steps": int, "ftol": float,
+    "xtol": float, "gtol": float,
 }
-_DEFAULT_FIT = dict(restarts=4, init="near-truth", init_scale=0.5, max_steps=400, ftol=1e-8, xtol=1e-8, gtol=1e-8)
+SCHEDULE_KEYS = ("init", "init_scale", "init_rate", "restarts")
+_DEFAULT_FIT = dict(max_steps=400, ftol=1e-8, xtol=1e-8, gtol=1e-8)
+_DEFAULT_SCHEDULE = {k: FitSettings._field_defaults[k] for k in SCHEDULE_KEYS}
 
 
 def _err(source: str, key: str, rule: str) -> ValueError:
@@ -123,9 +155,33 @@ def build_problem(name: str, table: dict | None, source: str) -> Problem:
         raise _err(source, f"problems.{name}", str(e)) from None
 
 
+def _spec_list(source: str, key: str, specs) -> list:
+    if not isinstance(specs, list) or not specs or any(s not in SPECIFICATIONS for s in specs) or len(set(specs)) < len(specs):
+        raise _err(source, key, f"expected a non-empty list of distinct names drawn from {SPECIFICATIONS}, got {specs!r}")
+    return [s for s in SPECIFICATIONS if s in specs]
+
+
+def _schedule(source: str, name: str, table) -> dict:
+    """One starting-point schedule: a name and the keys of :data:`SCHEDULE_KEYS` (defaults filled in)."""
+    where = f"schedules.{name}" if name != "default" else "fit"
+    if not isinstance(table, dict):
+        raise _err(source, where, "expected a table of init, init_scale, init_rate, restarts")
+    _check_keys(source, f"{where}.", table, SCHEDULE_KEYS)
+    out = dict(_DEFAULT_SCHEDULE)
+    for key, value in table.items():
+        out[key] = _typed(source, f"{where}.{key}", value, _FIT_TYPES[key])
+    if out["init"] not in INITS:
+        raise _err(source, f"{where}.init", f"expected one of {INITS}, got {out['init']!r}")
+    if out["init"] == "random":
+        if table.get("init_rate", 0) != 0:
+            raise _err(source, f"{where}.init_rate", "does not apply to random starts (they do not depend on n); leave it out")
+        out["init_rate"] = 0.0
+    return dict(name=name, **out)
+
+
 def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
     """Validate a configuration dict (the parsed TOML) into a :class:`StudyConfig`."""
-    _check_keys(source, "", data, {"seed", "grid", "fit", "rates", "problems"})
+    _check_keys(source, "", data, {"seed", "grid", "fit", "schedules", "rates", "problems"})
     seed = _typed(source, "seed", data.get("seed", 0), int)
     grid = data.get("grid")
     if not isinstance(grid, dict):
@@ -145,26 +201,48 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
     problems = grid.get("problems", list(PRESETS))
     if not isinstance(problems, list) or not problems or not all(isinstance(p, str) for p in problems):
         raise _err(source, "grid.problems", "expected a non-empty list of problem names")
+    if len(set(problems)) != len(problems):
+        raise _err(source, "grid.problems", f"problem names must be distinct, got {problems!r}")
     specs = grid.get("specifications", list(SPECIFICATIONS))
-    if not isinstance(specs, list) or not specs or any(s not in SPECIFICATIONS for s in specs):
-        raise _err(source, "grid.specifications", f"expected a non-empty list drawn from {SPECIFICATIONS}, got {specs!r}")
+    per_problem = {}
+    if isinstance(specs, dict):
+        _check_keys(source, "grid.specifications.", specs, problems)
+        for name in problems:
+            if name not in specs:
+                raise _err(source, f"grid.specifications.{name}", "missing: give every problem its specifications")
+            per_problem[name] = _spec_list(source, f"grid.specifications.{name}", specs[name])
+        specs = [s for s in SPECIFICATIONS if any(s in v for v in per_problem.values())]
+    else:
+        specs = _spec_list(source, "grid.specifications", specs)
     extra = _typed(source, "grid.extra_prompts", grid.get("extra_prompts", 1), int)
     if extra < 1:
         raise _err(source, "grid.extra_prompts", f"L' - L for the over-specified fit must be >= 1, got {extra}")
 
     fit_table = data.get("fit", {})
+    if not isinstance(fit_table, dict):
+        raise _err(source, "fit", "expected a table [fit]")
     _check_keys(source, "fit.", fit_table, _FIT_TYPES)
     fit = dict(_DEFAULT_FIT)
     for key, value in fit_table.items():
         fit[key] = _typed(source, f"fit.{key}", value, _FIT_TYPES[key])
-    if fit["init"] not in INITS:
-        raise _err(source, "fit.init", f"expected one of {INITS}, got {fit['init']!r}")
-    for key in ("restarts", "max_steps"):
-        if fit[key] < 1:
-            raise _err(source, f"fit.{key}", f"must be >= 1, got {fit[key]}")
-    for key in ("init_scale", "ftol", "xtol", "gtol"):
-        if not (np.isfinite(fit[key]) and fit[key] >= 0):
-            raise _err(source, f"fit.{key}", f"must be a finite number >= 0, got {fit[key]}")
+    start = {k: fit.pop(k) for k in SCHEDULE_KEYS if k in fit}
+    schedule_tables = data.get("schedules")
+    if schedule_tables is None:
+        schedule_tables = {"default": start}
+    else:
+        if not isinstance(schedule_tables, dict) or not schedule_tables:
+            raise _err(source, "schedules", "expected one or more tables [schedules.NAME]")
+        if start:
+            raise _err(source, f"fit.{sorted(start)[0]}",
+                       "with [schedules.NAME] tables, the starting point is set per schedule, not in [fit]")
+    schedules = tuple(_schedule(source, name, table) for name, table in schedule_tables.items())
+    for sc in schedules:
+        try:  # the estimator's own rules, through the estimator's own check
+            validate_settings(FitSettings(num_prompts=1, **fit, **{k: sc[k] for k in SCHEDULE_KEYS}))
+        except ValueError as e:
+            key, rule = str(e).split(": ", 1)
+            where = "fit" if key in fit or sc["name"] == "default" else f"schedules.{sc['name']}"
+            raise _err(source, f"{where}.{key}", rule) from None
 
     rates = data.get("rates", {})
     _check_keys(source, "rates.", rates, {"num_bootstrap", "n_min", "n_max"})
@@ -183,7 +261,7 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
         build_problem(name, tables.get(name), source)
     return StudyConfig(
         seed=seed, ns=tuple(sorted(ns)), replicates=reps, problems=tuple(problems), specifications=tuple(specs),
-        extra_prompts=extra, fit=fit, num_bootstrap=nb, n_min=n_min, n_max=n_max,
+        extra_prompts=extra, fit=fit, schedules=schedules, problem_specifications=per_problem, num_bootstrap=nb, n_min=n_min, n_max=n_max,
         problem_tables={k: v for k, v in tables.items() if k in problems},
     )
 
@@ -200,18 +278,58 @@ def load_config(path: str | Path) -> StudyConfig:
     return parse_config(data, str(path))
 
 
+_OVER_WITH_CONTROL = {name: ["over"] for name in PRESETS} | {"shared-linear": ["exact", "over"]}
+_SCHEDULES = {
+    # the peers' schedule: noise 0.5 n^(-1/4), shrinking toward the truth as n grows
+    "shrinking": dict(init="near-truth", init_scale=0.5, init_rate=0.25, restarts=2),
+    # the same noise draws at a scale that does not change with n: near (0.1, the shrinking scale at n = 625)
+    # and far (0.5)
+    "fixed-0.1": dict(init="near-truth", init_scale=0.1, init_rate=0.0, restarts=2),
+    "fixed-0.5": dict(init="near-truth", init_scale=0.5, init_rate=0.0, restarts=2),
+    # no knowledge of the truth: uniform over the whole box, best of 8
+    "random": dict(init="random", init_scale=1.0, restarts=8),
+}
 STUDY_PRESETS = {
+    # The headline studies start at random over the whole box, best of 8: the schedule that does not know
+    # the truth, does not change with n, and reached the lowest objective on most data sets of the
+    # robustness study (README, "Does the verdict depend on where the solver starts?").
     # CPU, minutes: every structure, both specifications, a short grid.
     "quick": dict(
         seed=0,
         grid=dict(ns=[500, 1000, 2000, 4000, 8000], replicates=8, problems=list(PRESETS)),
-        fit=dict(restarts=2, max_steps=400),
+        fit=dict(max_steps=400),
+        schedules={"random": _SCHEDULES["random"]},
     ),
     # GPU-sized: n from 1e3 to 1e5 at 12 sizes, 40 replicates.
     "full": dict(
         seed=0,
         grid=dict(ns=[int(round(x)) for x in np.geomspace(1e3, 1e5, 12)], replicates=40, problems=list(PRESETS)),
-        fit=dict(restarts=4, max_steps=600),
+        fit=dict(max_steps=600),
+        schedules={"random": _SCHEDULES["random"]},
+    ),
+    # Does the verdict depend on where the solver starts? Every structure over-specified (shared-linear
+    # exactly specified too, as a control) under four starting-point schedules, on the same data sets.
+    "robust-quick": dict(
+        seed=0,
+        grid=dict(ns=[500, 1000, 2000, 4000, 8000], replicates=10, problems=list(PRESETS),
+                  specifications=_OVER_WITH_CONTROL),
+        fit=dict(max_steps=400),
+        schedules=_SCHEDULES,
+    ),
+    # GPU-sized robustness study: n = 1e3..1e5, 40 replicates, the peers' two shrinking schedules (n^(-1/4),
+    # n^(-1/12)), two fixed scales and random starts with 16 restarts.
+    "robust": dict(
+        seed=0,
+        grid=dict(ns=[int(round(x)) for x in np.geomspace(1e3, 1e5, 12)], replicates=40, problems=list(PRESETS),
+                  specifications=_OVER_WITH_CONTROL),
+        fit=dict(max_steps=600),
+        schedules={
+            "shrinking": dict(_SCHEDULES["shrinking"], restarts=4),
+            "shrinking-slow": dict(init="near-truth", init_scale=0.5, init_rate=1 / 12, restarts=4),
+            "fixed-0.1": dict(_SCHEDULES["fixed-0.1"], restarts=4),
+            "fixed-0.5": dict(_SCHEDULES["fixed-0.5"], restarts=4),
+            "random": dict(_SCHEDULES["random"], restarts=16),
+        },
     ),
     # a few seconds: the smoke tests
     "tiny": dict(
@@ -224,7 +342,7 @@ STUDY_PRESETS = {
 
 
 def study_preset(name: str) -> StudyConfig:
-    """The named study configuration: ``quick``, ``full`` or ``tiny``."""
+    """The named study configuration: ``quick``, ``full``, ``robust-quick``, ``robust`` or ``tiny``."""
     if name not in STUDY_PRESETS:
         raise ValueError(f"--preset: expected one of {tuple(STUDY_PRESETS)}, got {name!r}")
     return parse_config(STUDY_PRESETS[name], f"preset {name}")

@@ -23,15 +23,24 @@ A fit that meets one of these has ``converged = True``. One that used ``max_step
 damping blew up without progress (``stalled``), has ``converged = False`` and keeps its status code, so
 that a study can count it instead of averaging it in silently.
 
-Initialisation (SPEC section 5), recorded in :class:`FitResult`:
+Starting points (the *starting-point schedule*; README, "Does the verdict depend on where the solver
+starts?"), recorded in :class:`FitResult` and, in a study, per fit in ``fits.csv``:
 
-- ``near-truth``: fitted atom i starts at true atom ``i mod L`` (every true atom covered; the extra atoms of
-  an over-specified fit split from a true atom, the weight exp(b*_j) shared equally between the atoms
-  of its cell), plus Gaussian noise of scale ``init_scale * n^(-1/4)``. This measures the local rate,
-  not whether a global optimiser finds it.
-- ``random``: atoms uniform in half the box, biases uniform in [-1, 1].
+- ``near-truth`` with scale c = ``init_scale`` and rate alpha = ``init_rate``: fitted atom i starts at true
+  atom ``i mod L`` (every true atom covered; the extra atoms of an over-specified fit split from a true
+  atom, the weight exp(b*_j) shared equally between the atoms of its cell), plus Gaussian noise of
+  standard deviation ``c * n^(-alpha)`` on every coordinate and bias. alpha = 1/4 (the default) and 1/12
+  are the schedules of peer rate studies; they move the start toward the truth as n grows. alpha = 0 is
+  a fixed scale. Along a flat direction of the objective the fit stays roughly where it started, so a
+  shrinking schedule can manufacture a decay that the estimator does not have: never let it carry a
+  conclusion alone.
+- ``random`` over a region of the box: atoms uniform in ``[-c, c] * atom_bound`` and biases uniform in the
+  middle fraction c of the bias interval, with c = ``init_scale`` in (0, 1] (c = 1: the whole box). It does
+  not know the truth, and with enough ``restarts`` approximates the global least-squares estimate.
+  ``init_rate`` does not apply to it.
 
-The best of ``restarts`` starts (by final objective) is returned.
+Restart r of a fit starts from ``fold_in(key, r)``: a fit with more restarts sees the same first starts.
+The best of ``restarts`` starts (by final objective) is returned, with its starting point.
 """
 
 from __future__ import annotations
@@ -60,6 +69,7 @@ class FitSettings(NamedTuple):
     restarts: int = 4
     init: str = "near-truth"
     init_scale: float = 0.5
+    init_rate: float = 0.25
     max_steps: int = 300
     ftol: float = 1e-10
     xtol: float = 1e-10
@@ -95,6 +105,7 @@ class FitResult(NamedTuple):
     steps: the number of LM steps it took.
     at_bound: True when some parameter sits on the box boundary.
     restart_objectives: the final objective of every restart, ``(restarts,)``.
+    start: the starting point of the best restart (:class:`Params`), after projection onto the box.
     """
 
     params: Params
@@ -104,6 +115,7 @@ class FitResult(NamedTuple):
     steps: jax.Array
     at_bound: jax.Array
     restart_objectives: jax.Array
+    start: Params
 
 
 def _validate_settings(problem, s: FitSettings) -> None:
@@ -113,18 +125,29 @@ def _validate_settings(problem, s: FitSettings) -> None:
             f"num_prompts: must be an integer >= L = {L}, the number of true prompts (L' = L exactly specified,"
             f" L' > L over-specified), got {s.num_prompts!r}"
         )
+    validate_settings(s)
+
+
+def validate_settings(s: FitSettings) -> None:
+    """Check every field of ``s`` but ``num_prompts`` (which needs the problem); ``ValueError`` naming the
+    field, the value and the rule."""
     if s.batching not in BATCHINGS:
         raise ValueError(f"batching: expected one of {BATCHINGS}, got {s.batching!r}")
     if s.init not in INITS:
         raise ValueError(f"init: expected one of {INITS}, got {s.init!r}")
-    if not (isinstance(s.restarts, (int, np.integer)) and s.restarts >= 1):
+    if isinstance(s.restarts, bool) or not (isinstance(s.restarts, (int, np.integer)) and s.restarts >= 1):
         raise ValueError(f"restarts: must be an integer >= 1, got {s.restarts!r}")
-    if not (isinstance(s.max_steps, (int, np.integer)) and s.max_steps >= 1):
+    if isinstance(s.max_steps, bool) or not (isinstance(s.max_steps, (int, np.integer)) and s.max_steps >= 1):
         raise ValueError(f"max_steps: must be an integer >= 1, got {s.max_steps!r}")
-    for name in ("init_scale", "ftol", "xtol", "gtol"):
+    for name in ("init_scale", "init_rate", "ftol", "xtol", "gtol"):
         v = getattr(s, name)
-        if not (np.isfinite(v) and v >= 0):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not (np.isfinite(v) and v >= 0):
             raise ValueError(f"{name}: must be a finite number >= 0, got {v!r}")
+    if s.init == "random" and not 0 < s.init_scale <= 1:
+        raise ValueError(
+            f"init_scale: with init='random' it is the fraction of the box that starts are drawn from, in (0, 1],"
+            f" got {s.init_scale!r}"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,20 +172,37 @@ def _box(problem, num_prompts: int, dtype) -> tuple[jax.Array, jax.Array]:
     return lower, upper
 
 
-def initial_params(key: jax.Array, problem, settings: FitSettings, n_eff: jax.Array) -> Params:
-    """One starting point (see the module docstring for the two strategies); traceable."""
+def start_scale(settings: FitSettings, n_eff):
+    """The standard deviation of a near-truth start's noise at sample size n: ``init_scale * n^(-init_rate)``."""
+    return settings.init_scale * n_eff ** (-settings.init_rate)
+
+
+def split_start(settings: FitSettings) -> tuple[FitSettings, jax.Array]:
+    """The settings with the start's scale and rate taken out, and those two as an array: compiled code then
+    depends on the kind of start (``init``, ``restarts``) only, so that schedules differing in scale or
+    rate share one compilation."""
+    return settings._replace(init_scale=-1.0, init_rate=-1.0), jnp.asarray([settings.init_scale, settings.init_rate])
+
+
+def initial_params(key: jax.Array, problem, settings: FitSettings, n_eff: jax.Array, start=None) -> Params:
+    """One starting point of ``settings``' schedule (see the module docstring) for a data set of ``n_eff``
+    rows, projected onto the box; traceable. ``start`` ``(init_scale, init_rate)``, traced values, replaces
+    those two fields of ``settings`` (see :func:`split_start`)."""
     Lp, L, D = settings.num_prompts, problem.num_true_prompts, problem.atom_dim
     ka, kb = jax.random.split(key)
     dtype = problem.true_atoms.dtype
+    c, rate = (settings.init_scale, settings.init_rate) if start is None else (start[0], start[1])
     if settings.init == "near-truth":
         assign = np.arange(Lp) % L
         share = np.bincount(assign, minlength=L)[assign]
-        scale = settings.init_scale * n_eff ** (-0.25)
+        scale = c * jnp.asarray(n_eff, dtype) ** (-rate)
         atoms = problem.true_atoms[assign] + scale * jax.random.normal(ka, (Lp, D), dtype)
         biases = problem.true_biases[assign] - jnp.log(share.astype(dtype)) + scale * jax.random.normal(kb, (Lp,), dtype)
     else:
-        atoms = jax.random.uniform(ka, (Lp, D), dtype, -problem.atom_bound / 2, problem.atom_bound / 2)
-        biases = jax.random.uniform(kb, (Lp,), dtype, -1.0, 1.0)
+        lo, hi = problem.bias_bounds
+        mid, half = (lo + hi) / 2, c * (hi - lo) / 2
+        atoms = jax.random.uniform(ka, (Lp, D), dtype, -c * problem.atom_bound, c * problem.atom_bound)
+        biases = jax.random.uniform(kb, (Lp,), dtype, mid - half, mid + half)
     lower, upper = _box(problem, Lp, dtype)
     return _unflatten(jnp.clip(_flatten(Params(atoms, biases)), lower, upper), Lp, D)
 
@@ -339,10 +379,11 @@ def _solve_one(problem, settings: FitSettings, data, theta0):
 # batched entry points
 
 
-def _fit_one_dataset(problem, settings: FitSettings, key, X, Y, w):
+def _fit_one_dataset(problem, settings: FitSettings, key, X, Y, w, start):
+    """One data set, every restart; ``start`` is the ``(init_scale, init_rate)`` array of :func:`split_start`."""
     n_eff = jnp.sum(w)
-    starts = jax.vmap(lambda k: _flatten(initial_params(k, problem, settings, n_eff)))(
-        jax.random.split(key, settings.restarts)
+    starts = jax.vmap(lambda r: _flatten(initial_params(jax.random.fold_in(key, r), problem, settings, n_eff, start)))(
+        jnp.arange(settings.restarts)
     )
     lse, mean = jax.vmap(expert_summary, in_axes=(None, 0))(problem, X)  # once per data set
     data = (X.T, Y.T, w, lse, mean.T)
@@ -360,12 +401,13 @@ def _fit_one_dataset(problem, settings: FitSettings, key, X, Y, w):
         steps=steps[best],
         at_bound=jnp.any((tb <= lower) | (tb >= upper)),
         restart_objectives=obj,
+        start=_unflatten(starts[best], settings.num_prompts, problem.atom_dim),
     )
 
 
 @partial(jax.jit, static_argnames=("settings",))
-def _fit_batch_jit(problem, keys, X, Y, w, settings: FitSettings) -> FitResult:
-    return _batch(lambda a: _fit_one_dataset(problem, settings, *a), (keys, X, Y, w), settings.batching)
+def _fit_batch_jit(problem, keys, X, Y, w, start, settings: FitSettings) -> FitResult:
+    return _batch(lambda a: _fit_one_dataset(problem, settings, *a, start), (keys, X, Y, w), settings.batching)
 
 
 def fit_batch(keys, problem, X, Y, num_prompts: int, *, mask=None, **options) -> FitResult:
@@ -395,7 +437,8 @@ def fit_batch(keys, problem, X, Y, num_prompts: int, *, mask=None, **options) ->
             raise ValueError(f"Shape mismatch in mask: expected {X.shape[:2]} (the rows of X), got {mask.shape}")
         if bool(jnp.any(mask.sum(axis=1) < 1)):
             raise ValueError("mask: every data set needs n >= 1 unmasked rows")
-    return _fit_batch_jit(problem, keys, X, Y, mask, settings)
+    static, start = split_start(settings)
+    return _fit_batch_jit(problem, keys, X, Y, mask, start.astype(X.dtype), static)
 
 
 def fit(key, problem, X, Y, num_prompts: int, **options) -> FitResult:
@@ -406,8 +449,10 @@ def fit(key, problem, X, Y, num_prompts: int, **options) -> FitResult:
       problem: the :class:`moe_estimation.Problem` (its known part, structure and box).
       X: ``(n, d)`` inputs; Y: ``(n, d_v)`` outputs.
       num_prompts: L', the number of fitted prompts (L' = L exactly specified, L' > L over-specified).
-      **options: ``restarts`` (4), ``init`` ("near-truth" or "random"), ``init_scale`` (0.5),
-        ``max_steps`` (300), ``ftol``, ``xtol``, ``gtol`` (1e-10 each), ``batching`` ("auto": one fit
+      **options: ``restarts`` (4), ``init`` ("near-truth" or "random"), ``init_scale`` (0.5: the noise
+        scale c of a near-truth start, or the fraction of the box of a random one), ``init_rate`` (0.25: a
+        near-truth start's noise is ``c * n^(-init_rate)``; 0 for a fixed scale), ``max_steps`` (300),
+        ``ftol``, ``xtol``, ``gtol`` (1e-10 each), ``batching`` ("auto": one fit
         after another on a CPU, all in lockstep under vmap on an accelerator); see :class:`FitSettings`.
 
     Returns a :class:`FitResult`. Raises ``ValueError`` for shapes that disagree with the problem, NaN or

@@ -6,6 +6,12 @@
   drawn through the first mean. Fits that stopped on the step limit are counted in each panel's title.
 - ``side_by_side.png``: every problem on the key/value yardstick, over-specified, with the key part
   and the value part of the loss drawn apart.
+- ``parts_<problem>_<specification>.png``: how the yardstick and its identified part fall with n under each
+  starting-point schedule of the study (one colour a schedule; mean solid, median dashed; the slope of
+  the mean in the legend): the yardstick, its key and value parts and the yardstick of the starting point
+  (row 1); the error of the weight sums, of the weight-averaged keys and values, and the spread of keys
+  and values inside cells (row 2). A study with several schedules draws these and one
+  ``side_by_side_<schedule>.png`` per schedule instead of ``rates_<problem>.png`` and ``side_by_side.png``.
 - ``transformer_curves.png``: held-out loss and accuracy against n for the three prefix
   parameterisations (mean over seeds with the seed range, fitted slopes in the legend).
 - ``combined.png``: the MoE rate panels (key/value yardstick, over-specified) beside the transformer's
@@ -54,11 +60,135 @@ def _panel(ax, g: pd.DataFrame, rates: pd.DataFrame, loss: str, color="C0", labe
                     label=f"{label_prefix}fit {r['slope']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]")
         ax.plot(ns, mean[0] * (ns / ns[0]) ** r["theory_slope"], ":", color="gray", lw=1.5,
                 label=f"theory {r['theory_slope']:g}" if r["theory_slope"] else "theory: slower than any n^-a")
+    _log_axes(ax, ns)
+
+
+PARTS_PANELS = (
+    # (title, fits.csv columns summed, row)
+    ("yardstick D_2 on (k, v)", ("loss_key_value",)),
+    ("its key part", RATE_LOSSES["key_value_key_part"]),
+    ("its value part", RATE_LOSSES["key_value_value_part"]),
+    ("yardstick of the start", ("start_key_value",)),
+    ("identified: weight sums  sum_j |W_j - w*_j|", RATE_LOSSES["identified_weight"]),
+    ("identified: averaged keys  sum_j |kbar_j - k*_j|", RATE_LOSSES["identified_key"]),
+    ("identified: averaged values  sum_j |vbar_j - v*_j|", RATE_LOSSES["identified_value"]),
+    ("spread in cells: values (solid), keys (dotted)", RATE_LOSSES["spread_value"]),
+)
+
+
+def _slope(ns, y):
+    ok = np.isfinite(y) & (y > 0)
+    return np.polyfit(np.log(ns[ok]), np.log(y[ok]), 1)[0] if ok.sum() >= 2 else np.nan
+
+
+def _schedule_lines(ax, g: pd.DataFrame, cols, schedules, dotted_cols=None):
+    for k, sched in enumerate(schedules):
+        gs = g[g["schedule"] == sched]
+        ns = np.sort(gs["n"].unique()).astype(float)
+        vals = [gs[gs["n"] == n][list(cols)].sum(axis=1).to_numpy() for n in ns]
+        mean, med = np.array([v.mean() for v in vals]), np.array([np.median(v) for v in vals])
+        if not np.any(mean > 0):
+            continue
+        color = f"C{k}"
+        ax.plot(ns, np.where(mean > 0, mean, np.nan), "o-", color=color, ms=3,
+                label=f"{sched}: slope {_slope(ns, mean):.2f}")
+        ax.plot(ns, np.where(med > 0, med, np.nan), "--", color=color, lw=1, alpha=0.7)
+        if dotted_cols is not None:
+            extra = np.array([gs[gs["n"] == n][list(dotted_cols)].sum(axis=1).mean() for n in ns])
+            ax.plot(ns, np.where(extra > 0, extra, np.nan), ":", color=color, lw=1.5)
+    _log_axes(ax, np.sort(g["n"].unique()))
+
+
+def _log_axes(ax, ns) -> None:
+    """Log-log axes with the sample sizes themselves as the x ticks (at most seven of them)."""
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xticks(ns[:: max(1, len(ns) // 6)], [f"{int(n):,}" for n in ns[:: max(1, len(ns) // 6)]], fontsize=7)
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ticks = ns[:: max(1, -(-len(ns) // 7))]
+    ax.set_xticks(ticks, [f"{int(n):,}" for n in ticks], fontsize=7)
     ax.grid(True, which="both", alpha=0.2)
+
+
+def plot_parts(fits: pd.DataFrame, out: Path) -> list[Path]:
+    """``parts_<problem>_<specification>.png`` for every (problem, specification) of a study."""
+    schedules = list(dict.fromkeys(fits["schedule"]))
+    written = []
+    for (prob, spec), g in fits.groupby(["problem", "specification"], sort=False):
+        fig, axes = plt.subplots(2, 4, figsize=(18, 7.8))
+        for ax, (title, cols) in zip(axes.ravel(), PARTS_PANELS):
+            dotted = RATE_LOSSES["spread_key"] if cols == RATE_LOSSES["spread_value"] else None
+            _schedule_lines(ax, g, cols, schedules, dotted)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("n")
+            if ax.lines:
+                ax.legend(fontsize=7)
+            else:
+                ax.text(0.5, 0.5, "zero in every fit", transform=ax.transAxes, ha="center", color="gray")
+        desc = "; ".join(_schedule_text(g[g["schedule"] == s].iloc[0]) for s in schedules)
+        bad = int((~g["converged"].astype(bool)).sum())
+        fig.suptitle(f"{prob}, {spec}-specified (L'={int(g['num_prompts'].iloc[0])}): mean (solid) and median (dashed) over "
+                     f"{g['replicate'].nunique()} replicates; step limit/stall: {bad}/{len(g)}\n{desc}", fontsize=10)
+        fig.tight_layout()
+        path = out / f"parts_{prob}_{spec}.png"
+        _save(fig, path)
+        written.append(path)
+    return written
+
+
+def _schedule_text(row) -> str:
+    if row["init"] == "random":
+        region = "the whole box" if row["init_scale"] == 1 else f"{row['init_scale']:g} of the box"
+        return f"{row['schedule']}: uniform over {region}, best of {int(row['restarts'])}"
+    scale = f"{row['init_scale']:g} n^-{row['init_rate']:.3g}" if row["init_rate"] else f"{row['init_scale']:g} (fixed)"
+    return f"{row['schedule']}: truth + noise of scale {scale}, best of {int(row['restarts'])}"
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _rates_figure(fits, rates, prob, specs, title_suffix=""):
+    fig, axes = plt.subplots(2, len(specs), figsize=(5.2 * len(specs), 7.5), squeeze=False)
+    for j, spec in enumerate(specs):
+        g = fits[(fits["problem"] == prob) & (fits["specification"] == spec)]
+        rr = rates[(rates["problem"] == prob) & (rates["specification"] == spec)]
+        bad = int((~g["converged"].astype(bool)).sum())
+        for i, loss in enumerate(("own", "key_value")):
+            ax = axes[i, j]
+            _panel(ax, g, rr, loss)
+            L = int(g["num_prompts"].iloc[0])
+            ax.set_title(f"{spec} (L'={L}); step limit/stall: {bad}/{len(g)}", fontsize=9)
+            ax.set_ylabel(LOSS_LABELS[loss], fontsize=8)
+            ax.set_xlabel("n")
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{prob}: loss against n ({_schedule_text(g.iloc[0])})")
+    fig.tight_layout()
+    return fig
+
+
+def _side_by_side(fits, rates, problems, specs, title_suffix=""):
+    spec = "over" if "over" in specs else specs[0]
+    problems = [p for p in problems if len(fits[(fits["problem"] == p) & (fits["specification"] == spec)])]
+    fig, axes = plt.subplots(1, len(problems), figsize=(max(5.0, 4.2 * len(problems)), 4.6), squeeze=False,
+                             sharey=True)
+    for ax, prob in zip(axes[0], problems):
+        g = fits[(fits["problem"] == prob) & (fits["specification"] == spec)]
+        rr = rates[(rates["problem"] == prob) & (rates["specification"] == spec)]
+        _panel(ax, g, rr, "key_value")
+        for loss, color, lab in (("key_value_key_part", "C1", "key part "), ("key_value_value_part", "C2", "value part ")):
+            ns = np.sort(g["n"].unique())
+            ax.plot(ns, [np.mean(_loss_values(g[g["n"] == n], loss)) for n in ns], "^-", color=color, ms=3, lw=1,
+                    label=f"{lab}mean")
+        bad = int((~g["converged"].astype(bool)).sum())
+        ax.set_title(f"{prob}\nstep limit/stall: {bad}/{len(g)}", fontsize=9)
+        ax.set_xlabel("n")
+        ax.legend(fontsize=6)
+    axes[0, 0].set_ylabel("D_2 on (key, value) atoms")
+    fig.suptitle(f"Structures side by side, {spec}-specified, on one yardstick{title_suffix}", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def plot_study(results: str | Path, out: str | Path) -> list[Path]:
@@ -73,48 +203,23 @@ def plot_study(results: str | Path, out: str | Path) -> list[Path]:
     written = []
     problems = list(dict.fromkeys(fits["problem"]))
     specs = list(dict.fromkeys(fits["specification"]))
-    for prob in problems:
-        fig, axes = plt.subplots(2, len(specs), figsize=(5.2 * len(specs), 7.5), squeeze=False)
-        for j, spec in enumerate(specs):
-            g = fits[(fits["problem"] == prob) & (fits["specification"] == spec)]
-            rr = rates[(rates["problem"] == prob) & (rates["specification"] == spec)]
-            bad = int((~g["converged"].astype(bool)).sum())
-            for i, loss in enumerate(("own", "key_value")):
-                ax = axes[i, j]
-                _panel(ax, g, rr, loss)
-                L = int(g["num_prompts"].iloc[0])
-                ax.set_title(f"{spec} (L'={L}); step limit/stall: {bad}/{len(g)}", fontsize=9)
-                ax.set_ylabel(LOSS_LABELS[loss], fontsize=8)
-                ax.set_xlabel("n")
-                ax.legend(fontsize=7)
-        fig.suptitle(f"{prob}: loss against n ({g['init'].iloc[0]} init)")
-        fig.tight_layout()
-        path = out / f"rates_{prob}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+    schedules = list(dict.fromkeys(fits["schedule"]))
+    if len(schedules) == 1:
+        for prob in problems:
+            pspecs = list(dict.fromkeys(fits[fits["problem"] == prob]["specification"]))
+            path = out / f"rates_{prob}.png"
+            _save(_rates_figure(fits, rates, prob, pspecs), path)
+            written.append(path)
+        path = out / "side_by_side.png"
+        _save(_side_by_side(fits, rates, problems, specs, f" ({schedules[0]} starts)"), path)
         written.append(path)
-
-    spec = "over" if "over" in specs else specs[0]
-    fig, axes = plt.subplots(1, len(problems), figsize=(4.2 * len(problems), 4.2), squeeze=False, sharey=True)
-    for ax, prob in zip(axes[0], problems):
-        g = fits[(fits["problem"] == prob) & (fits["specification"] == spec)]
-        rr = rates[(rates["problem"] == prob) & (rates["specification"] == spec)]
-        _panel(ax, g, rr, "key_value")
-        for loss, color, lab in (("key_value_key_part", "C1", "key part "), ("key_value_value_part", "C2", "value part ")):
-            ns = np.sort(g["n"].unique())
-            ax.plot(ns, [np.mean(_loss_values(g[g["n"] == n], loss)) for n in ns], "^-", color=color, ms=3, lw=1,
-                    label=f"{lab}mean")
-        bad = int((~g["converged"].astype(bool)).sum())
-        ax.set_title(f"{prob}\nstep limit/stall: {bad}/{len(g)}", fontsize=9)
-        ax.set_xlabel("n")
-        ax.legend(fontsize=6)
-    axes[0, 0].set_ylabel("D_2 on (key, value) atoms")
-    fig.suptitle(f"Structures side by side, {spec}-specified, on one yardstick")
-    fig.tight_layout()
-    path = out / "side_by_side.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    else:
+        for sched in schedules:
+            f, r = fits[fits["schedule"] == sched], rates[rates["schedule"] == sched]
+            path = out / f"side_by_side_{sched}.png"
+            _save(_side_by_side(f, r, problems, specs, f"\n{_schedule_text(f.iloc[0])}"), path)
+            written.append(path)
+    written += plot_parts(fits, out)
     return written
 
 
@@ -209,6 +314,7 @@ def plot_results(results, out) -> list[Path]:
         written += plot_study(d, out)
     for d in transformers:
         written += plot_curves(d, out)
-    if studies and transformers:
-        written.append(plot_combined(studies[0], transformers[0], out))
+    single = [d for d in studies if pd.read_csv(d / "fits.csv", usecols=["schedule"])["schedule"].nunique() == 1]
+    if single and transformers:  # the combined figure shows one schedule's rates
+        written.append(plot_combined(single[0], transformers[0], out))
     return written

@@ -7,6 +7,7 @@ replacement), recompute the statistic at every n, refit the slope; repeat.
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -28,7 +29,9 @@ class Rate(NamedTuple):
 
 
 def _stat(x: np.ndarray, statistic: str, axis: int) -> np.ndarray:
-    return np.nanmean(x, axis=axis) if statistic == "mean" else np.nanmedian(x, axis=axis)
+    with warnings.catch_warnings():  # a bootstrap row resampled to all-NaN gives NaN; the caller falls back
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(x, axis=axis) if statistic == "mean" else np.nanmedian(x, axis=axis)
 
 
 def _ols(logn: np.ndarray, logy: np.ndarray) -> tuple[float, float]:
@@ -94,16 +97,21 @@ def empirical_rate(
 def theory_slope(structure: str, loss: str = "own", specification: str = "over") -> float:
     """The reference log-log slope of SPEC section 1 for a structure, a loss and a specification.
 
-    ``loss`` is ``"own"`` (D_2 for the shared structures, D_{1,r} for non-shared) or ``"key_value"`` (D_2 on
-    the (key, value) atoms). Shared structures: -1/2 on both (D_2 converges at sqrt(log n / n), and for an
+    ``loss`` is ``"own"`` (D_2 for the shared structures, D_{1,r} for non-shared), ``"key_value"`` (D_2 on
+    the (key, value) atoms) or ``"identified"`` (a term of :func:`moe_estimation.identified_parts`: the
+    weight sums, the cells' weight-averaged keys and values, the spreads inside cells). Shared structures: -1/2 on both (D_2 converges at sqrt(log n / n), and for an
     injective smooth map D_2 on (k, v) is within constants of D_2 on p). Non-shared, over-specified: 0.0,
     the reference for "slower than every polynomial" (the minimax bound allows 1/log n, whose log-log slope
     tends to 0). Exactly specified (L' = L), every structure is a regular parametric model: -1/2.
+    The identified terms: -1/2 wherever the loss's own rate is -1/2 (each is bounded by the D_2 terms it
+    splits); for the over-specified non-shared fit the theory states none, and the reference is NaN.
     """
     if specification not in ("exact", "over"):
         raise ValueError(f"specification: expected 'exact' or 'over', got {specification!r}")
     if structure not in STRUCTURES:
         raise ValueError(f"structure: expected one of {STRUCTURES}, got {structure!r}")
-    if loss not in ("own", "key_value"):
-        raise ValueError(f"loss: expected 'own' or 'key_value', got {loss!r}")
-    return 0.0 if (structure == NON_SHARED and specification == "over") else -0.5
+    if loss not in ("own", "key_value", "identified"):
+        raise ValueError(f"loss: expected 'own', 'key_value' or 'identified', got {loss!r}")
+    if structure == NON_SHARED and specification == "over":
+        return float("nan") if loss == "identified" else 0.0
+    return -0.5

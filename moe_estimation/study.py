@@ -1,11 +1,15 @@
-"""The Monte Carlo runner: (problem, specification, n, replicate) -> fitted, scored, tabulated, rated.
+"""The Monte Carlo runner: (problem, specification, schedule, n, replicate) -> fitted, scored, tabulated, rated.
 
-One *cell* of the grid is (problem, specification, n): its R replicates are simulated, fitted (restarts
-vmapped inside) and scored in one compiled call. Design choices:
+One *cell* of the grid is (problem, specification, starting-point schedule, n): its R replicates are
+simulated, fitted (restarts inside) and scored in one compiled call. Design choices:
 
-- Keys come from the cell's coordinates: ``fold_in(root, crc32(problem), crc32(specification), n,
-  replicate)``, so a replicate's numbers do not depend on which cells ran, in what order, or in how many
-  chunks.
+- Keys come from coordinates alone, so a replicate's numbers do not depend on which cells ran, in what
+  order, or in how many chunks. Replicate r's *data* (inputs and noise) come from ``(root, n, r)`` only
+  (:func:`data_keys`): the same data set under every problem, specification and schedule (common random
+  numbers; the presets share one regression function, so their comparisons are paired). Its *starts*
+  come from ``(root, problem, specification, n, r)`` (:func:`start_keys`) and not from the schedule: two
+  near-truth schedules draw the same noise and differ only in its scale, two random ones the same
+  uniform numbers over different regions.
 - Shapes are bucketed: a data set of size n is simulated at the next power of two and masked, so the
   number of compilations per (problem, specification) is the number of buckets, not of sample sizes.
   Simulation is row-wise keyed, so padding never changes the data.
@@ -40,9 +44,9 @@ import pandas as pd
 from . import __version__
 from .config import StudyConfig
 from .data import simulate_rows
-from .fit import STATUS, FitSettings, _batch, _fit_one_dataset
+from .fit import STATUS, FitSettings, _batch, _fit_one_dataset, split_start
 from .rates import empirical_rate, theory_slope
-from .voronoi import key_value_parts, structure_parts
+from .voronoi import identified_key_value, key_value_parts, structure_parts
 
 PART_NAMES = ("weight", "single", "multi", "key_single", "key_multi", "value_single", "value_multi")
 RATE_LOSSES = {
@@ -51,14 +55,24 @@ RATE_LOSSES = {
     "key_value": ("loss_key_value",),
     "key_value_key_part": ("kv_key_single", "kv_key_multi"),
     "key_value_value_part": ("kv_value_single", "kv_value_multi"),
+    # the identified part on the (key, value) atoms (moe_estimation.voronoi.identified_parts)
+    "identified_weight": ("id_weight",),
+    "identified_key": ("id_key",),
+    "identified_value": ("id_value",),
+    "spread_key": ("id_spread_key",),
+    "spread_value": ("id_spread_value",),
 }
+ID_NAMES = ("weight", "key", "value", "spread_key", "spread_value")
+SCHEDULE_COLUMNS = ["schedule", "init", "init_scale", "init_rate", "restarts"]
 FITS_COLUMNS = (
-    ["problem", "structure", "specification", "num_prompts", "n", "replicate", "seed", "init",
-     "loss_own", "loss_key_value"]
+    ["problem", "structure", "specification", "num_prompts", "n", "replicate", "seed"] + SCHEDULE_COLUMNS
+    + ["loss_own", "loss_key_value"]
     + [f"own_{p}" for p in PART_NAMES]
     + [f"kv_{p}" for p in PART_NAMES]
-    + ["objective", "converged", "status", "steps", "at_bound", "seconds"]
+    + [f"id_{p}" for p in ID_NAMES]
+    + ["start_key_value", "objective", "converged", "status", "steps", "at_bound", "seconds"]
 )
+CELL = ["problem", "specification", "schedule", "n"]
 
 
 def bucket_size(n: int, minimum: int = 64) -> int:
@@ -66,27 +80,40 @@ def bucket_size(n: int, minimum: int = 64) -> int:
     return max(minimum, 1 << (int(n) - 1).bit_length())
 
 
-def cell_keys(seed: int, problem: str, specification: str, n: int, replicates: int) -> jax.Array:
-    """``(R,)`` keys of one cell, from its coordinates alone."""
-    k = jax.random.key(seed)
-    for part in (zlib.crc32(problem.encode()), zlib.crc32(specification.encode()), int(n)):
-        k = jax.random.fold_in(k, part & 0x7FFFFFFF)
+def _fold(key, *parts):
+    for part in parts:
+        key = jax.random.fold_in(key, (zlib.crc32(part.encode()) if isinstance(part, str) else int(part)) & 0x7FFFFFFF)
+    return key
+
+
+def data_keys(seed: int, n: int, replicates: int) -> jax.Array:
+    """``(R,)`` keys of the data sets at sample size n: from ``(seed, n, replicate)`` alone, so every problem,
+    specification and schedule of a study sees the same inputs and noise (common random numbers)."""
+    k = _fold(jax.random.key(seed), "data", n)
     return jax.vmap(lambda r: jax.random.fold_in(k, r))(jnp.arange(replicates))
 
 
-def _local_chunk(problem, keys, n, rows: int, settings: FitSettings):
-    def one(key):
-        X, Y = simulate_rows(problem, jax.random.fold_in(key, 0), rows)
-        w = (jnp.arange(rows) < n).astype(X.dtype)
-        res = _fit_one_dataset(problem, settings, jax.random.fold_in(key, 1), X, Y, w)
-        return res, structure_parts(problem, res.params), key_value_parts(problem, res.params)
+def start_keys(seed: int, problem: str, specification: str, n: int, replicates: int) -> jax.Array:
+    """``(R,)`` keys of the starting points of one (problem, specification, n) and every schedule."""
+    k = _fold(jax.random.key(seed), "start", problem, specification, n)
+    return jax.vmap(lambda r: jax.random.fold_in(k, r))(jnp.arange(replicates))
 
-    return _batch(one, keys, settings.batching)
+
+def _local_chunk(problem, dkeys, skeys, n, start, rows: int, settings: FitSettings):
+    def one(keys):
+        dk, sk = keys
+        X, Y = simulate_rows(problem, dk, rows)
+        w = (jnp.arange(rows) < n).astype(X.dtype)
+        res = _fit_one_dataset(problem, settings, sk, X, Y, w, start)
+        return (res, structure_parts(problem, res.params), key_value_parts(problem, res.params),
+                identified_key_value(problem, res.params), key_value_parts(problem, res.start)["d2"])
+
+    return _batch(one, (dkeys, skeys), settings.batching)
 
 
 @partial(jax.jit, static_argnames=("rows", "settings"))
-def _run_chunk(problem, keys, n, rows: int, settings: FitSettings):
-    return _local_chunk(problem, keys, n, rows, settings)
+def _run_chunk(problem, dkeys, skeys, n, start, rows: int, settings: FitSettings):
+    return _local_chunk(problem, dkeys, skeys, n, start, rows, settings)
 
 
 _SHARDED = {}
@@ -97,10 +124,11 @@ def _sharded_chunk(mesh):
     from jax.sharding import PartitionSpec as P
 
     if mesh not in _SHARDED:
-        def run(problem, keys, n, rows, settings):
+        def run(problem, dkeys, skeys, n, start, rows, settings):
             local = partial(_local_chunk, rows=rows, settings=settings)
-            return jax.shard_map(lambda p, k, m: local(p, k, m), mesh=mesh, in_specs=(P(), P("replicate"), P()),
-                                 out_specs=P("replicate"), check_vma=False)(problem, keys, n)
+            return jax.shard_map(lambda p, d, k, m, s: local(p, d, k, m, s), mesh=mesh,
+                                 in_specs=(P(), P("replicate"), P("replicate"), P(), P()),
+                                 out_specs=P("replicate"), check_vma=False)(problem, dkeys, skeys, n, start)
 
         _SHARDED[mesh] = jax.jit(run, static_argnames=("rows", "settings"))
     return _SHARDED[mesh]
@@ -129,16 +157,17 @@ def default_max_elements(device=None) -> int:
     return max(CPU_MAX_ELEMENTS, 1 << (elements.bit_length() - 1))
 
 
-def run_cell(problem, keys, n: int, settings: FitSettings, max_elements: int | None = None):
-    """Simulate, fit and score the replicates of one cell. Returns (FitResult, own parts, kv parts) as
-    numpy arrays with a leading replicate axis. Replicates go in chunks whose Jacobians hold at most
-    ``max_elements`` numbers (default :func:`default_max_elements`)."""
+def run_cell(problem, dkeys, skeys, n: int, settings: FitSettings, max_elements: int | None = None):
+    """Simulate (data keys ``dkeys``), fit (start keys ``skeys``) and score the replicates of one cell.
+    Returns (FitResult, own parts, kv parts, identified kv parts, yardstick of the start) as numpy arrays
+    with a leading replicate axis. Replicates go in chunks whose Jacobians hold at most ``max_elements``
+    numbers (default :func:`default_max_elements`)."""
     max_elements = default_max_elements() if max_elements is None else max_elements
     rows = bucket_size(n)
     P = settings.num_prompts * (problem.atom_dim + 1)
     per_fit = rows * problem.d_v * P * settings.restarts
     ndev = jax.device_count()
-    chunk = int(max(1, min(len(keys), max_elements * ndev // per_fit)))
+    chunk = int(max(1, min(len(dkeys), max_elements * ndev // per_fit)))
     chunk = -(-chunk // ndev) * ndev  # a multiple of the number of devices
     place = lambda k: k
     if ndev > 1:
@@ -151,15 +180,42 @@ def run_cell(problem, keys, n: int, settings: FitSettings, max_elements: int | N
         place = lambda k: jax.device_put(k, NamedSharding(mesh, Pspec("replicate")))
     else:
         run = _run_chunk
+    static, start = split_start(settings)  # one compilation for every schedule of one kind
+    start = start.astype(problem.true_atoms.dtype)
     outs = []
-    for start in range(0, len(keys), chunk):
-        k = keys[start : start + chunk]
+    for i in range(0, len(dkeys), chunk):
+        d, k = dkeys[i : i + chunk], skeys[i : i + chunk]
         pad = chunk - len(k)
         if pad:  # keep one compiled shape: pad with copies of the last key, drop their results
-            k = jnp.concatenate([k, jnp.repeat(k[-1:], pad, axis=0)])
-        out = _gather(run(problem, place(k), jnp.asarray(n), rows, settings))
+            d, k = (jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) for a in (d, k))
+        out = _gather(run(problem, place(d), place(k), jnp.asarray(n), start, rows, static))
         outs.append(jax.tree.map(lambda a: a[: chunk - pad], out))
     return jax.tree.map(lambda *a: np.concatenate(a), *outs)
+
+
+def _map_count() -> tuple[int, int] | None:
+    """(memory mappings of this process, the system's limit) on Linux; None where that cannot be read."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f), limit
+    except (OSError, ValueError):
+        return None
+
+
+def release_compiled_if_needed(fraction: float = 0.5) -> bool:
+    """Drop JAX's compiled programs when this process holds more than ``fraction`` of the memory mappings
+    the system allows. Every compiled CPU program keeps hundreds of mappings (about 650 for one study cell),
+    and a study with a hundred distinct programs (schedules x problems x buckets) would otherwise end in
+    LLVM's "Unable to allocate section memory" at vm.max_map_count (65530 by default). Dropped programs are
+    compiled again (or loaded from the persistent cache) when next needed. Returns True when it dropped."""
+    counts = _map_count()
+    if counts is None or counts[0] < fraction * counts[1]:
+        return False
+    jax.clear_caches()
+    _SHARDED.clear()
+    return True
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -183,11 +239,12 @@ def _versions() -> dict:
 
 
 def _cells(cfg: StudyConfig):
-    # n outermost: a run stopped part-way has every problem at the smaller sizes
+    # n outermost: a run stopped part-way has every problem and schedule at the smaller sizes
     for n in cfg.ns:
         for prob_name in cfg.problems:
-            for spec in cfg.specifications:
-                yield prob_name, spec, n
+            for spec in cfg.specifications_of(prob_name):
+                for schedule in cfg.schedule_names:
+                    yield prob_name, spec, schedule, n
 
 
 def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=print,
@@ -225,34 +282,37 @@ def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=p
 
     fits_path = out / "fits.csv"
     done = pd.read_csv(fits_path) if fits_path.exists() else pd.DataFrame(columns=FITS_COLUMNS)
-    finished = {
-        (p, s, int(n)) for (p, s, n), g in done.groupby(["problem", "specification", "n"]) if len(g) == cfg.replicates
-    }
+    finished = {(p, s, sc, int(n)) for (p, s, sc, n), g in done.groupby(CELL) if len(g) == cfg.replicates}
     todo = [c for c in _cells(cfg) if c not in finished]
     if tables_only:
         if not finished:
             raise ValueError(f"--tables-only: {out} holds no finished cell yet")
         log(f"tables only: {len(finished)} finished cells, {len(todo)} not run")
         todo = []
-        done = done[[(p, s, int(n)) in finished for p, s, n in zip(done["problem"], done["specification"], done["n"])]]
+        done = done[[(p, s, sc, int(n)) in finished for p, s, sc, n in zip(*(done[c] for c in CELL))]]
     if finished:
         log(f"resuming: {len(finished)} of {len(finished) + len(todo)} cells already in {fits_path}")
     rows = [done] if len(done) else []
     problems = {name: cfg.problem(name) for name in cfg.problems}
     bar = tqdm(total=len(finished) + len(todo), initial=len(finished), disable=not progress, unit="cell", file=sys.stderr)
-    for prob_name, spec, n in todo:
+    for prob_name, spec, schedule, n in todo:
+        release_compiled_if_needed()
         prob = problems[prob_name]
-        bar.set_description(f"{prob_name} {spec} n={n}")
-        settings = cfg.fit_settings(cfg.num_prompts(prob, spec))
+        bar.set_description(f"{prob_name} {spec} {schedule} n={n}")
+        settings = cfg.fit_settings(cfg.num_prompts(prob, spec), schedule)
         t0 = time.perf_counter()
-        res, own, kv = run_cell(prob, cell_keys(cfg.seed, prob_name, spec, n, cfg.replicates), n, settings)
+        res, own, kv, ident, start = run_cell(prob, data_keys(cfg.seed, n, cfg.replicates),
+                                              start_keys(cfg.seed, prob_name, spec, n, cfg.replicates), n, settings)
         seconds = (time.perf_counter() - t0) / cfg.replicates
         table = {
             "problem": prob_name, "structure": prob.structure, "specification": spec,
             "num_prompts": settings.num_prompts, "n": n, "replicate": np.arange(cfg.replicates), "seed": cfg.seed,
-            "init": settings.init, "loss_own": own["d1r"] if prob.structure == "non-shared" else own["d2"],
+            "schedule": schedule, "init": settings.init, "init_scale": float(settings.init_scale),
+            "init_rate": float(settings.init_rate), "restarts": settings.restarts,
+            "loss_own": own["d1r"] if prob.structure == "non-shared" else own["d2"],
             "loss_key_value": kv["d2"],
             **{f"own_{p}": own[p] for p in PART_NAMES}, **{f"kv_{p}": kv[p] for p in PART_NAMES},
+            **{f"id_{p}": ident[p] for p in ID_NAMES}, "start_key_value": start,
             "objective": res.objective, "converged": res.converged,
             "status": [STATUS[int(s)] for s in res.status], "steps": res.steps, "at_bound": res.at_bound,
             "seconds": seconds,
@@ -270,38 +330,56 @@ def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=p
 
 
 def canonical_order(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
-    """Rows in grid order (problem, specification, n, replicate), whatever order the cells ran in."""
-    order = {p: i for i, p in enumerate(cfg.problems)}
-    sorder = {s: i for i, s in enumerate(cfg.specifications)}
-    key = fits["problem"].map(order) * 10 + fits["specification"].map(sorder)
-    return fits.assign(_k=key).sort_values(["_k", "n", "replicate"]).drop(columns="_k").reset_index(drop=True)
+    """Rows in grid order (problem, specification, schedule, n, replicate), whatever order the cells ran in."""
+    keys = {c: fits[c].map({v: i for i, v in enumerate(vals)}) for c, vals in
+            (("problem", cfg.problems), ("specification", cfg.specifications), ("schedule", cfg.schedule_names))}
+    return (fits.assign(_p=keys["problem"], _s=keys["specification"], _c=keys["schedule"])
+            .sort_values(["_p", "_s", "_c", "n", "replicate"]).drop(columns=["_p", "_s", "_c"]).reset_index(drop=True))
+
+
+def _theory(structure: str, loss: str, spec: str) -> float:
+    if loss == "own":
+        return theory_slope(structure, "own", spec)
+    if loss.startswith("key_value"):
+        return theory_slope(structure, "key_value", spec)
+    return theory_slope(structure, "identified", spec)
 
 
 def rates_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
-    """One row per (problem, specification, loss, statistic): slope, 95% bootstrap interval, theory."""
+    """One row per (problem, specification, schedule, loss, statistic): slope, 95% bootstrap interval,
+    theory. A loss that is zero in every fit of the window (the spread when no cell holds two atoms) has
+    no rate and no row; a rate that cannot be fitted (a sample size whose every loss is zero) has an empty
+    slope and says why in ``note``."""
     out = []
     window = fits[(fits["n"] >= cfg.n_min) & (fits["n"] <= cfg.n_max)]
-    for (prob_name, spec), g in window.groupby(["problem", "specification"], sort=False):
+    for (prob_name, spec, schedule), g in window.groupby(["problem", "specification", "schedule"], sort=False):
         structure = g["structure"].iloc[0]
         ns = np.sort(g["n"].unique())
+        sched = {c: g[c].iloc[0] for c in SCHEDULE_COLUMNS}
         for loss, cols in RATE_LOSSES.items():
             values = g[list(cols)].sum(axis=1).to_numpy()
+            if not np.any(values != 0):
+                continue
             mat = np.full((len(ns), cfg.replicates), np.nan)
             for i, n in enumerate(ns):
                 v = values[(g["n"] == n).to_numpy()]
                 mat[i, : len(v)] = v
             mat[mat <= 0] = np.nan  # an exactly zero part (e.g. no multi-atom cell) has no log
             for stat in ("mean", "median"):
+                note = ""
                 try:
                     r = empirical_rate(ns, mat, statistic=stat, num_bootstrap=cfg.num_bootstrap, seed=cfg.seed)
                     vals = dict(slope=r.slope, ci_low=r.ci_low, ci_high=r.ci_high)
-                except ValueError:
+                except ValueError as e:
                     vals = dict(slope=np.nan, ci_low=np.nan, ci_high=np.nan)
+                    note = str(e)
                 out.append(dict(
-                    problem=prob_name, structure=structure, specification=spec, loss=loss, statistic=stat, **vals,
-                    theory_slope=theory_slope(structure, "own" if loss == "own" else "key_value", spec),
+                    problem=prob_name, structure=structure, specification=spec, **sched, loss=loss, statistic=stat,
+                    **vals, theory_slope=_theory(structure, loss, spec),
                     n_min=int(ns.min()), n_max=int(ns.max()), replicates=cfg.replicates,
                     fits_not_converged=int((~g["converged"].astype(bool)).sum()),
-                    mean_loss_at_n_max=float(np.nanmean(mat[-1])),
+                    fits_at_bound=int(g["at_bound"].astype(bool).sum()),
+                    mean_loss_at_n_max=float(np.nanmean(mat[-1])) if np.any(np.isfinite(mat[-1])) else 0.0,
+                    note=note,
                 ))
     return pd.DataFrame(out)

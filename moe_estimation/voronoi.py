@@ -14,6 +14,17 @@ freely) and invariant to permuting the fitted atoms. Besides the totals, :func:`
 each part, and the singleton and multi-atom parts split into a key half and a value half, so that a
 reader can see where a loss comes from.
 
+The identified part (README, "The identified part"). Where f_G cannot tell the atoms of one cell apart (two non-shared
+atoms with equal keys: only w_1 + w_2 and w_1 v_1 + w_2 v_2 enter f_G), a loss of the individual atoms
+need not go to zero even when f_G converges. :func:`identified_parts` reports, per true atom's cell, what
+f_G pins down: the weight sum W_j = sum_{i in V_j} w_i and the weight-averaged key and value
+kbar_j = sum_{i in V_j} w_i k_i / W_j (likewise vbar_j), as errors against the truth, and the spread of the
+keys and of the values inside each cell, sum_{i in V_j} w_i ||k_i - kbar_j||^2. For each cell,
+
+    sum_{i in V_j} w_i ||k_i - k*_j||^2 = W_j ||kbar_j - k*_j||^2 + sum_{i in V_j} w_i ||k_i - kbar_j||^2,
+
+so the multi-atom part of D_2 splits exactly into an identified term and a spread term.
+
 :func:`voronoi_loss` is each structure's own loss (D_2 on p for the shared structures, D_{1,r} on
 (p^K, p^V) for non-shared); :func:`key_value_loss` is the one yardstick for all structures: D_2 on the
 atoms (k_i, v_i) that the attention head actually uses.
@@ -118,3 +129,55 @@ def voronoi_loss(problem, params: Params, r: float = 1.0) -> jax.Array:
 def key_value_loss(problem, params: Params) -> jax.Array:
     """The common yardstick: D_2 on the (key, value) atoms, the same formula for every structure."""
     return key_value_parts(problem, params)["d2"]
+
+
+IDENTIFIED_NAMES = ("weight", "key", "value", "spread_key", "spread_value")
+
+
+def identified_parts(weights, atoms, true_weights, true_atoms, split: int) -> dict[str, jax.Array]:
+    """The identified part of a fitted measure, on atoms cut into a key ``[:split]`` and a value ``[split:]``.
+
+    Cells are the Voronoi cells of the whole atom (as in :func:`voronoi_parts`). Returns
+
+    - ``weight``: sum_j |W_j - w*_j| with W_j = sum_{i in V_j} w_i (an empty cell counts w*_j);
+    - ``key``, ``value``: sum_j ||kbar_j - k*_j|| (likewise for values) over the non-empty cells, kbar_j the
+      W-weighted average of the cell's keys;
+    - ``spread_key``, ``spread_value``: sum_j sum_{i in V_j} w_i ||k_i - kbar_j||^2 (likewise for values):
+      zero when every cell holds one atom, and what an unidentified direction leaves behind.
+    """
+    L = true_atoms.shape[0]
+    dist = jnp.linalg.norm(atoms[:, None, :] - true_atoms[None, :, :], axis=-1)
+    cell = jnp.argmin(dist, axis=1)
+    onehot = jax.nn.one_hot(cell, L, dtype=weights.dtype)  # (L', L)
+    W = onehot.T @ weights  # (L,)
+    safe_W = jnp.where(W > 0, W, 1.0)
+    mean = (onehot * weights[:, None]).T @ atoms / safe_W[:, None]  # (L, D) weighted average per cell
+    err = jnp.where((W > 0)[:, None], mean - true_atoms, 0.0)
+    shared_cell = (onehot.sum(0) > 1)[cell]
+    dev = jnp.where(shared_cell[:, None], atoms - mean[cell], 0.0)  # against the cell's average; 0 when alone
+
+    def norm(x):
+        sq = jnp.sum(x**2, axis=-1)
+        return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+
+    return dict(
+        weight=jnp.sum(jnp.abs(W - true_weights)),
+        key=jnp.sum(norm(err[:, :split])),
+        value=jnp.sum(norm(err[:, split:])),
+        spread_key=weights @ jnp.sum(dev[:, :split] ** 2, axis=-1),
+        spread_value=weights @ jnp.sum(dev[:, split:] ** 2, axis=-1),
+    )
+
+
+def identified_key_value(problem, params: Params) -> dict[str, jax.Array]:
+    """:func:`identified_parts` on the (key, value) atoms, with the cells of the yardstick
+    :func:`key_value_loss`."""
+    k, v = key_value(problem, params.atoms)
+    tk, tv = problem.true_key_value()
+    return identified_parts(
+        jnp.exp(params.biases),
+        jnp.concatenate([k, v], axis=-1),
+        jnp.exp(problem.true_biases),
+        jnp.concatenate([tk, tv], axis=-1),
+        split=k.shape[-1],
+    )

@@ -2,6 +2,7 @@
 
     python simulations/reproduce.py --preset quick   # CPU, about 10 minutes -> results/quick*, figures/quick
     python simulations/reproduce.py --preset full    # the GPU-sized rate study (+ the quick transformer)
+    python simulations/reproduce.py --preset robust-quick --no-transformer   # four starting-point schedules
     python simulations/reproduce.py --config simulations/example.toml --results results/mine --figures figures/mine
 
 Both halves resume: run the same command again after an interruption and finished work is kept.
@@ -39,7 +40,8 @@ def main(args) -> int:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--preset", choices=["quick", "full", "tiny"], help="a named rate study (default quick)")
+    g.add_argument("--preset", choices=["quick", "full", "robust-quick", "robust", "tiny"],
+                   help="a named rate study (default quick)")
     g.add_argument("--config", help="a TOML study configuration")
     p.add_argument("--results", help="where the rate tables go (default results/PRESET)")
     p.add_argument("--figures", help="where the figures go (default figures/PRESET)")

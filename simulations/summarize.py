@@ -3,6 +3,7 @@
     python simulations/summarize.py --study results/quick --transformer results/transformer-quick \\
         --bench benchmarks/cpu.json --step benchmarks/cpu-step.json --precision benchmarks/precision-cpu.json
     python simulations/summarize.py --compare results/full results/full-gpu   # two runs of one study
+    python simulations/summarize.py --robust results/robust-quick            # a study over several schedules
 """
 
 from __future__ import annotations
@@ -33,7 +34,59 @@ def study_table(path: Path) -> str:
                    f"{int(m.fits_not_converged)}/{len(ff)} | {int(ff['at_bound'].sum())}/{len(ff)} |")
     n = sorted(f["n"].unique())
     out.append("")
-    out.append(f"n = {', '.join(str(x) for x in n)}; {f['replicate'].nunique()} replicates; init: {f['init'].iloc[0]}.")
+    out.append(f"n = {', '.join(str(x) for x in n)}; {f['replicate'].nunique()} replicates; starts: "
+               f"{'; '.join(_schedule_text(f[f['schedule'] == s].iloc[0]) for s in f['schedule'].unique())}.")
+    return "\n".join(out)
+
+
+def _schedule_text(row) -> str:
+    if row["init"] == "random":
+        region = "the whole box" if row["init_scale"] == 1 else f"{row['init_scale']:g} of the box"
+        return f"{row['schedule']} (uniform over {region}, best of {int(row['restarts'])})"
+    scale = f"{row['init_scale']:g} n^-{row['init_rate']:.3g}" if row["init_rate"] else f"{row['init_scale']:g} (fixed)"
+    return f"{row['schedule']} (truth + noise of scale {scale}, best of {int(row['restarts'])})"
+
+
+def _rate(r, prob, spec, sched, loss, stat="mean") -> str:
+    row = r[(r["problem"] == prob) & (r["specification"] == spec) & (r["schedule"] == sched) & (r["loss"] == loss)
+            & (r["statistic"] == stat)]
+    if not len(row) or not pd.notna(row.iloc[0]["slope"]):
+        return "-"
+    x = row.iloc[0]
+    return f"{x.slope:.2f} [{x.ci_low:.2f}, {x.ci_high:.2f}]"
+
+
+def robust_table(path: Path) -> str:
+    """Per (problem, specification, schedule): slopes of the yardstick, its value part, the identified
+    value and the value spread; levels at the largest n; and which schedule reached the lowest objective
+    on each (paired) data set."""
+    r = pd.read_csv(path / "rates.csv")
+    f = pd.read_csv(path / "fits.csv")
+    nmax = f["n"].max()
+    val = f[list(RATE_LOSSES["key_value_value_part"])].sum(axis=1)
+    f = f.assign(value_part=val)
+    key = ["problem", "specification", "n", "replicate"]
+    best = f.groupby(key)["objective"].transform("min")
+    f = f.assign(lowest=(f["objective"] - best) <= 1e-9 * best)
+    out = ["| problem | spec | schedule | yardstick slope (mean) | value part slope (mean) | value part slope (median) | "
+           "identified value slope (mean) | value spread slope (mean) | yardstick mean / median at n_max | value spread "
+           f"mean at n_max | lowest objective on the data set | at box bound |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (prob, spec, sched), g in f.groupby(["problem", "specification", "schedule"], sort=False):
+        top = g[g["n"] == nmax]
+        out.append(
+            f"| {prob} | {spec} | {sched} | {_rate(r, prob, spec, sched, 'key_value')} | "
+            f"{_rate(r, prob, spec, sched, 'key_value_value_part')} | "
+            f"{_rate(r, prob, spec, sched, 'key_value_value_part', 'median')} | "
+            f"{_rate(r, prob, spec, sched, 'identified_value')} | {_rate(r, prob, spec, sched, 'spread_value')} | "
+            f"{top['loss_key_value'].mean():.3g} / {top['loss_key_value'].median():.3g} | "
+            f"{top['id_spread_value'].mean():.3g} | {int(g['lowest'].sum())}/{len(g)} | {int(g['at_bound'].sum())}/{len(g)} |")
+    out.append("")
+    out.append(f"n = {', '.join(str(x) for x in sorted(f['n'].unique()))}; {f['replicate'].nunique()} replicates, the "
+               f"same data sets under every schedule; schedules: "
+               f"{'; '.join(_schedule_text(f[f['schedule'] == s].iloc[0]) for s in f['schedule'].unique())}. "
+               "'lowest objective': the data sets on which this schedule's fit reached the lowest objective of all "
+               "schedules (ties within 1e-9 relative count for each).")
     return "\n".join(out)
 
 
@@ -44,11 +97,14 @@ def parts_table(path: Path) -> str:
     f = f[f["n"] == f["n"].max()]
     part = lambda loss: f[list(RATE_LOSSES[loss])].sum(axis=1)  # the parts as rates.csv defines them
     f = f.assign(key=part("key_value_key_part"), value=part("key_value_value_part"))
-    out = ["| problem (over, n = %d) | weight part mean | key part mean / median | value part mean / median | max value part |" % f["n"].max(),
-           "|---|---|---|---|---|"]
+    out = ["| problem (over, n = %d) | weight part mean | key part mean / median | value part mean / median | max value part "
+           "| identified value mean / median | value spread mean / median |" % f["n"].max(),
+           "|---|---|---|---|---|---|---|"]
     for prob, g in f.groupby("problem", sort=False):
         out.append(f"| {prob} | {g['kv_weight'].mean():.3g} | {g['key'].mean():.3g} / {g['key'].median():.3g} | "
-                   f"{g['value'].mean():.3g} / {g['value'].median():.3g} | {g['value'].max():.3g} |")
+                   f"{g['value'].mean():.3g} / {g['value'].median():.3g} | {g['value'].max():.3g} | "
+                   f"{g['id_value'].mean():.3g} / {g['id_value'].median():.3g} | "
+                   f"{g['id_spread_value'].mean():.3g} / {g['id_spread_value'].median():.3g} |")
     return "\n".join(out)
 
 
@@ -111,15 +167,15 @@ def compare_table(a: Path, b: Path) -> str:
     """Two runs of the same study (say float64 and float32): per cell, the relative difference of the mean
     loss, and per rate, the two slopes."""
     fa, fb = pd.read_csv(a / "fits.csv"), pd.read_csv(b / "fits.csv")
-    keys = ["problem", "specification", "n", "replicate"]
+    keys = ["problem", "specification", "schedule", "n", "replicate"]
     m = fa.merge(fb, on=keys, suffixes=("_a", "_b"))
     if len(m) != len(fa) or len(m) != len(fb):
         raise ValueError(f"--compare: {a} and {b} do not hold the same cells ({len(fa)} and {len(fb)} fits, {len(m)} shared)")
-    cell = m.groupby(["problem", "specification", "n"])[["loss_own_a", "loss_own_b"]].mean()
+    cell = m.groupby(["problem", "specification", "schedule", "n"])[["loss_own_a", "loss_own_b"]].mean()
     rel = (cell["loss_own_b"] - cell["loss_own_a"]).abs() / cell["loss_own_a"]
     fit_rel = (m["loss_own_b"] - m["loss_own_a"]).abs() / m["loss_own_a"]
     ra, rb = pd.read_csv(a / "rates.csv"), pd.read_csv(b / "rates.csv")
-    r = ra.merge(rb, on=["problem", "specification", "loss", "statistic"], suffixes=("_a", "_b"))
+    r = ra.merge(rb, on=["problem", "specification", "schedule", "loss", "statistic"], suffixes=("_a", "_b"))
     r = r[(r["loss"] == "own") & (r["statistic"] == "mean")]
     out = [f"Compared {len(m)} fits: mean own loss per cell differs by at most {rel.max():.2g} relative (median "
            f"{rel.median():.2g}); single fits by at most {fit_rel.max():.2g} (median {fit_rel.median():.2g}); "
@@ -135,6 +191,8 @@ def main(args) -> int:
     if args.study:
         print(study_table(Path(args.study)), "\n")
         print(parts_table(Path(args.study)), "\n")
+    if args.robust:
+        print(robust_table(Path(args.robust)), "\n")
     if args.transformer:
         print(transformer_table(Path(args.transformer)), "\n")
     if args.bench:
@@ -151,6 +209,7 @@ def main(args) -> int:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--study", help="a study's output directory")
+    p.add_argument("--robust", help="a study over several starting-point schedules (e.g. results/robust-quick)")
     p.add_argument("--transformer", help="a transformer run's output directory")
     p.add_argument("--bench", help="a benchmark JSON (moe-estimation bench --json)")
     p.add_argument("--step", help="a step benchmark JSON (moe-estimation bench --step --json)")
