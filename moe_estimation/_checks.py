@@ -36,3 +36,31 @@ def check_data(problem, X, Y, *, batched: bool = False) -> None:
     for name, arr in (("X", X), ("Y", Y)):
         if not np.all(np.isfinite(np.asarray(arr))):
             raise ValueError(f"{name}: contains NaN or inf; remove or impute those rows before fitting")
+
+
+def check_out_dir(path, arg: str = "--out"):
+    """An output directory that exists or can be made: no part of the path is a regular file, and the
+    nearest existing directory is writable. Returns the path; writes nothing."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "is a file" if part == path else f"lies under the file {part}"
+                raise ValueError(f"{arg}: {path} {where}; give a directory")
+            if not os.access(part, os.W_OK | os.X_OK):
+                raise ValueError(f"{arg}: {path} cannot be written (no write permission on {part})")
+            return path
+    return path
+
+
+def make_out_dir(path, arg: str = "--out"):
+    """:func:`check_out_dir`, then create it; an error of the file system becomes a one-line ValueError."""
+    path = check_out_dir(path, arg)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{arg}: cannot create {path} ({e.strerror})") from None
+    return path

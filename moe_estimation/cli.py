@@ -32,16 +32,24 @@ def cmd_study(args) -> int:
 
     if (args.preset is None) == (args.config is None):
         raise ValueError("study: give exactly one of --preset NAME or --config FILE")
+    _setup_jax(args)  # first: jax.distributed.initialize() must precede anything that touches a device
     cfg = study_preset(args.preset) if args.preset else load_config(args.config)
-    _setup_jax(args)
     from .study import run_study
 
-    fits = run_study(cfg, args.out, progress=not args.no_progress, tables_only=args.tables_only)
-    print(f"wrote {len(fits)} fits to {Path(args.out) / 'fits.csv'}, rates to {Path(args.out) / 'rates.csv'}")
+    import jax
+
+    lead = jax.process_index() == 0  # with --distributed, process 0 writes the tables and reports
+    fits = run_study(cfg, args.out, progress=not args.no_progress and lead, tables_only=args.tables_only,
+                     repair=args.repair, wait=args.wait, log=print if lead else (lambda *a: None))
+    if lead:
+        print(f"wrote {len(fits)} fits to {Path(args.out) / 'fits.csv'}, rates to {Path(args.out) / 'rates.csv'}")
     return 0
 
 
 def cmd_plot(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")  # the command line draws into files; a library import never chooses the backend
     from .plots import plot_results
 
     for path in plot_results(args.results, args.out):
@@ -102,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     s.add_argument("--tables-only", action="store_true",
                    help="fit nothing: rebuild rates.csv from the cells already in --out (a study stopped part-way)")
+    s.add_argument("--repair", action="store_true",
+                   help="when --out/fits.csv is damaged (cut short, duplicated or foreign rows, a missing column): "
+                        "drop the damaged cells and recompute only them (without it the run refuses and says what is "
+                        "damaged)")
+    s.add_argument("--wait", action="store_true",
+                   help="when another run is writing into --out, wait for it to finish instead of refusing")
     s.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (one process per host; the replicate axis is "
                         "sharded over every device of every host)")
@@ -158,6 +172,10 @@ def main(argv=None) -> int:
         return args.func(args)
     except ValueError as e:
         print(f"moe-estimation {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system said no (a full disk, a permission): one line, not a traceback
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"moe-estimation {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished cells are saved and a rerun with the same --out resumes", file=sys.stderr)

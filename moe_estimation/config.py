@@ -135,17 +135,26 @@ def build_problem(name: str, table: dict | None, source: str) -> Problem:
         if name not in PRESETS:
             raise _err(source, "grid.problems", f"{name!r} is neither a preset {PRESETS} nor a [problems.{name}] table")
         return preset(name)
+    if not isinstance(table, dict):
+        raise _err(source, f"problems.{name}", f"expected a table of make_problem arguments, got {type(table).__name__}")
     table = dict(table)
     base = table.pop("preset", None)
     seed = table.pop("seed", 0)
     fields = {f.name for f in dataclasses.fields(Problem)}
     _check_keys(source, f"problems.{name}.", table, fields)
+    if base is not None and not isinstance(base, str):
+        raise _err(source, f"problems.{name}.preset", f"expected a preset name {PRESETS}, got {base!r}")
+    seed = _typed(source, f"problems.{name}.seed", seed, int)
     for key in ("A", "a", "H", "B", "C", "W1", "W2", "true_atoms", "true_biases"):
         if key in table:
-            table[key] = np.asarray(table[key], dtype=float)
-    if "bias_bounds" in table:
-        table["bias_bounds"] = tuple(table["bias_bounds"])
+            try:
+                table[key] = np.asarray(table[key], dtype=float)
+            except (TypeError, ValueError):
+                raise _err(source, f"problems.{name}.{key}",
+                           f"expected a (nested) array of numbers, got {table[key]!r}") from None
     try:
+        if "bias_bounds" in table:
+            table["bias_bounds"] = tuple(table["bias_bounds"])
         if base is not None:
             noise = table.pop("noise_var", 0.01)
             prob = preset(base, seed=seed, noise_var=noise)
@@ -183,6 +192,8 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
     """Validate a configuration dict (the parsed TOML) into a :class:`StudyConfig`."""
     _check_keys(source, "", data, {"seed", "grid", "fit", "schedules", "rates", "problems"})
     seed = _typed(source, "seed", data.get("seed", 0), int)
+    if not 0 <= seed < 2**32:
+        raise _err(source, "seed", f"must be an integer in [0, 2^32) (it seeds JAX's keys and the bootstrap), got {seed}")
     grid = data.get("grid")
     if not isinstance(grid, dict):
         raise _err(source, "grid", "the [grid] table is required (ns, replicates, problems)")
@@ -257,6 +268,9 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
     tables = data.get("problems", {})
     if not isinstance(tables, dict):
         raise _err(source, "problems", "expected tables [problems.NAME]")
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise _err(source, f"problems.{name}", f"expected a table of make_problem arguments, got {table!r}")
     for name in problems:  # every problem builds and validates before any work starts
         build_problem(name, tables.get(name), source)
     return StudyConfig(

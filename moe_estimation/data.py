@@ -34,9 +34,19 @@ def simulate(key: jax.Array, problem, n: int) -> tuple[jax.Array, jax.Array]:
       key: a JAX PRNG key.
       problem: a :class:`moe_estimation.Problem`.
       n: the sample size, an integer >= 1.
+
+    Raises ``ValueError`` when the problem's inputs are so large that f_G overflows (when called eagerly;
+    under ``jit`` or ``vmap`` the check is skipped, and a fit of such data reports status ``nonfinite``).
     """
     n = check_n(n)
-    return _simulate_jit(problem, key, n)
+    X, Y = _simulate_jit(problem, key, n)
+    # checked eagerly; under jit or vmap the value is not known here, and a fit of it reports `nonfinite`
+    if not isinstance(Y, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(Y))):
+        raise ValueError(
+            f"input_scale: the problem's inputs (scale {problem.input_scale:g}) make f_G overflow (non-finite Y); "
+            "the gating scores X^T A_j X must stay within float range: use a smaller input_scale"
+        )
+    return X, Y
 
 
 _simulate_jit = jax.jit(simulate_rows, static_argnums=2)

@@ -20,8 +20,9 @@ Stopping (the MINPACK tests, as in ``scipy.optimize.least_squares(method="lm")``
 - ``gtol``: the largest cosine between the residual and a free Jacobian column below gtol.
 
 A fit that meets one of these has ``converged = True``. One that used ``max_steps`` steps, or whose
-damping blew up without progress (``stalled``), has ``converged = False`` and keeps its status code, so
-that a study can count it instead of averaging it in silently.
+damping blew up without progress (``stalled``), or whose best restart holds a NaN or inf (``nonfinite``:
+every restart's objective overflowed, say for data of absurd scale), has ``converged = False`` and keeps
+its status code, so that a study can count it instead of averaging it in silently.
 
 Starting points (the *starting-point schedule*; README, "Does the verdict depend on where the solver
 starts?"), recorded in :class:`FitResult` and, in a study, per fit in ``fits.csv``:
@@ -58,8 +59,8 @@ from .model import Params, expert_summary, regression_from_summary
 from .structures import key_value
 
 INITS = ("near-truth", "random")
-STATUS = {0: "running", 1: "ftol", 2: "xtol", 3: "gtol", 4: "max_steps", 5: "stalled"}
-_FTOL, _XTOL, _GTOL, _MAXSTEPS, _STALLED = 1, 2, 3, 4, 5
+STATUS = {0: "running", 1: "ftol", 2: "xtol", 3: "gtol", 4: "max_steps", 5: "stalled", 6: "nonfinite"}
+_FTOL, _XTOL, _GTOL, _MAXSTEPS, _STALLED, _NONFINITE = 1, 2, 3, 4, 5, 6
 
 
 class FitSettings(NamedTuple):
@@ -393,11 +394,14 @@ def _fit_one_dataset(problem, settings: FitSettings, key, X, Y, w, start):
     best = jnp.argmin(obj_rank)
     lower, upper = _box(problem, settings.num_prompts, theta.dtype)
     tb = theta[best]
+    # a result with a NaN or inf in it is never reported as converged, whatever its stopping test said
+    finite = jnp.isfinite(obj[best]) & jnp.all(jnp.isfinite(tb))
+    code = jnp.where(finite, status[best], _NONFINITE)
     return FitResult(
         params=_unflatten(tb, settings.num_prompts, problem.atom_dim),
         objective=obj[best],
-        converged=(status[best] >= _FTOL) & (status[best] <= _GTOL),
-        status=status[best],
+        converged=(code >= _FTOL) & (code <= _GTOL),
+        status=code,
         steps=steps[best],
         at_bound=jnp.any((tb <= lower) | (tb >= upper)),
         restart_objectives=obj,
@@ -432,9 +436,14 @@ def fit_batch(keys, problem, X, Y, num_prompts: int, *, mask=None, **options) ->
     if mask is None:
         mask = jnp.ones(X.shape[:2], X.dtype)
     else:
-        mask = jnp.asarray(mask, X.dtype)
-        if mask.shape != X.shape[:2]:
-            raise ValueError(f"Shape mismatch in mask: expected {X.shape[:2]} (the rows of X), got {mask.shape}")
+        raw = np.asarray(mask)
+        if raw.shape != X.shape[:2]:
+            raise ValueError(f"Shape mismatch in mask: expected {X.shape[:2]} (the rows of X), got {raw.shape}")
+        if raw.dtype != bool and not np.all((raw == 0) | (raw == 1)):
+            odd = raw[~((raw == 0) | (raw == 1))].ravel()[0]
+            raise ValueError(f"mask: every entry must be 0 (padding) or 1 (a real row), got {odd!r}; it selects rows,"
+                             " it does not weight them")
+        mask = jnp.asarray(raw, X.dtype)
         if bool(jnp.any(mask.sum(axis=1) < 1)):
             raise ValueError("mask: every data set needs n >= 1 unmasked rows")
     static, start = split_start(settings)

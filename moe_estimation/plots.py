@@ -23,13 +23,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ._checks import make_out_dir  # noqa: E402
 from .study import RATE_LOSSES  # noqa: E402
 
 LOSS_LABELS = {"own": "own loss (D_2 on p, or D_1,r on (pK, pV))", "key_value": "key/value yardstick D_2 on (k, v)"}
@@ -126,14 +125,21 @@ def plot_parts(fits: pd.DataFrame, out: Path) -> list[Path]:
             else:
                 ax.text(0.5, 0.5, "zero in every fit", transform=ax.transAxes, ha="center", color="gray")
         desc = "; ".join(_schedule_text(g[g["schedule"] == s].iloc[0]) for s in schedules)
-        bad = int((~g["converged"].astype(bool)).sum())
         fig.suptitle(f"{prob}, {spec}-specified (L'={int(g['num_prompts'].iloc[0])}): mean (solid) and median (dashed) over "
-                     f"{g['replicate'].nunique()} replicates; step limit/stall: {bad}/{len(g)}\n{desc}", fontsize=10)
+                     f"{g['replicate'].nunique()} replicates; {_failures(g)}\n{desc}", fontsize=10)
         fig.tight_layout()
         path = out / f"parts_{prob}_{spec}.png"
         _save(fig, path)
         written.append(path)
     return written
+
+
+def _failures(g: pd.DataFrame) -> str:
+    """The fits of a panel that did not converge: step limit or stall, and non-finite results (which have no
+    loss and so are missing from the lines above them)."""
+    bad = int((~g["converged"].astype(bool)).sum())
+    nonfinite = int((g["status"] == "nonfinite").sum())
+    return f"step limit/stall: {bad - nonfinite}/{len(g)}" + (f", NON-FINITE: {nonfinite}" if nonfinite else "")
 
 
 def _schedule_text(row) -> str:
@@ -154,12 +160,11 @@ def _rates_figure(fits, rates, prob, specs, title_suffix=""):
     for j, spec in enumerate(specs):
         g = fits[(fits["problem"] == prob) & (fits["specification"] == spec)]
         rr = rates[(rates["problem"] == prob) & (rates["specification"] == spec)]
-        bad = int((~g["converged"].astype(bool)).sum())
         for i, loss in enumerate(("own", "key_value")):
             ax = axes[i, j]
             _panel(ax, g, rr, loss)
             L = int(g["num_prompts"].iloc[0])
-            ax.set_title(f"{spec} (L'={L}); step limit/stall: {bad}/{len(g)}", fontsize=9)
+            ax.set_title(f"{spec} (L'={L}); {_failures(g)}", fontsize=9)
             ax.set_ylabel(LOSS_LABELS[loss], fontsize=8)
             ax.set_xlabel("n")
             ax.legend(fontsize=7)
@@ -181,8 +186,7 @@ def _side_by_side(fits, rates, problems, specs, title_suffix=""):
             ns = np.sort(g["n"].unique())
             ax.plot(ns, [np.mean(_loss_values(g[g["n"] == n], loss)) for n in ns], "^-", color=color, ms=3, lw=1,
                     label=f"{lab}mean")
-        bad = int((~g["converged"].astype(bool)).sum())
-        ax.set_title(f"{prob}\nstep limit/stall: {bad}/{len(g)}", fontsize=9)
+        ax.set_title(f"{prob}\n{_failures(g)}", fontsize=9)
         ax.set_xlabel("n")
         ax.legend(fontsize=6)
     axes[0, 0].set_ylabel("D_2 on (key, value) atoms")
@@ -199,7 +203,7 @@ def plot_study(results: str | Path, out: str | Path) -> list[Path]:
             raise ValueError(f"--results: {results} has no {name}; run `moe-estimation study --out {results}` first")
     fits = pd.read_csv(results / "fits.csv")
     rates = pd.read_csv(results / "rates.csv")
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out)
     written = []
     problems = list(dict.fromkeys(fits["problem"]))
     specs = list(dict.fromkeys(fits["specification"]))
@@ -298,7 +302,9 @@ def plot_combined(study: Path, transformer: Path, out: Path) -> Path:
 
 def plot_results(results, out) -> list[Path]:
     """Every figure for the given result directories (rate studies and/or transformer runs)."""
-    out = Path(out)
+    from ._checks import check_out_dir, make_out_dir
+
+    out = check_out_dir(out)
     dirs = [Path(r) for r in ([results] if isinstance(results, (str, Path)) else results)]
     studies, transformers = [], []
     for d in dirs:
@@ -308,7 +314,7 @@ def plot_results(results, out) -> list[Path]:
             transformers.append(d)
         else:
             raise ValueError(f"--results: {d} holds neither fits.csv (a study) nor curves.csv (a transformer run)")
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out)
     written = []
     for d in studies:
         written += plot_study(d, out)

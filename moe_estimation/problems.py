@@ -217,6 +217,10 @@ def make_problem(
     _shape("C", C_, (d_v, d_k2), "d_v rows, d_v from H")
 
     if structure == NON_SHARED:
+        if W1 is not None or W2 is not None:
+            raise ValueError(
+                "W1, W2: the non-shared structure has no shared vector to map (key B p^K, value C p^V); leave them out"
+            )
         W1_ = W2_ = None
         d_p = 0
         _full_column_rank("B", B_, "The key map B must have full column rank to recover p^K from the key.")

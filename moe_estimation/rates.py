@@ -53,10 +53,11 @@ def empirical_rate(
     Args:
       ns: ``(m,)`` sample sizes, at least two distinct, each >= 1.
       losses: ``(m, R)`` losses, row i holding the R replicates at ``ns[i]``; NaN marks a missing
-        replicate (it is ignored), every row needs at least one finite value and all must be > 0.
+        replicate (it is ignored), every row needs at least one finite value and all must be > 0; an inf
+        is refused (it is no missing value, and its log would make the slope NaN).
       statistic: ``"mean"`` or ``"median"`` over replicates.
-      num_bootstrap: bootstrap resamples; level: the interval's coverage.
-      seed: seed of the bootstrap (the interval is reproducible).
+      num_bootstrap: bootstrap resamples (>= 1); level: the interval's coverage.
+      seed: seed of the bootstrap, an integer >= 0 (the interval is reproducible).
     """
     ns = np.asarray(ns, dtype=float)
     losses = np.asarray(losses, dtype=float)
@@ -68,6 +69,10 @@ def empirical_rate(
         losses = losses[:, None]
     if losses.ndim != 2 or losses.shape[0] != ns.size:
         raise ValueError(f"Shape mismatch in losses: expected ({ns.size}, R) (one row per n), got {losses.shape}")
+    if np.any(np.isinf(losses)):
+        i, j = np.argwhere(np.isinf(losses))[0]
+        raise ValueError(f"losses: must be finite (NaN marks a missing replicate), got {losses[i, j]} at n = "
+                         f"{ns[i]:g}, replicate {j}")
     finite = np.isfinite(losses)
     if np.any(finite.sum(axis=1) == 0):
         raise ValueError("losses: every sample size needs at least one finite loss")
@@ -77,6 +82,10 @@ def empirical_rate(
         raise ValueError(f"statistic: expected one of {STATISTICS}, got {statistic!r}")
     if not (0 < level < 1):
         raise ValueError(f"level: must lie in (0, 1), got {level}")
+    if isinstance(num_bootstrap, bool) or not isinstance(num_bootstrap, (int, np.integer)) or num_bootstrap < 1:
+        raise ValueError(f"num_bootstrap: must be an integer >= 1, got {num_bootstrap!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: must be an integer >= 0 (the bootstrap's generator seed), got {seed!r}")
     logn = np.log(ns)
     slope, intercept = _ols(logn, np.log(_stat(losses, statistic, axis=1)))
     rng = np.random.default_rng(seed)

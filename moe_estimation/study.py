@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from ._checks import check_out_dir, make_out_dir
 from .config import StudyConfig
 from .data import simulate_rows
 from .fit import STATUS, FitSettings, _batch, _fit_one_dataset, split_start
@@ -100,8 +101,9 @@ def start_keys(seed: int, problem: str, specification: str, n: int, replicates: 
 
 
 def _local_chunk(problem, dkeys, skeys, n, start, rows: int, settings: FitSettings):
+    """``dkeys``, ``skeys``: raw key data ``(R, ...)`` (uint32), which every process can build and shard."""
     def one(keys):
-        dk, sk = keys
+        dk, sk = (jax.random.wrap_key_data(k) for k in keys)
         X, Y = simulate_rows(problem, dk, rows)
         w = (jnp.arange(rows) < n).astype(X.dtype)
         res = _fit_one_dataset(problem, settings, sk, X, Y, w, start)
@@ -169,6 +171,9 @@ def run_cell(problem, dkeys, skeys, n: int, settings: FitSettings, max_elements:
     ndev = jax.device_count()
     chunk = int(max(1, min(len(dkeys), max_elements * ndev // per_fit)))
     chunk = -(-chunk // ndev) * ndev  # a multiple of the number of devices
+    static, start = split_start(settings)  # one compilation for every schedule of one kind
+    start = start.astype(problem.true_atoms.dtype)
+    n = jnp.asarray(n)
     place = lambda k: k
     if ndev > 1:
         from jax.sharding import NamedSharding
@@ -176,19 +181,26 @@ def run_cell(problem, dkeys, skeys, n: int, settings: FitSettings, max_elements:
 
         mesh = jax.make_mesh((ndev,), ("replicate",))
         run = _sharded_chunk(mesh)
-        problem = jax.device_put(problem, NamedSharding(mesh, Pspec()))
-        place = lambda k: jax.device_put(k, NamedSharding(mesh, Pspec("replicate")))
+
+        def put(x, spec):
+            # a global array from the value every process holds (device_put cannot place data on another
+            # process's devices): each device takes its slice
+            x = np.asarray(x)
+            return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec), lambda idx: x[idx])
+
+        problem = jax.tree.map(lambda a: put(a, Pspec()), problem)
+        start, n = put(start, Pspec()), put(n, Pspec())
+        place = lambda k: put(k, Pspec("replicate"))
     else:
         run = _run_chunk
-    static, start = split_start(settings)  # one compilation for every schedule of one kind
-    start = start.astype(problem.true_atoms.dtype)
+    dkeys, skeys = jax.random.key_data(dkeys), jax.random.key_data(skeys)
     outs = []
     for i in range(0, len(dkeys), chunk):
         d, k = dkeys[i : i + chunk], skeys[i : i + chunk]
         pad = chunk - len(k)
         if pad:  # keep one compiled shape: pad with copies of the last key, drop their results
             d, k = (jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) for a in (d, k))
-        out = _gather(run(problem, place(d), place(k), jnp.asarray(n), start, rows, static))
+        out = _gather(run(problem, place(d), place(k), n, start, rows, static))
         outs.append(jax.tree.map(lambda a: a[: chunk - pad], out))
     return jax.tree.map(lambda *a: np.concatenate(a), *outs)
 
@@ -219,14 +231,20 @@ def release_compiled_if_needed(fraction: float = 0.5) -> bool:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path``, flush it to disk, then rename it over ``path``: a reader
+    (or a run killed at any point) sees the old table or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> None:
-    """Write a table atomically, floats at full precision (round-trips exactly)."""
-    _atomic_write(path, df.to_csv(index=False, float_format="%.17g"))
+    """Write a table atomically, floats at full precision (round-trips exactly), NaN written as ``nan``
+    (an empty field would read as a missing value)."""
+    _atomic_write(path, df.to_csv(index=False, float_format="%.17g", na_rep="nan"))
 
 
 def _versions() -> dict:
@@ -247,30 +265,218 @@ def _cells(cfg: StudyConfig):
                     yield prob_name, spec, schedule, n
 
 
+_INT_COLUMNS = ("num_prompts", "n", "replicate", "seed", "restarts", "steps")
+_BOOL_COLUMNS = ("converged", "at_bound")
+_FLOAT_COLUMNS = ("init_scale", "init_rate", "seconds")
+_TEXT_COLUMNS = ("problem", "structure", "specification", "schedule", "init", "status")
+
+
+def _expected_cells(cfg: StudyConfig) -> dict:
+    """cell -> what its rows must say (structure, num_prompts, schedule columns), from the configuration."""
+    out = {}
+    problems = {name: cfg.problem(name) for name in cfg.problems}
+    for prob_name, spec, schedule, n in _cells(cfg):
+        prob, sc = problems[prob_name], cfg.schedule(schedule)
+        out[(prob_name, spec, schedule, n)] = dict(
+            structure=prob.structure, num_prompts=cfg.num_prompts(prob, spec), seed=cfg.seed,
+            init=sc["init"], init_scale=float(sc["init_scale"]), init_rate=float(sc["init_rate"]),
+            restarts=int(sc["restarts"]))
+    return out
+
+
+def check_fits_table(path: Path, cfg: StudyConfig) -> tuple[pd.DataFrame, list[str]]:
+    """Read a study's ``fits.csv`` and check it against ``cfg``: the columns and their types, complete rows
+    (the writer ends every row with a newline, so a table cut mid-row is seen), every row a cell and
+    replicate of this study with its schedule as declared, no duplicates, every cell with exactly its
+    replicates. Returns the rows of the sound cells and one line per problem found (empty when sound)."""
+    raw = path.read_bytes()
+    problems: list[str] = []
+    if raw and not raw.endswith(b"\n"):
+        problems.append("the last row is cut short (no end of line): the cell it belongs to is damaged")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        return pd.DataFrame(columns=FITS_COLUMNS), [f"unreadable as a table ({str(e).splitlines()[0]}): every row dropped"]
+    missing = [c for c in FITS_COLUMNS if c not in df.columns]
+    extra = [c for c in df.columns if c not in FITS_COLUMNS]
+    if missing or extra:
+        what = (f"missing columns {missing}" if missing else "") + (" and " if missing and extra else "") + (
+            f"unknown columns {extra}" if extra else "")
+        return pd.DataFrame(columns=FITS_COLUMNS), [f"{what}: not a fits table of this version, every row dropped"]
+    df = df[FITS_COLUMNS]
+    bad = pd.Series(False, index=df.index)
+    if problems:  # the cut row
+        bad.iloc[-1] = True
+    parsed = df.copy()
+    for c in _INT_COLUMNS:
+        v = pd.to_numeric(df[c], errors="coerce")
+        bad |= v.isna() | (v != v.round())
+        parsed[c] = v
+    for c in _FLOAT_COLUMNS:
+        v = pd.to_numeric(df[c], errors="coerce")
+        bad |= v.isna()
+        parsed[c] = v
+    for c in _BOOL_COLUMNS:
+        bad |= ~df[c].isin(["True", "False"])
+        parsed[c] = df[c] == "True"
+    for c in _TEXT_COLUMNS:
+        bad |= df[c].isna() | (df[c] == "")
+    bad |= ~df["status"].isin(list(STATUS.values()))
+    losses = [c for c in FITS_COLUMNS if c not in _INT_COLUMNS + _BOOL_COLUMNS + _FLOAT_COLUMNS + _TEXT_COLUMNS]
+    for c in losses:  # NaN is a legitimate loss (a non-finite fit); text that is no number is not
+        v = pd.to_numeric(df[c], errors="coerce")
+        bad |= v.isna() & ~df[c].isin(["nan", "NaN", "inf", "-inf"])
+        parsed[c] = v
+    if bad.any():
+        problems.append(f"{int(bad.sum())} row(s) with a missing or malformed value")
+    expected = _expected_cells(cfg)
+    parsed = parsed[~bad].copy()
+    for c in _INT_COLUMNS:
+        parsed[c] = parsed[c].astype(np.int64)
+    cell = list(zip(*(parsed[c] for c in CELL)))
+    parsed["_cell"] = [(p, s, sc, int(n)) for p, s, sc, n in cell]
+    foreign = []
+    for i, (c, row) in enumerate(zip(parsed["_cell"], parsed.itertuples(index=False))):
+        want = expected.get(c)
+        if want is None or not 0 <= row.replicate < cfg.replicates or any(
+                getattr(row, k) != v for k, v in want.items()):
+            foreign.append(i)
+    if foreign:
+        problems.append(f"{len(foreign)} row(s) that belong to no cell of this study (or not with its settings)")
+    damaged = set(parsed["_cell"].iloc[foreign]) & set(expected)
+    ok = parsed.drop(parsed.index[foreign])
+    dup = ok.duplicated(CELL + ["replicate"], keep=False)
+    damaged |= set(ok["_cell"][dup])
+    sizes = ok.groupby("_cell").size()
+    short = {c for c, k in sizes.items() if k != cfg.replicates}
+    damaged |= short
+    damaged |= {c for c in df.index[bad].map(lambda i: _cell_of(df.loc[i])) if c in expected}
+    if dup.any():
+        problems.append(f"duplicated replicates in {len(set(ok['_cell'][dup]))} cell(s)")
+    if short - set(ok["_cell"][dup]):
+        problems.append(f"{len(short - set(ok['_cell'][dup]))} cell(s) without exactly their {cfg.replicates} replicates")
+    if damaged:
+        shown = ", ".join(f"{p} {s} {sc} n={n}" for p, s, sc, n in sorted(damaged)[:4])
+        problems.append(f"damaged cells: {shown}" + (f" and {len(damaged) - 4} more" if len(damaged) > 4 else ""))
+    keep = ok[~ok["_cell"].isin(damaged)].drop(columns="_cell")
+    return keep.reset_index(drop=True), problems
+
+
+def _cell_of(row) -> tuple | None:
+    try:
+        return (row["problem"], row["specification"], row["schedule"], int(float(row["n"])))
+    except (ValueError, TypeError):
+        return None
+
+
+class StudyLock:
+    """One writer per output directory: ``out/.lock`` holds the writer's process id, host and start time.
+    A second run refuses (naming the first) or, with ``wait``, waits for it. A lock whose process is gone
+    (same host, no such process) is stale: it is removed with a note and the run goes on."""
+
+    def __init__(self, out: Path, *, wait: bool = False, log=print, poll: float = 1.0):
+        self.path, self.wait, self.log, self.poll = out / ".lock", wait, log, poll
+        self.held = False
+
+    def _owner(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def _alive(owner: dict) -> bool:
+        if owner.get("host") != platform.node():
+            return True  # another host's process: cannot be checked from here
+        try:
+            os.kill(int(owner["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, KeyError, ValueError, TypeError):
+            return True
+        return True
+
+    def __enter__(self):
+        me = dict(pid=os.getpid(), host=platform.node(), started=time.strftime("%Y-%m-%d %H:%M:%S"))
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is None or not self._alive(owner):
+                    self.log(f"removing a stale lock {self.path} (process {owner and owner.get('pid')} on "
+                             f"{owner and owner.get('host')} is gone)")
+                    self.path.unlink(missing_ok=True)
+                    continue
+                if not self.wait:
+                    raise ValueError(
+                        f"--out: {self.path.parent} is being written by process {owner.get('pid')} on "
+                        f"{owner.get('host')} since {owner.get('started')}; wait for it (or pass --wait), or, if "
+                        f"that process is gone, delete {self.path}") from None
+                time.sleep(self.poll)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+
+    def __exit__(self, *exc):
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+        return False
+
+
 def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=print,
-              tables_only: bool = False) -> pd.DataFrame:
+              tables_only: bool = False, repair: bool = False, wait: bool = False) -> pd.DataFrame:
     """Run (or resume) a study into directory ``out``; returns the fits table. Writes ``fits.csv`` after
     every cell, and ``rates.csv`` and ``config.json`` at the end (see the module docstring). With
     ``tables_only``, fit nothing: rebuild the tables from the cells already finished (a study stopped
-    part-way can be looked at, and resumed later)."""
-    from tqdm.auto import tqdm
+    part-way can be looked at, and resumed later).
 
+    On start, an existing ``fits.csv`` is checked (:func:`check_fits_table`); damage is refused with a
+    message naming the file and the damaged cells, and with ``repair`` the damaged cells are dropped and
+    recomputed. Only one run writes into ``out`` at a time (:class:`StudyLock`; ``wait`` waits for the
+    other instead of refusing)."""
     if not jax.config.jax_enable_x64:
         raise ValueError(
             "run_study: estimation runs in float64; call jax.config.update('jax_enable_x64', True) first (in float32 "
             "every fit stalls short of the float64 optimum, and over-specified losses differ from float64 ones by "
             "tens of percent on the same data: `moe-estimation bench --precision`)"
         )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out_dir(out)
+    if tables_only and not (out / "fits.csv").is_file():
+        raise ValueError(f"--tables-only: {out} holds no fits.csv yet (nothing to rebuild the tables from)")
+    if jax.process_index() != 0:  # process 0 reads, checks and writes the tables; the others fit what it says
+        return _run_study(cfg, out, progress=progress, log=log, tables_only=tables_only, repair=repair)
+    make_out_dir(out)
+    with StudyLock(out, wait=wait, log=log):
+        for stray in out.glob(".*.tmp[0-9]*"):  # a write interrupted by a kill; the file itself is whole
+            stray.unlink()
+        return _run_study(cfg, out, progress=progress, log=log, tables_only=tables_only, repair=repair)
+
+
+def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only: bool, repair: bool) -> pd.DataFrame:
+    from tqdm.auto import tqdm
+
     resolved = {"study": cfg.to_dict()}
     cfg_path = out / "config.json"
-    if cfg_path.exists():
+    lead = jax.process_index() == 0  # only process 0 reads and writes --out (it need not be a shared disk)
+    if lead and cfg_path.exists():
         old = json.loads(cfg_path.read_text())
         if old.get("study") != json.loads(json.dumps(resolved["study"])):
             raise ValueError(
                 f"--out: {out} holds a different study (its config.json differs); choose a new --out or delete it"
             )
+    fits_path = out / "fits.csv"
+    done = pd.DataFrame(columns=FITS_COLUMNS)
+    if lead and fits_path.exists():
+        done, damage = check_fits_table(fits_path, cfg)
+        if damage and not repair:
+            raise ValueError(f"{fits_path} is damaged: " + "; ".join(damage) + ". Nothing was changed; rerun with "
+                             "--repair to drop the damaged cells and recompute only them")
+        if damage:
+            log(f"repairing {fits_path}: " + "; ".join(damage) + " (dropped, to be recomputed)")
     meta = dict(
         resolved, versions=_versions(), platform=platform.platform(), device=str(jax.devices()[0]),
         devices=jax.device_count(), processes=jax.process_count(),
@@ -280,10 +486,15 @@ def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=p
     if jax.process_index() == 0:
         _atomic_write(cfg_path, json.dumps(meta, indent=2))
 
-    fits_path = out / "fits.csv"
-    done = pd.read_csv(fits_path) if fits_path.exists() else pd.DataFrame(columns=FITS_COLUMNS)
     finished = {(p, s, sc, int(n)) for (p, s, sc, n), g in done.groupby(CELL) if len(g) == cfg.replicates}
     todo = [c for c in _cells(cfg) if c not in finished]
+    if jax.process_count() > 1:  # every process must run the same cells in the same order: process 0 decides
+        from jax.experimental import multihost_utils
+
+        cells = list(_cells(cfg))
+        mask = np.array([c in todo for c in cells], dtype=np.int32)
+        mask = np.asarray(multihost_utils.broadcast_one_to_all(mask))
+        todo = [c for c, m in zip(cells, mask) if m]
     if tables_only:
         if not finished:
             raise ValueError(f"--tables-only: {out} holds no finished cell yet")
@@ -365,19 +576,22 @@ def rates_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
                 v = values[(g["n"] == n).to_numpy()]
                 mat[i, : len(v)] = v
             mat[mat <= 0] = np.nan  # an exactly zero part (e.g. no multi-atom cell) has no log
+            mat[~np.isfinite(mat)] = np.nan  # a non-finite fit: counted in fits_nonfinite, not averaged in
+            empty = [int(n) for n, row in zip(ns, mat) if not np.any(np.isfinite(row))]
             for stat in ("mean", "median"):
-                note = ""
-                try:
+                if empty:  # the one case without a rate; anything else that fails is a bug, and raises
+                    vals = dict(slope=np.nan, ci_low=np.nan, ci_high=np.nan)
+                    note = f"no positive finite loss at n = {empty}"
+                else:
                     r = empirical_rate(ns, mat, statistic=stat, num_bootstrap=cfg.num_bootstrap, seed=cfg.seed)
                     vals = dict(slope=r.slope, ci_low=r.ci_low, ci_high=r.ci_high)
-                except ValueError as e:
-                    vals = dict(slope=np.nan, ci_low=np.nan, ci_high=np.nan)
-                    note = str(e)
+                    note = ""
                 out.append(dict(
                     problem=prob_name, structure=structure, specification=spec, **sched, loss=loss, statistic=stat,
                     **vals, theory_slope=_theory(structure, loss, spec),
                     n_min=int(ns.min()), n_max=int(ns.max()), replicates=cfg.replicates,
                     fits_not_converged=int((~g["converged"].astype(bool)).sum()),
+                    fits_nonfinite=int((g["status"] == "nonfinite").sum()),
                     fits_at_bound=int(g["at_bound"].astype(bool).sum()),
                     mean_loss_at_n_max=float(np.nanmean(mat[-1])) if np.any(np.isfinite(mat[-1])) else 0.0,
                     note=note,

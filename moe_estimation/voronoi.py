@@ -34,9 +34,41 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .model import Params
 from .structures import NON_SHARED, key_value
+
+
+def _as_measure(weights, atoms, true_weights, true_atoms, split=None, r=None):
+    """Arrays from array-likes, with eager checks of shapes, ``split`` and ``r`` (each message names the
+    argument, the value and the rule). Non-finite values are not refused here (the functions are traced
+    inside studies); they make every loss NaN, never a finite score."""
+    weights, atoms, true_weights, true_atoms = (jnp.asarray(x) for x in (weights, atoms, true_weights, true_atoms))
+    for name, x, nd in (("weights", weights, 1), ("atoms", atoms, 2), ("true_weights", true_weights, 1),
+                        ("true_atoms", true_atoms, 2)):
+        if x.ndim != nd:
+            raise ValueError(f"Shape mismatch in {name}: expected a {nd}-dimensional array, got shape {x.shape}")
+    if weights.shape[0] != atoms.shape[0]:
+        raise ValueError(f"Shape mismatch in weights: expected one weight per fitted atom ({atoms.shape[0]},), got {weights.shape}")
+    if true_weights.shape[0] != true_atoms.shape[0]:
+        raise ValueError(f"Shape mismatch in true_weights: expected ({true_atoms.shape[0]},), got {true_weights.shape}")
+    if atoms.shape[1] != true_atoms.shape[1]:
+        raise ValueError(f"Shape mismatch in atoms: expected atoms of width {true_atoms.shape[1]} (the true atoms'),"
+                         f" got {atoms.shape}")
+    if split is not None and (isinstance(split, bool) or not isinstance(split, (int, np.integer))
+                              or not 0 <= split <= atoms.shape[1]):
+        raise ValueError(f"split: must be an integer in [0, {atoms.shape[1]}] (the atom's width), got {split!r}")
+    if r is not None and not isinstance(r, jax.core.Tracer) and not (np.isfinite(r) and r >= 1):
+        raise ValueError(f"r: D_(1,r) needs a finite r >= 1, got {r!r}")
+    return weights, atoms, true_weights, true_atoms
+
+
+def _nan_unless_finite(out: dict, *arrays) -> dict:
+    """Every float entry NaN when any input is NaN or inf: a non-finite parameter never scores as a finite
+    (let alone zero) loss."""
+    ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
+    return {k: (jnp.where(ok, v, jnp.nan) if jnp.issubdtype(v.dtype, jnp.floating) else v) for k, v in out.items()}
 
 
 def voronoi_parts(
@@ -55,7 +87,11 @@ def voronoi_parts(
     ``weight``, ``single``, ``multi`` and ``key_single``, ``key_multi``, ``value_single``, ``value_multi``
     (the singleton and multi-atom parts computed on the key and value halves alone), ``num_cells_multi``
     (cells holding more than one fitted atom) and ``num_cells_empty``.
+
+    Array-likes (lists) are accepted. A NaN or inf anywhere in the inputs makes every loss NaN. Raises
+    ``ValueError`` for shapes that disagree, a ``split`` outside ``[0, D]`` or an ``r`` below 1.
     """
+    weights, atoms, true_weights, true_atoms = _as_measure(weights, atoms, true_weights, true_atoms, split, r)
     L = true_atoms.shape[0]
     split = atoms.shape[-1] if split is None else split
     dist = jnp.linalg.norm(atoms[:, None, :] - true_atoms[None, :, :], axis=-1)  # (L', L)
@@ -86,7 +122,7 @@ def voronoi_parts(
         num_cells_empty=jnp.sum(counts == 0),
     )
     parts["d2"] = weight + parts["single"] + parts["multi"]
-    return parts
+    return _nan_unless_finite(parts, weights, atoms, true_weights, true_atoms)
 
 
 def d2_loss(weights, atoms, true_weights, true_atoms) -> jax.Array:
@@ -102,22 +138,24 @@ def d1r_loss(weights, atoms, true_weights, true_atoms, split: int, r: float = 1.
 def structure_parts(problem, params: Params, r: float = 1.0) -> dict[str, jax.Array]:
     """:func:`voronoi_parts` on the structure's own atoms (p, or the pair (p^K, p^V) split at d_k)."""
     split = problem.key_dim if problem.structure == NON_SHARED else None
-    return voronoi_parts(
+    out = voronoi_parts(
         jnp.exp(params.biases), params.atoms, jnp.exp(problem.true_biases), problem.true_atoms, split=split, r=r
     )
+    return _nan_unless_finite(out, params.atoms, params.biases)  # a bias of -inf is no finite parameter either
 
 
 def key_value_parts(problem, params: Params) -> dict[str, jax.Array]:
     """:func:`voronoi_parts` on the atoms (k_i, v_i), the prefix keys and values, split into key and value."""
     k, v = key_value(problem, params.atoms)
     tk, tv = problem.true_key_value()
-    return voronoi_parts(
+    out = voronoi_parts(
         jnp.exp(params.biases),
         jnp.concatenate([k, v], axis=-1),
         jnp.exp(problem.true_biases),
         jnp.concatenate([tk, tv], axis=-1),
         split=k.shape[-1],
     )
+    return _nan_unless_finite(out, params.atoms, params.biases)
 
 
 def voronoi_loss(problem, params: Params, r: float = 1.0) -> jax.Array:
@@ -144,7 +182,10 @@ def identified_parts(weights, atoms, true_weights, true_atoms, split: int) -> di
       W-weighted average of the cell's keys;
     - ``spread_key``, ``spread_value``: sum_j sum_{i in V_j} w_i ||k_i - kbar_j||^2 (likewise for values):
       zero when every cell holds one atom, and what an unidentified direction leaves behind.
+
+    Inputs as in :func:`voronoi_parts` (a NaN or inf makes every entry NaN).
     """
+    weights, atoms, true_weights, true_atoms = _as_measure(weights, atoms, true_weights, true_atoms, split)
     L = true_atoms.shape[0]
     dist = jnp.linalg.norm(atoms[:, None, :] - true_atoms[None, :, :], axis=-1)
     cell = jnp.argmin(dist, axis=1)
@@ -160,13 +201,14 @@ def identified_parts(weights, atoms, true_weights, true_atoms, split: int) -> di
         sq = jnp.sum(x**2, axis=-1)
         return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
 
-    return dict(
+    out = dict(
         weight=jnp.sum(jnp.abs(W - true_weights)),
         key=jnp.sum(norm(err[:, :split])),
         value=jnp.sum(norm(err[:, split:])),
         spread_key=weights @ jnp.sum(dev[:, :split] ** 2, axis=-1),
         spread_value=weights @ jnp.sum(dev[:, split:] ** 2, axis=-1),
     )
+    return _nan_unless_finite(out, weights, atoms, true_weights, true_atoms)
 
 
 def identified_key_value(problem, params: Params) -> dict[str, jax.Array]:
@@ -174,10 +216,11 @@ def identified_key_value(problem, params: Params) -> dict[str, jax.Array]:
     :func:`key_value_loss`."""
     k, v = key_value(problem, params.atoms)
     tk, tv = problem.true_key_value()
-    return identified_parts(
+    out = identified_parts(
         jnp.exp(params.biases),
         jnp.concatenate([k, v], axis=-1),
         jnp.exp(problem.true_biases),
         jnp.concatenate([tk, tv], axis=-1),
         split=k.shape[-1],
     )
+    return _nan_unless_finite(out, params.atoms, params.biases)

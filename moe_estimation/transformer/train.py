@@ -143,8 +143,9 @@ def run_transformer(study: TransformerStudy, out, *, progress: bool = True, log=
     from ..rates import empirical_rate
     from ..study import _atomic_write, write_csv
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from .._checks import make_out_dir
+
+    out = make_out_dir(out)
     cfg = study.backbone
     root = jax.random.key(study.seed)
     bb_path = out / "backbone.npz"

@@ -1,0 +1,344 @@
+"""Nothing computed is lost or silently wrong: damaged tables are refused and repaired, one writer per
+study, a clear one-line error at every door, and no non-finite parameter scores as a finite loss."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import moe_estimation as me
+from moe_estimation.config import parse_config
+from moe_estimation.study import FITS_COLUMNS, StudyLock, run_study
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(seed=4, grid=dict(ns=[100, 120], replicates=2, problems=["shared-linear"], specifications=["exact", "over"]),
+             fit=dict(restarts=1, max_steps=15), rates=dict(num_bootstrap=100))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An undamaged run of a small study (four cells of two replicates)."""
+    out = tmp_path_factory.mktemp("ref") / "study"
+    run_study(parse_config(SMALL), out, progress=False, log=lambda *a: None)
+    return out
+
+
+def _damaged(reference, tmp_path, how):
+    out = tmp_path / "study"
+    shutil.copytree(reference, out)
+    path = out / "fits.csv"
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    if how == "cut mid-row":
+        path.write_text(text[: len(text) - len(lines[-1]) // 2])
+    elif how == "cut at a row's end":  # a whole row gone: its cell has one replicate too few
+        path.write_text("".join(lines[:-1]))
+    elif how == "duplicated cell":
+        path.write_text(text + "".join(lines[1:3]))
+    elif how == "missing column":
+        pd.read_csv(path).drop(columns="objective").to_csv(path, index=False)
+    elif how == "foreign row":
+        row = lines[1].split(",")
+        row[0] = "prompt-tuning"
+        path.write_text(text + ",".join(row))
+    elif how == "malformed number":
+        row = lines[2].split(",")
+        row[4] = "12O"
+        lines[2] = ",".join(row)
+        path.write_text("".join(lines))
+    elif how == "other settings":  # a row fitted with another schedule's restarts: not this study's
+        df = pd.read_csv(path)
+        df.loc[0, "restarts"] = 7
+        df.to_csv(path, index=False, float_format="%.17g")
+    return out
+
+
+@pytest.mark.parametrize("how", ["cut mid-row", "cut at a row's end", "duplicated cell", "missing column",
+                                 "foreign row", "malformed number", "other settings"])
+def test_damaged_table_is_refused_then_repaired(reference, tmp_path, how):
+    out = _damaged(reference, tmp_path, how)
+    before = (out / "fits.csv").read_bytes()
+    with pytest.raises(ValueError, match=r"fits.csv is damaged: .*--repair") as e:
+        run_study(parse_config(SMALL), out, progress=False, log=lambda *a: None)
+    assert "\n" not in str(e.value)
+    assert (out / "fits.csv").read_bytes() == before  # refused without touching anything
+    assert not (out / ".lock").exists()
+    said = []
+    run_study(parse_config(SMALL), out, progress=False, log=said.append, repair=True)
+    assert any("repairing" in s for s in said)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "fits.csv").drop(columns="seconds"),
+                                  pd.read_csv(reference / "fits.csv").drop(columns="seconds"))
+    pd.testing.assert_frame_equal(pd.read_csv(out / "rates.csv"), pd.read_csv(reference / "rates.csv"))
+
+
+def test_repair_recomputes_only_the_damaged_cells(reference, tmp_path):
+    out = _damaged(reference, tmp_path, "duplicated cell")
+    said = []
+    run_study(parse_config(SMALL), out, progress=False, log=said.append, repair=True)
+    assert any("resuming: 3 of 4 cells" in s for s in said), said
+
+
+def _cli(args, env, **kw):
+    return subprocess.run([sys.executable, "-m", "moe_estimation.cli", *args], env=env, capture_output=True, text=True,
+                          **kw)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    e = dict(os.environ)
+    e["MOE_ESTIMATION_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+    return e
+
+
+def test_one_writer_per_study_with_two_processes(tmp_path, env):
+    """A second run on the same --out refuses, naming the first (process, host, start time); once the first
+    is killed its lock is stale, and a third run takes over and finishes with the reference's tables."""
+    conf = tmp_path / "s.toml"
+    conf.write_text("seed = 4\n[grid]\nns = [100, 120, 140, 160, 180, 200]\nreplicates = 2\nproblems = ['shared-linear']\n"
+                    "specifications = ['exact', 'over']\n[fit]\nrestarts = 1\nmax_steps = 15\n[rates]\nnum_bootstrap = 100\n")
+    out = tmp_path / "o"
+    first = subprocess.Popen([sys.executable, "-m", "moe_estimation.cli", "study", "--config", str(conf), "--out",
+                              str(out), "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (out / ".lock").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    owner = json.loads((out / ".lock").read_text())
+    assert owner["pid"] == first.pid
+    second = _cli(["study", "--config", str(conf), "--out", str(out), "--no-progress"], env, timeout=300)
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert f"being written by process {first.pid}" in second.stderr and owner["started"] in second.stderr
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert (out / ".lock").exists()  # a killed run cannot clean up: its lock is left behind
+    third = _cli(["study", "--config", str(conf), "--out", str(out), "--no-progress"], env, timeout=600)
+    assert third.returncode == 0, third.stderr
+    assert "stale lock" in third.stdout
+    assert not (out / ".lock").exists()
+    ref = tmp_path / "ref"
+    assert _cli(["study", "--config", str(conf), "--out", str(ref), "--no-progress"], env, timeout=600).returncode == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "fits.csv").drop(columns="seconds"),
+                                  pd.read_csv(ref / "fits.csv").drop(columns="seconds"))
+
+
+def test_lock_waits_when_asked(tmp_path):
+    lock = StudyLock(tmp_path, log=lambda *a: None)
+    with lock:
+        with pytest.raises(ValueError, match="being written by process"):
+            with StudyLock(tmp_path, log=lambda *a: None):
+                pass
+    with StudyLock(tmp_path, wait=True, poll=0.01, log=lambda *a: None):  # free again: taken at once
+        assert (tmp_path / ".lock").exists()
+    assert not (tmp_path / ".lock").exists()
+
+
+@pytest.mark.parametrize("point", ["after the first cell", "at the first table write", "after the third cell"])
+def test_kills_at_several_points_resume_to_identical_tables(reference, tmp_path, env, point):
+    """SIGKILL once the run reaches a point (a finished cell, or the moment a temporary table file appears,
+    that is during a write): the rerun ends with the reference's tables."""
+    conf = tmp_path / "s.toml"
+    conf.write_text("seed = 4\n[grid]\nns = [100, 120]\nreplicates = 2\nproblems = ['shared-linear']\n"
+                    "specifications = ['exact', 'over']\n[fit]\nrestarts = 1\nmax_steps = 15\n[rates]\nnum_bootstrap = 100\n")
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "moe_estimation.cli", "study", "--config", str(conf), "--out",
+                             str(out), "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    rows = {"after the first cell": 2, "after the third cell": 6}.get(point)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if rows is None and any(out.glob(".*.tmp*")):
+            break
+        if rows is not None and (out / "fits.csv").exists() and len(pd.read_csv(out / "fits.csv")) >= rows:
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = _cli(["study", "--config", str(conf), "--out", str(out), "--no-progress"], env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(out / "fits.csv").drop(columns="seconds"),
+                                  pd.read_csv(reference / "fits.csv").drop(columns="seconds"))
+    pd.testing.assert_frame_equal(pd.read_csv(out / "rates.csv"), pd.read_csv(reference / "rates.csv"))
+    assert not list(out.glob(".*.tmp*"))
+
+
+def test_a_write_interrupted_before_its_rename_loses_nothing(reference, tmp_path):
+    """What a kill between writing the temporary file and renaming it leaves: the old table whole, half a
+    temporary file beside it, and the lock. The rerun clears both and ends with the reference's tables."""
+    out = tmp_path / "study"
+    shutil.copytree(reference, out)
+    df = pd.read_csv(out / "fits.csv")
+    df.iloc[:4].to_csv(out / "fits.csv", index=False, float_format="%.17g")  # two of the four cells done
+    (out / ".fits.csv.tmp99999").write_text(df.to_csv(index=False)[:500])
+    (out / ".lock").write_text(json.dumps(dict(pid=2**22 + 12345, host=os.uname().nodename, started="then")))
+    said = []
+    run_study(parse_config(SMALL), out, progress=False, log=said.append)
+    assert any("stale lock" in s for s in said) and any("resuming: 2 of 4" in s for s in said)
+    assert not list(out.glob(".*.tmp*")) and not (out / ".lock").exists()
+    pd.testing.assert_frame_equal(pd.read_csv(out / "fits.csv").drop(columns="seconds"),
+                                  pd.read_csv(reference / "fits.csv").drop(columns="seconds"))
+
+
+# ------------------------------------------------------------------------------------------------
+# no silent wrong number
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_parameters_never_score_a_finite_loss(value):
+    for name in ("non-shared", "shared-linear"):
+        prob = me.preset(name)
+        p = me.true_params(prob)
+        for bad in (me.Params(p.atoms.at[0, 0].set(value), p.biases), me.Params(p.atoms, p.biases.at[1].set(value))):
+            for loss in (me.voronoi_loss(prob, bad), me.key_value_loss(prob, bad),
+                         me.identified_key_value(prob, bad)["value"], me.structure_parts(prob, bad)["weight"]):
+                assert np.isnan(float(loss))
+        w, a = jnp.exp(p.biases), p.atoms
+        assert np.isnan(float(me.d2_loss(w, a.at[1, 1].set(value), w, a)))
+        assert np.isnan(float(me.d1r_loss(w, a.at[1, 1].set(value), w, a, split=1)))
+
+
+def test_a_non_finite_fit_has_its_own_status_and_is_counted(tmp_path):
+    prob = me.preset("shared-linear")
+    X, Y = me.simulate(jax.random.key(0), prob, 200)
+    res = me.fit(jax.random.key(1), prob, X, Y * 1e200, 2, restarts=1, max_steps=5)  # every objective overflows
+    assert me.STATUS[int(res.status)] == "nonfinite" and not bool(res.converged)
+    from moe_estimation.study import rates_table
+
+    cfg = parse_config(SMALL)
+    fits = run_study(cfg, tmp_path / "s", progress=False, log=lambda *a: None)
+    fits.loc[0, ["loss_own", "loss_key_value", "objective"]] = np.nan
+    fits.loc[0, ["status", "converged"]] = ["nonfinite", False]
+    rates = rates_table(fits, cfg)
+    row = rates[(rates["specification"] == "exact") & (rates["loss"] == "own")].iloc[0]
+    assert row["fits_nonfinite"] == 1 and row["fits_not_converged"] >= 1 and np.isfinite(row["slope"])
+
+
+BAD_API = [
+    # (call, error type, a word of the message)
+    (lambda: me.fit_batch(jax.random.split(jax.random.key(0), 1), me.preset("shared-linear"), np.zeros((1, 10, 2)),
+                          np.zeros((1, 10, 2)), 2, mask=np.full((1, 10), 0.5)), ValueError, "mask"),
+    (lambda: me.fit_batch(jax.random.split(jax.random.key(0), 1), me.preset("shared-linear"), np.zeros((1, 10, 2)),
+                          np.zeros((1, 10, 2)), 2, mask=np.full((1, 10), 2.0)), ValueError, "mask"),
+    (lambda: me.fit_batch(jax.random.split(jax.random.key(0), 1), me.preset("shared-linear"), np.zeros((1, 10, 2)),
+                          np.zeros((1, 10, 2)), 2, mask=np.full((1, 10), np.nan)), ValueError, "mask"),
+    (lambda: me.fit_batch(jax.random.split(jax.random.key(0), 1), me.preset("shared-linear"), np.zeros((1, 10, 2)),
+                          np.zeros((1, 10, 2)), 2, mask=-np.ones((1, 10))), ValueError, "mask"),
+    (lambda: me.d1r_loss([1.0], [[0.0, 0.0]], [1.0], [[0.0, 0.0]], split=3), ValueError, "split"),
+    (lambda: me.d1r_loss([1.0], [[0.0, 0.0]], [1.0], [[0.0, 0.0]], split=1, r=-1.0), ValueError, "r:"),
+    (lambda: me.d1r_loss([1.0], [[0.0, 0.0]], [1.0], [[0.0, 0.0]], split=1, r=0.5), ValueError, "r:"),
+    (lambda: me.d2_loss([1.0], [[0.0, 0.0, 0.0]], [1.0], [[0.0, 0.0]]), ValueError, "atoms"),
+    (lambda: me.d2_loss([1.0, 2.0], [[0.0, 0.0]], [1.0], [[0.0, 0.0]]), ValueError, "weights"),
+    (lambda: me.d2_loss([1.0], [0.0, 0.0], [1.0], [[0.0, 0.0]]), ValueError, "atoms"),
+    (lambda: me.make_problem(structure="non-shared", W1=np.eye(2), W2=np.eye(2), **me.random_pretrained(0),
+                             B=np.eye(2), C=np.eye(2), true_atoms=[[0.1, 0.2, 0.3, 0.4]], true_biases=[0.0]),
+     ValueError, "W1, W2"),
+    (lambda: me.simulate(jax.random.key(0), me.preset("shared-linear").replace(input_scale=1e200), 10), ValueError,
+     "input_scale"),
+    (lambda: me.empirical_rate([100, 200], [[0.1, np.inf], [0.05, 0.04]]), ValueError, "finite"),
+    (lambda: me.empirical_rate([100, 200], [[0.1], [0.05]], num_bootstrap=0), ValueError, "num_bootstrap"),
+    (lambda: me.empirical_rate([100, 200], [[0.1], [0.05]], seed=-5), ValueError, "seed"),
+    (lambda: me.empirical_rate([100, 200], [[0.1], [-0.05]]), ValueError, "> 0"),
+    (lambda: me.fit(jax.random.key(0), me.preset("shared-linear"), np.zeros((10, 2)), np.zeros((10, 2)), 2,
+                    init_rate=-1.0), ValueError, "init_rate"),
+    (lambda: me.fit(jax.random.key(0), me.preset("shared-linear"), np.zeros((10, 2)), np.zeros((10, 2)), 2,
+                    restarts=True), ValueError, "restarts"),
+]
+
+
+@pytest.mark.parametrize("i", range(len(BAD_API)))
+def test_fault_battery_api(i):
+    call, kind, word = BAD_API[i]
+    with pytest.raises(kind, match=word):
+        call()
+
+
+BAD_CONFIGS = [
+    ("seed = -5\n[grid]\nns = [100, 200]\nreplicates = 2\n", "seed: must be an integer in"),
+    ("[grid]\nns = [100, 200]\nreplicates = 2\nproblems = ['p']\n[problems]\np = 3\n", "problems.p: expected a table"),
+    ("[grid]\nns = [100, 200]\nreplicates = 2\nproblems = ['p']\n[problems.p]\npreset = 'shared-linear'\nB = 'eye'\n",
+     "problems.p.B: expected a"),
+    ("[grid]\nns = [100, 200]\nreplicates = 2\nproblems = ['p']\n[problems.p]\npreset = 'shared-linear'\nB = [[1, 'x'], [0, 1]]\n",
+     "problems.p.B"),
+    ("[grid]\nns = [100, 200]\nreplicates = 2\nproblems = ['p']\n[problems.p]\npreset = 7\n", "problems.p.preset"),
+    ("[grid]\nns = [100, 200]\nreplicates = 2\nproblems = ['p']\n[problems.p]\npreset = 'shared-linear'\nbias_bounds = 3\n",
+     "problems.p"),
+    ("[grid]\nns = [100, 200]\nreplicates = 2\nproblems = ['shared-linear', 'shared-linear']\n", "distinct"),
+    ("[grid]\nns = [100, 200]\nreplicates = 2\n[fit]\nmax_steps = 0\n", "max_steps"),
+    ("[grid]\nns = [100, 200]\nreplicates = 2\n[rates]\nnum_bootstrap = 5\n", "num_bootstrap"),
+]
+
+
+@pytest.mark.parametrize("i", range(len(BAD_CONFIGS)))
+def test_fault_battery_configuration_files(tmp_path, env, i):
+    """Each bad file: exit 2, one line naming the file and the key, no traceback, nothing written."""
+    text, word = BAD_CONFIGS[i]
+    conf = tmp_path / "bad.toml"
+    conf.write_text(text)
+    from moe_estimation.config import load_config
+
+    with pytest.raises(ValueError, match=word):
+        load_config(conf)
+    if i < 3:  # and through the command line, for a few
+        r = _cli(["study", "--config", str(conf), "--out", str(tmp_path / "o")], env, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and "bad.toml" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "o").exists()
+
+
+def test_fault_battery_command_line_doors(tmp_path, env, reference):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = [
+        (["study", "--preset", "tiny", "--out", str(afile)], "is a file"),
+        (["study", "--preset", "tiny", "--out", str(afile / "sub")], "lies under the file"),
+        (["study", "--preset", "tiny", "--out", str(tmp_path / "new"), "--tables-only"], "holds no fits.csv"),
+        (["plot", "--results", str(reference), "--out", str(afile)], "is a file"),
+        (["plot", "--results", str(reference), "--out", str(afile / "x")], "lies under the file"),
+        (["plot", "--results", str(tmp_path / "nothing"), "--out", str(tmp_path / "f")], "holds neither"),
+        (["transformer", "--preset", "tiny", "--out", str(afile)], "is a file"),
+        (["study", "--preset", "nope", "--out", str(tmp_path / "x")], "invalid choice"),
+        (["study", "--preset", "tiny", "--out", "/proc/moe-estimation-test/x"], "cannot create"),
+        (["study", "--preset", "tiny", "--config", "x.toml", "--out", str(tmp_path / "x")], "exactly one of"),
+    ]
+    for args, word in cases:
+        r = _cli(args, env, timeout=300)
+        assert r.returncode == 2, (args, r.stderr)
+        assert word in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    assert not (tmp_path / "new").exists() and not (tmp_path / "f").exists()
+
+
+def test_two_jax_processes_give_the_tables_of_one(tmp_path, env):
+    """The multi-host path, run: a tiny study as two JAX processes on this machine (a local coordinator,
+    CPU collectives), one device each, against the same study in one process."""
+    import socket
+
+    conf = tmp_path / "s.toml"
+    conf.write_text("seed = 4\n[grid]\nns = [100, 120]\nreplicates = 4\nproblems = ['shared-linear']\n"
+                    "specifications = ['exact', 'over']\n[fit]\nrestarts = 1\nmax_steps = 15\n[rates]\nnum_bootstrap = 100\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    procs = [subprocess.Popen([sys.executable, "-m", "moe_estimation.cli", "study", "--config", str(conf), "--out",
+                               str(tmp_path / "two"), "--no-progress", "--distributed", "--coordinator",
+                               f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+                              env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (o, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    assert "wrote 16 fits" in outs[0][0] and "wrote" not in outs[1][0]  # process 0 writes and reports
+    meta = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert meta["processes"] == 2 and meta["devices"] == 2
+    r = _cli(["study", "--config", str(conf), "--out", str(tmp_path / "one"), "--no-progress"], env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "one" / "fits.csv").drop(columns="seconds"),
+                                  pd.read_csv(tmp_path / "two" / "fits.csv").drop(columns="seconds"))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "one" / "rates.csv"), pd.read_csv(tmp_path / "two" / "rates.csv"))
