@@ -1,4 +1,4 @@
-"""Simulation of (X, Y) from a problem: X bounded (SPEC section 2), Y = f_{G*}(X) + N(0, nu I)."""
+"""Simulation of (X, Y) from a problem: X bounded (docs/maths.md, *The regression model*), Y = f_{G*}(X) + N(0, nu I)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The least-squares estimator of the mixing measure (SPEC sections 2 and 5).
+"""The least-squares estimator of the mixing measure (docs/maths.md, *The regression model*).
 
     G_hat = argmin over measures with L' atoms in the box of  sum_i ||Y_i - f_G(X_i)||^2
 
@@ -8,8 +8,8 @@ forms J^T J (P x P) and J^T r from the closed-form Jacobian (``_jacobian_analyti
 against forward-mode autodiff), summed over row blocks for large n on the CPU, solves the damped system
 ``(J^T J + lambda diag(J^T J)) delta = -J^T r`` by Cholesky, and projects the candidate onto the box
 [-atom_bound, atom_bound] x [bias_lo, bias_hi] (the compact parameter set of the theory: without it the
-over-specified non-shared fit is unbounded, SPEC section 5). Damping follows Nielsen's rule. Each fit is
-a ``lax.while_loop``; replicates and restarts run one after another on a CPU (``lax.map``) and in
+over-specified non-shared fit is unbounded; docs/maths.md, *Identifiability and the flat direction*).
+Damping follows Nielsen's rule. Each fit is a ``lax.while_loop``; replicates and restarts run one after another on a CPU (``lax.map``) and in
 lockstep under ``vmap`` on an accelerator (``FitSettings.batching``), a fit that has stopped frozen while
 the rest of its batch runs on.
 
@@ -24,8 +24,7 @@ damping blew up without progress (``stalled``), or whose best restart holds a Na
 every restart's objective overflowed, say for data of absurd scale), has ``converged = False`` and keeps
 its status code, so that a study can count it instead of averaging it in silently.
 
-Starting points (the *starting-point schedule*; README, "Does the verdict depend on where the solver
-starts?"), recorded in :class:`FitResult` and, in a study, per fit in ``fits.csv``:
+Starting points (the *starting-point schedule*; docs/maths.md, *Starting-point schedules*), recorded in :class:`FitResult` and, in a study, per fit in ``fits.csv``:
 
 - ``near-truth`` with scale c = ``init_scale`` and rate alpha = ``init_rate``: fitted atom i starts at true
   atom ``i mod L`` (every true atom covered; the extra atoms of an over-specified fit split from a true

@@ -1,4 +1,4 @@
-"""The softmax-gated regression function f_G of SPEC section 2.
+"""The softmax-gated regression function f_G (docs/maths.md, *The regression model*).
 
     f_G(X) = [ sum_j exp(X^T A_j X + a_j) H_j X + sum_i exp(k_i^T X + b_i) v_i ]
              / [ sum_j exp(X^T A_j X + a_j) + sum_i exp(k_i^T X + b_i) ]

@@ -176,7 +176,8 @@ def _rates_figure(fits, rates, prob, specs, title_suffix=""):
 def _side_by_side(fits, rates, problems, specs, title_suffix=""):
     spec = "over" if "over" in specs else specs[0]
     problems = [p for p in problems if len(fits[(fits["problem"] == p) & (fits["specification"] == spec)])]
-    fig, axes = plt.subplots(1, len(problems), figsize=(max(5.0, 4.2 * len(problems)), 4.6), squeeze=False,
+    single = len(problems) == 1  # one panel: the legend goes beside it, not over the data
+    fig, axes = plt.subplots(1, len(problems), figsize=(8.0 if single else 4.2 * len(problems), 4.6), squeeze=False,
                              sharey=True)
     for ax, prob in zip(axes[0], problems):
         g = fits[(fits["problem"] == prob) & (fits["specification"] == spec)]
@@ -188,7 +189,10 @@ def _side_by_side(fits, rates, problems, specs, title_suffix=""):
                     label=f"{lab}mean")
         ax.set_title(f"{prob}\n{_failures(g)}", fontsize=9)
         ax.set_xlabel("n")
-        ax.legend(fontsize=6)
+        if single:
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        else:
+            ax.legend(fontsize=6)
     axes[0, 0].set_ylabel("D_2 on (key, value) atoms")
     fig.suptitle(f"Structures side by side, {spec}-specified, on one yardstick{title_suffix}", fontsize=10)
     fig.tight_layout()

@@ -1,7 +1,7 @@
 """Problems: the known pre-trained part, the prompt structure and the true mixing measure.
 
 A :class:`Problem` is a frozen pytree (arrays are leaves; names and bounds are static), so it can be passed
-straight into jitted and vmapped functions. Building one validates it (SPEC section 5): shapes agree, the
+straight into jitted and vmapped functions. Building one validates it (docs/maths.md, *Identifiability and the flat direction*): shapes agree, the
 known maps are injective where identifiability needs it, the true atoms are distinct, the noise is
 positive, and the truth lies inside the compact parameter box that the estimator is confined to. Every
 failure is a ``ValueError`` whose message names the argument, the value and the rule.
@@ -36,7 +36,7 @@ INPUT_DISTRIBUTIONS = ("uniform", "normal")
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """A prefix-MoE regression problem (SPEC section 2).
+    """A prefix-MoE regression problem (docs/maths.md, *The regression model*).
 
     Arrays (pytree leaves):
       A: ``(N, d, d)`` symmetric quadratic gating matrices of the pre-trained experts.
@@ -152,7 +152,7 @@ def _full_column_rank(name: str, M: np.ndarray, rule: str) -> None:
     if rank < M.shape[1]:
         raise ValueError(
             f"{name} is not injective: shape {M.shape}, rank {rank} < {M.shape[1]} columns. {rule} "
-            "The problem is not identifiable (SPEC section 5)."
+            "The problem is not identifiable (docs/maths.md, *Identifiability and the flat direction*)."
         )
 
 
@@ -293,7 +293,7 @@ def make_problem(
         if norms.min() < 1e-8:
             raise ValueError(
                 f"true_atoms: the key of true atom {int(np.argmin(norms))} is zero; the shared structures need "
-                "B W1 p*_j != 0 (SPEC section 5), else the gating cannot separate the prompt from its bias"
+                "B W1 p*_j != 0 (docs/maths.md, *Identifiability and the flat direction*), else the gating cannot separate the prompt from its bias"
             )
     return out
 

@@ -1,4 +1,4 @@
-"""Empirical convergence rates (SPEC section 4) and the theory's reference slopes (SPEC section 1).
+"""Empirical convergence rates and the theory's reference slopes (docs/maths.md, *Rates and intervals*).
 
 The empirical rate is the OLS slope of log(statistic of the loss over replicates) on log(n). Its 95%
 interval is a percentile bootstrap over replicates: resample the R replicates within each n (with
@@ -104,7 +104,7 @@ def empirical_rate(
 
 
 def theory_slope(structure: str, loss: str = "own", specification: str = "over") -> float:
-    """The reference log-log slope of SPEC section 1 for a structure, a loss and a specification.
+    """The reference log-log slope (docs/maths.md, *Rates and intervals*) for a structure, a loss and a specification.
 
     ``loss`` is ``"own"`` (D_2 for the shared structures, D_{1,r} for non-shared), ``"key_value"`` (D_2 on
     the (key, value) atoms) or ``"identified"`` (a term of :func:`moe_estimation.identified_parts`: the

@@ -1,6 +1,6 @@
 """Prompt structures: how one fitted atom becomes a prefix key and a prefix value.
 
-SPEC section 2. With ``B`` (d x d_k), ``C`` (d_v x d_k2), ``W1`` (d_k x d_p), ``W2`` (d_k2 x d_p):
+docs/maths.md, *The structures*. With ``B`` (d x d_k), ``C`` (d_v x d_k2), ``W1`` (d_k x d_p), ``W2`` (d_k2 x d_p):
 
 ============================  =================  ==================  ===================
 structure                     atom               key ``k``           value ``v``
@@ -30,7 +30,7 @@ PROMPT_TUNING = "prompt-tuning"
 STRUCTURES = (NON_SHARED, SHARED_LINEAR, SHARED_NONLINEAR, PROMPT_TUNING)
 
 ACTIVATIONS = {
-    # Only injective activations: s must be one-to-one for the values to identify p (SPEC section 5).
+    # Only injective activations: s must be one-to-one for the values to identify p (docs/maths.md, *Identifiability and the flat direction*).
     "tanh": jnp.tanh,
     "sigmoid": jax.nn.sigmoid,
     "softsign": jax.nn.soft_sign,

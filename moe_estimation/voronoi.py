@@ -1,4 +1,4 @@
-"""Voronoi losses between a fitted and the true mixing measure (SPEC section 3).
+"""Voronoi losses between a fitted and the true mixing measure (docs/maths.md, *Voronoi losses*).
 
 Cells: V_j = {i : atom_i is nearer to true atom j than to any other}, ties to the lower j. With
 Delta_ij = atom_i - atom*_j and weights w_i = exp(b_i):
@@ -14,7 +14,7 @@ freely) and invariant to permuting the fitted atoms. Besides the totals, :func:`
 each part, and the singleton and multi-atom parts split into a key half and a value half, so that a
 reader can see where a loss comes from.
 
-The identified part (README, "The identified part"). Where f_G cannot tell the atoms of one cell apart (two non-shared
+The identified part (docs/maths.md, *The identified part*). Where f_G cannot tell the atoms of one cell apart (two non-shared
 atoms with equal keys: only w_1 + w_2 and w_1 v_1 + w_2 v_2 enter f_G), a loss of the individual atoms
 need not go to zero even when f_G converges. :func:`identified_parts` reports, per true atom's cell, what
 f_G pins down: the weight sum W_j = sum_{i in V_j} w_i and the weight-averaged key and value

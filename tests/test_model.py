@@ -8,7 +8,7 @@ from moe_estimation.model import expert_summary, regression_from_summary
 
 
 def direct_formula(prob, params, x):
-    """A plain transcription of SPEC section 2 with raw exp, in numpy."""
+    """A plain transcription of f_G (docs/maths.md, *The regression model*) with raw exp, in numpy."""
     A, a, H = (np.asarray(t) for t in (prob.A, prob.a, prob.H))
     keys, values = (np.asarray(t) for t in me.key_value(prob, params.atoms))
     b = np.asarray(params.biases)

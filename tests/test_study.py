@@ -65,6 +65,11 @@ def test_tiny_study_and_plot_end_to_end(tmp_path, cache_env):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "figs" / "side_by_side.png").stat().st_size > 10_000
     assert (tmp_path / "figs" / "rates_shared-linear.png").exists()
+    # the same tables draw the same bytes: a reproduction leaves committed figures untouched
+    r = cli(["plot", "--results", str(out), "--out", str(tmp_path / "figs2")], cache_env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for png in (tmp_path / "figs").glob("*.png"):
+        assert png.read_bytes() == (tmp_path / "figs2" / png.name).read_bytes(), png.name
 
 
 def test_killed_run_resumes_to_identical_tables(tmp_path, cache_env):

@@ -4,7 +4,7 @@
   linear head) with a prefix hook in every attention layer; :func:`.model.attention` is the raw attention
   row that the bridge test matches against the MoE regression function of the core library.
 - :mod:`.tasks`: the synthetic pre-training and downstream tasks (nothing is downloaded).
-- :mod:`.prefixes`: the three parameterisations of SPEC section 6: no-share, simple-share, deep-share.
+- :mod:`.prefixes`: the three parameterisations of docs/maths.md, *The transformer*: no-share, simple-share, deep-share.
 - :mod:`.train`: pre-training, prefix-tuning with a frozen backbone, the learning-rate search and the
   learning curves.
 """

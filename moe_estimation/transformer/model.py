@@ -6,7 +6,7 @@ sequence (callers vmap over sequences); width ``D``, ``H`` heads of size ``D / H
 
 Attention with a prefix (one layer, per head): with queries q_t, keys [p^K_1..p^K_L', k_1..k_T] and values
 [p^V_1..p^V_L', v_1..v_T], row t is softmax_j(q_t . key_j / sqrt(d_head)) over all L' + T keys, applied to
-the values; it is exactly the softmax-gated MoE of SPEC section 2 (see the bridge test).
+the values; it is exactly the softmax-gated MoE of docs/maths.md, *The regression model* (see the bridge test).
 """
 
 from __future__ import annotations

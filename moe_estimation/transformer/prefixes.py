@@ -1,4 +1,4 @@
-"""The three prefix parameterisations of SPEC section 6 (same number L' of prefixes in each).
+"""The three prefix parameterisations of docs/maths.md, *The transformer* (same number L' of prefixes in each).
 
 - ``no-share``: free prefix keys and values at every layer, ``pk, pv`` ``(layers, L', D)``.
 - ``simple-share``: one vector per prefix and layer, ``p`` ``(layers, L', D)``; key = p W_K and
