@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ._checks import make_out_dir  # noqa: E402
-from .study import RATE_LOSSES  # noqa: E402
+from .study import RATE_LOSSES, describe_schedule  # noqa: E402
 
 LOSS_LABELS = {"own": "own loss (D_2 on p, or D_1,r on (pK, pV))", "key_value": "key/value yardstick D_2 on (k, v)"}
 
@@ -143,11 +143,7 @@ def _failures(g: pd.DataFrame) -> str:
 
 
 def _schedule_text(row) -> str:
-    if row["init"] == "random":
-        region = "the whole box" if row["init_scale"] == 1 else f"{row['init_scale']:g} of the box"
-        return f"{row['schedule']}: uniform over {region}, best of {int(row['restarts'])}"
-    scale = f"{row['init_scale']:g} n^-{row['init_rate']:.3g}" if row["init_rate"] else f"{row['init_scale']:g} (fixed)"
-    return f"{row['schedule']}: truth + noise of scale {scale}, best of {int(row['restarts'])}"
+    return f"{row['schedule']}: {describe_schedule(row)}"
 
 
 def _save(fig, path: Path) -> None:

@@ -76,6 +76,15 @@ FITS_COLUMNS = (
 CELL = ["problem", "specification", "schedule", "n"]
 
 
+def describe_schedule(row) -> str:
+    """A schedule's starts in words, from a row of fits.csv or rates.csv (its schedule columns)."""
+    if row["init"] == "random":
+        region = "the whole box" if row["init_scale"] == 1 else f"{row['init_scale']:g} of the box"
+        return f"uniform over {region}, best of {int(row['restarts'])}"
+    scale = f"{row['init_scale']:g} n^-{row['init_rate']:.3g}" if row["init_rate"] else f"{row['init_scale']:g} (fixed)"
+    return f"truth + noise of scale {scale}, best of {int(row['restarts'])}"
+
+
 def bucket_size(n: int, minimum: int = 64) -> int:
     """The padded size of a data set of n rows: the next power of two (at least ``minimum``)."""
     return max(minimum, 1 << (int(n) - 1).bit_length())

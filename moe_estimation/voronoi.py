@@ -144,18 +144,18 @@ def structure_parts(problem, params: Params, r: float = 1.0) -> dict[str, jax.Ar
     return _nan_unless_finite(out, params.atoms, params.biases)  # a bias of -inf is no finite parameter either
 
 
-def key_value_parts(problem, params: Params) -> dict[str, jax.Array]:
-    """:func:`voronoi_parts` on the atoms (k_i, v_i), the prefix keys and values, split into key and value."""
+def _key_value_measure(problem, params: Params):
+    """(weights, (k, v) atoms, true weights, true (k, v) atoms, split) of a fitted measure and the truth."""
     k, v = key_value(problem, params.atoms)
     tk, tv = problem.true_key_value()
-    out = voronoi_parts(
-        jnp.exp(params.biases),
-        jnp.concatenate([k, v], axis=-1),
-        jnp.exp(problem.true_biases),
-        jnp.concatenate([tk, tv], axis=-1),
-        split=k.shape[-1],
-    )
-    return _nan_unless_finite(out, params.atoms, params.biases)
+    return (jnp.exp(params.biases), jnp.concatenate([k, v], axis=-1), jnp.exp(problem.true_biases),
+            jnp.concatenate([tk, tv], axis=-1), k.shape[-1])
+
+
+def key_value_parts(problem, params: Params) -> dict[str, jax.Array]:
+    """:func:`voronoi_parts` on the atoms (k_i, v_i), the prefix keys and values, split into key and value."""
+    *measure, split = _key_value_measure(problem, params)
+    return _nan_unless_finite(voronoi_parts(*measure, split=split), params.atoms, params.biases)
 
 
 def voronoi_loss(problem, params: Params, r: float = 1.0) -> jax.Array:
@@ -214,13 +214,5 @@ def identified_parts(weights, atoms, true_weights, true_atoms, split: int) -> di
 def identified_key_value(problem, params: Params) -> dict[str, jax.Array]:
     """:func:`identified_parts` on the (key, value) atoms, with the cells of the yardstick
     :func:`key_value_loss`."""
-    k, v = key_value(problem, params.atoms)
-    tk, tv = problem.true_key_value()
-    out = identified_parts(
-        jnp.exp(params.biases),
-        jnp.concatenate([k, v], axis=-1),
-        jnp.exp(problem.true_biases),
-        jnp.concatenate([tk, tv], axis=-1),
-        split=k.shape[-1],
-    )
-    return _nan_unless_finite(out, params.atoms, params.biases)
+    *measure, split = _key_value_measure(problem, params)
+    return _nan_unless_finite(identified_parts(*measure, split=split), params.atoms, params.biases)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from moe_estimation.study import RATE_LOSSES
+from moe_estimation.study import RATE_LOSSES, describe_schedule
 
 
 def study_table(path: Path) -> str:
@@ -40,11 +40,7 @@ def study_table(path: Path) -> str:
 
 
 def _schedule_text(row) -> str:
-    if row["init"] == "random":
-        region = "the whole box" if row["init_scale"] == 1 else f"{row['init_scale']:g} of the box"
-        return f"{row['schedule']} (uniform over {region}, best of {int(row['restarts'])})"
-    scale = f"{row['init_scale']:g} n^-{row['init_rate']:.3g}" if row["init_rate"] else f"{row['init_scale']:g} (fixed)"
-    return f"{row['schedule']} (truth + noise of scale {scale}, best of {int(row['restarts'])})"
+    return f"{row['schedule']} ({describe_schedule(row)})"
 
 
 def _rate(r, prob, spec, sched, loss, stat="mean") -> str:
@@ -70,7 +66,7 @@ def robust_table(path: Path) -> str:
     f = f.assign(lowest=(f["objective"] - best) <= 1e-9 * best)
     out = ["| problem | spec | schedule | yardstick slope (mean) | value part slope (mean) | value part slope (median) | "
            "identified value slope (mean) | value spread slope (mean) | yardstick mean / median at n_max | value spread "
-           f"mean at n_max | lowest objective on the data set | at box bound |",
+           "mean at n_max | lowest objective on the data set | at box bound |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (prob, spec, sched), g in f.groupby(["problem", "specification", "schedule"], sort=False):
         top = g[g["n"] == nmax]

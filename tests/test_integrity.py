@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -18,9 +17,8 @@ import pytest
 
 import moe_estimation as me
 from moe_estimation.config import parse_config
-from moe_estimation.study import FITS_COLUMNS, StudyLock, run_study
+from moe_estimation.study import StudyLock, run_study
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(seed=4, grid=dict(ns=[100, 120], replicates=2, problems=["shared-linear"], specifications=["exact", "over"]),
              fit=dict(restarts=1, max_steps=15), rates=dict(num_bootstrap=100))
 
@@ -93,12 +91,15 @@ def _cli(args, env, **kw):
                           **kw)
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    e = dict(os.environ)
-    e["MOE_ESTIMATION_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
-    return e
+@pytest.fixture
+def env(cache_env):
+    return cache_env
+
+
+def _start(conf, out, env):
+    """A study on ``out`` started in the background (to be killed, or raced)."""
+    return subprocess.Popen([sys.executable, "-m", "moe_estimation.cli", "study", "--config", str(conf), "--out",
+                             str(out), "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def test_one_writer_per_study_with_two_processes(tmp_path, env):
@@ -108,8 +109,7 @@ def test_one_writer_per_study_with_two_processes(tmp_path, env):
     conf.write_text("seed = 4\n[grid]\nns = [100, 120, 140, 160, 180, 200]\nreplicates = 2\nproblems = ['shared-linear']\n"
                     "specifications = ['exact', 'over']\n[fit]\nrestarts = 1\nmax_steps = 15\n[rates]\nnum_bootstrap = 100\n")
     out = tmp_path / "o"
-    first = subprocess.Popen([sys.executable, "-m", "moe_estimation.cli", "study", "--config", str(conf), "--out",
-                              str(out), "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = _start(conf, out, env)
     deadline = time.time() + 300
     while not (out / ".lock").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -150,8 +150,7 @@ def test_kills_at_several_points_resume_to_identical_tables(reference, tmp_path,
     conf.write_text("seed = 4\n[grid]\nns = [100, 120]\nreplicates = 2\nproblems = ['shared-linear']\n"
                     "specifications = ['exact', 'over']\n[fit]\nrestarts = 1\nmax_steps = 15\n[rates]\nnum_bootstrap = 100\n")
     out = tmp_path / "o"
-    proc = subprocess.Popen([sys.executable, "-m", "moe_estimation.cli", "study", "--config", str(conf), "--out",
-                             str(out), "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = _start(conf, out, env)
     rows = {"after the first cell": 2, "after the third cell": 6}.get(point)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:

@@ -1,5 +1,4 @@
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -27,14 +26,6 @@ max_steps = 20
 [rates]
 num_bootstrap = 200
 """
-
-
-@pytest.fixture(scope="session")
-def cache_env(tmp_path_factory):
-    env = dict(os.environ)
-    env["MOE_ESTIMATION_CACHE"] = str(tmp_path_factory.mktemp("jaxcache"))
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def cli(args, env, **kw):
