@@ -39,16 +39,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from .data import simulate_rows
-from .fit import FitSettings, _batch, _flatten, _solve_one, _unflatten, initial_params
+from .fit import FitSettings, _batch, _flatten, _solve_one, _unflatten, initial_params, is_converged
 from .model import expert_summary, predict
 from .problems import preset
 
 fitmod = importlib.import_module("moe_estimation.fit")  # the module (the package exports a function of that name)
 
-TOL = 1e-8
+TOL = FitSettings._field_defaults["ftol"]  # the estimator's own defaults, as a study runs it
 EQUAL_RTOL = 1e-4
 PROBLEMS = {"shared-linear": 3, "non-shared": 3}
-MAX_STEPS = 400
+MAX_STEPS = FitSettings._field_defaults["max_steps"]
 
 
 def _setup(n: int, fits: int, problem_name: str = "shared-linear", num_prompts: int = 3, seed: int = 0):
@@ -330,7 +330,7 @@ def run_precision_bench(sizes=(1000, 8000), fits: int = 16, problems=tuple(PROBL
                     loss = np.asarray(jax.vmap(voronoi_loss, in_axes=(None, 0))(prob64, params))
                     st = np.asarray(status)
                     out[name] = (loss, np.asarray(obj, np.float64))
-                    rec[f"converged_{name}"] = int(((st >= fitmod._FTOL) & (st <= fitmod._GTOL)).sum())
+                    rec[f"converged_{name}"] = int(is_converged(st).sum())
                     rec[f"stalled_{name}"] = int((st == fitmod._STALLED).sum())
                 rel_loss = np.abs(out["float32"][0] - out["float64"][0]) / out["float64"][0]
                 rel_obj = np.abs(out["float32"][1] - out["float64"][1]) / out["float64"][1]

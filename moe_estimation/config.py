@@ -107,7 +107,7 @@ _FIT_TYPES = {
     "xtol": float, "gtol": float,
 }
 SCHEDULE_KEYS = ("init", "init_scale", "init_rate", "restarts")
-_DEFAULT_FIT = dict(max_steps=400, ftol=1e-8, xtol=1e-8, gtol=1e-8)
+_DEFAULT_FIT = {k: FitSettings._field_defaults[k] for k in ("max_steps", "ftol", "xtol", "gtol")}  # one source
 _DEFAULT_SCHEDULE = {k: FitSettings._field_defaults[k] for k in SCHEDULE_KEYS}
 
 

@@ -63,21 +63,31 @@ _FTOL, _XTOL, _GTOL, _MAXSTEPS, _STALLED, _NONFINITE = 1, 2, 3, 4, 5, 6
 
 
 class FitSettings(NamedTuple):
-    """Static settings of the estimator (hashable, so a change of settings is a new compilation)."""
+    """Static settings of the estimator (hashable, so a change of settings is a new compilation).
+
+    These defaults are the project's one source of them: ``fit``, ``fit_batch``, a study configuration
+    (its ``[fit]`` table and schedules) and the benchmark all start from them, and a preset states only
+    the values where it differs (``max_steps = 600`` for the full study, say). Every check of a field is
+    :func:`validate_settings`, which the configuration calls too."""
 
     num_prompts: int
     restarts: int = 4
     init: str = "near-truth"
     init_scale: float = 0.5
     init_rate: float = 0.25
-    max_steps: int = 300
-    ftol: float = 1e-10
-    xtol: float = 1e-10
-    gtol: float = 1e-10
+    max_steps: int = 400
+    ftol: float = 1e-8
+    xtol: float = 1e-8
+    gtol: float = 1e-8
     batching: str = "auto"
 
 
 BATCHINGS = ("auto", "vmap", "map")
+
+
+def is_converged(status):
+    """True for the stopping codes of a converged fit (ftol, xtol, gtol); works on arrays of codes."""
+    return (status >= _FTOL) & (status <= _GTOL)
 
 
 def _resolve_batching(mode: str) -> str:
@@ -399,7 +409,7 @@ def _fit_one_dataset(problem, settings: FitSettings, key, X, Y, w, start):
     return FitResult(
         params=_unflatten(tb, settings.num_prompts, problem.atom_dim),
         objective=obj[best],
-        converged=(code >= _FTOL) & (code <= _GTOL),
+        converged=is_converged(code),
         status=code,
         steps=steps[best],
         at_bound=jnp.any((tb <= lower) | (tb >= upper)),
@@ -459,8 +469,8 @@ def fit(key, problem, X, Y, num_prompts: int, **options) -> FitResult:
       num_prompts: L', the number of fitted prompts (L' = L exactly specified, L' > L over-specified).
       **options: ``restarts`` (4), ``init`` ("near-truth" or "random"), ``init_scale`` (0.5: the noise
         scale c of a near-truth start, or the fraction of the box of a random one), ``init_rate`` (0.25: a
-        near-truth start's noise is ``c * n^(-init_rate)``; 0 for a fixed scale), ``max_steps`` (300),
-        ``ftol``, ``xtol``, ``gtol`` (1e-10 each), ``batching`` ("auto": one fit
+        near-truth start's noise is ``c * n^(-init_rate)``; 0 for a fixed scale), ``max_steps`` (400),
+        ``ftol``, ``xtol``, ``gtol`` (1e-8 each: the tests a study stops on), ``batching`` ("auto": one fit
         after another on a CPU, all in lockstep under vmap on an accelerator); see :class:`FitSettings`.
 
     Returns a :class:`FitResult`. Raises ``ValueError`` for shapes that disagree with the problem, NaN or
