@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ._checks import make_out_dir  # noqa: E402
-from .study import RATE_LOSSES, describe_schedule  # noqa: E402
+from .results import RATE_LOSSES, describe_schedule  # noqa: E402
 
 LOSS_LABELS = {"own": "own loss (D_2 on p, or D_1,r on (pK, pV))", "key_value": "key/value yardstick D_2 on (k, v)"}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from moe_estimation.study import RATE_LOSSES, describe_schedule
+from moe_estimation.results import RATE_LOSSES, describe_schedule
 
 
 def study_table(path: Path) -> str:
@@ -165,18 +165,23 @@ def compare_table(a: Path, b: Path) -> str:
     fa, fb = pd.read_csv(a / "fits.csv"), pd.read_csv(b / "fits.csv")
     keys = ["problem", "specification", "schedule", "n", "replicate"]
     m = fa.merge(fb, on=keys, suffixes=("_a", "_b"))
-    if len(m) != len(fa) or len(m) != len(fb):
-        raise ValueError(f"--compare: {a} and {b} do not hold the same cells ({len(fa)} and {len(fb)} fits, {len(m)} shared)")
+    if not len(m):
+        raise ValueError(f"--compare: {a} and {b} share no fit")
+    same = len(m) == len(fa) == len(fb)  # a run stopped part-way is compared on the cells both hold
     cell = m.groupby(["problem", "specification", "schedule", "n"])[["loss_own_a", "loss_own_b"]].mean()
     rel = (cell["loss_own_b"] - cell["loss_own_a"]).abs() / cell["loss_own_a"]
     fit_rel = (m["loss_own_b"] - m["loss_own_a"]).abs() / m["loss_own_a"]
     ra, rb = pd.read_csv(a / "rates.csv"), pd.read_csv(b / "rates.csv")
     r = ra.merge(rb, on=["problem", "specification", "schedule", "loss", "statistic"], suffixes=("_a", "_b"))
-    r = r[(r["loss"] == "own") & (r["statistic"] == "mean")]
+    r = r[(r["loss"] == "own") & (r["statistic"] == "mean")] if same else r.iloc[:0]
     out = [f"Compared {len(m)} fits: mean own loss per cell differs by at most {rel.max():.2g} relative (median "
            f"{rel.median():.2g}); single fits by at most {fit_rel.max():.2g} (median {fit_rel.median():.2g}); "
-           f"fits converged {int(m['converged_a'].sum())} vs {int(m['converged_b'].sum())}.", "",
-           f"| problem | spec | own-loss slope, {a.name} | own-loss slope, {b.name} |", "|---|---|---|---|"]
+           f"fits converged {int(m['converged_a'].sum())} vs {int(m['converged_b'].sum())}.", ""]
+    if not same:
+        out.append(f"(The runs hold different cells, {len(fa)} and {len(fb)} fits: these are the {len(m)} they share. Their "
+                   "slopes cover different sizes and are not compared.)")
+        return "\n".join(out)
+    out += [f"| problem | spec | own-loss slope, {a.name} | own-loss slope, {b.name} |", "|---|---|---|---|"]
     for _, x in r.iterrows():
         out.append(f"| {x.problem} | {x.specification} | {x.slope_a:.3f} [{x.ci_low_a:.2f}, {x.ci_high_a:.2f}] | "
                    f"{x.slope_b:.3f} [{x.ci_low_b:.2f}, {x.ci_high_b:.2f}] |")

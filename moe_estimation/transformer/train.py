@@ -141,7 +141,7 @@ def run_transformer(study: TransformerStudy, out, *, progress: bool = True, log=
     from tqdm.auto import tqdm
 
     from ..rates import empirical_rate
-    from ..study import _atomic_write, write_csv
+    from ..results import atomic_write, write_csv
 
     from .._checks import make_out_dir
 
@@ -221,5 +221,5 @@ def run_transformer(study: TransformerStudy, out, *, progress: bool = True, log=
         downstream_without_prefix=dict(loss=float(zero_loss), accuracy=float(zero_acc)),
         device=str(jax.devices()[0]), jax=jax.__version__,
     )
-    _atomic_write(out / "config.json", json.dumps(meta, indent=2))
+    atomic_write(out / "config.json", json.dumps(meta, indent=2))
     return curves

@@ -1,0 +1,264 @@
+"""Results on disk: the table schema, atomic writes, the checks a resume makes, and one writer per directory.
+
+Used by the Monte Carlo study (:mod:`moe_estimation.study`), the transformer runs and the figures, so that a
+table is written, read back and checked in one way everywhere.
+
+- :data:`FITS_COLUMNS`: the columns of a study's ``fits.csv``, one row per fit; :data:`RATE_LOSSES`: how
+  each loss of ``rates.csv`` is read from it.
+- :func:`atomic_write`, :func:`write_csv`: a temporary file, flushed to disk, then renamed over the target:
+  a reader, or a run killed at any point, sees the old file or the new one, never half of one. Floats are
+  written at full precision (they read back exactly) and NaN as ``nan``.
+- :func:`check_fits_table`: what a resume checks before it trusts a ``fits.csv``.
+- :class:`StudyLock`: one writer per output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .config import StudyConfig
+from .fit import STATUS
+
+PART_NAMES = ("weight", "single", "multi", "key_single", "key_multi", "value_single", "value_multi")
+RATE_LOSSES = {
+    # rates.csv loss name -> how to read it from fits.csv
+    "own": ("loss_own",),
+    "key_value": ("loss_key_value",),
+    "key_value_key_part": ("kv_key_single", "kv_key_multi"),
+    "key_value_value_part": ("kv_value_single", "kv_value_multi"),
+    # the identified part on the (key, value) atoms (moe_estimation.voronoi.identified_parts)
+    "identified_weight": ("id_weight",),
+    "identified_key": ("id_key",),
+    "identified_value": ("id_value",),
+    "spread_key": ("id_spread_key",),
+    "spread_value": ("id_spread_value",),
+}
+ID_NAMES = ("weight", "key", "value", "spread_key", "spread_value")
+SCHEDULE_COLUMNS = ["schedule", "init", "init_scale", "init_rate", "restarts"]
+FITS_COLUMNS = (
+    ["problem", "structure", "specification", "num_prompts", "n", "replicate", "seed"] + SCHEDULE_COLUMNS
+    + ["loss_own", "loss_key_value"]
+    + [f"own_{p}" for p in PART_NAMES]
+    + [f"kv_{p}" for p in PART_NAMES]
+    + [f"id_{p}" for p in ID_NAMES]
+    + ["start_key_value", "objective", "converged", "status", "steps", "at_bound", "seconds"]
+)
+CELL = ["problem", "specification", "schedule", "n"]
+
+
+def describe_schedule(row) -> str:
+    """A schedule's starts in words, from a row of fits.csv or rates.csv (its schedule columns)."""
+    if row["init"] == "random":
+        region = "the whole box" if row["init_scale"] == 1 else f"{row['init_scale']:g} of the box"
+        return f"uniform over {region}, best of {int(row['restarts'])}"
+    scale = f"{row['init_scale']:g} n^-{row['init_rate']:.3g}" if row["init_rate"] else f"{row['init_scale']:g} (fixed)"
+    return f"truth + noise of scale {scale}, best of {int(row['restarts'])}"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path``, flush it to disk, then rename it over ``path``: a reader
+    (or a run killed at any point) sees the old table or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_csv(path: Path, df: pd.DataFrame) -> None:
+    """Write a table atomically, floats at full precision (round-trips exactly), NaN written as ``nan``
+    (an empty field would read as a missing value)."""
+    atomic_write(path, df.to_csv(index=False, float_format="%.17g", na_rep="nan"))
+
+
+def versions() -> dict:
+    import scipy
+
+    return {
+        "moe_estimation": __version__, "jax": jax.__version__, "numpy": np.__version__, "pandas": pd.__version__,
+        "scipy": scipy.__version__, "python": sys.version.split()[0],
+    }
+
+
+def cells(cfg: StudyConfig):
+    # n outermost: a run stopped part-way has every problem and schedule at the smaller sizes
+    for n in cfg.ns:
+        for prob_name in cfg.problems:
+            for spec in cfg.specifications_of(prob_name):
+                for schedule in cfg.schedule_names:
+                    yield prob_name, spec, schedule, n
+
+
+_INT_COLUMNS = ("num_prompts", "n", "replicate", "seed", "restarts", "steps")
+_BOOL_COLUMNS = ("converged", "at_bound")
+_FLOAT_COLUMNS = ("init_scale", "init_rate", "seconds")
+_TEXT_COLUMNS = ("problem", "structure", "specification", "schedule", "init", "status")
+
+
+def _expected_cells(cfg: StudyConfig) -> dict:
+    """cell -> what its rows must say (structure, num_prompts, schedule columns), from the configuration."""
+    out = {}
+    problems = {name: cfg.problem(name) for name in cfg.problems}
+    for prob_name, spec, schedule, n in cells(cfg):
+        prob, sc = problems[prob_name], cfg.schedule(schedule)
+        out[(prob_name, spec, schedule, n)] = dict(
+            structure=prob.structure, num_prompts=cfg.num_prompts(prob, spec), seed=cfg.seed,
+            init=sc["init"], init_scale=float(sc["init_scale"]), init_rate=float(sc["init_rate"]),
+            restarts=int(sc["restarts"]))
+    return out
+
+
+def check_fits_table(path: Path, cfg: StudyConfig) -> tuple[pd.DataFrame, list[str]]:
+    """Read a study's ``fits.csv`` and check it against ``cfg``: the columns and their types, complete rows
+    (the writer ends every row with a newline, so a table cut mid-row is seen), every row a cell and
+    replicate of this study with its schedule as declared, no duplicates, every cell with exactly its
+    replicates. Returns the rows of the sound cells and one line per problem found (empty when sound)."""
+    raw = path.read_bytes()
+    problems: list[str] = []
+    if raw and not raw.endswith(b"\n"):
+        problems.append("the last row is cut short (no end of line): the cell it belongs to is damaged")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        return pd.DataFrame(columns=FITS_COLUMNS), [f"unreadable as a table ({str(e).splitlines()[0]}): every row dropped"]
+    missing = [c for c in FITS_COLUMNS if c not in df.columns]
+    extra = [c for c in df.columns if c not in FITS_COLUMNS]
+    if missing or extra:
+        what = (f"missing columns {missing}" if missing else "") + (" and " if missing and extra else "") + (
+            f"unknown columns {extra}" if extra else "")
+        return pd.DataFrame(columns=FITS_COLUMNS), [f"{what}: not a fits table of this version, every row dropped"]
+    df = df[FITS_COLUMNS]
+    bad = pd.Series(False, index=df.index)
+    if problems:  # the cut row
+        bad.iloc[-1] = True
+    parsed = df.copy()
+    for c in _INT_COLUMNS:
+        v = pd.to_numeric(df[c], errors="coerce")
+        bad |= v.isna() | (v != v.round())
+        parsed[c] = v
+    for c in _FLOAT_COLUMNS:
+        v = pd.to_numeric(df[c], errors="coerce")
+        bad |= v.isna()
+        parsed[c] = v
+    for c in _BOOL_COLUMNS:
+        bad |= ~df[c].isin(["True", "False"])
+        parsed[c] = df[c] == "True"
+    for c in _TEXT_COLUMNS:
+        bad |= df[c].isna() | (df[c] == "")
+    bad |= ~df["status"].isin(list(STATUS.values()))
+    losses = [c for c in FITS_COLUMNS if c not in _INT_COLUMNS + _BOOL_COLUMNS + _FLOAT_COLUMNS + _TEXT_COLUMNS]
+    for c in losses:  # NaN is a legitimate loss (a non-finite fit); text that is no number is not
+        v = pd.to_numeric(df[c], errors="coerce")
+        bad |= v.isna() & ~df[c].isin(["nan", "NaN", "inf", "-inf"])
+        parsed[c] = v
+    if bad.any():
+        problems.append(f"{int(bad.sum())} row(s) with a missing or malformed value")
+    expected = _expected_cells(cfg)
+    parsed = parsed[~bad].copy()
+    for c in _INT_COLUMNS:
+        parsed[c] = parsed[c].astype(np.int64)
+    cell = list(zip(*(parsed[c] for c in CELL)))
+    parsed["_cell"] = [(p, s, sc, int(n)) for p, s, sc, n in cell]
+    foreign = []
+    for i, (c, row) in enumerate(zip(parsed["_cell"], parsed.itertuples(index=False))):
+        want = expected.get(c)
+        if want is None or not 0 <= row.replicate < cfg.replicates or any(
+                getattr(row, k) != v for k, v in want.items()):
+            foreign.append(i)
+    if foreign:
+        problems.append(f"{len(foreign)} row(s) that belong to no cell of this study (or not with its settings)")
+    damaged = set(parsed["_cell"].iloc[foreign]) & set(expected)
+    ok = parsed.drop(parsed.index[foreign])
+    dup = ok.duplicated(CELL + ["replicate"], keep=False)
+    damaged |= set(ok["_cell"][dup])
+    sizes = ok.groupby("_cell").size()
+    short = {c for c, k in sizes.items() if k != cfg.replicates}
+    damaged |= short
+    damaged |= {c for c in df.index[bad].map(lambda i: _cell_of(df.loc[i])) if c in expected}
+    if dup.any():
+        problems.append(f"duplicated replicates in {len(set(ok['_cell'][dup]))} cell(s)")
+    if short - set(ok["_cell"][dup]):
+        problems.append(f"{len(short - set(ok['_cell'][dup]))} cell(s) without exactly their {cfg.replicates} replicates")
+    if damaged:
+        shown = ", ".join(f"{p} {s} {sc} n={n}" for p, s, sc, n in sorted(damaged)[:4])
+        problems.append(f"damaged cells: {shown}" + (f" and {len(damaged) - 4} more" if len(damaged) > 4 else ""))
+    keep = ok[~ok["_cell"].isin(damaged)].drop(columns="_cell")
+    return keep.reset_index(drop=True), problems
+
+
+def _cell_of(row) -> tuple | None:
+    try:
+        return (row["problem"], row["specification"], row["schedule"], int(float(row["n"])))
+    except (ValueError, TypeError):
+        return None
+
+
+class StudyLock:
+    """One writer per output directory: ``out/.lock`` holds the writer's process id, host and start time.
+    A second run refuses (naming the first) or, with ``wait``, waits for it. A lock whose process is gone
+    (same host, no such process) is stale: it is removed with a note and the run goes on."""
+
+    def __init__(self, out: Path, *, wait: bool = False, log=print, poll: float = 1.0):
+        self.path, self.wait, self.log, self.poll = out / ".lock", wait, log, poll
+        self.held = False
+
+    def _owner(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def _alive(owner: dict) -> bool:
+        if owner.get("host") != platform.node():
+            return True  # another host's process: cannot be checked from here
+        try:
+            os.kill(int(owner["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, KeyError, ValueError, TypeError):
+            return True
+        return True
+
+    def __enter__(self):
+        me = dict(pid=os.getpid(), host=platform.node(), started=time.strftime("%Y-%m-%d %H:%M:%S"))
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is None or not self._alive(owner):
+                    self.log(f"removing a stale lock {self.path} (process {owner and owner.get('pid')} on "
+                             f"{owner and owner.get('host')} is gone)")
+                    self.path.unlink(missing_ok=True)
+                    continue
+                if not self.wait:
+                    raise ValueError(
+                        f"--out: {self.path.parent} is being written by process {owner.get('pid')} on "
+                        f"{owner.get('host')} since {owner.get('started')}; wait for it (or pass --wait), or, if "
+                        f"that process is gone, delete {self.path}") from None
+                time.sleep(self.poll)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+
+    def __exit__(self, *exc):
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+        return False
+
+
