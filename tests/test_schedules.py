@@ -258,3 +258,12 @@ def test_schedules_of_one_kind_share_a_compilation(tmp_path):
         "c": dict(init_scale=0.3, init_rate=1 / 12, restarts=1), "r": dict(init="random", init_scale=1.0, restarts=1),
     }, ns=(100, 120))
     assert study_mod._run_chunk._cache_size() == 2
+
+
+def test_committed_configurations_parse():
+    from pathlib import Path
+
+    from moe_estimation.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "simulations" / "robust-non-shared.toml")
+    assert cfg.schedule_names == ("shrinking", "fixed-0_1", "random") and cfg.replicates == 40
