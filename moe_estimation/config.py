@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from .fit import INITS, FitSettings, validate_settings
+from .fit import FitSettings, validate_settings
 from .problems import PRESETS, Problem, make_problem, preset
 
 SPECIFICATIONS = ("exact", "over")
@@ -179,9 +179,7 @@ def _schedule(source: str, name: str, table) -> dict:
     out = dict(_DEFAULT_SCHEDULE)
     for key, value in table.items():
         out[key] = _typed(source, f"{where}.{key}", value, _FIT_TYPES[key])
-    if out["init"] not in INITS:
-        raise _err(source, f"{where}.init", f"expected one of {INITS}, got {out['init']!r}")
-    if out["init"] == "random":
+    if out["init"] == "random":  # every other rule is the estimator's own (validate_settings, in parse_config)
         if table.get("init_rate", 0) != 0:
             raise _err(source, f"{where}.init_rate", "does not apply to random starts (they do not depend on n); leave it out")
         out["init_rate"] = 0.0

@@ -9,9 +9,9 @@ against forward-mode autodiff), summed over row blocks for large n on the CPU, s
 ``(J^T J + lambda diag(J^T J)) delta = -J^T r`` by Cholesky, and projects the candidate onto the box
 [-atom_bound, atom_bound] x [bias_lo, bias_hi] (the compact parameter set of the theory: without it the
 over-specified non-shared fit is unbounded; docs/maths.md, *Identifiability and the flat direction*).
-Damping follows Nielsen's rule. Each fit is a ``lax.while_loop``; replicates and restarts run one after another on a CPU (``lax.map``) and in
-lockstep under ``vmap`` on an accelerator (``FitSettings.batching``), a fit that has stopped frozen while
-the rest of its batch runs on.
+Damping follows Nielsen's rule. Each fit is a ``lax.while_loop``; replicates and restarts run one after
+another on a CPU (``lax.map``) and in lockstep under ``vmap`` on an accelerator (``FitSettings.batching``),
+a fit that has stopped frozen while the rest of its batch runs on.
 
 Stopping (the MINPACK tests, as in ``scipy.optimize.least_squares(method="lm")``):
 
@@ -24,7 +24,8 @@ damping blew up without progress (``stalled``), or whose best restart holds a Na
 every restart's objective overflowed, say for data of absurd scale), has ``converged = False`` and keeps
 its status code, so that a study can count it instead of averaging it in silently.
 
-Starting points (the *starting-point schedule*; docs/maths.md, *Starting-point schedules*), recorded in :class:`FitResult` and, in a study, per fit in ``fits.csv``:
+Starting points (the *starting-point schedule*; docs/maths.md, *Starting-point schedules*), recorded in
+:class:`FitResult` and, in a study, per fit in ``fits.csv``:
 
 - ``near-truth`` with scale c = ``init_scale`` and rate alpha = ``init_rate``: fitted atom i starts at true
   atom ``i mod L`` (every true atom covered; the extra atoms of an over-specified fit split from a true
@@ -182,9 +183,11 @@ def _box(problem, num_prompts: int, dtype) -> tuple[jax.Array, jax.Array]:
     return lower, upper
 
 
-def start_scale(settings: FitSettings, n_eff):
-    """The standard deviation of a near-truth start's noise at sample size n: ``init_scale * n^(-init_rate)``."""
-    return settings.init_scale * n_eff ** (-settings.init_rate)
+def start_scale(settings: FitSettings, n_eff, start=None):
+    """The standard deviation of a near-truth start's noise at sample size n: ``init_scale * n^(-init_rate)``
+    (``start``: those two as traced values, see :func:`split_start`)."""
+    c, rate = (settings.init_scale, settings.init_rate) if start is None else (start[0], start[1])
+    return c * n_eff ** (-rate)
 
 
 def split_start(settings: FitSettings) -> tuple[FitSettings, jax.Array]:
@@ -201,14 +204,14 @@ def initial_params(key: jax.Array, problem, settings: FitSettings, n_eff: jax.Ar
     Lp, L, D = settings.num_prompts, problem.num_true_prompts, problem.atom_dim
     ka, kb = jax.random.split(key)
     dtype = problem.true_atoms.dtype
-    c, rate = (settings.init_scale, settings.init_rate) if start is None else (start[0], start[1])
     if settings.init == "near-truth":
         assign = np.arange(Lp) % L
         share = np.bincount(assign, minlength=L)[assign]
-        scale = c * jnp.asarray(n_eff, dtype) ** (-rate)
+        scale = start_scale(settings, jnp.asarray(n_eff, dtype), start)
         atoms = problem.true_atoms[assign] + scale * jax.random.normal(ka, (Lp, D), dtype)
         biases = problem.true_biases[assign] - jnp.log(share.astype(dtype)) + scale * jax.random.normal(kb, (Lp,), dtype)
     else:
+        c = settings.init_scale if start is None else start[0]  # the fraction of the box
         lo, hi = problem.bias_bounds
         mid, half = (lo + hi) / 2, c * (hi - lo) / 2
         atoms = jax.random.uniform(ka, (Lp, D), dtype, -c * problem.atom_bound, c * problem.atom_bound)

@@ -28,6 +28,7 @@ import pandas as pd
 from . import __version__
 from .config import StudyConfig
 from .fit import STATUS
+from .voronoi import IDENTIFIED_NAMES
 
 PART_NAMES = ("weight", "single", "multi", "key_single", "key_multi", "value_single", "value_multi")
 RATE_LOSSES = {
@@ -43,7 +44,7 @@ RATE_LOSSES = {
     "spread_key": ("id_spread_key",),
     "spread_value": ("id_spread_value",),
 }
-ID_NAMES = ("weight", "key", "value", "spread_key", "spread_value")
+ID_NAMES = IDENTIFIED_NAMES  # fits.csv holds them as id_<name>
 SCHEDULE_COLUMNS = ["schedule", "init", "init_scale", "init_rate", "restarts"]
 FITS_COLUMNS = (
     ["problem", "structure", "specification", "num_prompts", "n", "replicate", "seed"] + SCHEDULE_COLUMNS

@@ -62,6 +62,7 @@ from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation
 )
 from .voronoi import identified_key_value, key_value_parts, structure_parts
 
+
 def bucket_size(n: int, minimum: int = 64) -> int:
     """The padded size of a data set of n rows: the next power of two (at least ``minimum``)."""
     return max(minimum, 1 << (int(n) - 1).bit_length())
@@ -272,7 +273,7 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
         x64=bool(jax.config.jax_enable_x64), root_seed=cfg.seed,
         bucket_sizes={str(n): bucket_size(n) for n in cfg.ns},
     )
-    if jax.process_index() == 0:
+    if lead:
         atomic_write(cfg_path, json.dumps(meta, indent=2))
 
     finished = {(p, s, sc, int(n)) for (p, s, sc, n), g in done.groupby(CELL) if len(g) == cfg.replicates}
@@ -318,12 +319,12 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
             "seconds": seconds,
         }
         rows.append(pd.DataFrame(table)[FITS_COLUMNS])
-        if jax.process_index() == 0:
+        if lead:
             write_csv(fits_path, pd.concat(rows, ignore_index=True))
         bar.update(1)
     bar.close()
     fits = canonical_order(pd.concat(rows, ignore_index=True) if rows and not tables_only else done, cfg)
-    if jax.process_index() == 0:
+    if lead:
         write_csv(fits_path, fits)
         write_csv(out / "rates.csv", rates_table(fits, cfg))
     return fits
