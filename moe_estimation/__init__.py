@@ -6,17 +6,22 @@ regression model, fits it by batched least squares, scores the fit with Voronoi 
 empirical convergence rates, for the four prompt structures (non-shared, shared-linear,
 shared-nonlinear, prompt-tuning).
 
+Modules: :mod:`.problems` (the model's known part), :mod:`.data` (simulation), :mod:`.estimator` (the
+least-squares fit), :mod:`.solver` (the box-constrained Levenberg-Marquardt core it runs on),
+:mod:`.voronoi` (the losses), :mod:`.rates` (slopes and intervals), :mod:`.study` and :mod:`.results`
+(Monte Carlo studies and their tables), :mod:`.plots`, :mod:`.transformer`.
+
 Estimation is meant to run in float64: call ``jax.config.update("jax_enable_x64", True)`` first.
 """
 
 from .data import simulate as simulate
-from .fit import FitResult as FitResult
-from .fit import FitSettings as FitSettings
-from .fit import STATUS as STATUS
-from .fit import fit as fit
-from .fit import fit_batch as fit_batch
-from .fit import initial_params as initial_params
-from .fit import start_scale as start_scale
+from .estimator import FitResult as FitResult
+from .estimator import FitSettings as FitSettings
+from .estimator import fit as fit
+from .estimator import fit_batch as fit_batch
+from .estimator import fit_dataset as fit_dataset
+from .estimator import initial_params as initial_params
+from .estimator import start_scale as start_scale
 from .model import Params as Params
 from .model import predict as predict
 from .model import regression_function as regression_function
@@ -29,6 +34,8 @@ from .problems import random_pretrained as random_pretrained
 from .rates import Rate as Rate
 from .rates import empirical_rate as empirical_rate
 from .rates import theory_slope as theory_slope
+from .solver import Status as Status
+from .solver import is_converged as is_converged
 from .structures import STRUCTURES as STRUCTURES
 from .structures import key_value as key_value
 from .voronoi import d1r_loss as d1r_loss
@@ -41,4 +48,4 @@ from .voronoi import structure_parts as structure_parts
 from .voronoi import voronoi_loss as voronoi_loss
 from .voronoi import voronoi_parts as voronoi_parts
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -3,7 +3,8 @@
 ``moe-estimation bench`` (:func:`run_bench`): on the same problem, the same simulated data sets and the
 same starting points (one start per fit), with the same stopping tolerances (1e-8), it times:
 
-- ``ours``: the batched projected Levenberg-Marquardt of :mod:`moe_estimation.fit`, vmapped over fits;
+- ``ours``: the batched projected Levenberg-Marquardt of :mod:`moe_estimation.solver` as the estimator runs it, vmapped over
+  fits;
 - ``scipy``: ``scipy.optimize.least_squares(method="lm")`` in a Python loop over fits, with a jitted JAX
   residual and a jitted forward-mode JAX Jacobian;
 - ``optimistix``: ``optimistix.least_squares`` with ``LevenbergMarquardt`` (rtol = atol = 1e-8), jitted
@@ -30,7 +31,6 @@ matrix-product rate.
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 
@@ -39,11 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .data import simulate_rows
-from .fit import FitSettings, _batch, _flatten, _solve_one, _unflatten, initial_params, is_converged
-from .model import expert_summary, predict
+from .estimator import FitSettings, flatten_params, initial_params, prepare_data, solve_dataset, unflatten_params
+from .model import predict
 from .problems import preset
-
-fitmod = importlib.import_module("moe_estimation.fit")  # the module (the package exports a function of that name)
+from .solver import Status, batch_map, is_converged, resolve_batching, resolve_blocking
 
 TOL = FitSettings._field_defaults["ftol"]  # the estimator's own defaults, as a study runs it
 EQUAL_RTOL = 1e-4
@@ -57,14 +56,15 @@ def _setup(n: int, fits: int, problem_name: str = "shared-linear", num_prompts: 
     settings = FitSettings(num_prompts=num_prompts, restarts=1, max_steps=MAX_STEPS, ftol=TOL, xtol=TOL, gtol=TOL)
     keys = jax.random.split(jax.random.key(seed), fits)
     X, Y = jax.vmap(lambda k: simulate_rows(prob, jax.random.fold_in(k, 0), n))(keys)
-    theta0 = jax.vmap(lambda k: _flatten(initial_params(jax.random.fold_in(k, 1), prob, settings, jnp.asarray(float(n)))))(keys)
+    theta0 = jax.vmap(lambda k: flatten_params(initial_params(jax.random.fold_in(k, 1), prob, settings,
+                                                              jnp.asarray(float(n)))))(keys)
     return prob, settings, X, Y, theta0
 
 
-def _compiled_solver(prob, settings, X, Y, theta0, n=None, batching=None):
-    """Our solver over a batch of fits as the study runs it, compiled ahead for these arrays:
-    ``(X, Y, theta0) -> (theta, objective, status, steps)``, each with a leading fit axis. Rows from ``n`` on
-    are padding (weight 0); ``batching`` overrides ``settings.batching``."""
+def _compiled_solver(prob, settings, X, Y, theta0, n=None):
+    """Our solver over a batch of fits as the study runs it (``settings.batching`` and ``blocking``), compiled
+    ahead for these arrays: ``(X, Y, theta0) -> (theta, objective, status, steps)``, each with a leading fit
+    axis. Rows from ``n`` on are padding (weight 0)."""
     rows = X.shape[1]
     n = rows if n is None else n
 
@@ -72,11 +72,10 @@ def _compiled_solver(prob, settings, X, Y, theta0, n=None, batching=None):
     def run(X, Y, theta0):
         def one(x, y, t0):
             w = (jnp.arange(rows) < n).astype(x.dtype)
-            lse, mean = jax.vmap(expert_summary, in_axes=(None, 0))(prob, x)
-            theta, F, status, steps = _solve_one(prob, settings, (x.T, y.T, w, lse, mean.T), t0)
+            theta, F, status, steps = solve_dataset(prob, settings, prepare_data(prob, x, y, w), t0)
             return theta, 2 * F / jnp.sum(w), status, steps
 
-        return _batch(lambda a: one(*a), (X, Y, theta0), batching or settings.batching)
+        return batch_map(lambda a: one(*a), (X, Y, theta0), settings.batching)
 
     return run.lower(X, Y, theta0).compile()
 
@@ -94,7 +93,7 @@ def _ours(prob, settings, X, Y, theta0):
 
 def _residual_fn(prob, settings):
     def residual(theta, x, y):
-        return (predict(prob, _unflatten(theta, settings.num_prompts, prob.atom_dim), x) - y).ravel()
+        return (predict(prob, unflatten_params(theta, settings.num_prompts, prob.atom_dim), x) - y).ravel()
 
     return residual
 
@@ -232,7 +231,7 @@ def run_step_bench(sizes=(1000, 8000, 100000), fits: int = 16, problems=tuple(PR
     Each fit runs ``steps`` Levenberg-Marquardt steps with the stopping tests switched off (best of three
     runs); the time per step is the time over the number of steps taken (the longest fit's under vmap, where
     the batch moves in lockstep; the total under map, where fits run one after another). Where the study sums rows in blocks
-    (large shapes on the CPU, see ``moe_estimation.fit.BLOCK_ROWS``), the whole-array path is timed too, in
+    (large shapes on the CPU, ``FitSettings.blocking``), the whole-array path is timed too, in
     the same run. Records: ``{shape, rows, fits, batching, path, step_seconds, floor_seconds, floor_bound,
     times_floor, gflops, gbytes_per_second, ...}``."""
     from .study import bucket_size
@@ -247,19 +246,15 @@ def run_step_bench(sizes=(1000, 8000, 100000), fits: int = 16, problems=tuple(PR
             rows = bucket_size(n)
             prob, settings, X, Y, theta0 = _setup(rows, fits, problem_name, PROBLEMS[problem_name])
             settings = settings._replace(max_steps=steps, ftol=0.0, xtol=0.0, gtol=0.0)
-            mode = fitmod._resolve_batching(settings.batching)
+            mode = resolve_batching(settings.batching)
+            settings = settings._replace(batching=mode)
 
             paths = ["whole"]
-            if fitmod._num_blocks(rows) > 1:  # time the row-blocked path against the whole-array one
+            if resolve_blocking(settings.blocking, rows):  # time the row-blocked path against the whole-array one
                 paths = ["blocked", "whole"]
             for path in paths:
-                saved = fitmod.BLOCK_FROM
-                if path == "whole":
-                    fitmod.BLOCK_FROM = 1 << 62
-                try:
-                    compiled = _compiled_solver(prob, settings, X, Y, theta0, n=n, batching=mode)
-                finally:
-                    fitmod.BLOCK_FROM = saved
+                compiled = _compiled_solver(prob, settings._replace(blocking="blocks" if path == "blocked" else "whole"),
+                                            X, Y, theta0, n=n)
                 jax.block_until_ready(compiled(X, Y, theta0))
                 sec = np.inf
                 for _ in range(3):  # best of three
@@ -308,13 +303,13 @@ def run_precision_bench(sizes=(1000, 8000), fits: int = 16, problems=tuple(PROBL
     log(f"device: {jax.devices()[0]}, fits per shape: {fits}, tolerances 1e-8, study box, one near-truth start per fit")
     for problem_name in problems:
         prob64 = preset(problem_name)
-        prob32 = jax.tree.map(lambda a: a.astype(jnp.float32), prob64)
+        prob32 = preset(problem_name, dtype="float32")
         for spec, num in (("exact", prob64.num_true_prompts), ("over", prob64.num_true_prompts + 1)):
             for n in sizes:
                 settings = FitSettings(num_prompts=num, restarts=1, max_steps=600, ftol=TOL, xtol=TOL, gtol=TOL)
                 keys = jax.random.split(jax.random.key(n), fits)
                 X, Y = jax.vmap(lambda k: simulate_rows(prob64, jax.random.fold_in(k, 0), n))(keys)
-                theta0 = jax.vmap(lambda k: _flatten(initial_params(jax.random.fold_in(k, 1), prob64, settings,
+                theta0 = jax.vmap(lambda k: flatten_params(initial_params(jax.random.fold_in(k, 1), prob64, settings,
                                                                      jnp.asarray(float(n)))))(keys)
                 rec = dict(shape=f"{problem_name} {spec} L'={num} n={n}", problem=problem_name, specification=spec,
                            n=n, fits=fits)
@@ -326,12 +321,12 @@ def run_precision_bench(sizes=(1000, 8000), fits: int = 16, problems=tuple(PROBL
                     t0 = time.perf_counter()
                     theta, obj, status, _ = jax.block_until_ready(compiled(*args))
                     rec[f"seconds_{name}"] = time.perf_counter() - t0
-                    params = jax.vmap(lambda t: _unflatten(t.astype(jnp.float64), num, prob64.atom_dim))(theta)
+                    params = jax.vmap(lambda t: unflatten_params(t.astype(jnp.float64), num, prob64.atom_dim))(theta)
                     loss = np.asarray(jax.vmap(voronoi_loss, in_axes=(None, 0))(prob64, params))
                     st = np.asarray(status)
                     out[name] = (loss, np.asarray(obj, np.float64))
                     rec[f"converged_{name}"] = int(is_converged(st).sum())
-                    rec[f"stalled_{name}"] = int((st == fitmod._STALLED).sum())
+                    rec[f"stalled_{name}"] = int((st == Status.STALLED).sum())
                 rel_loss = np.abs(out["float32"][0] - out["float64"][0]) / out["float64"][0]
                 rel_obj = np.abs(out["float32"][1] - out["float64"][1]) / out["float64"][1]
                 rec.update(loss_rel_diff_median=float(np.median(rel_loss)), loss_rel_diff_max=float(rel_loss.max()),

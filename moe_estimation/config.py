@@ -20,6 +20,7 @@ file, the key and the rule. The layout (all sections optional except ``[grid]``)
     init = "near-truth"                        # named "default" in the tables
     init_scale = 0.5
     init_rate = 0.25
+    # batching = "auto"; blocking = "auto"; block_rows = 2048   (how the solver runs; see FitSettings)
 
     [schedules.shrinking]                      # or several starting-point schedules, each run on every
     init = "near-truth"                        # (problem, specification, n) cell with the same data
@@ -50,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from .fit import FitSettings, validate_settings
+from .estimator import FitSettings, validate_settings
 from .problems import PRESETS, Problem, make_problem, preset
 
 SPECIFICATIONS = ("exact", "over")
@@ -104,10 +105,13 @@ class StudyConfig:
 
 _FIT_TYPES = {
     "restarts": int, "init": str, "init_scale": float, "init_rate": float, "max_steps": int, "ftol": float,
-    "xtol": float, "gtol": float,
+    "xtol": float, "gtol": float, "active_set": bool, "batching": str, "blocking": str,
+    "block_rows": int,
 }
 SCHEDULE_KEYS = ("init", "init_scale", "init_rate", "restarts")
-_DEFAULT_FIT = {k: FitSettings._field_defaults[k] for k in ("max_steps", "ftol", "xtol", "gtol")}  # one source
+# one source of defaults; active_set is written into every config.json, so that a study begun with the
+# earlier clip-after-solve step (no such key) is never resumed with the active-set one
+_DEFAULT_FIT = {k: FitSettings._field_defaults[k] for k in ("max_steps", "ftol", "xtol", "gtol", "active_set")}
 _DEFAULT_SCHEDULE = {k: FitSettings._field_defaults[k] for k in SCHEDULE_KEYS}
 
 
@@ -124,7 +128,7 @@ def _check_keys(source: str, section: str, table: dict, allowed) -> None:
 def _typed(source: str, key: str, value: Any, kind: type) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if isinstance(value, bool) or not isinstance(value, kind):
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
         raise _err(source, key, f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
     return value
 

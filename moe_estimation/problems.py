@@ -100,6 +100,11 @@ class Problem:
         """Length of the key part p^K of a non-shared atom (``d_k``); the value part follows it."""
         return int(self.B.shape[1])
 
+    @property
+    def dtype(self):
+        """The floating dtype of every array of the problem (and of fits and data made from it)."""
+        return self.true_atoms.dtype
+
     def true_key_value(self) -> tuple[jax.Array, jax.Array]:
         """The true prefix keys ``(L, d)`` and values ``(L, d_v)``."""
         return key_value(self, self.true_atoms)
@@ -107,6 +112,7 @@ class Problem:
     def replace(self, **changes: Any) -> "Problem":
         """A copy with some fields changed, validated again."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["dtype"] = self.dtype
         fields.update(changes)
         return make_problem(**fields)
 
@@ -174,6 +180,7 @@ def make_problem(
     input_scale: float = 1.0,
     atom_bound: float = 3.0,
     bias_bounds: tuple[float, float] = (-3.0, 3.0),
+    dtype: Any = "float64",
 ) -> Problem:
     """Build and validate a :class:`Problem` from explicit arrays (see its docstring for shapes).
 
@@ -182,7 +189,21 @@ def make_problem(
     not injective (``C W2`` for shared-linear and prompt-tuning, ``W2`` and ``C`` for shared-nonlinear,
     ``B`` and ``C`` for non-shared), true atoms (or their key/value pairs) that coincide, a zero true key
     in a shared structure, a non-positive noise variance, or a truth outside the parameter box.
+
+    ``dtype`` (float64 by default; estimation is meant to run in it) is the dtype of every array; float64
+    needs ``jax.config.update("jax_enable_x64", True)``, and without it this raises instead of silently
+    building a float32 problem.
     """
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype: expected 'float64' or 'float32', got {dtype!r}") from None
+    if dtype not in (np.float64, np.float32):
+        raise ValueError(f"dtype: expected 'float64' or 'float32', got {dtype!r}")
+    if dtype == np.float64 and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "dtype: float64 (the default) needs jax_enable_x64; call jax.config.update('jax_enable_x64', True) "
+            "first, or pass dtype='float32' (float32 fits stall short of the optimum; see bench --precision)")
     if structure not in STRUCTURES:
         raise ValueError(f"structure: expected one of {STRUCTURES}, got {structure!r}")
     if activation not in ACTIVATIONS:
@@ -257,15 +278,15 @@ def make_problem(
         raise ValueError(f"true_biases: must lie in bias_bounds [{lo}, {hi}], got {biases_.tolist()}")
 
     out = Problem(
-        A=jnp.asarray(A_),
-        a=jnp.asarray(a_),
-        H=jnp.asarray(H_),
-        B=jnp.asarray(B_),
-        C=jnp.asarray(C_),
-        W1=None if W1_ is None else jnp.asarray(W1_),
-        W2=None if W2_ is None else jnp.asarray(W2_),
-        true_atoms=jnp.asarray(atoms_),
-        true_biases=jnp.asarray(biases_),
+        A=jnp.asarray(A_, dtype),
+        a=jnp.asarray(a_, dtype),
+        H=jnp.asarray(H_, dtype),
+        B=jnp.asarray(B_, dtype),
+        C=jnp.asarray(C_, dtype),
+        W1=None if W1_ is None else jnp.asarray(W1_, dtype),
+        W2=None if W2_ is None else jnp.asarray(W2_, dtype),
+        true_atoms=jnp.asarray(atoms_, dtype),
+        true_biases=jnp.asarray(biases_, dtype),
         structure=structure,
         activation=activation,
         noise_var=float(noise_var),
@@ -323,7 +344,7 @@ def random_pretrained(seed: int, *, d: int = 2, d_v: int = 2, num_experts: int =
 PRESETS = (NON_SHARED, SHARED_LINEAR, "shared-tanh", PROMPT_TUNING)
 
 
-def preset(name: str, *, seed: int = 0, noise_var: float = 0.01) -> Problem:
+def preset(name: str, *, seed: int = 0, noise_var: float = 0.01, dtype: Any = "float64") -> Problem:
     """A named, identifiable problem; the four presets are comparable.
 
     All four share one pre-trained part (d = 2 inputs, d_v = 2 outputs, N = 2 quadratic-gated linear
@@ -348,7 +369,7 @@ def preset(name: str, *, seed: int = 0, noise_var: float = 0.01) -> Problem:
     q = np.array([[0.8, -0.5], [-0.6, 0.7]])
     b = np.array([0.0, 0.3])
     Winv = np.linalg.inv(W)
-    common = dict(true_biases=b, noise_var=noise_var, **pre)
+    common = dict(true_biases=b, noise_var=noise_var, dtype=dtype, **pre)
     if name == NON_SHARED:
         return make_problem(structure=NON_SHARED, B=B, C=C, true_atoms=np.concatenate([q, q], axis=1), **common)
     if name == SHARED_LINEAR:

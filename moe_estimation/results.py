@@ -27,7 +27,7 @@ import pandas as pd
 
 from . import __version__
 from .config import StudyConfig
-from .fit import STATUS
+from .solver import STATUS_LABELS
 from .voronoi import IDENTIFIED_NAMES
 
 PART_NAMES = ("weight", "single", "multi", "key_single", "key_multi", "value_single", "value_multi")
@@ -157,7 +157,7 @@ def check_fits_table(path: Path, cfg: StudyConfig) -> tuple[pd.DataFrame, list[s
         parsed[c] = df[c] == "True"
     for c in _TEXT_COLUMNS:
         bad |= df[c].isna() | (df[c] == "")
-    bad |= ~df["status"].isin(list(STATUS.values()))
+    bad |= ~df["status"].isin(STATUS_LABELS)
     losses = [c for c in FITS_COLUMNS if c not in _INT_COLUMNS + _BOOL_COLUMNS + _FLOAT_COLUMNS + _TEXT_COLUMNS]
     for c in losses:  # NaN is a legitimate loss (a non-finite fit); text that is no number is not
         v = pd.to_numeric(df[c], errors="coerce")

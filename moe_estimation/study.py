@@ -43,7 +43,8 @@ import pandas as pd
 from ._checks import check_out_dir, make_out_dir
 from .config import StudyConfig
 from .data import simulate_rows
-from .fit import STATUS, FitSettings, _batch, _fit_one_dataset, split_start
+from .estimator import FitSettings, fit_dataset, split_start
+from .solver import STATUS_LABELS, batch_map
 from .rates import empirical_rate, theory_slope
 from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation.study.FITS_COLUMNS and so on)
     CELL,
@@ -93,11 +94,11 @@ def _local_chunk(problem, dkeys, skeys, n, start, rows: int, settings: FitSettin
         dk, sk = (jax.random.wrap_key_data(k) for k in keys)
         X, Y = simulate_rows(problem, dk, rows)
         w = (jnp.arange(rows) < n).astype(X.dtype)
-        res = _fit_one_dataset(problem, settings, sk, X, Y, w, start)
+        res = fit_dataset(sk, problem, settings, X, Y, w, start)
         return (res, structure_parts(problem, res.params), key_value_parts(problem, res.params),
                 identified_key_value(problem, res.params), key_value_parts(problem, res.start)["d2"])
 
-    return _batch(one, (dkeys, skeys), settings.batching)
+    return batch_map(one, (dkeys, skeys), settings.batching)
 
 
 @partial(jax.jit, static_argnames=("rows", "settings"))
@@ -159,7 +160,7 @@ def run_cell(problem, dkeys, skeys, n: int, settings: FitSettings, max_elements:
     chunk = int(max(1, min(len(dkeys), max_elements * ndev // per_fit)))
     chunk = -(-chunk // ndev) * ndev  # a multiple of the number of devices
     static, start = split_start(settings)  # one compilation for every schedule of one kind
-    start = start.astype(problem.true_atoms.dtype)
+    start = start.astype(problem.dtype)
     n = jnp.asarray(n)
     place = lambda k: k
     if ndev > 1:
@@ -192,7 +193,7 @@ def run_cell(problem, dkeys, skeys, n: int, settings: FitSettings, max_elements:
     return jax.tree.map(lambda *a: np.concatenate(a), *outs)
 
 
-def _map_count() -> tuple[int, int] | None:
+def memory_mappings() -> tuple[int, int] | None:
     """(memory mappings of this process, the system's limit) on Linux; None where that cannot be read."""
     try:
         with open("/proc/sys/vm/max_map_count") as f:
@@ -203,13 +204,19 @@ def _map_count() -> tuple[int, int] | None:
         return None
 
 
+def compiled_programs() -> int:
+    """How many programs of the single-process study runner are compiled in this process: one per distinct
+    (padded size, settings with the start's scale and rate taken out) among the cells run so far."""
+    return _run_chunk._cache_size()
+
+
 def release_compiled_if_needed(fraction: float = 0.5) -> bool:
     """Drop JAX's compiled programs when this process holds more than ``fraction`` of the memory mappings
     the system allows. Every compiled CPU program keeps hundreds of mappings (about 650 for one study cell),
     and a study with a hundred distinct programs (schedules x problems x buckets) would otherwise end in
     LLVM's "Unable to allocate section memory" at vm.max_map_count (65530 by default). Dropped programs are
     compiled again (or loaded from the persistent cache) when next needed. Returns True when it dropped."""
-    counts = _map_count()
+    counts = memory_mappings()
     if counts is None or counts[0] < fraction * counts[1]:
         return False
     jax.clear_caches()
@@ -315,7 +322,7 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
             **{f"own_{p}": own[p] for p in PART_NAMES}, **{f"kv_{p}": kv[p] for p in PART_NAMES},
             **{f"id_{p}": ident[p] for p in ID_NAMES}, "start_key_value": start,
             "objective": res.objective, "converged": res.converged,
-            "status": [STATUS[int(s)] for s in res.status], "steps": res.steps, "at_bound": res.at_bound,
+            "status": [STATUS_LABELS[int(s)] for s in res.status], "steps": res.steps, "at_bound": res.at_bound,
             "seconds": seconds,
         }
         rows.append(pd.DataFrame(table)[FITS_COLUMNS])

@@ -4,54 +4,65 @@ import jax.numpy as jnp
 import pytest
 
 import moe_estimation as me
-import importlib
-
-fitmod = importlib.import_module("moe_estimation.fit")  # the module, not the function of the same name
-from moe_estimation.model import expert_summary
+from moe_estimation.estimator import (
+    flatten_params,
+    linearization,
+    prepare_data,
+    residuals_and_jacobian,
+    solve_dataset,
+)
 
 
 @pytest.mark.parametrize("name", me.PRESETS)
 def test_analytic_jacobian_matches_autodiff(name):
     prob = me.preset(name)
     X, Y = me.simulate(jax.random.key(0), prob, 64)
-    lse, mean = jax.vmap(expert_summary, in_axes=(None, 0))(prob, X)
     w = jnp.ones(64).at[:5].set(0.0)
     s = me.FitSettings(num_prompts=3)
-    theta = fitmod._flatten(me.initial_params(jax.random.key(1), prob, s, jnp.asarray(50.0)))
-    data = (X.T, Y.T, w, lse, mean.T)
-    r1, J1 = fitmod._jacobian_autodiff(prob, s, data, theta)
-    r2, J2 = fitmod._jacobian_analytic(prob, s, data, theta)
+    theta = flatten_params(me.initial_params(jax.random.key(1), prob, s, jnp.asarray(50.0)))
+    data = prepare_data(prob, X, Y, w)
+    r1, J1 = residuals_and_jacobian(prob, 3, data, theta, autodiff=True)
+    r2, J2 = residuals_and_jacobian(prob, 3, data, theta)
     np.testing.assert_allclose(r1, r2, atol=1e-13)
     np.testing.assert_allclose(J1, J2, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["non-shared", "shared-tanh"])
-def test_blocked_linearisation_equals_whole(name, monkeypatch):
-    """The row-blocked sums of F, g and H (large shapes on the CPU) agree with the whole-array ones, masked
-    rows and the padding of a last partial block included; and the blocked path really is taken (8 blocks)."""
-    monkeypatch.setattr(fitmod, "BLOCK_ROWS", 32)
-    monkeypatch.setattr(fitmod, "BLOCK_FROM", 100)
+def test_blocked_linearisation_equals_whole(name):
+    """The row-blocked sums of F, g and H (``blocking="blocks"``) agree with the whole-array ones, masked
+    rows and the padding of a last partial block included; and a whole solve takes the same path."""
     prob = me.preset(name)
     X, Y = me.simulate(jax.random.key(4), prob, 250)  # not a whole number of blocks: padded to 256
-    lse, mean = jax.vmap(expert_summary, in_axes=(None, 0))(prob, X)
     w = jnp.ones(250).at[200:].set(0.0)
+    data = prepare_data(prob, X, Y, w)
     s = me.FitSettings(num_prompts=3)
-    theta = fitmod._flatten(me.initial_params(jax.random.key(5), prob, s, jnp.asarray(200.0)))
-    data = (X.T, Y.T, w, lse, mean.T)
-    assert fitmod._num_blocks(250) == (8 if jax.default_backend() == "cpu" else 1)
-    whole = fitmod._linearize_whole(prob, s, data, theta)
-    blocked = fitmod._linearize(prob, s, data, theta)
+    theta = flatten_params(me.initial_params(jax.random.key(5), prob, s, jnp.asarray(200.0)))
+    whole = linearization(prob, s._replace(blocking="whole"), data)(theta)
+    blocked = linearization(prob, s._replace(blocking="blocks", block_rows=32), data)(theta)
     for a, b in zip(whole, blocked):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
-    # and a whole solve takes the same path either way (exactly specified: well posed)
+    # exactly specified (well posed): the same path either way
     s2 = me.FitSettings(num_prompts=2, max_steps=50)
-    theta2 = fitmod._flatten(me.initial_params(jax.random.key(6), prob, s2, jnp.asarray(200.0)))
-    t_b, F_b, status_b, steps_b = fitmod._solve_one(prob, s2, data, theta2)
-    monkeypatch.setattr(fitmod, "BLOCK_FROM", 10**9)
-    t_w, F_w, status_w, steps_w = fitmod._solve_one(prob, s2, data, theta2)
-    np.testing.assert_allclose(t_b, t_w, atol=1e-9)
-    np.testing.assert_allclose(F_b, F_w, rtol=1e-10)
-    assert int(steps_b) == int(steps_w) and int(status_b) == int(status_w)
+    theta2 = flatten_params(me.initial_params(jax.random.key(6), prob, s2, jnp.asarray(200.0)))
+    b = solve_dataset(prob, s2._replace(blocking="blocks", block_rows=32), data, theta2)
+    a = solve_dataset(prob, s2._replace(blocking="whole"), data, theta2)
+    np.testing.assert_allclose(b.value, a.value, atol=1e-9)
+    np.testing.assert_allclose(b.objective, a.objective, rtol=1e-10)
+    assert int(b.steps) == int(a.steps) and int(b.status) == int(a.status)
+
+
+def test_blocking_setting_reaches_the_fit():
+    """``blocking`` and ``block_rows`` are settings of the fit, not module constants: the same fit blocked and
+    whole agrees, and a bad value is refused by name."""
+    prob = me.preset("shared-linear")
+    X, Y = me.simulate(jax.random.key(2), prob, 300)
+    a = me.fit(jax.random.key(3), prob, X, Y, 2, restarts=1, blocking="whole")
+    b = me.fit(jax.random.key(3), prob, X, Y, 2, restarts=1, blocking="blocks", block_rows=64)
+    np.testing.assert_allclose(a.params.atoms, b.params.atoms, atol=1e-9)
+    for bad, word in ((dict(blocking="rows"), "blocking"), (dict(block_rows=0), "block_rows"),
+                      (dict(batching="pmap"), "batching")):
+        with pytest.raises(ValueError, match=word):
+            me.fit(jax.random.key(3), prob, X, Y, 2, **bad)
 
 
 @pytest.mark.parametrize("num_prompts", [2, 3])
@@ -110,7 +121,7 @@ def test_step_limit_is_reported():
     X, Y = me.simulate(jax.random.key(8), prob, 500)
     res = me.fit(jax.random.key(9), prob, X, Y, 3, max_steps=2, ftol=0.0, xtol=0.0, gtol=0.0, restarts=1)
     assert int(res.steps) == 2 and not bool(res.converged)
-    assert me.STATUS[int(res.status)] == "max_steps"
+    assert me.Status(int(res.status)) is me.Status.MAX_STEPS and me.Status.MAX_STEPS.label == "max_steps"
 
 
 def test_params_stay_in_box():
@@ -170,7 +181,30 @@ def test_fit_rejects_bad_data():
 
 
 def test_float32_fit_warns():
-    prob = jax.tree.map(lambda a: a.astype(jnp.float32), me.preset("shared-linear"))
+    prob = me.preset("shared-linear", dtype="float32")
+    assert prob.dtype == jnp.float32 and prob.replace(noise_var=0.02).dtype == jnp.float32
     X, Y = me.simulate(jax.random.key(0), me.preset("shared-linear"), 100)
     with pytest.warns(UserWarning, match="jax_enable_x64"):
         me.fit(jax.random.key(1), prob, X, Y, 2, restarts=1, max_steps=3)
+
+
+def test_converged_fits_on_the_box_are_constrained_minima():
+    """A fit that says it converged while a parameter sits on the box must be at the constrained minimum:
+    running the solver on from it (only the gradient test can stop it) lowers the objective by no more than
+    rounding. The earlier clip-after-solve step (``active_set=False``) crawls along the bound and met ftol
+    up to 1e-4 (relative) short of it (this test fails with it), with key-value losses several times too large on some data sets."""
+    from moe_estimation.data import simulate_rows
+
+    prob = me.preset("non-shared")
+    R, n = 8, 2000
+    keys = jax.random.split(jax.random.key(20), R)
+    X, Y = jax.vmap(lambda k: simulate_rows(prob, k, n))(keys)
+    res = me.fit_batch(jax.random.split(jax.random.key(21), R), prob, X, Y, 3, init="random", init_scale=1.0,
+                       restarts=2)
+    assert int(np.sum(res.at_bound & res.converged)) >= 2
+    s = me.FitSettings(num_prompts=3, max_steps=400, ftol=0.0, xtol=0.0, gtol=1e-10)
+    for i in np.flatnonzero(np.asarray(res.at_bound & res.converged)):
+        data = prepare_data(prob, X[i], Y[i], jnp.ones(n))
+        on = solve_dataset(prob, s, data, flatten_params(jax.tree.map(lambda a: a[i], res.params)))
+        before = float(res.objective[i]) * n / 2
+        assert float(on.objective) >= before * (1 - 1e-7), (i, before, float(on.objective))  # ftol is 1e-8 a step

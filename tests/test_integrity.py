@@ -208,7 +208,7 @@ def test_a_non_finite_fit_has_its_own_status_and_is_counted(tmp_path):
     prob = me.preset("shared-linear")
     X, Y = me.simulate(jax.random.key(0), prob, 200)
     res = me.fit(jax.random.key(1), prob, X, Y * 1e200, 2, restarts=1, max_steps=5)  # every objective overflows
-    assert me.STATUS[int(res.status)] == "nonfinite" and not bool(res.converged)
+    assert me.Status(int(res.status)) is me.Status.NONFINITE and not bool(res.converged)
     from moe_estimation.study import rates_table
 
     cfg = parse_config(SMALL)

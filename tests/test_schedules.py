@@ -231,10 +231,10 @@ def test_per_problem_specifications():
 def test_compiled_programs_are_released_near_the_map_limit():
     """A study with many distinct programs must not run into vm.max_map_count (LLVM's 'Unable to allocate
     section memory'): the runner drops compiled programs when the process holds too many mappings."""
-    from moe_estimation.study import _map_count, release_compiled_if_needed
+    from moe_estimation.study import memory_mappings, release_compiled_if_needed
 
     assert release_compiled_if_needed(fraction=2.0) is False  # far from any limit: nothing dropped
-    assert release_compiled_if_needed(fraction=0.0) is (_map_count() is not None)
+    assert release_compiled_if_needed(fraction=0.0) is (memory_mappings() is not None)
 
 
 def test_example_configuration_runs_two_schedules():
@@ -257,7 +257,7 @@ def test_schedules_of_one_kind_share_a_compilation(tmp_path):
         "a": dict(init_scale=0.5, init_rate=0.25, restarts=1), "b": dict(init_scale=0.1, init_rate=0.0, restarts=1),
         "c": dict(init_scale=0.3, init_rate=1 / 12, restarts=1), "r": dict(init="random", init_scale=1.0, restarts=1),
     }, ns=(100, 120))
-    assert study_mod._run_chunk._cache_size() == 2
+    assert study_mod.compiled_programs() == 2
 
 
 def test_committed_configurations_parse():

@@ -261,7 +261,7 @@ def test_compilations_grow_with_buckets_not_sample_sizes(tmp_path):
                             fit=dict(restarts=1, max_steps=3), rates=dict(num_bootstrap=100)))
     jax.clear_caches()
     run_study(cfg, tmp_path, progress=False)
-    assert study_mod._run_chunk._cache_size() == len({bucket_size(n) for n in ns}) == 2
+    assert study_mod.compiled_programs() == len({bucket_size(n) for n in ns}) == 2
 
 
 def test_chunk_budget_follows_device_memory():

@@ -111,3 +111,51 @@ def test_transformer_command_end_to_end(tmp_path):
                         str(tmp_path / "figs")], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "figs" / "transformer_curves.png").exists()
+
+
+_DTYPE_PROBE = """
+import jax, numpy as np
+from moe_estimation.transformer import BackboneConfig
+from moe_estimation.transformer.tasks import sample
+from moe_estimation.transformer.train import tune, pretrain, TRANSFORMER_PRESETS
+study = TRANSFORMER_PRESETS["tiny"]._replace(pretrain_steps=20)
+bb, _ = pretrain(jax.random.key(0), study)
+tokens, labels = sample(jax.random.key(1), "downstream", 16, study.backbone)
+params, losses = tune(jax.random.key(2), "deep-share", bb, study.backbone, tokens, labels, 1e-2, 5, 4)
+leaves = jax.tree.leaves((bb, params, losses))
+assert {str(a.dtype) for a in leaves} == {"float32"}, {str(a.dtype) for a in leaves}
+np.save(OUT, np.concatenate([np.ravel(a) for a in jax.tree.leaves((params, losses))]))
+"""
+
+
+def test_transformer_is_float32_whatever_the_x64_flag(tmp_path):
+    """The transformer trains in float32 in a process that estimates in float64 (this one: the tests turn
+    jax_enable_x64 on) and gives the same numbers, to float32 rounding, as in a float32-only process;
+    nothing toggles the flag."""
+    assert jax.config.jax_enable_x64
+    out = {}
+    for x64 in (True, False):
+        path = tmp_path / f"x64_{x64}.npy"
+        code = f"import jax; jax.config.update('jax_enable_x64', {x64})\nOUT = {str(path)!r}\n" + _DTYPE_PROBE
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        out[x64] = np.load(path)
+    # the same to float32 rounding (some library constants are float64 numpy scalars, so a few intermediate
+    # roundings differ with the flag; 25 steps of training amplify them to about 4e-4 at most)
+    np.testing.assert_allclose(out[True], out[False], rtol=0, atol=2e-3)
+    # and in this process, beside float64 estimation
+    prob = me.preset("shared-linear")
+    X, Y = me.simulate(jax.random.key(0), prob, 50)
+    fit = me.fit(jax.random.key(1), prob, X, Y, 2, restarts=1, max_steps=5)
+    bb = init_backbone(jax.random.key(0), CFG)
+    assert fit.params.atoms.dtype == jnp.float64 and {a.dtype for a in jax.tree.leaves(bb)} == {jnp.dtype("float32")}
+    assert jax.config.jax_enable_x64
+
+
+def test_problem_dtype_is_explicit():
+    assert me.preset("non-shared").dtype == jnp.float64
+    assert me.preset("non-shared", dtype="float32").dtype == jnp.float32
+    with pytest.raises(ValueError, match="dtype"):
+        me.preset("non-shared", dtype="int8")
+    code = "import jax, moe_estimation as me\ntry:\n    me.preset('non-shared')\nexcept ValueError as e:\n    print(e)\n"
+    got = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True, text=True).stdout
+    assert got.startswith("dtype: float64 (the default) needs jax_enable_x64")

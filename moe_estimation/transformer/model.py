@@ -31,11 +31,16 @@ class BackboneConfig(NamedTuple):
         return self.width // self.heads
 
 
-def init_backbone(key: jax.Array, cfg: BackboneConfig) -> dict:
-    """Random initial backbone parameters (scaled normal, as in GPT-2: std 0.02 for embeddings)."""
+DTYPE = jnp.float32
+"""The transformer's dtype, whatever ``jax_enable_x64`` says: parameters, activations and data are float32
+(token ids int32), so that it trains the same in a process that estimates in float64."""
+
+
+def init_backbone(key: jax.Array, cfg: BackboneConfig, dtype=DTYPE) -> dict:
+    """Random initial backbone parameters in ``dtype`` (scaled normal; embeddings of scale 0.5)."""
     D = cfg.width
     ks = iter(jax.random.split(key, 4 + 6 * cfg.layers))
-    nrm = lambda k, shape, fan_in: jax.random.normal(k, shape) / jnp.sqrt(fan_in)
+    nrm = lambda k, shape, fan_in: jax.random.normal(k, shape, jnp.float32) / jnp.sqrt(fan_in)
     layers = []
     for _ in range(cfg.layers):
         layers.append(dict(
@@ -45,11 +50,13 @@ def init_backbone(key: jax.Array, cfg: BackboneConfig) -> dict:
             W_1=nrm(next(ks), (D, cfg.mlp), D), b_1=jnp.zeros(cfg.mlp),
             W_2=nrm(next(ks), (cfg.mlp, D), cfg.mlp) / jnp.sqrt(2 * cfg.layers), b_2=jnp.zeros(D),
         ))
-    return dict(
-        tok=0.5 * jax.random.normal(next(ks), (cfg.vocab, D)), pos=0.5 * jax.random.normal(next(ks), (cfg.seq_len, D)),
+    params = dict(
+        tok=0.5 * jax.random.normal(next(ks), (cfg.vocab, D), jnp.float32),
+        pos=0.5 * jax.random.normal(next(ks), (cfg.seq_len, D), jnp.float32),
         layers=layers, ln_f=dict(g=jnp.ones(D), b=jnp.zeros(D)),
         head=nrm(next(ks), (D, cfg.classes), D), head_b=jnp.zeros(cfg.classes),
     )
+    return jax.tree.map(lambda a: a.astype(dtype), params)
 
 
 def _ln(p, x):

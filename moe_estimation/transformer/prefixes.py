@@ -18,21 +18,25 @@ import jax.numpy as jnp
 PARAMETERISATIONS = ("no-share", "simple-share", "deep-share")
 
 
-def init_prefix(key: jax.Array, kind: str, cfg, num_prefixes: int, hidden: int = 64) -> dict:
-    """Initial trainable parameters. The scales are chosen so that the initial prefix keys and values of
-    the three parameterisations have about the same size (entries of order 0.5)."""
+def init_prefix(key: jax.Array, kind: str, cfg, num_prefixes: int, hidden: int = 64, dtype=jnp.float32) -> dict:
+    """Initial trainable parameters in ``dtype``. The scales are chosen so that the initial prefix keys and
+    values of the three parameterisations have about the same size (entries of order 0.5)."""
+    return jax.tree.map(lambda a: a.astype(dtype), _init_prefix(key, kind, cfg, num_prefixes, hidden))
+
+
+def _init_prefix(key, kind, cfg, num_prefixes, hidden):
     L, D = cfg.layers, cfg.width
     k1, k2, k3 = jax.random.split(key, 3)
+    normal = lambda k, shape: jax.random.normal(k, shape, jnp.float32)
     if kind == "no-share":
-        return dict(pk=0.5 * jax.random.normal(k1, (L, num_prefixes, D)),
-                    pv=0.5 * jax.random.normal(k2, (L, num_prefixes, D)))
+        return dict(pk=0.5 * normal(k1, (L, num_prefixes, D)), pv=0.5 * normal(k2, (L, num_prefixes, D)))
     if kind == "simple-share":
-        return dict(p=0.5 * jax.random.normal(k1, (L, num_prefixes, D)))
+        return dict(p=0.5 * normal(k1, (L, num_prefixes, D)))
     if kind == "deep-share":
         return dict(
-            p=jax.random.normal(k1, (num_prefixes, D)),
-            W1=jax.random.normal(k2, (D, hidden)) / jnp.sqrt(D), b1=jnp.zeros(hidden),
-            W2=0.5 * jax.random.normal(k3, (hidden, L * 2 * D)) / jnp.sqrt(hidden), b2=jnp.zeros(L * 2 * D),
+            p=normal(k1, (num_prefixes, D)),
+            W1=normal(k2, (D, hidden)) / jnp.sqrt(D), b1=jnp.zeros(hidden),
+            W2=0.5 * normal(k3, (hidden, L * 2 * D)) / jnp.sqrt(hidden), b2=jnp.zeros(L * 2 * D),
         )
     raise ValueError(f"kind: expected one of {PARAMETERISATIONS}, got {kind!r}")
 

@@ -28,7 +28,7 @@ def token_classes(task: str, vocab: int, classes: int) -> jax.Array:
 
 def sample(key: jax.Array, task: str, n: int, cfg) -> tuple[jax.Array, jax.Array]:
     """n sequences ``(n, T)`` and their labels ``(n,)``."""
-    tokens = jax.random.randint(key, (n, cfg.seq_len), 0, cfg.vocab)
+    tokens = jax.random.randint(key, (n, cfg.seq_len), 0, cfg.vocab, dtype=jnp.int32)
     cls = token_classes(task, cfg.vocab, cfg.classes)[tokens]
-    counts = jax.nn.one_hot(cls, cfg.classes).sum(1)
-    return tokens, jnp.argmax(counts, axis=1)
+    counts = jax.nn.one_hot(cls, cfg.classes, dtype=jnp.int32).sum(1)
+    return tokens, jnp.argmax(counts, axis=1).astype(jnp.int32)

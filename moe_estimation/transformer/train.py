@@ -62,7 +62,8 @@ def evaluate(backbone, cfg: BackboneConfig, tokens, labels, prefix=None) -> tupl
 def _pretrain(key, cfg: BackboneConfig, steps: int, batch: int, lr: float):
     k_init, k_data = jax.random.split(key)
     params = init_backbone(k_init, cfg)
-    opt = optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=1e-4)
+    schedule = optax.cosine_decay_schedule(lr, steps)
+    opt = optax.adamw(lambda count: schedule(count).astype(jnp.float32), weight_decay=1e-4)
     state = opt.init(params)
 
     def step(carry, k):
@@ -103,7 +104,7 @@ def load_backbone(path: Path, cfg: BackboneConfig) -> dict | None:
 def tune(key, kind: str, backbone, cfg: BackboneConfig, tokens, labels, lr, steps: int, num_prefixes: int):
     """Prefix-tune on (tokens, labels) with the backbone frozen; returns the trained prefix parameters."""
     params = init_prefix(key, kind, cfg, num_prefixes)
-    opt = optax.adam(lr)
+    opt = optax.adam(jnp.asarray(lr, jnp.float32))
     state = opt.init(params)
     frozen = jax.lax.stop_gradient(backbone)
 

@@ -2,27 +2,25 @@
 
     G_hat = argmin over measures with L' atoms in the box of  sum_i ||Y_i - f_G(X_i)||^2
 
-Solver: a projected Levenberg-Marquardt on the small normal equations. The parameter vector theta (the
-L' atoms and L' biases, tens of numbers) is tiny and the residual vector (n * d_v) long, so each step
-forms J^T J (P x P) and J^T r from the closed-form Jacobian (``_jacobian_analytic``; the tests check it
-against forward-mode autodiff), summed over row blocks for large n on the CPU, solves the damped system
-``(J^T J + lambda diag(J^T J)) delta = -J^T r`` by Cholesky, and projects the candidate onto the box
-[-atom_bound, atom_bound] x [bias_lo, bias_hi] (the compact parameter set of the theory: without it the
-over-specified non-shared fit is unbounded; docs/maths.md, *Identifiability and the flat direction*).
-Damping follows Nielsen's rule. Each fit is a ``lax.while_loop``; replicates and restarts run one after
-another on a CPU (``lax.map``) and in lockstep under ``vmap`` on an accelerator (``FitSettings.batching``),
-a fit that has stopped frozen while the rest of its batch runs on.
+Solver: the projected Levenberg-Marquardt of :mod:`moe_estimation.solver` on the small normal equations.
+The parameter vector theta (the L' atoms and L' biases, tens of numbers; :func:`flatten_params`) is tiny
+and the residual vector (n * d_v) long, so each step forms J^T J (P x P) and J^T r from the closed-form
+Jacobian (:func:`residuals_and_jacobian`; the tests check it against forward-mode autodiff), summed over
+row blocks for large n on the CPU (``FitSettings.blocking``, ``block_rows``), and keeps theta in the box
+[-atom_bound, atom_bound] x [bias_lo, bias_hi] (:func:`box`: the compact parameter set of the theory;
+without it the over-specified non-shared fit is unbounded; docs/maths.md, *Identifiability and the flat
+direction*). Replicates and restarts run one after another on a CPU (``lax.map``) and in lockstep under
+``vmap`` on an accelerator (``FitSettings.batching``).
 
-Stopping (the MINPACK tests, as in ``scipy.optimize.least_squares(method="lm")``):
+Stopping: the MINPACK tests ``ftol``, ``xtol``, ``gtol`` of :mod:`moe_estimation.solver`. A fit that meets
+one of them has ``converged = True``. One that used ``max_steps`` steps, or whose damping blew up without
+progress (``Status.STALLED``), or whose best restart holds a NaN or inf (``Status.NONFINITE``: every
+restart's objective overflowed, say for data of absurd scale), has ``converged = False`` and keeps its
+:class:`~moe_estimation.solver.Status`, so that a study can count it instead of averaging it in silently.
 
-- ``ftol``: actual and predicted relative reductions of the objective both below ftol;
-- ``xtol``: an accepted step shorter than ``xtol * (xtol + ||theta||)``;
-- ``gtol``: the largest cosine between the residual and a free Jacobian column below gtol.
-
-A fit that meets one of these has ``converged = True``. One that used ``max_steps`` steps, or whose
-damping blew up without progress (``stalled``), or whose best restart holds a NaN or inf (``nonfinite``:
-every restart's objective overflowed, say for data of absurd scale), has ``converged = False`` and keeps
-its status code, so that a study can count it instead of averaging it in silently.
+Layers, for a user who wants less than :func:`fit`: :func:`fit_dataset` (one data set, every restart,
+traceable: put it inside your own ``jit``), :func:`solve_dataset` (one solve from a given start),
+:func:`linearization` and :func:`residuals_and_jacobian` (the residual structure).
 
 Starting points (the *starting-point schedule*; docs/maths.md, *Starting-point schedules*), recorded in
 :class:`FitResult` and, in a study, per fit in ``fits.csv``:
@@ -56,11 +54,21 @@ import numpy as np
 
 from ._checks import check_data
 from .model import Params, expert_summary, regression_from_summary
+from .solver import (
+    BATCHINGS,
+    BLOCKINGS,
+    Solution,
+    SolverSettings,
+    Status,
+    batch_map,
+    is_converged,
+    normal_equations,
+    resolve_blocking,
+    solve,
+)
 from .structures import key_value
 
 INITS = ("near-truth", "random")
-STATUS = {0: "running", 1: "ftol", 2: "xtol", 3: "gtol", 4: "max_steps", 5: "stalled", 6: "nonfinite"}
-_FTOL, _XTOL, _GTOL, _MAXSTEPS, _STALLED, _NONFINITE = 1, 2, 3, 4, 5, 6
 
 
 class FitSettings(NamedTuple):
@@ -69,7 +77,18 @@ class FitSettings(NamedTuple):
     These defaults are the project's one source of them: ``fit``, ``fit_batch``, a study configuration
     (its ``[fit]`` table and schedules) and the benchmark all start from them, and a preset states only
     the values where it differs (``max_steps = 600`` for the full study, say). Every check of a field is
-    :func:`validate_settings`, which the configuration calls too."""
+    :func:`validate_settings`, which the configuration calls too.
+
+    num_prompts: L', the number of fitted prompts.
+    restarts, init, init_scale, init_rate: the starting-point schedule (module docstring).
+    max_steps, ftol, xtol, gtol, active_set: the stopping rules and the step
+      (:class:`moe_estimation.solver.SolverSettings`).
+    batching: ``"auto"``, ``"vmap"`` or ``"map"``: how restarts and data sets of a batch run
+      (:func:`moe_estimation.solver.batch_map`; auto: map on a CPU, vmap on an accelerator).
+    blocking, block_rows: ``"auto"``, ``"whole"`` or ``"blocks"``: whether J^T J and J^T r are summed over
+      blocks of ``block_rows`` rows (:func:`moe_estimation.solver.resolve_blocking`; auto: on a CPU above
+      32768 rows). Batching and blocking change the order of floating-point sums, not the algorithm.
+    """
 
     num_prompts: int
     restarts: int = 4
@@ -80,30 +99,15 @@ class FitSettings(NamedTuple):
     ftol: float = 1e-8
     xtol: float = 1e-8
     gtol: float = 1e-8
+    active_set: bool = True
     batching: str = "auto"
+    blocking: str = "auto"
+    block_rows: int = 2048
 
 
-BATCHINGS = ("auto", "vmap", "map")
-
-
-def is_converged(status):
-    """True for the stopping codes of a converged fit (ftol, xtol, gtol); works on arrays of codes."""
-    return (status >= _FTOL) & (status <= _GTOL)
-
-
-def _resolve_batching(mode: str) -> str:
-    """``auto`` -> ``map`` on a CPU, ``vmap`` on an accelerator; other modes unchanged."""
-    if mode == "auto":
-        return "map" if jax.default_backend() == "cpu" else "vmap"
-    return mode
-
-
-def _batch(f, xs, mode: str):
-    """Apply f over the leading axis: ``vmap`` (all fits in lockstep: what an accelerator wants) or ``map``
-    (one fit after another, each stopping on its own: what a CPU wants, where lockstep only wastes the
-    steps of fits that have already stopped). ``auto`` picks by the default backend."""
-    mode = _resolve_batching(mode)
-    return jax.vmap(f)(xs) if mode == "vmap" else jax.lax.map(f, xs)
+def solver_settings(settings: FitSettings) -> SolverSettings:
+    """The stopping rules of ``settings``, as :func:`moe_estimation.solver.solve` takes them."""
+    return SolverSettings(**{k: getattr(settings, k) for k in SolverSettings._fields})
 
 
 class FitResult(NamedTuple):
@@ -112,7 +116,8 @@ class FitResult(NamedTuple):
     params: the best restart's :class:`Params`.
     objective: its mean squared residual ``(1/n) sum_i ||Y_i - f_G(X_i)||^2``.
     converged: True when it stopped on ftol, xtol or gtol; False on the step limit or a stall.
-    status: the stopping code, a key of ``moe_estimation.fit.STATUS``.
+    status: the stopping code, a :class:`moe_estimation.solver.Status` (an int array; ``Status(int(code))``
+      names it).
     steps: the number of LM steps it took.
     at_bound: True when some parameter sits on the box boundary.
     restart_objectives: the final objective of every restart, ``(restarts,)``.
@@ -144,6 +149,12 @@ def validate_settings(s: FitSettings) -> None:
     field, the value and the rule."""
     if s.batching not in BATCHINGS:
         raise ValueError(f"batching: expected one of {BATCHINGS}, got {s.batching!r}")
+    if not isinstance(s.active_set, (bool, np.bool_)):
+        raise ValueError(f"active_set: must be True or False, got {s.active_set!r}")
+    if s.blocking not in BLOCKINGS:
+        raise ValueError(f"blocking: expected one of {BLOCKINGS}, got {s.blocking!r}")
+    if isinstance(s.block_rows, bool) or not (isinstance(s.block_rows, (int, np.integer)) and s.block_rows >= 1):
+        raise ValueError(f"block_rows: must be an integer >= 1, got {s.block_rows!r}")
     if s.init not in INITS:
         raise ValueError(f"init: expected one of {INITS}, got {s.init!r}")
     if isinstance(s.restarts, bool) or not (isinstance(s.restarts, (int, np.integer)) and s.restarts >= 1):
@@ -165,16 +176,19 @@ def validate_settings(s: FitSettings) -> None:
 # parameter vector <-> Params, box
 
 
-def _flatten(p: Params) -> jax.Array:
+def flatten_params(p: Params) -> jax.Array:
+    """The flat parameter vector theta of the solver: the atoms row by row, then the biases."""
     return jnp.concatenate([p.atoms.ravel(), p.biases])
 
 
-def _unflatten(theta: jax.Array, num_prompts: int, atom_dim: int) -> Params:
+def unflatten_params(theta: jax.Array, num_prompts: int, atom_dim: int) -> Params:
+    """The inverse of :func:`flatten_params`."""
     k = num_prompts * atom_dim
     return Params(theta[:k].reshape(num_prompts, atom_dim), theta[k:])
 
 
-def _box(problem, num_prompts: int, dtype) -> tuple[jax.Array, jax.Array]:
+def box(problem, num_prompts: int, dtype) -> tuple[jax.Array, jax.Array]:
+    """The box of theta, ``(lower, upper)``: atoms in ``[-atom_bound, atom_bound]``, biases in ``bias_bounds``."""
     k = num_prompts * problem.atom_dim
     lo, hi = problem.bias_bounds
     b = problem.atom_bound
@@ -203,7 +217,7 @@ def initial_params(key: jax.Array, problem, settings: FitSettings, n_eff: jax.Ar
     those two fields of ``settings`` (see :func:`split_start`)."""
     Lp, L, D = settings.num_prompts, problem.num_true_prompts, problem.atom_dim
     ka, kb = jax.random.split(key)
-    dtype = problem.true_atoms.dtype
+    dtype = problem.dtype
     if settings.init == "near-truth":
         assign = np.arange(Lp) % L
         share = np.bincount(assign, minlength=L)[assign]
@@ -216,50 +230,42 @@ def initial_params(key: jax.Array, problem, settings: FitSettings, n_eff: jax.Ar
         mid, half = (lo + hi) / 2, c * (hi - lo) / 2
         atoms = jax.random.uniform(ka, (Lp, D), dtype, -c * problem.atom_bound, c * problem.atom_bound)
         biases = jax.random.uniform(kb, (Lp,), dtype, mid - half, mid + half)
-    lower, upper = _box(problem, Lp, dtype)
-    return _unflatten(jnp.clip(_flatten(Params(atoms, biases)), lower, upper), Lp, D)
+    lower, upper = box(problem, Lp, dtype)
+    return unflatten_params(jnp.clip(flatten_params(Params(atoms, biases)), lower, upper), Lp, D)
 
 
 # ------------------------------------------------------------------------------------------------
-# one Levenberg-Marquardt solve
+# the residual structure of one data set
 
 
-class _State(NamedTuple):
-    theta: jax.Array
-    F: jax.Array  # 0.5 * ||r||^2
-    g: jax.Array  # J^T r
-    H: jax.Array  # J^T J
-    lam: jax.Array
-    nu: jax.Array
-    steps: jax.Array
-    status: jax.Array
+def prepare_data(problem, X, Y, w) -> tuple:
+    """One data set as the residual function takes it: ``(X^T (d, n), Y^T (d_v, n), w (n,), lse (n,),
+    mean^T (d_v, n))``, with the frozen experts' summary (``lse``, ``mean``) computed once. Rows travel
+    last: the CPU then vectorises over samples, and J comes out as ``(P, d_v, n)``, so that J^T J is one
+    matrix product. ``w`` is 1 on a real row and 0 on padding."""
+    lse, mean = jax.vmap(expert_summary, in_axes=(None, 0))(problem, X)
+    return (X.T, Y.T, w, lse, mean.T)
 
 
-# The data of one fit travel sample-last, ``(X^T (d, n), Y^T (d_v, n), w (n,), lse (n,), mean^T (d_v, n))``:
-# with the long axis innermost the CPU vectorises over samples, and J comes out as ``(P, d_v, n)`` so
-# that J^T J is one matrix product.
+def residuals_and_jacobian(problem, num_prompts: int, data, theta, *, autodiff: bool = False):
+    """Residuals r ``(d_v, n)`` (``(f_G(X) - Y) w``) and Jacobian J ``(P, d_v, n)`` at the flat parameter
+    vector theta, for data from :func:`prepare_data`.
 
-
-def _jacobian_autodiff(problem, settings, data, theta):
-    """Residuals r ``(d_v, n)`` and Jacobian J ``(P, d_v, n)`` by forward-mode autodiff (the reference)."""
+    In closed form (the default): with gates pi = softmax(lse, k_i^T x + b_i) and
+    f = pi_0 mean + sum_i pi_i v_i,  df/db_i = pi_i (v_i - f) and
+    df/da_i = pi_i (v_i - f) x^T dk_i/da_i + pi_i dv_i/da_i, where the per-atom Jacobians dk/da, dv/da come
+    from autodiff once per step (they do not depend on the sample). ``autodiff=True``: by forward-mode
+    autodiff of the regression function (the reference the tests check the closed form against)."""
     Xt, Yt, w, lse, meant = data
-    f = jax.vmap(regression_from_summary, in_axes=(None, None, 0, 0, 0))
+    if autodiff:
+        f = jax.vmap(regression_from_summary, in_axes=(None, None, 0, 0, 0))
 
-    def residual(t):
-        p = _unflatten(t, settings.num_prompts, problem.atom_dim)
-        return (f(problem, p, Xt.T, lse, meant.T).T - Yt) * w
+        def residual(t):
+            return (f(problem, unflatten_params(t, num_prompts, problem.atom_dim), Xt.T, lse, meant.T).T - Yt) * w
 
-    r, jvp = jax.linearize(residual, theta)
-    return r, jax.vmap(jvp)(jnp.eye(theta.shape[0], dtype=theta.dtype))
-
-
-def _jacobian_analytic(problem, settings, data, theta):
-    """Residuals and Jacobian in closed form. With gates pi = softmax(lse, k_i^T x + b_i) and
-    f = pi_0 mean + sum_i pi_i v_i:  df/db_i = pi_i (v_i - f),
-    df/da_i = pi_i (v_i - f) x^T dk_i/da_i + pi_i dv_i/da_i,  where the per-atom Jacobians dk/da, dv/da
-    come from autodiff once per step (they do not depend on the sample)."""
-    Xt, Yt, w, lse, meant = data
-    p = _unflatten(theta, settings.num_prompts, problem.atom_dim)
+        r, jvp = jax.linearize(residual, theta)
+        return r, jax.vmap(jvp)(jnp.eye(theta.shape[0], dtype=theta.dtype))
+    p = unflatten_params(theta, num_prompts, problem.atom_dim)
     kv_one = lambda a: tuple(x[0] for x in key_value(problem, a[None]))
     K, V = key_value(problem, p.atoms)  # (L', d), (L', d_v)
     Jk, Jv = jax.vmap(jax.jacfwd(kv_one))(p.atoms)  # (L', d, D), (L', d_v, D)
@@ -277,153 +283,60 @@ def _jacobian_analytic(problem, settings, data, theta):
     return (f - Yt) * w, J * w
 
 
-# Above BLOCK_FROM rows (on the CPU), F, g and H are accumulated over blocks of BLOCK_ROWS rows in a
-# ``lax.scan``, so that the Jacobian of a block, (P, d_v, 2048) numbers, stays in cache instead of the whole
-# (P, d_v, n) going through memory (the rows are padded with zero-weight rows to whole blocks, once per fit).
-# `moe-estimation bench --step` times both paths at the large shapes in one run (README, performance). At
-# 32768 rows and below the gain we saw was 1.3x or less, and the threshold keeps those shapes on the
-# whole-array path, so the tables of studies up to n = 32768 are unchanged by it. Accelerators keep the
-# whole-array path: one big kernel is what they want.
-BLOCK_ROWS = 2048
-BLOCK_FROM = 32768
+def linearization(problem, settings: FitSettings, data):
+    """``theta -> Normal(F, g, H)`` for one data set (from :func:`prepare_data`), summed in row blocks of
+    ``settings.block_rows`` when ``settings.blocking`` asks for them (:func:`moe_estimation.solver.resolve_blocking`)."""
+    rows = data[2].shape[-1]
+    block_rows = settings.block_rows if resolve_blocking(settings.blocking, rows) else None
+    rj = lambda d, theta: residuals_and_jacobian(problem, settings.num_prompts, d, theta)
+    return normal_equations(rj, data, block_rows=block_rows)
 
 
-def _linearize_whole(problem, settings, data, theta, jacobian=_jacobian_analytic):
-    r, J = jacobian(problem, settings, data, theta)
-    Jm = J.reshape(J.shape[0], -1)
-    rv = r.reshape(-1)
-    return 0.5 * rv @ rv, Jm @ rv, Jm @ Jm.T
-
-
-def _num_blocks(rows: int) -> int:
-    """1 (the whole-array path) or the number of row blocks that ``_row_blocks`` makes."""
-    if jax.default_backend() != "cpu" or rows <= BLOCK_FROM:
-        return 1
-    return -(-rows // BLOCK_ROWS)
-
-
-def _row_blocks(data):
-    """The data of one fit as row blocks with a leading block axis, padded with zero-weight rows; or the data
-    unchanged when the whole-array path is faster."""
-    rows = data[2].shape[0]
-    nb = _num_blocks(rows)
-    if nb == 1:
-        return data
-    pad = nb * BLOCK_ROWS - rows
-    data = jax.tree.map(lambda a: jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, pad)]), data)  # w = 0 on padding
-    return jax.tree.map(lambda a: jnp.moveaxis(a.reshape(a.shape[:-1] + (nb, BLOCK_ROWS)), -2, 0), data)
-
-
-def _linearize_blocks(problem, settings, blocks, theta, jacobian=_jacobian_analytic):
-    if blocks[2].ndim == 1:  # not blocked
-        return _linearize_whole(problem, settings, blocks, theta, jacobian)
-
-    def add(acc, block):
-        return jax.tree.map(jnp.add, acc, _linearize_whole(problem, settings, block, theta, jacobian)), None
-
-    P = theta.shape[0]
-    zero = (jnp.zeros((), theta.dtype), jnp.zeros(P, theta.dtype), jnp.zeros((P, P), theta.dtype))
-    return jax.lax.scan(add, zero, blocks)[0]
-
-
-def _linearize(problem, settings, data, theta, jacobian=_jacobian_analytic):
-    """F = 0.5 ||r||^2, g = J^T r, H = J^T J at theta, with r the masked residuals (rows summed in
-    blocks when that is faster; see ``BLOCK_ROWS``)."""
-    return _linearize_blocks(problem, settings, _row_blocks(data), theta, jacobian)
-
-
-def _solve_one(problem, settings: FitSettings, data, theta0):
-    lower, upper = _box(problem, settings.num_prompts, theta0.dtype)
-    lin = partial(_linearize_blocks, problem, settings, _row_blocks(data))  # blocked once, not per step
-    F0, g0, H0 = lin(theta0)
-    tiny = jnp.finfo(theta0.dtype).tiny
-    eps = jnp.finfo(theta0.dtype).eps
-
-    def free_gradient(theta, g):
-        blocked = ((theta <= lower) & (g > 0)) | ((theta >= upper) & (g < 0))
-        return jnp.where(blocked, 0.0, g)
-
-    def gtol_met(theta, F, g, H):
-        gf = free_gradient(theta, g)
-        cos = jnp.abs(gf) / (jnp.sqrt(jnp.maximum(jnp.diag(H), tiny)) * jnp.sqrt(jnp.maximum(2 * F, tiny)))
-        return (jnp.max(cos) <= settings.gtol) | (F <= tiny)
-
-    def body(s: _State) -> _State:
-        D = jnp.maximum(jnp.diag(s.H), eps * jnp.max(jnp.diag(s.H)) + tiny)
-        A = s.H + s.lam * jnp.diag(D)
-        chol = jnp.linalg.cholesky(A)
-        delta = -jax.scipy.linalg.cho_solve((chol, True), s.g)
-        cand = jnp.clip(s.theta + delta, lower, upper)
-        step = cand - s.theta
-        F1, g1, H1 = lin(cand)
-        pred = -(step @ s.g + 0.5 * step @ (s.H @ step))
-        actual = s.F - F1
-        ok = jnp.isfinite(F1) & jnp.all(jnp.isfinite(delta)) & (pred > 0)
-        rho = jnp.where(ok, actual / jnp.where(pred > 0, pred, 1.0), -1.0)
-        accept = ok & (rho > 1e-4)
-        # Nielsen's damping update
-        lam = jnp.where(accept, s.lam * jnp.maximum(1 / 3, 1 - (2 * rho - 1) ** 3), s.lam * s.nu)
-        nu = jnp.where(accept, 2.0, 2 * s.nu)
-        theta = jnp.where(accept, cand, s.theta)
-        F = jnp.where(accept, F1, s.F)
-        g = jnp.where(accept, g1, s.g)
-        H = jnp.where(accept, H1, s.H)
-        steps = s.steps + 1
-        Fs = jnp.maximum(s.F, tiny)
-        ftol = accept & (jnp.abs(actual) <= settings.ftol * Fs) & (pred <= settings.ftol * Fs) & (rho <= 2)
-        xtol = accept & (jnp.linalg.norm(step) <= settings.xtol * (settings.xtol + jnp.linalg.norm(theta)))
-        gtol = accept & gtol_met(theta, F, g, H)
-        status = jnp.select(
-            [ftol, xtol, gtol, lam > 1e16, steps >= settings.max_steps],
-            [_FTOL, _XTOL, _GTOL, _STALLED, _MAXSTEPS],
-            0,
-        )
-        new = _State(theta, F, g, H, lam, nu, steps, status)
-        # a fit that has stopped stays frozen while the rest of the batch runs on
-        return jax.tree.map(lambda a, b: jnp.where(s.status == 0, a, b), new, s)
-
-    status0 = jnp.where(gtol_met(theta0, F0, g0, H0), _GTOL, 0)
-    s0 = _State(theta0, F0, g0, H0, jnp.asarray(1e-3, theta0.dtype), jnp.asarray(2.0, theta0.dtype), jnp.asarray(0), status0)
-    s = jax.lax.while_loop(lambda s: s.status == 0, body, s0)
-    return s.theta, s.F, s.status, s.steps
+def solve_dataset(problem, settings: FitSettings, data, theta0) -> Solution:
+    """One projected Levenberg-Marquardt solve (:func:`moe_estimation.solver.solve`) of one data set from the
+    flat start ``theta0``, in the problem's box; traceable."""
+    lower, upper = box(problem, settings.num_prompts, theta0.dtype)
+    return solve(linearization(problem, settings, data), theta0, lower, upper, solver_settings(settings))
 
 
 # ------------------------------------------------------------------------------------------------
 # batched entry points
 
 
-def _fit_one_dataset(problem, settings: FitSettings, key, X, Y, w, start):
-    """One data set, every restart; ``start`` is the ``(init_scale, init_rate)`` array of :func:`split_start`."""
+def fit_dataset(key, problem, settings: FitSettings, X, Y, w, start=None) -> FitResult:
+    """One data set ``X`` ``(m, d)``, ``Y`` ``(m, d_v)`` with row weights ``w`` ``(m,)`` (1: a real row, 0:
+    padding), every restart of ``settings``; the best restart is returned. Traceable (no checks: validate
+    the settings with :func:`validate_settings` and the data yourself, or call :func:`fit_batch`).
+    ``start``: the ``(init_scale, init_rate)`` array of :func:`split_start`, when those two are traced."""
     n_eff = jnp.sum(w)
-    starts = jax.vmap(lambda r: _flatten(initial_params(jax.random.fold_in(key, r), problem, settings, n_eff, start)))(
-        jnp.arange(settings.restarts)
-    )
-    lse, mean = jax.vmap(expert_summary, in_axes=(None, 0))(problem, X)  # once per data set
-    data = (X.T, Y.T, w, lse, mean.T)
-    theta, F, status, steps = _batch(lambda t0: _solve_one(problem, settings, data, t0), starts, settings.batching)
+    starts = jax.vmap(lambda r: flatten_params(initial_params(jax.random.fold_in(key, r), problem, settings, n_eff,
+                                                              start)))(jnp.arange(settings.restarts))
+    data = prepare_data(problem, X, Y, w)  # the frozen experts' summary once per data set
+    theta, F, status, steps = batch_map(lambda t0: solve_dataset(problem, settings, data, t0), starts,
+                                        settings.batching)
     obj = 2 * F / n_eff
     obj_rank = jnp.where(jnp.isfinite(obj), obj, jnp.inf)
     best = jnp.argmin(obj_rank)
-    lower, upper = _box(problem, settings.num_prompts, theta.dtype)
+    lower, upper = box(problem, settings.num_prompts, theta.dtype)
     tb = theta[best]
     # a result with a NaN or inf in it is never reported as converged, whatever its stopping test said
     finite = jnp.isfinite(obj[best]) & jnp.all(jnp.isfinite(tb))
-    code = jnp.where(finite, status[best], _NONFINITE)
+    code = jnp.where(finite, status[best], Status.NONFINITE)
     return FitResult(
-        params=_unflatten(tb, settings.num_prompts, problem.atom_dim),
+        params=unflatten_params(tb, settings.num_prompts, problem.atom_dim),
         objective=obj[best],
         converged=is_converged(code),
         status=code,
         steps=steps[best],
         at_bound=jnp.any((tb <= lower) | (tb >= upper)),
         restart_objectives=obj,
-        start=_unflatten(starts[best], settings.num_prompts, problem.atom_dim),
+        start=unflatten_params(starts[best], settings.num_prompts, problem.atom_dim),
     )
 
 
 @partial(jax.jit, static_argnames=("settings",))
 def _fit_batch_jit(problem, keys, X, Y, w, start, settings: FitSettings) -> FitResult:
-    return _batch(lambda a: _fit_one_dataset(problem, settings, *a, start), (keys, X, Y, w), settings.batching)
+    return batch_map(lambda a: fit_dataset(a[0], problem, settings, *a[1:], start), (keys, X, Y, w), settings.batching)
 
 
 def fit_batch(keys, problem, X, Y, num_prompts: int, *, mask=None, **options) -> FitResult:
@@ -435,14 +348,15 @@ def fit_batch(keys, problem, X, Y, num_prompts: int, *, mask=None, **options) ->
     """
     settings = FitSettings(num_prompts=num_prompts, **options)
     _validate_settings(problem, settings)
-    if problem.true_atoms.dtype != jnp.float64:
+    if problem.dtype != jnp.float64:
         warnings.warn(
-            f"fitting in {problem.true_atoms.dtype}: fits stall short of the float64 optimum, and over-specified "
-            "losses differ from float64 ones by tens of percent (`moe-estimation bench --precision`); call "
-            "jax.config.update('jax_enable_x64', True) before building the problem", stacklevel=2)
+            f"fitting in {problem.dtype}: fits stall short of the float64 optimum, and over-specified "
+            "losses differ from float64 ones by tens of percent (`moe-estimation bench --precision`); build the "
+            "problem with dtype='float64' (the default), after jax.config.update('jax_enable_x64', True)",
+            stacklevel=2)
     check_data(problem, X, Y, batched=True)
-    X = jnp.asarray(X, problem.true_atoms.dtype)
-    Y = jnp.asarray(Y, problem.true_atoms.dtype)
+    X = jnp.asarray(X, problem.dtype)
+    Y = jnp.asarray(Y, problem.dtype)
     if jnp.ndim(keys) == 0 or len(keys) != X.shape[0]:
         raise ValueError(f"Shape mismatch in keys: expected one key per data set ({X.shape[0]},), got {jnp.shape(keys)}")
     if mask is None:
