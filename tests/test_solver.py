@@ -65,7 +65,11 @@ def test_solve_respects_the_box_and_blocks_agree():
     whole = solve(normal_equations(rj, data), t0, lower, upper)
     blocked = solve(normal_equations(rj, data, block_rows=16), t0, lower, upper)  # 13 blocks, the last padded
     assert float(whole.value[2]) == pytest.approx(0.2)  # on its bound, and gtol still declares convergence
-    assert Status(int(whole.status)).converged
+    assert Status(int(whole.status)).converged and int(whole.steps) < 40
+    # the clip-after-solve step of version 0.1 crawls along the bound: 400 steps and still 3.5e-4 above
+    clip = solve(normal_equations(rj, data), t0, lower, upper, SolverSettings(active_set=False))
+    assert Status(int(clip.status)) is Status.MAX_STEPS
+    assert float(clip.objective) > float(whole.objective) * (1 + 1e-4)
     np.testing.assert_allclose(blocked.value, whole.value, atol=1e-10)
     F, g, H = normal_equations(rj, data, block_rows=16)(t0)
     F2, g2, H2 = normal_equations(rj, data)(t0)
