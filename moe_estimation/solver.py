@@ -206,9 +206,11 @@ def solve(linearize: Callable, theta0: jax.Array, lower: jax.Array, upper: jax.A
     tiny = jnp.finfo(theta0.dtype).tiny
     eps = jnp.finfo(theta0.dtype).eps
 
+    def held(theta, g):  # on the box, and pushed outward by the gradient
+        return ((theta <= lower) & (g > 0)) | ((theta >= upper) & (g < 0))
+
     def free_gradient(theta, g):
-        blocked = ((theta <= lower) & (g > 0)) | ((theta >= upper) & (g < 0))
-        return jnp.where(blocked, 0.0, g)
+        return jnp.where(held(theta, g), 0.0, g)
 
     def gtol_met(theta, F, g, H):
         gf = free_gradient(theta, g)
@@ -218,7 +220,7 @@ def solve(linearize: Callable, theta0: jax.Array, lower: jax.Array, upper: jax.A
     def body(s: _State) -> _State:
         D = jnp.maximum(jnp.diag(s.H), eps * jnp.max(jnp.diag(s.H)) + tiny)
         if settings.active_set:  # coordinates on the box pushed outward stay put; the step is solved on the rest
-            free = ~(((s.theta <= lower) & (s.g > 0)) | ((s.theta >= upper) & (s.g < 0)))
+            free = ~held(s.theta, s.g)
             both = free[:, None] & free[None, :]
             A = jnp.where(both, s.H + s.lam * jnp.diag(D), jnp.diag(jnp.where(free, 0.0, 1.0)))
             chol = jnp.linalg.cholesky(A)
