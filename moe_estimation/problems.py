@@ -194,6 +194,36 @@ def make_problem(
     needs ``jax.config.update("jax_enable_x64", True)``, and without it this raises instead of silently
     building a float32 problem.
     """
+    dtype, lo, hi = _check_options(dtype, structure, activation, input_dist, noise_var, input_scale, atom_bound,
+                                   bias_bounds)
+    A_, a_, H_, B_, C_, W1_, W2_, d_k, d_k2, d_p = _check_maps(structure, A, a, H, B, C, W1, W2)
+    atoms_, biases_, L = _check_truth(structure, true_atoms, true_biases, d_k, d_k2, d_p, atom_bound, lo, hi)
+
+    out = Problem(
+        A=jnp.asarray(A_, dtype),
+        a=jnp.asarray(a_, dtype),
+        H=jnp.asarray(H_, dtype),
+        B=jnp.asarray(B_, dtype),
+        C=jnp.asarray(C_, dtype),
+        W1=None if W1_ is None else jnp.asarray(W1_, dtype),
+        W2=None if W2_ is None else jnp.asarray(W2_, dtype),
+        true_atoms=jnp.asarray(atoms_, dtype),
+        true_biases=jnp.asarray(biases_, dtype),
+        structure=structure,
+        activation=activation,
+        noise_var=float(noise_var),
+        input_dist=input_dist,
+        input_scale=float(input_scale),
+        atom_bound=float(atom_bound),
+        bias_bounds=(lo, hi),
+    )
+
+    _check_truth_separated(out, atoms_, L, structure)
+    return out
+
+
+def _check_options(dtype, structure, activation, input_dist, noise_var, input_scale, atom_bound, bias_bounds):
+    """The scalar options of :func:`make_problem`; returns (the dtype, the bias bounds as floats)."""
     try:
         dtype = np.dtype(dtype)
     except TypeError:
@@ -222,6 +252,12 @@ def make_problem(
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise ValueError(f"bias_bounds: expected finite lo < hi, got {bias_bounds!r}")
 
+    return dtype, lo, hi
+
+
+def _check_maps(structure, A, a, H, B, C, W1, W2):
+    """The known arrays of :func:`make_problem`: shapes, symmetry, and injective value maps (the problem must be
+    identifiable). Returns them as numpy arrays with the dimensions."""
     A_, a_, H_ = _arr("A", A, 3), _arr("a", a, 1), _arr("H", H, 3)
     N, d = A_.shape[0], A_.shape[1]
     if N < 1:
@@ -261,6 +297,11 @@ def make_problem(
             _full_column_rank("W2", W2_, "W2 must be injective for s(W2 p) to determine p.")
             _full_column_rank("C", C_, "C must be injective for C s(W2 p) to determine s(W2 p).")
 
+    return A_, a_, H_, B_, C_, W1_, W2_, d_k, d_k2, d_p
+
+
+def _check_truth(structure, true_atoms, true_biases, d_k, d_k2, d_p, atom_bound, lo, hi):
+    """The true atoms and biases: shapes, and inside the parameter box."""
     D = atom_dim(structure, d_k, d_k2, d_p)
     atoms_ = _arr("true_atoms", true_atoms, 2)
     L = atoms_.shape[0]
@@ -277,25 +318,11 @@ def make_problem(
     if np.any(biases_ < lo) or np.any(biases_ > hi):
         raise ValueError(f"true_biases: must lie in bias_bounds [{lo}, {hi}], got {biases_.tolist()}")
 
-    out = Problem(
-        A=jnp.asarray(A_, dtype),
-        a=jnp.asarray(a_, dtype),
-        H=jnp.asarray(H_, dtype),
-        B=jnp.asarray(B_, dtype),
-        C=jnp.asarray(C_, dtype),
-        W1=None if W1_ is None else jnp.asarray(W1_, dtype),
-        W2=None if W2_ is None else jnp.asarray(W2_, dtype),
-        true_atoms=jnp.asarray(atoms_, dtype),
-        true_biases=jnp.asarray(biases_, dtype),
-        structure=structure,
-        activation=activation,
-        noise_var=float(noise_var),
-        input_dist=input_dist,
-        input_scale=float(input_scale),
-        atom_bound=float(atom_bound),
-        bias_bounds=(lo, hi),
-    )
+    return atoms_, biases_, L
 
+
+def _check_truth_separated(out, atoms_, L: int, structure: str) -> None:
+    """Distinct true atoms and (key, value) pairs, and a non-zero key in the shared structures."""
     keys, values = (np.asarray(x) for x in out.true_key_value())
     if L > 1:
         sep = np.linalg.norm(atoms_[:, None] - atoms_[None], axis=-1) + np.eye(L)
@@ -316,7 +343,6 @@ def make_problem(
                 f"true_atoms: the key of true atom {int(np.argmin(norms))} is zero; the shared structures need "
                 "B W1 p*_j != 0 (docs/maths.md, *Identifiability and the flat direction*), else the gating cannot separate the prompt from its bias"
             )
-    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -9,6 +9,10 @@ table is written, read back and checked in one way everywhere.
   a reader, or a run killed at any point, sees the old file or the new one, never half of one. Floats are
   written at full precision (they read back exactly) and NaN as ``nan``.
 - :func:`check_fits_table`: what a resume checks before it trusts a ``fits.csv``.
+- :class:`CellTable`: a table written one cell at a time and resumed from disk (the study's ``fits.csv``, the
+  transformer's ``curves.csv`` and the teacher-student ``fits.csv``).
+- :func:`loss_matrix`, :func:`rate_entries`: from rows of a table to the empirical rates of
+  :func:`moe_estimation.rates.empirical_rate`, with one rule for zero, missing and non-finite losses.
 - :class:`StudyLock`: one writer per output directory.
 """
 
@@ -81,6 +85,110 @@ def write_csv(path: Path, df: pd.DataFrame) -> None:
     """Write a table atomically, floats at full precision (round-trips exactly), NaN written as ``nan``
     (an empty field would read as a missing value)."""
     atomic_write(path, df.to_csv(index=False, float_format="%.17g", na_rep="nan"))
+
+
+class CellTable:
+    """A table built one *cell* at a time (a cell: the rows sharing the values of the ``cell`` columns), and
+    written atomically to ``path`` after each, so that a run killed at any point resumes from the last
+    finished cell.
+
+    ``check(path) -> (rows, problems)`` reads what is on disk and keeps only sound cells (default: the
+    columns must be exactly ``columns``, and a cell must hold ``per_cell`` rows, no more, no fewer); the
+    study passes :func:`check_fits_table`. :attr:`problems` lists what the check dropped."""
+
+    def __init__(self, path: Path, columns, cell, per_cell: int, check=None):
+        self.path, self.columns, self.cell, self.per_cell = Path(path), list(columns), list(cell), int(per_cell)
+        self._check = check or self._default_check
+        self.parts: list[pd.DataFrame] = []
+        self.problems: list[str] = []
+
+    def _default_check(self, path: Path) -> tuple[pd.DataFrame, list[str]]:
+        try:
+            df = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            return pd.DataFrame(columns=self.columns), [f"unreadable as a table ({str(e).splitlines()[0]})"]
+        if sorted(df.columns) != sorted(self.columns):
+            return pd.DataFrame(columns=self.columns), [f"columns {list(df.columns)} are not {self.columns}"]
+        df = df[self.columns]
+        sizes = df.groupby(self.cell, sort=False).transform("size") if len(df) else pd.Series(dtype=int)
+        short = sizes != self.per_cell
+        if short.any():
+            return df[~short].reset_index(drop=True), [f"{int(short.sum())} row(s) in cells without exactly "
+                                                        f"{self.per_cell} rows (dropped)"]
+        return df, []
+
+    def load(self) -> set:
+        """Read the table on disk (if any) through the check; returns the set of finished cells (tuples of the
+        ``cell`` columns' values)."""
+        self.parts, self.problems = [], []
+        if self.path.is_file():
+            df, self.problems = self._check(self.path)
+            if len(df):
+                self.parts.append(df[self.columns])
+        return self.finished()
+
+    def finished(self) -> set:
+        df = self.frame()
+        return set() if not len(df) else {tuple(k) if isinstance(k, tuple) else (k,) for k in
+                                          df.groupby(self.cell, sort=False).groups}
+
+    def add(self, rows, write: bool = True) -> None:
+        """Append one cell's rows (a DataFrame or a dict of columns) and write the table."""
+        rows = pd.DataFrame(rows)[self.columns]
+        self.parts.append(rows)
+        if write:
+            self.write()
+
+    def frame(self) -> pd.DataFrame:
+        return pd.concat(self.parts, ignore_index=True) if self.parts else pd.DataFrame(columns=self.columns)
+
+    def write(self, df: pd.DataFrame | None = None) -> None:
+        """Write the table (or ``df``, which then replaces it) atomically."""
+        if df is not None:
+            self.parts = [df[self.columns]]
+        write_csv(self.path, self.frame())
+
+
+def loss_matrix(rows: pd.DataFrame, values, size: str = "n", replicate: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(ns, mat)`` for :func:`rate_entries`: the sorted sample sizes of ``rows`` (column ``size``) and a
+    matrix ``(len(ns), R)`` of ``values`` (a column name, or the array itself, aligned with ``rows``), one
+    row per size, R the largest number of rows at one size (a size with fewer is padded with NaN, which
+    :func:`moe_estimation.rates.empirical_rate` reads as missing). With ``replicate``, that column orders
+    the entries of each row."""
+    values = rows[values].to_numpy(float) if isinstance(values, str) else np.asarray(values, float)
+    if replicate is not None:
+        order = np.lexsort((rows[replicate].to_numpy(), rows[size].to_numpy()))
+    else:
+        order = np.argsort(rows[size].to_numpy(), kind="stable")
+    sizes, values = rows[size].to_numpy()[order], values[order]
+    ns = np.unique(sizes)
+    R = max(int((sizes == n).sum()) for n in ns)
+    mat = np.full((len(ns), R), np.nan)
+    for i, n in enumerate(ns):
+        v = values[sizes == n]
+        mat[i, : len(v)] = v
+    return ns.astype(int), mat
+
+
+def rate_entries(ns, mat, *, num_bootstrap: int, seed: int, statistics=("mean", "median")) -> list[dict]:
+    """One dict per statistic: ``statistic``, ``slope``, ``ci_low``, ``ci_high``, ``note``. A loss that is
+    exactly zero or not finite is left out (a zero has no log; a non-finite fit is counted apart by the
+    caller, never averaged in); a sample size left with no loss at all gives no rate (NaN) and a ``note``
+    saying which. Anything else that fails is a bug, and raises."""
+    from .rates import empirical_rate
+
+    mat = np.array(mat, dtype=float)
+    mat[~np.isfinite(mat) | (mat <= 0)] = np.nan
+    empty = [int(n) for n, row in zip(ns, mat) if not np.any(np.isfinite(row))]
+    out = []
+    for stat in statistics:
+        if empty:
+            out.append(dict(statistic=stat, slope=np.nan, ci_low=np.nan, ci_high=np.nan,
+                            note=f"no positive finite loss at n = {empty}"))
+            continue
+        r = empirical_rate(ns, mat, statistic=stat, num_bootstrap=num_bootstrap, seed=seed)
+        out.append(dict(statistic=stat, slope=r.slope, ci_low=r.ci_low, ci_high=r.ci_high, note=""))
+    return out
 
 
 def versions() -> dict:

@@ -45,7 +45,7 @@ from .config import StudyConfig
 from .data import simulate_rows
 from .estimator import FitSettings, fit_dataset, split_start
 from .solver import STATUS_LABELS, batch_map
-from .rates import empirical_rate, theory_slope
+from .rates import theory_slope
 from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation.study.FITS_COLUMNS and so on)
     CELL,
     FITS_COLUMNS,
@@ -55,9 +55,12 @@ from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation
     SCHEDULE_COLUMNS,
     StudyLock,
     atomic_write,
+    CellTable,
     cells,
     check_fits_table,
     describe_schedule,
+    loss_matrix,
+    rate_entries,
     versions,
     write_csv,
 )
@@ -266,9 +269,10 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
                 f"--out: {out} holds a different study (its config.json differs); choose a new --out or delete it"
             )
     fits_path = out / "fits.csv"
-    done = pd.DataFrame(columns=FITS_COLUMNS)
-    if lead and fits_path.exists():
-        done, damage = check_fits_table(fits_path, cfg)
+    table = CellTable(fits_path, FITS_COLUMNS, CELL, cfg.replicates, check=lambda path: check_fits_table(path, cfg))
+    if lead:
+        table.load()
+        damage = table.problems
         if damage and not repair:
             raise ValueError(f"{fits_path} is damaged: " + "; ".join(damage) + ". Nothing was changed; rerun with "
                              "--repair to drop the damaged cells and recompute only them")
@@ -283,7 +287,7 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
     if lead:
         atomic_write(cfg_path, json.dumps(meta, indent=2))
 
-    finished = {(p, s, sc, int(n)) for (p, s, sc, n), g in done.groupby(CELL) if len(g) == cfg.replicates}
+    finished = {(p, s, sc, int(n)) for p, s, sc, n in table.finished()}
     todo = [c for c in cells(cfg) if c not in finished]
     if jax.process_count() > 1:  # every process must run the same cells in the same order: process 0 decides
         from jax.experimental import multihost_utils
@@ -297,10 +301,8 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
             raise ValueError(f"--tables-only: {out} holds no finished cell yet")
         log(f"tables only: {len(finished)} finished cells, {len(todo)} not run")
         todo = []
-        done = done[[(p, s, sc, int(n)) in finished for p, s, sc, n in zip(*(done[c] for c in CELL))]]
     if finished:
         log(f"resuming: {len(finished)} of {len(finished) + len(todo)} cells already in {fits_path}")
-    rows = [done] if len(done) else []
     problems = {name: cfg.problem(name) for name in cfg.problems}
     bar = tqdm(total=len(finished) + len(todo), initial=len(finished), disable=not progress, unit="cell", file=sys.stderr)
     for prob_name, spec, schedule, n in todo:
@@ -312,7 +314,7 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
         res, own, kv, ident, start = run_cell(prob, data_keys(cfg.seed, n, cfg.replicates),
                                               start_keys(cfg.seed, prob_name, spec, n, cfg.replicates), n, settings)
         seconds = (time.perf_counter() - t0) / cfg.replicates
-        table = {
+        rows = {
             "problem": prob_name, "structure": prob.structure, "specification": spec,
             "num_prompts": settings.num_prompts, "n": n, "replicate": np.arange(cfg.replicates), "seed": cfg.seed,
             "schedule": schedule, "init": settings.init, "init_scale": float(settings.init_scale),
@@ -325,14 +327,12 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
             "status": [STATUS_LABELS[int(s)] for s in res.status], "steps": res.steps, "at_bound": res.at_bound,
             "seconds": seconds,
         }
-        rows.append(pd.DataFrame(table)[FITS_COLUMNS])
-        if lead:
-            write_csv(fits_path, pd.concat(rows, ignore_index=True))
+        table.add(rows, write=lead)  # after every cell: a killed run resumes from here
         bar.update(1)
     bar.close()
-    fits = canonical_order(pd.concat(rows, ignore_index=True) if rows and not tables_only else done, cfg)
+    fits = canonical_order(table.frame(), cfg)
     if lead:
-        write_csv(fits_path, fits)
+        table.write(fits)
         write_csv(out / "rates.csv", rates_table(fits, cfg))
     return fits
 
@@ -362,35 +362,23 @@ def rates_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
     window = fits[(fits["n"] >= cfg.n_min) & (fits["n"] <= cfg.n_max)]
     for (prob_name, spec, schedule), g in window.groupby(["problem", "specification", "schedule"], sort=False):
         structure = g["structure"].iloc[0]
-        ns = np.sort(g["n"].unique())
         sched = {c: g[c].iloc[0] for c in SCHEDULE_COLUMNS}
         for loss, cols in RATE_LOSSES.items():
             values = g[list(cols)].sum(axis=1).to_numpy()
             if not np.any(values != 0):
                 continue
-            mat = np.full((len(ns), cfg.replicates), np.nan)
-            for i, n in enumerate(ns):
-                v = values[(g["n"] == n).to_numpy()]
-                mat[i, : len(v)] = v
-            mat[mat <= 0] = np.nan  # an exactly zero part (e.g. no multi-atom cell) has no log
-            mat[~np.isfinite(mat)] = np.nan  # a non-finite fit: counted in fits_nonfinite, not averaged in
-            empty = [int(n) for n, row in zip(ns, mat) if not np.any(np.isfinite(row))]
-            for stat in ("mean", "median"):
-                if empty:  # the one case without a rate; anything else that fails is a bug, and raises
-                    vals = dict(slope=np.nan, ci_low=np.nan, ci_high=np.nan)
-                    note = f"no positive finite loss at n = {empty}"
-                else:
-                    r = empirical_rate(ns, mat, statistic=stat, num_bootstrap=cfg.num_bootstrap, seed=cfg.seed)
-                    vals = dict(slope=r.slope, ci_low=r.ci_low, ci_high=r.ci_high)
-                    note = ""
+            ns, mat = loss_matrix(g, values, replicate="replicate")
+            last = mat[-1][np.isfinite(mat[-1]) & (mat[-1] > 0)]
+            for entry in rate_entries(ns, mat, num_bootstrap=cfg.num_bootstrap, seed=cfg.seed):
                 out.append(dict(
-                    problem=prob_name, structure=structure, specification=spec, **sched, loss=loss, statistic=stat,
-                    **vals, theory_slope=_theory(structure, loss, spec),
+                    problem=prob_name, structure=structure, specification=spec, **sched, loss=loss,
+                    statistic=entry["statistic"], slope=entry["slope"], ci_low=entry["ci_low"],
+                    ci_high=entry["ci_high"], theory_slope=_theory(structure, loss, spec),
                     n_min=int(ns.min()), n_max=int(ns.max()), replicates=cfg.replicates,
                     fits_not_converged=int((~g["converged"].astype(bool)).sum()),
                     fits_nonfinite=int((g["status"] == "nonfinite").sum()),
                     fits_at_bound=int(g["at_bound"].astype(bool).sum()),
-                    mean_loss_at_n_max=float(np.nanmean(mat[-1])) if np.any(np.isfinite(mat[-1])) else 0.0,
-                    note=note,
+                    mean_loss_at_n_max=float(last.mean()) if len(last) else 0.0,
+                    note=entry["note"],
                 ))
     return pd.DataFrame(out)

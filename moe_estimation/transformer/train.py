@@ -135,35 +135,29 @@ def _curve_point(backbone, study: TransformerStudy, kind: str, lr: float, n: int
     return jax.lax.map(one, seed_keys)
 
 
-def run_transformer(study: TransformerStudy, out, *, progress: bool = True, log=print):
-    """Pre-train (or reuse DIR/backbone.npz), search learning rates, and write the learning curves
-    (``curves.csv``), their slopes (``curve_rates.csv``) and ``config.json`` into ``out``."""
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from ..rates import empirical_rate
-    from ..results import atomic_write, write_csv
-
-    from .._checks import make_out_dir
-
-    out = make_out_dir(out)
+def prepare_backbone(study: TransformerStudy, out: Path, *, log=print) -> tuple[dict, dict]:
+    """The pre-trained backbone: ``out/backbone.npz`` when it was made with this configuration, else trained
+    now and saved there. Returns it with its loss and accuracy on held-out pre-training data."""
     cfg = study.backbone
     root = jax.random.key(study.seed)
     bb_path = out / "backbone.npz"
     backbone = load_backbone(bb_path, cfg)
-    base_tokens, base_labels = sample(jax.random.fold_in(root, 3), "pretrain", study.test_size, cfg)
     if backbone is None:
         t0 = time.perf_counter()
         backbone, losses = pretrain(jax.random.fold_in(root, 1), study)
         save_backbone(bb_path, backbone, cfg)
         log(f"pre-trained the backbone in {time.perf_counter() - t0:.1f}s (final batch loss {float(losses[-1]):.3f})")
+    base_tokens, base_labels = sample(jax.random.fold_in(root, 3), "pretrain", study.test_size, cfg)
     pre_loss, pre_acc = evaluate(backbone, cfg, base_tokens, base_labels)
-    test = sample(jax.random.fold_in(root, 4), "downstream", study.test_size, cfg)
-    val = sample(jax.random.fold_in(root, 5), "downstream", study.test_size, cfg)
-    zero_loss, zero_acc = evaluate(backbone, cfg, *test)  # the frozen backbone on the new task, no prefix
+    return backbone, dict(loss=float(pre_loss), accuracy=float(pre_acc), trivial_loss=float(np.log(cfg.classes)))
 
-    lrs = {}
-    search = []
+
+def search_learning_rates(backbone, study: TransformerStudy, val, *, log=print) -> tuple[dict, list[dict]]:
+    """Each parameterisation's learning rate: the one of ``study.lr_grid`` with the lowest validation loss
+    after tuning on ``study.lr_search_n`` samples. Returns ``{parameterisation: lr}`` and every score."""
+    cfg = study.backbone
+    root = jax.random.key(study.seed)
+    lrs, search = {}, []
     for kind in PARAMETERISATIONS:
         scores = []
         for lr in study.lr_grid:
@@ -176,16 +170,32 @@ def run_transformer(study: TransformerStudy, out, *, progress: bool = True, log=
             search.append(dict(parameterisation=kind, lr=lr, validation_loss=float(vloss)))
         lrs[kind] = study.lr_grid[int(np.nanargmin(scores))]
     log("learning rates by validation loss: " + ", ".join(f"{k} {v:g}" for k, v in lrs.items()))
+    return lrs, search
 
-    curves_path = out / "curves.csv"
-    done = pd.read_csv(curves_path) if curves_path.exists() else None
-    if done is not None and set(done["lr"].groupby(done["parameterisation"]).first().items()) != set(lrs.items()):
-        done = None  # made with other learning rates: start the curves again
-    rows = [] if done is None else done.to_dict("records")
-    finished = set() if done is None else {(k, int(n)) for k, n in zip(done["parameterisation"], done["n"])}
+
+CURVE_COLUMNS = ["parameterisation", "n", "seed", "heldout_loss", "accuracy", "train_loss", "steps", "lr", "seconds"]
+
+
+def learning_curves(backbone, study: TransformerStudy, lrs: dict, test, out: Path, *, progress: bool = True,
+                    log=print):
+    """Prefix-tune ``study.seeds`` data sets per (parameterisation, n) and score them on ``test``; the table
+    ``out/curves.csv`` is written after every cell (:class:`moe_estimation.results.CellTable`) and a run
+    started again resumes from it (cells tuned with other learning rates are made again)."""
+    from tqdm.auto import tqdm
+
+    from ..results import CellTable
+
+    root = jax.random.key(study.seed)
+    table = CellTable(out / "curves.csv", CURVE_COLUMNS, ["parameterisation", "n"], study.seeds)
+    table.load()
+    done = table.frame()
+    same_lr = np.array([lrs.get(k) == lr for k, lr in zip(done["parameterisation"], done["lr"])], bool)
+    if len(done) and not same_lr.all():
+        table.write(done[same_lr])  # tuned with other learning rates: those cells are made again
+    finished = {(k, int(n)) for k, n in table.finished()}
     cells = [(kind, n) for n in study.ns for kind in PARAMETERISATIONS]
     if finished:
-        log(f"resuming: {len(finished)} of {len(cells)} cells already in {curves_path}")
+        log(f"resuming: {len(finished)} of {len(cells)} cells already in {table.path}")
     todo = [c for c in cells if c not in finished]
     for kind, n in tqdm(todo, disable=not progress, unit="cell", desc="prefix-tuning"):
         seed_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(root, 7), n), s))(
@@ -193,32 +203,55 @@ def run_transformer(study: TransformerStudy, out, *, progress: bool = True, log=
         t0 = time.perf_counter()
         loss, acc, train_loss = jax.device_get(_curve_point(backbone, study, kind, lrs[kind], n, seed_keys, test))
         sec = (time.perf_counter() - t0) / study.seeds
-        for s in range(study.seeds):
-            rows.append(dict(parameterisation=kind, n=n, seed=s, heldout_loss=float(loss[s]), accuracy=float(acc[s]),
-                             train_loss=float(train_loss[s]), steps=study.tune_steps, lr=lrs[kind], seconds=sec))
-        write_csv(curves_path, pd.DataFrame(rows))  # after every cell: a killed run resumes from here
+        table.add(dict(parameterisation=kind, n=n, seed=np.arange(study.seeds), heldout_loss=loss.astype(float),
+                       accuracy=acc.astype(float), train_loss=train_loss.astype(float), steps=study.tune_steps,
+                       lr=lrs[kind], seconds=sec))
     order = {k: i for i, k in enumerate(PARAMETERISATIONS)}
-    curves = pd.DataFrame(rows)
+    curves = table.frame()
     curves = curves.assign(_k=curves["parameterisation"].map(order)).sort_values(["_k", "n", "seed"]).drop(columns="_k")
     curves = curves.reset_index(drop=True)
-    write_csv(curves_path, curves)
+    table.write(curves)
+    return curves
+
+
+def curve_rates(curves, study: TransformerStudy):
+    """The slope of log held-out loss on log n per parameterisation (mean and median over seeds), with
+    bootstrap intervals: the same code as the study's rates (:func:`moe_estimation.results.rate_entries`)."""
+    import pandas as pd
+
+    from ..results import loss_matrix, rate_entries
+
     rates = []
     for kind in PARAMETERISATIONS:
         g = curves[curves["parameterisation"] == kind]
-        ns = np.array(sorted(g["n"].unique()))
-        mat = np.stack([g[g["n"] == n]["heldout_loss"].to_numpy() for n in ns])
-        for stat in ("mean", "median"):
-            r = empirical_rate(ns, mat, statistic=stat, num_bootstrap=2000, seed=study.seed)
-            rates.append(dict(parameterisation=kind, statistic=stat, slope=r.slope, ci_low=r.ci_low, ci_high=r.ci_high,
-                              n_min=r.n_min, n_max=r.n_max, seeds=study.seeds,
-                              mean_loss_at_n_max=float(mat[-1].mean()), mean_accuracy_at_n_max=float(
-                                  g[g["n"] == ns[-1]]["accuracy"].mean())))
-    write_csv(out / "curve_rates.csv", pd.DataFrame(rates))
+        ns, mat = loss_matrix(g, "heldout_loss", replicate="seed")
+        acc = g[g["n"] == ns[-1]]["accuracy"].mean()
+        for e in rate_entries(ns, mat, num_bootstrap=2000, seed=study.seed):
+            rates.append(dict(parameterisation=kind, statistic=e["statistic"], slope=e["slope"], ci_low=e["ci_low"],
+                              ci_high=e["ci_high"], n_min=int(ns.min()), n_max=int(ns.max()), seeds=study.seeds,
+                              mean_loss_at_n_max=float(np.nanmean(mat[-1])), mean_accuracy_at_n_max=float(acc)))
+    return pd.DataFrame(rates)
+
+
+def run_transformer(study: TransformerStudy, out, *, progress: bool = True, log=print):
+    """Pre-train (or reuse OUT/backbone.npz), search learning rates, and write the learning curves
+    (``curves.csv``), their slopes (``curve_rates.csv``) and ``config.json`` into ``out``."""
+    from .._checks import make_out_dir
+    from ..results import atomic_write, write_csv
+
+    out = make_out_dir(out)
+    cfg = study.backbone
+    root = jax.random.key(study.seed)
+    backbone, pretrain_test = prepare_backbone(study, out, log=log)
+    test = sample(jax.random.fold_in(root, 4), "downstream", study.test_size, cfg)
+    val = sample(jax.random.fold_in(root, 5), "downstream", study.test_size, cfg)
+    zero_loss, zero_acc = evaluate(backbone, cfg, *test)  # the frozen backbone on the new task, no prefix
+    lrs, search = search_learning_rates(backbone, study, val, log=log)
+    curves = learning_curves(backbone, study, lrs, test, out, progress=progress, log=log)
+    write_csv(out / "curve_rates.csv", curve_rates(curves, study))
     meta = dict(
         study={k: (v._asdict() if hasattr(v, "_asdict") else v) for k, v in study._asdict().items()},
-        learning_rates=lrs, lr_search=search,
-        backbone_pretrain_test=dict(loss=float(pre_loss), accuracy=float(pre_acc),
-                                    trivial_loss=float(np.log(cfg.classes))),
+        learning_rates=lrs, lr_search=search, backbone_pretrain_test=pretrain_test,
         downstream_without_prefix=dict(loss=float(zero_loss), accuracy=float(zero_acc)),
         device=str(jax.devices()[0]), jax=jax.__version__,
     )
