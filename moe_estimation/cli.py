@@ -58,8 +58,14 @@ def cmd_plot(args) -> int:
 
 
 def cmd_transformer(args) -> int:
+    from .transformer.teacher import TEACHER_PRESETS, run_teacher
     from .transformer.train import TRANSFORMER_PRESETS, run_transformer
 
+    if args.preset in TEACHER_PRESETS:  # teacher-student: the students are fitted in float64, as in a study
+        _setup_jax(argparse.Namespace(float32=False))
+        fits = run_teacher(TEACHER_PRESETS[args.preset], args.out, progress=not args.no_progress)
+        print(f"wrote {len(fits)} fits to {Path(args.out) / 'fits.csv'}, rates to {Path(args.out) / 'rates.csv'}")
+        return 0
     _setup_jax(argparse.Namespace(float32=True))  # the compilation cache; the transformer's dtypes are its own
     curves = run_transformer(TRANSFORMER_PRESETS[args.preset], args.out, progress=not args.no_progress)
     print(f"wrote {len(curves)} rows to {Path(args.out) / 'curves.csv'}")
@@ -124,12 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", required=True, help="directory for the figures")
     pl.set_defaults(func=cmd_plot)
 
-    t = sub.add_parser("transformer", help="prefix-tune a small pre-trained transformer: learning curves",
-                       description="Pre-train a small transformer on a synthetic task (or reuse OUT/backbone.npz), "
-                                   "freeze it, prefix-tune it on another task with no-share, simple-share and "
-                                   "deep-share prefixes, and write curves.csv, curve_rates.csv and config.json.")
-    t.add_argument("--preset", choices=["quick", "tiny"], default="quick",
-                   help="quick (CPU, minutes) or tiny (seconds, for smoke tests)")
+    t = sub.add_parser("transformer", help="prefix-tune a small pre-trained transformer: learning curves, or "
+                                           "prefix estimation against a teacher",
+                       description="Pre-train a small transformer on a synthetic task (or reuse OUT/backbone.npz) and "
+                                   "freeze it. Presets quick and tiny prefix-tune it on another task with no-share, "
+                                   "simple-share and deep-share prefixes and write curves.csv, curve_rates.csv and "
+                                   "config.json. Presets teacher-quick, teacher and teacher-tiny fit students to a "
+                                   "teacher with known prefixes by least squares and write fits.csv (the prefix "
+                                   "yardstick per fit), rates.csv and config.json; a run started again resumes.")
+    t.add_argument("--preset", choices=["quick", "tiny", "teacher-quick", "teacher", "teacher-tiny"], default="quick",
+                   help="learning curves: quick (CPU, minutes) or tiny (seconds); teacher-student: teacher-quick "
+                        "(CPU, about half an hour), teacher (GPU-sized) or teacher-tiny (seconds)")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.set_defaults(func=cmd_transformer)

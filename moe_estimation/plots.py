@@ -34,13 +34,15 @@ from .results import RATE_LOSSES, describe_schedule  # noqa: E402
 LOSS_LABELS = {"own": "own loss (D_2 on p, or D_1,r on (pK, pV))", "key_value": "key/value yardstick D_2 on (k, v)"}
 
 
-def _loss_values(g: pd.DataFrame, loss: str) -> np.ndarray:
-    return g[list(RATE_LOSSES[loss])].sum(axis=1).to_numpy()
+def _loss_values(g: pd.DataFrame, loss: str, losses=None) -> np.ndarray:
+    return g[list((losses or RATE_LOSSES)[loss])].sum(axis=1).to_numpy()
 
 
-def _panel(ax, g: pd.DataFrame, rates: pd.DataFrame, loss: str, color="C0", label_prefix=""):
+def _panel(ax, g: pd.DataFrame, rates: pd.DataFrame, loss: str, color="C0", label_prefix="", losses=None):
+    """Mean and median of ``loss`` against n (10-90% band), the fitted rate and the theory's slope.
+    ``losses``: how each loss is read from the rows (default: a study's ``RATE_LOSSES``)."""
     ns = np.sort(g["n"].unique())
-    vals = [_loss_values(g[g["n"] == n], loss) for n in ns]
+    vals = [_loss_values(g[g["n"] == n], loss, losses) for n in ns]
     mean = np.array([np.mean(v) for v in vals])
     med = np.array([np.median(v) for v in vals])
     lo = np.array([np.quantile(v, 0.1) for v in vals])
@@ -57,8 +59,9 @@ def _panel(ax, g: pd.DataFrame, rates: pd.DataFrame, loss: str, color="C0", labe
             intercept = np.mean(np.log(mean[window])) - r["slope"] * np.mean(np.log(nw))
             ax.plot(nw, np.exp(intercept) * nw ** r["slope"], "-", color="k", lw=1,
                     label=f"{label_prefix}fit {r['slope']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]")
-        ax.plot(ns, mean[0] * (ns / ns[0]) ** r["theory_slope"], ":", color="gray", lw=1.5,
-                label=f"theory {r['theory_slope']:g}" if r["theory_slope"] else "theory: slower than any n^-a")
+        if np.isfinite(r["theory_slope"]):
+            ax.plot(ns, mean[0] * (ns / ns[0]) ** r["theory_slope"], ":", color="gray", lw=1.5,
+                    label=f"theory {r['theory_slope']:g}" if r["theory_slope"] else "theory: slower than any n^-a")
     _log_axes(ax, ns)
 
 
@@ -271,16 +274,63 @@ def plot_curves(results: Path, out: Path) -> list[Path]:
     return [path]
 
 
-def plot_combined(study: Path, transformer: Path, out: Path) -> Path:
-    """The MoE rate panels (key/value yardstick, over-specified) beside the transformer learning curves."""
+def _teacher_cases(fits: pd.DataFrame) -> list[tuple[str, str]]:
+    return list(dict.fromkeys(zip(fits["truth"], fits["parameterisation"])))
+
+
+def plot_teacher(results: Path, out: Path) -> list[Path]:
+    """``teacher.png`` from a teacher-student run: per (truth, student) the prefix yardstick D_2 on the
+    (key, value) atoms, exact and over-specified, and the excess risk, against n."""
+    from .transformer.teacher import RATE_LOSSES as TEACHER_LOSSES
+
+    fits, rates = pd.read_csv(results / "fits.csv"), pd.read_csv(results / "rates.csv")
+    cases = _teacher_cases(fits)
+    fig, axes = plt.subplots(2, len(cases), figsize=(4.0 * len(cases), 7.5), squeeze=False)
+    for j, (truth, kind) in enumerate(cases):
+        for i, loss in enumerate(("key_value", "excess_risk")):
+            ax = axes[i, j]
+            for spec, color in (("exact", "C0"), ("over", "C3")):
+                g = fits[(fits["truth"] == truth) & (fits["parameterisation"] == kind) & (fits["specification"] == spec)]
+                rr = rates[(rates["truth"] == truth) & (rates["parameterisation"] == kind)
+                           & (rates["specification"] == spec)]
+                if len(g):
+                    _panel(ax, g, rr, loss, color=color, label_prefix=f"{spec}: ", losses=TEACHER_LOSSES)
+            ax.set_title(f"{truth} truth, {kind} student", fontsize=9)
+            ax.set_xlabel("n (sequences)")
+            ax.set_ylabel("D_2 on the prefixes' (key, value)" if loss == "key_value" else "excess risk ||f - f*||^2")
+            ax.legend(fontsize=6)
+    fig.suptitle("Teacher-student prefix estimation in a frozen transformer")
+    fig.tight_layout()
+    path = out / "teacher.png"
+    _save(fig, path)
+    return [path]
+
+
+def plot_combined(study: Path, transformer: Path | None, out: Path, teacher: Path | None = None) -> Path:
+    """The MoE rate panels (key/value yardstick, over-specified) beside the teacher-student transformer's
+    (same loss, over-specified students) and the transformer learning curves (when given)."""
+    from .transformer.teacher import RATE_LOSSES as TEACHER_LOSSES
+
     fits = pd.read_csv(study / "fits.csv")
     rates = pd.read_csv(study / "rates.csv")
-    curves = pd.read_csv(transformer / "curves.csv")
-    crates = pd.read_csv(transformer / "curve_rates.csv")
     problems = [p for p in dict.fromkeys(fits["problem"])]
-    fig, axes = plt.subplots(1, len(problems) + 1, figsize=(4.0 * (len(problems) + 1), 4.2), squeeze=False)
-    for ax in axes[0, 1:-1]:
+    tfits = pd.read_csv(teacher / "fits.csv") if teacher else None
+    trates = pd.read_csv(teacher / "rates.csv") if teacher else None
+    cases = _teacher_cases(tfits) if teacher else []
+    ncol = len(problems) + len(cases) + (transformer is not None)
+    fig, axes = plt.subplots(1, ncol, figsize=(4.0 * ncol, 4.2), squeeze=False)
+    for ax in axes[0, 1:len(problems)]:
         ax.sharey(axes[0, 0])  # one y-scale for the MoE panels, so that their levels compare
+    for j, (truth, kind) in enumerate(cases):
+        ax = axes[0, len(problems) + j]
+        if j:
+            ax.sharey(axes[0, len(problems)])  # and one for the transformer's
+        sel = (tfits["truth"] == truth) & (tfits["parameterisation"] == kind) & (tfits["specification"] == "over")
+        rsel = (trates["truth"] == truth) & (trates["parameterisation"] == kind) & (trates["specification"] == "over")
+        _panel(ax, tfits[sel], trates[rsel], "key_value", losses=TEACHER_LOSSES)
+        ax.set_title(f"transformer: {kind} student, {truth} truth (over)", fontsize=8)
+        ax.set_xlabel("n (sequences)")
+        ax.legend(fontsize=6)
     for ax, prob in zip(axes[0], problems):
         g = fits[(fits["problem"] == prob) & (fits["specification"] == "over")]
         rr = rates[(rates["problem"] == prob) & (rates["specification"] == "over")]
@@ -289,10 +339,14 @@ def plot_combined(study: Path, transformer: Path, out: Path) -> Path:
         ax.set_xlabel("n")
         ax.legend(fontsize=6)
     axes[0, 0].set_ylabel("D_2 on (key, value) atoms")
-    ax = axes[0, -1]
-    _curve_panel(ax, curves, crates, "heldout_loss")
-    ax.set_title("transformer: prefix-tuning held-out loss", fontsize=9)
-    fig.suptitle("Shared vs free prefixes: MoE estimation rates (left) and a prefix-tuned transformer (right)")
+    if transformer is not None:
+        ax = axes[0, -1]
+        _curve_panel(ax, pd.read_csv(transformer / "curves.csv"), pd.read_csv(transformer / "curve_rates.csv"),
+                     "heldout_loss")
+        ax.set_title("transformer: prefix-tuning held-out loss", fontsize=9)
+    fig.suptitle("Shared vs free prefixes: MoE estimation rates (left)"
+                 + (", a teacher's prefixes estimated in a transformer" if teacher else "")
+                 + (", and prefix-tuning learning curves (right)" if transformer is not None else ""))
     fig.tight_layout()
     path = out / "combined.png"
     fig.savefig(path, dpi=110)
@@ -306,9 +360,11 @@ def plot_results(results, out) -> list[Path]:
 
     out = check_out_dir(out)
     dirs = [Path(r) for r in ([results] if isinstance(results, (str, Path)) else results)]
-    studies, transformers = [], []
+    studies, transformers, teachers = [], [], []
     for d in dirs:
-        if (d / "fits.csv").is_file():
+        if (d / "fits.csv").is_file() and "truth" in pd.read_csv(d / "fits.csv", nrows=0).columns:
+            teachers.append(d)
+        elif (d / "fits.csv").is_file():
             studies.append(d)
         elif (d / "curves.csv").is_file():
             transformers.append(d)
@@ -320,7 +376,10 @@ def plot_results(results, out) -> list[Path]:
         written += plot_study(d, out)
     for d in transformers:
         written += plot_curves(d, out)
+    for d in teachers:
+        written += plot_teacher(d, out)
     single = [d for d in studies if pd.read_csv(d / "fits.csv", usecols=["schedule"])["schedule"].nunique() == 1]
-    if single and transformers:  # the combined figure shows one schedule's rates
-        written.append(plot_combined(single[0], transformers[0], out))
+    if single and (transformers or teachers):  # the combined figure shows one schedule's rates
+        written.append(plot_combined(single[0], transformers[0] if transformers else None, out,
+                                     teacher=teachers[0] if teachers else None))
     return written

@@ -4,6 +4,7 @@
         --bench benchmarks/cpu.json --step benchmarks/cpu-step.json --precision benchmarks/precision-cpu.json
     python simulations/summarize.py --compare results/full results/full-gpu   # two runs of one study
     python simulations/summarize.py --robust results/robust-quick            # a study over several schedules
+    python simulations/summarize.py --teacher results/teacher-quick          # teacher-student prefix estimation
 """
 
 from __future__ import annotations
@@ -188,12 +189,39 @@ def compare_table(a: Path, b: Path) -> str:
     return "\n".join(out)
 
 
+def teacher_table(path: Path) -> str:
+    """Teacher-student prefix estimation: per (truth, student, specification) the slopes of the prefix
+    yardstick (mean and median), its identified key and value parts and the excess risk."""
+    r = pd.read_csv(path / "rates.csv")
+    f = pd.read_csv(path / "fits.csv")
+    cell = lambda g, loss, stat: g[(g["loss"] == loss) & (g["statistic"] == stat)]
+    fmt = lambda row: (f"{row['slope']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]" if len(row) else "-")
+    out = ["| truth | student | spec | D_2 (k, v), mean: slope [95% CI] | median | identified key (mean) | "
+           "identified value (mean) | excess risk (mean) | theory (D_2) | mean D_2 at n_max | fits not converged |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (truth, kind, spec), g in r.groupby(["truth", "parameterisation", "specification"], sort=False):
+        kv = cell(g, "key_value", "mean")
+        row = lambda loss, stat="mean": fmt(cell(g, loss, stat).iloc[0]) if len(cell(g, loss, stat)) else "-"
+        theory = kv.iloc[0]["theory_slope"]
+        fits = f[(f["truth"] == truth) & (f["parameterisation"] == kind) & (f["specification"] == spec)]
+        out.append(f"| {truth} | {kind} | {spec} | {row('key_value')} | {row('key_value', 'median')} | "
+                   f"{row('identified_key')} | {row('identified_value')} | {row('excess_risk')} | "
+                   f"{'-' if pd.isna(theory) else f'{theory:g}'} | {kv.iloc[0]['mean_loss_at_n_max']:.3g} | "
+                   f"{int((~fits['converged'].astype(bool)).sum())} of {len(fits)} |")
+    ns = sorted(f["n"].unique())
+    out.append(f"\nn = {', '.join(map(str, ns))}; {f['seed'].nunique()} seeds per size; best of "
+               f"{int(f['restarts'].iloc[0])} starts.")
+    return "\n".join(out)
+
+
 def main(args) -> int:
     if args.study:
         print(study_table(Path(args.study)), "\n")
         print(parts_table(Path(args.study)), "\n")
     if args.robust:
         print(robust_table(Path(args.robust)), "\n")
+    if args.teacher:
+        print(teacher_table(Path(args.teacher)), "\n")
     if args.transformer:
         print(transformer_table(Path(args.transformer)), "\n")
     if args.bench:
@@ -212,6 +240,7 @@ if __name__ == "__main__":
     p.add_argument("--study", help="a study's output directory")
     p.add_argument("--robust", help="a study over several starting-point schedules (e.g. results/robust-quick)")
     p.add_argument("--transformer", help="a transformer run's output directory")
+    p.add_argument("--teacher", help="a teacher-student run's output directory (transformer --preset teacher-quick)")
     p.add_argument("--bench", help="a benchmark JSON (moe-estimation bench --json)")
     p.add_argument("--step", help="a step benchmark JSON (moe-estimation bench --step --json)")
     p.add_argument("--precision", help="a precision benchmark JSON (moe-estimation bench --precision --json)")

@@ -65,9 +65,11 @@ def _ln(p, x):
     return (x - mu) / jnp.sqrt(var + 1e-5) * p["g"] + p["b"]
 
 
-def attention(W_Q, W_K, W_V, x, heads: int, prefix_k=None, prefix_v=None):
+def attention(W_Q, W_K, W_V, x, heads: int, prefix_k=None, prefix_v=None, prefix_b=None):
     """Multi-head attention of tokens ``x`` ``(T, D)`` with optional prefix keys and values
-    ``(heads, L', d_head)`` (already in each head's key/value space). Returns ``(T, D)`` before W_O."""
+    ``(heads, L', d_head)`` (already in each head's key/value space) and optional prefix gate biases
+    ``(heads, L')`` added to the prefixes' scores (the b_i of the MoE model; plain prefix-tuning has none).
+    Returns ``(T, D)`` before W_O."""
     T, D = x.shape
     dh = W_Q.shape[1] // heads
     split = lambda a: a.reshape(T, heads, dh).transpose(1, 0, 2)  # (H, T, dh)
@@ -75,18 +77,27 @@ def attention(W_Q, W_K, W_V, x, heads: int, prefix_k=None, prefix_v=None):
     if prefix_k is not None:
         k = jnp.concatenate([prefix_k, k], axis=1)
         v = jnp.concatenate([prefix_v, v], axis=1)
-    w = jax.nn.softmax(jnp.einsum("htd,hsd->hts", q, k) / jnp.sqrt(dh), axis=-1)
+    scores = jnp.einsum("htd,hsd->hts", q, k) / jnp.sqrt(dh)
+    if prefix_b is not None:
+        scores = scores.at[:, :, : prefix_b.shape[-1]].add(prefix_b[:, None, :].astype(scores.dtype))
+    w = jax.nn.softmax(scores, axis=-1)
     return jnp.einsum("hts,hsd->htd", w, v).transpose(1, 0, 2).reshape(T, heads * dh)
 
 
-def forward(backbone: dict, tokens: jax.Array, cfg: BackboneConfig, prefix=None) -> jax.Array:
-    """Class logits ``(classes,)`` for one sequence ``tokens`` ``(T,)``. ``prefix``: per layer a pair
-    ``(keys, values)`` each ``(heads, L', d_head)``, or None for the plain backbone."""
+def hidden_states(backbone: dict, tokens: jax.Array, cfg: BackboneConfig, prefix=None) -> jax.Array:
+    """The final residual stream ``(T, D)`` (before the last layer norm) for one sequence. ``prefix``: per
+    layer a tuple ``(keys, values)`` each ``(heads, L', d_head)``, or ``(keys, values, biases)`` with gate
+    biases ``(heads, L')``; None for the plain backbone."""
     x = backbone["tok"][tokens] + backbone["pos"][: tokens.shape[0]]
     for i, lp in enumerate(backbone["layers"]):
-        pk, pv = (None, None) if prefix is None else prefix[i]
-        x = x + attention(lp["W_Q"], lp["W_K"], lp["W_V"], _ln(lp["ln1"], x), cfg.heads, pk, pv) @ lp["W_O"]
+        pk, pv, pb = (None, None, None) if prefix is None else (tuple(prefix[i]) + (None,))[:3]
+        x = x + attention(lp["W_Q"], lp["W_K"], lp["W_V"], _ln(lp["ln1"], x), cfg.heads, pk, pv, pb) @ lp["W_O"]
         h = _ln(lp["ln2"], x)
         x = x + jax.nn.gelu(h @ lp["W_1"] + lp["b_1"]) @ lp["W_2"] + lp["b_2"]
-    pooled = _ln(backbone["ln_f"], x).mean(0)
+    return x
+
+
+def forward(backbone: dict, tokens: jax.Array, cfg: BackboneConfig, prefix=None) -> jax.Array:
+    """Class logits ``(classes,)`` for one sequence ``tokens`` ``(T,)``; ``prefix`` as in :func:`hidden_states`."""
+    pooled = _ln(backbone["ln_f"], hidden_states(backbone, tokens, cfg, prefix)).mean(0)
     return pooled @ backbone["head"] + backbone["head_b"]

@@ -1,0 +1,444 @@
+"""Teacher-student prefix estimation: how fast are a transformer's prefixes estimated (docs/maths.md,
+*The transformer: a teacher*)?
+
+The teacher is the project's frozen pre-trained backbone with a known set of L prefixes in every layer.
+Its regression function is the final residual stream of a token sequence (every position, before the last
+layer norm: ``T x D`` real numbers), and the data are ``Y = f*(tokens) + noise`` with Gaussian noise of
+standard deviation ``noise_sd``. Students with L' = L (exact) or L' > L (over-specified) prefixes of one
+parameterisation fit it by least squares on n sequences, the backbone frozen, with the project's solver
+(:func:`moe_estimation.solver.solve`: box-constrained Levenberg-Marquardt, its stopping tests and status).
+
+Prefix gate biases. Every prefix carries a scalar gate bias per head (the b_i of the MoE model, added to
+the prefix's attention score), in teacher and students alike; the teacher's are zero. Without it an
+over-specified student could not represent the teacher at all: two prefixes with one key take twice the
+attention mass of one, and nothing can split it.
+
+Two truths, drawn from one set of vectors p*_i (entries ``truth_scale * N(0, 1)``):
+
+- ``shared``: key = p*_i W_K and value = p*_i W_V through the layer's frozen projections (a virtual token);
+- ``free``: the same keys, values q*_i W_V from an independent draw q*_i (of the same scale): key and value
+  need not come from one vector.
+
+The students (:data:`moe_estimation.transformer.PARAMETERISATIONS`): ``no-share`` (free keys and values),
+``simple-share`` (one vector per prefix and layer through W_K, W_V) and ``deep-share`` (a trained
+Linear-Tanh-Linear network from one vector per prefix to every layer's key and value). A simple-share
+student cannot represent a free truth (its value is fixed by its key), so that pair is not run.
+
+Measured per fit: the yardstick D_2 on the (key, value) atoms of each head (the same formula as the MoE
+study, :func:`moe_estimation.voronoi.voronoi_parts`), summed over the heads of a layer (``kv_layer_<l>``)
+and over layers (``loss_key_value``), with its key and value parts and the identified part
+(:func:`moe_estimation.voronoi.identified_parts`); and the excess risk, the mean over held-out sequences of
+||f_student - f*||^2. Rates come from the same code as the MoE study's (:func:`moe_estimation.results.rate_entries`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import zlib
+from functools import partial
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from ..solver import STATUS_LABELS, SolverSettings, Status, is_converged, normal_equations, solve
+from ..voronoi import IDENTIFIED_NAMES, identified_parts, voronoi_parts
+from .model import BackboneConfig, hidden_states
+from .prefixes import PARAMETERISATIONS, init_prefix, prefix_kv
+
+TRUTHS = ("shared", "free")
+SPECIFICATIONS = ("exact", "over")
+
+
+class TeacherStudy(NamedTuple):
+    """A teacher-student study. The backbone fields (``backbone``, ``pretrain_*``, ``test_size``) are
+    those of :class:`moe_estimation.transformer.train.TransformerStudy`: the backbone is pre-trained the
+    same way, on the synthetic pre-training task."""
+
+    backbone: BackboneConfig = BackboneConfig(vocab=16, seq_len=4, width=8, heads=2, layers=2, mlp=16, classes=4)
+    seed: int = 0
+    pretrain_steps: int = 600
+    pretrain_batch: int = 256
+    pretrain_lr: float = 3e-3
+    num_prefixes: int = 2  #: L, the teacher's prefixes per layer
+    extra_prefixes: int = 1  #: L' - L for the over-specified students
+    truth_scale: float = 0.5
+    noise_sd: float = 0.001
+    bound: float = 3.0  #: every prefix and network parameter in [-bound, bound]
+    bias_bounds: tuple = (-4.0, 2.0)  #: the gate biases' box
+    deep_hidden: int = 4  #: the deep-share network's hidden width (a bottleneck below the model width)
+    ns: tuple = (10, 20, 40, 80, 160, 320)
+    seeds: int = 5
+    restarts: int = 2
+    max_steps: int = 200
+    tol: float = 1e-8  #: ftol = xtol = gtol of the solver
+    test_size: int = 512
+    cases: tuple = (("shared", "no-share"), ("shared", "simple-share"), ("free", "no-share"))
+    specifications: tuple = SPECIFICATIONS
+    num_bootstrap: int = 2000
+
+    @property
+    def solver(self) -> SolverSettings:
+        return SolverSettings(max_steps=self.max_steps, ftol=self.tol, xtol=self.tol, gtol=self.tol)
+
+    def num_prompts(self, specification: str) -> int:
+        return self.num_prefixes + (self.extra_prefixes if specification == "over" else 0)
+
+
+TEACHER_PRESETS = {
+    "teacher-quick": TeacherStudy(),
+    "teacher": TeacherStudy(
+        ns=(10, 20, 40, 80, 160, 320, 640, 1280), seeds=20, restarts=4, max_steps=1000,
+        cases=(("shared", "no-share"), ("shared", "simple-share"), ("shared", "deep-share"), ("free", "no-share"),
+               ("free", "deep-share"))),
+    "teacher-tiny": TeacherStudy(pretrain_steps=50, ns=(16, 32), seeds=2, max_steps=20, test_size=64,
+                                 cases=(("shared", "no-share"), ("shared", "simple-share")), num_bootstrap=50),
+}
+
+
+def validate_study(study: TeacherStudy) -> None:
+    """Clear errors for a study that cannot run (each names the field, the value and the rule)."""
+    for truth, kind in study.cases:
+        if truth not in TRUTHS:
+            raise ValueError(f"cases: truth must be one of {TRUTHS}, got {truth!r}")
+        if kind not in PARAMETERISATIONS:
+            raise ValueError(f"cases: parameterisation must be one of {PARAMETERISATIONS}, got {kind!r}")
+        if truth == "free" and kind == "simple-share":
+            raise ValueError("cases: a simple-share student cannot represent a free truth (its value is fixed by its "
+                             "key); leave ('free', 'simple-share') out")
+    for spec in study.specifications:
+        if spec not in SPECIFICATIONS:
+            raise ValueError(f"specifications: expected a subset of {SPECIFICATIONS}, got {spec!r}")
+    if len(set(study.ns)) < 2 or min(study.ns) < 1:
+        raise ValueError(f"ns: need at least two distinct sample sizes >= 1, got {study.ns}")
+    for name in ("num_prefixes", "seeds", "restarts", "max_steps", "deep_hidden", "test_size"):
+        if getattr(study, name) < 1:
+            raise ValueError(f"{name}: must be >= 1, got {getattr(study, name)}")
+    if study.extra_prefixes < 1 and "over" in study.specifications:
+        raise ValueError(f"extra_prefixes: must be >= 1 for over-specified students, got {study.extra_prefixes}")
+    for name in ("noise_sd", "truth_scale", "bound", "tol"):
+        if not getattr(study, name) > 0:
+            raise ValueError(f"{name}: must be > 0, got {getattr(study, name)}")
+    lo, hi = study.bias_bounds
+    if not lo < 0 < hi:
+        raise ValueError(f"bias_bounds: need lo < 0 < hi (the teacher's biases are 0), got {study.bias_bounds}")
+
+
+# ------------------------------------------------------------------------------------------------
+# the teacher and the students
+
+
+def _fold(key, *parts):
+    for part in parts:
+        key = jax.random.fold_in(key, (zlib.crc32(part.encode()) if isinstance(part, str) else int(part)) & 0x7FFFFFFF)
+    return key
+
+
+def _heads(a, cfg):
+    """``(L, D)`` -> ``(heads, L, d_head)``."""
+    return a.reshape(a.shape[0], cfg.heads, cfg.head_dim).transpose(1, 0, 2)
+
+
+def make_teacher(study: TeacherStudy, backbone: dict, truth: str) -> list[tuple]:
+    """The teacher's prefixes: per layer ``(keys, values, biases)``, keys and values ``(heads, L, d_head)``,
+    biases ``(heads, L)`` (zero). Raises when the truth does not lie inside the students' box."""
+    cfg = study.backbone
+    if truth not in TRUTHS:
+        raise ValueError(f"truth: expected one of {TRUTHS}, got {truth!r}")
+    kp, kq = jax.random.split(_fold(jax.random.key(study.seed), "truth"))
+    shape = (cfg.layers, study.num_prefixes, cfg.width)
+    p = study.truth_scale * jax.random.normal(kp, shape, backbone["tok"].dtype)
+    q = p if truth == "shared" else study.truth_scale * jax.random.normal(kq, shape, backbone["tok"].dtype)
+    out = []
+    for i, lp in enumerate(backbone["layers"]):
+        k, v = p[i] @ lp["W_K"], q[i] @ lp["W_V"]
+        out.append((_heads(k, cfg), _heads(v, cfg), jnp.zeros((cfg.heads, study.num_prefixes), k.dtype)))
+    biggest = max(float(jnp.abs(jnp.concatenate([k.ravel(), v.ravel()])).max()) for k, v, _ in out)
+    if biggest >= study.bound or float(jnp.abs(p).max()) >= study.bound:
+        raise ValueError(f"bound: the {truth} truth has an entry of size {max(biggest, float(jnp.abs(p).max())):.3g}, "
+                         f"not inside the box [-{study.bound}, {study.bound}]; raise bound or lower truth_scale")
+    return out
+
+
+def initial_student(key, study: TeacherStudy, kind: str, num_prompts: int, backbone: dict) -> dict:
+    """A start that knows nothing of the truth or of n: keys and values from a fresh draw of the truth's
+    distribution (no-share: key and value from independent draws; simple-share: one vector), the
+    deep-share network at its usual initialisation; gate biases 0. Clipped into the box."""
+    cfg, dtype = study.backbone, backbone["tok"].dtype
+    k1, k2 = jax.random.split(key)
+    shape = (cfg.layers, num_prompts, cfg.width)
+    draw = lambda k: study.truth_scale * jax.random.normal(k, shape, dtype)
+    if kind == "no-share":
+        pk, pv = draw(k1), draw(k2)
+        params = dict(pk=jnp.stack([pk[i] @ lp["W_K"] for i, lp in enumerate(backbone["layers"])]),
+                      pv=jnp.stack([pv[i] @ lp["W_V"] for i, lp in enumerate(backbone["layers"])]))
+    elif kind == "simple-share":
+        params = dict(p=draw(k1))
+    else:
+        params = init_prefix(k1, kind, cfg, num_prompts, hidden=study.deep_hidden, dtype=dtype)
+    params = jax.tree.map(lambda a: jnp.clip(a, -study.bound, study.bound), params)
+    params["b"] = jnp.zeros((cfg.layers, cfg.heads, num_prompts), dtype)
+    return params
+
+
+def student_prefix(kind: str, params: dict, backbone: dict, cfg) -> list[tuple]:
+    """A student's per-layer ``(keys, values, biases)``; the backbone enters as a constant (no gradient)."""
+    frozen = jax.lax.stop_gradient(backbone)
+    kv = prefix_kv(kind, {k: v for k, v in params.items() if k != "b"}, frozen, cfg)
+    return [(k, v, params["b"][i]) for i, (k, v) in enumerate(kv)]
+
+
+def features(backbone: dict, tokens, cfg, prefix) -> jax.Array:
+    """The regression function on sequences ``tokens`` ``(n, T)``: the final residual streams ``(n, T, D)``."""
+    return jax.vmap(lambda t: hidden_states(backbone, t, cfg, prefix))(tokens)
+
+
+def box(params: dict, study: TeacherStudy) -> tuple[dict, dict]:
+    """Lower and upper bounds with the structure of ``params``."""
+    lo = {k: jnp.full_like(v, study.bias_bounds[0] if k == "b" else -study.bound) for k, v in params.items()}
+    hi = {k: jnp.full_like(v, study.bias_bounds[1] if k == "b" else study.bound) for k, v in params.items()}
+    return lo, hi
+
+
+def prefix_losses(prefix, teacher, cfg) -> dict:
+    """The yardstick between a student's and the teacher's prefixes: per head of every layer, D_2 on the
+    atoms (key, value) with weights exp(bias) (:func:`moe_estimation.voronoi.voronoi_parts`, the value
+    part starting at d_head) and the identified part; heads summed within a layer, layers summed. Returns
+    the parts of :func:`voronoi_parts` (``d2``, ``weight``, ``key_single``...), ``id_<name>`` for the
+    identified terms and ``layer`` ``(layers,)``, the D_2 of each layer."""
+    per_layer = []
+    for (k, v, b), (tk, tv, tb) in zip(prefix, teacher):
+        atoms, true_atoms = jnp.concatenate([k, v], -1), jnp.concatenate([tk, tv], -1)
+        vp = jax.vmap(lambda w, a, tw, ta: voronoi_parts(w, a, tw, ta, split=cfg.head_dim))(
+            jnp.exp(b), atoms, jnp.exp(tb), true_atoms)
+        ip = jax.vmap(lambda w, a, tw, ta: identified_parts(w, a, tw, ta, split=cfg.head_dim))(
+            jnp.exp(b), atoms, jnp.exp(tb), true_atoms)
+        per_layer.append({**{n: x.sum(0) for n, x in vp.items()}, **{f"id_{n}": x.sum(0) for n, x in ip.items()}})
+    out = {n: sum(layer[n] for layer in per_layer) for n in per_layer[0]}
+    out["layer"] = jnp.stack([layer["d2"] for layer in per_layer])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# one cell: simulate, fit, score
+
+
+def data_key(seed: int, n: int, replicate: int):
+    """Replicate r's data at size n, from ``(seed, n, r)`` alone: every truth, student and specification
+    sees the same sequences and the same noise (common random numbers)."""
+    return _fold(jax.random.key(seed), "data", n, replicate)
+
+
+def start_key(seed: int, truth: str, kind: str, specification: str, n: int, replicate: int):
+    return _fold(jax.random.key(seed), "start", truth, kind, specification, n, replicate)
+
+
+@partial(jax.jit, static_argnames=("study", "kind", "num_prompts", "n"))
+def fit_cell(study: TeacherStudy, kind: str, num_prompts: int, n: int, backbone, teacher, test_tokens, dkeys, skeys):
+    """Fit the replicates of one cell (``dkeys``, ``skeys``: raw key data, one row per replicate) and score
+    them. Returns a dict of arrays with a leading replicate axis."""
+    cfg = study.backbone
+    truth_test = features(backbone, test_tokens, cfg, teacher)
+
+    def one(keys):
+        dk, sk = (jax.random.wrap_key_data(k) for k in keys)
+        kt, ke = jax.random.split(dk)
+        tokens = jax.random.randint(kt, (n, cfg.seq_len), 0, cfg.vocab, dtype=jnp.int32)
+        f_true = features(backbone, tokens, cfg, teacher)
+        Y = f_true + study.noise_sd * jax.random.normal(ke, f_true.shape, f_true.dtype)
+        template = initial_student(sk, study, kind, num_prompts, backbone)
+        _, unravel = ravel_pytree(template)
+        lo, hi = (ravel_pytree(b)[0] for b in box(template, study))
+
+        def model(theta, toks):
+            return features(backbone, toks, cfg, student_prefix(kind, unravel(theta), backbone, cfg))
+
+        def residual_jacobian(data, theta):
+            toks, y = data
+            J = jax.jacfwd(lambda z: model(z, toks))(theta)  # (n, T, D, P)
+            return model(theta, toks) - y, jnp.moveaxis(J, -1, 0)
+
+        linearize = normal_equations(residual_jacobian, (tokens, Y))
+
+        def restart(k):
+            theta0 = ravel_pytree(initial_student(k, study, kind, num_prompts, backbone))[0]
+            return solve(linearize, theta0, lo, hi, study.solver), theta0
+
+        sols, starts = jax.lax.map(restart, jax.random.split(sk, study.restarts))
+        finite = jnp.isfinite(sols.objective) & jnp.all(jnp.isfinite(sols.value), axis=1)
+        best = jnp.argmin(jnp.where(finite, sols.objective, jnp.inf))
+        sol = jax.tree.map(lambda a: a[best], sols)
+        status = jnp.where(finite[best], sol.status, Status.NONFINITE)
+        params = unravel(sol.value)
+        prefix = student_prefix(kind, params, backbone, cfg)
+        losses = prefix_losses(prefix, teacher, cfg)
+        start = prefix_losses(student_prefix(kind, unravel(starts[best]), backbone, cfg), teacher, cfg)
+        excess = jnp.mean(jnp.sum((features(backbone, test_tokens, cfg, prefix) - truth_test) ** 2, axis=(1, 2)))
+        at_bound = jnp.any((sol.value <= lo) | (sol.value >= hi))
+        return dict(losses=losses, start=start["d2"], excess=excess, objective=sol.objective, status=status,
+                    steps=sol.steps, at_bound=at_bound, converged=is_converged(status))
+
+    return jax.lax.map(one, (dkeys, skeys))
+
+
+# ------------------------------------------------------------------------------------------------
+# the study
+
+
+def fits_columns(study: TeacherStudy) -> list[str]:
+    parts = ("weight", "key_single", "key_multi", "value_single", "value_multi")
+    return (["truth", "parameterisation", "specification", "num_prefixes", "n", "seed", "restarts", "loss_key_value"]
+            + [f"kv_{p}" for p in parts] + [f"kv_layer_{i}" for i in range(study.backbone.layers)]
+            + [f"id_{p}" for p in IDENTIFIED_NAMES]
+            + ["excess_risk", "start_key_value", "objective", "mean_square_residual", "converged", "status", "steps",
+               "at_bound", "seconds"])
+
+
+CELL = ["truth", "parameterisation", "specification", "n"]
+RATE_LOSSES = {
+    "key_value": ("loss_key_value",),
+    "key_value_key_part": ("kv_key_single", "kv_key_multi"),
+    "key_value_value_part": ("kv_value_single", "kv_value_multi"),
+    "identified_weight": ("id_weight",),
+    "identified_key": ("id_key",),
+    "identified_value": ("id_value",),
+    "spread_key": ("id_spread_key",),
+    "spread_value": ("id_spread_value",),
+    "excess_risk": ("excess_risk",),
+}
+
+
+def theory_slope(kind: str, loss: str, specification: str) -> float:
+    """The MoE theory's reference slope for the student's structure (docs/maths.md, *Rates and intervals*):
+    no-share is the non-shared structure, simple-share the shared-linear one; deep-share, whose network is
+    trained rather than known, has no counterpart (NaN). The excess risk ||f - f*||^2: -1 for every
+    student (the regression function is estimated at the parametric rate). Exactly specified: -1/2."""
+    from ..rates import theory_slope as moe_theory
+
+    if loss == "excess_risk":
+        return -1.0
+    if specification == "exact":
+        return -0.5
+    if kind == "deep-share":
+        return float("nan")
+    structure = "non-shared" if kind == "no-share" else "shared-linear"
+    return moe_theory(structure, "identified" if loss.startswith(("identified", "spread")) else "key_value", "over")
+
+
+def run_teacher(study: TeacherStudy, out, *, progress: bool = True, log=print):
+    """Run (or resume) a teacher-student study into ``out``: ``fits.csv`` (one row per fit, written after
+    every cell), ``rates.csv`` and ``config.json``; the backbone is pre-trained once into ``backbone.npz``
+    (or reused). Estimation runs in float64 (call ``jax.config.update('jax_enable_x64', True)`` first)."""
+    from .._checks import make_out_dir
+    from ..results import StudyLock
+
+    if not jax.config.jax_enable_x64:
+        raise ValueError("run_teacher: the students are fitted in float64; call "
+                         "jax.config.update('jax_enable_x64', True) first")
+    validate_study(study)
+    out = make_out_dir(out)
+    with StudyLock(out, log=log):
+        return _run_teacher(study, out, progress=progress, log=log)
+
+
+def _study_dict(study: TeacherStudy) -> dict:
+    return json.loads(json.dumps({k: (v._asdict() if hasattr(v, "_asdict") else v) for k, v in study._asdict().items()}))
+
+
+def _run_teacher(study: TeacherStudy, out: Path, *, progress: bool, log):
+    from tqdm.auto import tqdm
+
+    from ..results import CellTable, atomic_write, versions, write_csv
+    from .train import prepare_backbone
+
+    cfg_path = out / "config.json"
+    if cfg_path.exists() and json.loads(cfg_path.read_text()).get("study") != _study_dict(study):
+        raise ValueError(f"--out: {out} holds a different study (its config.json differs); choose a new --out or "
+                         "delete it")
+    backbone32, pretrain_test = prepare_backbone(study, out, log=log)
+    backbone = jax.tree.map(lambda a: a.astype(jnp.float64), backbone32)  # estimation in float64
+    teachers = {truth: make_teacher(study, backbone, truth) for truth in {t for t, _ in study.cases}}
+    test_tokens = jax.random.randint(_fold(jax.random.key(study.seed), "test"), (study.test_size, study.backbone.seq_len),
+                                     0, study.backbone.vocab, dtype=jnp.int32)
+    meta = dict(study=_study_dict(study), backbone_pretrain_test=pretrain_test, versions=versions(),
+                device=str(jax.devices()[0]),
+                teacher={t: [dict(keys=np.asarray(k).tolist(), values=np.asarray(v).tolist()) for k, v, _ in p]
+                         for t, p in teachers.items()})
+    atomic_write(cfg_path, json.dumps(meta, indent=2))
+
+    columns = fits_columns(study)
+    table = CellTable(out / "fits.csv", columns, CELL, study.seeds)
+    finished = {(t, k, s, int(n)) for t, k, s, n in table.load()}
+    if table.problems:
+        log(f"{table.path}: " + "; ".join(table.problems))
+    cells = [(t, k, s, n) for n in study.ns for t, k in study.cases for s in study.specifications]
+    todo = [c for c in cells if c not in finished]
+    if finished:
+        log(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already in {table.path}")
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), disable=not progress, unit="cell", file=sys.stderr)
+    for truth, kind, spec, n in todo:
+        bar.set_description(f"{truth} truth, {kind} {spec} n={n}")
+        L = study.num_prompts(spec)
+        dkeys = jnp.stack([jax.random.key_data(data_key(study.seed, n, r)) for r in range(study.seeds)])
+        skeys = jnp.stack([jax.random.key_data(start_key(study.seed, truth, kind, spec, n, r))
+                           for r in range(study.seeds)])
+        t0 = time.perf_counter()
+        res = jax.device_get(fit_cell(study, kind, L, n, backbone, teachers[truth], test_tokens, dkeys, skeys))
+        seconds = (time.perf_counter() - t0) / study.seeds
+        ls = res["losses"]
+        rows = dict(
+            truth=truth, parameterisation=kind, specification=spec, num_prefixes=L, n=n, seed=np.arange(study.seeds),
+            restarts=study.restarts, loss_key_value=ls["d2"], kv_weight=ls["weight"],
+            **{f"kv_{p}": ls[p] for p in ("key_single", "key_multi", "value_single", "value_multi")},
+            **{f"kv_layer_{i}": ls["layer"][:, i] for i in range(study.backbone.layers)},
+            **{f"id_{p}": ls[f"id_{p}"] for p in IDENTIFIED_NAMES},
+            excess_risk=res["excess"], start_key_value=res["start"], objective=res["objective"],
+            mean_square_residual=2 * res["objective"] / (n * study.backbone.seq_len * study.backbone.width),
+            converged=res["converged"], status=[STATUS_LABELS[int(s)] for s in res["status"]], steps=res["steps"],
+            at_bound=res["at_bound"], seconds=seconds)
+        table.add(rows)
+        bar.update(1)
+    bar.close()
+    fits = _canonical(table.frame(), study)
+    table.write(fits)
+    write_csv(out / "rates.csv", teacher_rates(fits, study))
+    return fits
+
+
+def _canonical(fits, study: TeacherStudy):
+    order = {c: i for i, c in enumerate(study.cases)}
+    spec = {s: i for i, s in enumerate(SPECIFICATIONS)}
+    key = fits.apply(lambda r: (order.get((r["truth"], r["parameterisation"]), 99), spec[r["specification"]]), axis=1)
+    return (fits.assign(_c=[k[0] for k in key], _s=[k[1] for k in key]).sort_values(["_c", "_s", "n", "seed"])
+            .drop(columns=["_c", "_s"]).reset_index(drop=True))
+
+
+def teacher_rates(fits, study: TeacherStudy):
+    """One row per (truth, parameterisation, specification, loss, statistic): the slope of log loss on
+    log n with its bootstrap interval, the theory's slope, and the fits that did not converge."""
+    import pandas as pd
+
+    from ..results import loss_matrix, rate_entries
+
+    out = []
+    for (truth, kind, spec), g in fits.groupby(["truth", "parameterisation", "specification"], sort=False):
+        for loss, cols in RATE_LOSSES.items():
+            values = g[list(cols)].sum(axis=1).to_numpy()
+            if not np.any(values != 0):
+                continue  # e.g. no spread when no cell holds two prefixes
+            ns, mat = loss_matrix(g, values, replicate="seed")
+            last = mat[-1][np.isfinite(mat[-1]) & (mat[-1] > 0)]
+            for e in rate_entries(ns, mat, num_bootstrap=study.num_bootstrap, seed=study.seed):
+                out.append(dict(truth=truth, parameterisation=kind, specification=spec, loss=loss,
+                                statistic=e["statistic"], slope=e["slope"], ci_low=e["ci_low"], ci_high=e["ci_high"],
+                                theory_slope=theory_slope(kind, loss, spec), n_min=int(ns.min()), n_max=int(ns.max()),
+                                seeds=study.seeds, restarts=study.restarts,
+                                fits_not_converged=int((~g["converged"].astype(bool)).sum()),
+                                fits_at_bound=int(g["at_bound"].astype(bool).sum()),
+                                mean_loss_at_n_max=float(last.mean()) if len(last) else 0.0, note=e["note"]))
+    return pd.DataFrame(out)

@@ -1,0 +1,152 @@
+"""Teacher-student prefix estimation in the transformer (moe_estimation.transformer.teacher)."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from moe_estimation.transformer.model import attention, init_backbone
+from moe_estimation.transformer.teacher import (
+    TEACHER_PRESETS,
+    TeacherStudy,
+    features,
+    fit_cell,
+    initial_student,
+    make_teacher,
+    prefix_losses,
+    student_prefix,
+    validate_study,
+)
+
+STUDY = TEACHER_PRESETS["teacher-tiny"]
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    # a random (not pre-trained) backbone in float64: the statistics do not need pre-training
+    return init_backbone(jax.random.key(0), STUDY.backbone, dtype=jnp.float64)
+
+
+def _as_no_share(teacher, cfg):
+    """The teacher's prefixes as no-share student parameters (keys and values (layers, L, D), biases)."""
+    merge = lambda a: a.transpose(1, 0, 2).reshape(a.shape[1], cfg.width)
+    return dict(pk=jnp.stack([merge(k) for k, _, _ in teacher]), pv=jnp.stack([merge(v) for _, v, _ in teacher]),
+                b=jnp.stack([b for _, _, b in teacher]))
+
+
+def test_a_student_with_the_teachers_prefixes_has_zero_yardstick_and_the_noise_as_residual(backbone):
+    cfg = STUDY.backbone
+    for truth in ("shared", "free"):
+        teacher = make_teacher(STUDY, backbone, truth)
+        own = student_prefix("no-share", _as_no_share(teacher, cfg), backbone, cfg)
+        losses = prefix_losses(own, teacher, cfg)
+        assert float(losses["d2"]) == 0.0 and float(losses["id_key"]) == 0.0 and float(losses["id_value"]) == 0.0
+        tokens = jax.random.randint(jax.random.key(1), (128, cfg.seq_len), 0, cfg.vocab)
+        f = features(backbone, tokens, cfg, teacher)
+        Y = f + STUDY.noise_sd * jax.random.normal(jax.random.key(2), f.shape)
+        msr = float(jnp.mean((features(backbone, tokens, cfg, own) - Y) ** 2))
+        assert msr == pytest.approx(STUDY.noise_sd**2, rel=0.1)  # 4096 numbers: the estimate's sd is 2%
+    # and a student away from the truth is not scored zero, whatever the order of its prefixes
+    moved = _as_no_share(teacher, cfg)
+    moved["pk"] = moved["pk"] + 0.1
+    d = float(prefix_losses(student_prefix("no-share", moved, backbone, cfg), teacher, cfg)["d2"])
+    swapped = jax.tree.map(lambda a: a[..., ::-1, :] if a.ndim == 3 and a.shape[-1] == cfg.width else a, moved)
+    swapped["b"] = moved["b"][..., ::-1]
+    assert d > 0 and float(prefix_losses(student_prefix("no-share", swapped, backbone, cfg), teacher, cfg)["d2"]) == pytest.approx(d)
+
+
+def test_shared_and_free_truths_share_keys_and_differ_in_values(backbone):
+    shared, free = (make_teacher(STUDY, backbone, t) for t in ("shared", "free"))
+    for (k1, v1, _), (k2, v2, _) in zip(shared, free):
+        np.testing.assert_array_equal(k1, k2)
+        assert float(jnp.abs(v1 - v2).max()) > 0.1
+
+
+def test_only_the_prefix_parameters_receive_gradients(backbone):
+    cfg = STUDY.backbone
+    tokens = jax.random.randint(jax.random.key(3), (8, cfg.seq_len), 0, cfg.vocab)
+    teacher = make_teacher(STUDY, backbone, "shared")
+    Y = features(backbone, tokens, cfg, teacher)
+    for kind in ("no-share", "simple-share", "deep-share"):
+        params = initial_student(jax.random.key(4), STUDY, kind, 3, backbone)
+
+        def objective(params, bb):
+            return jnp.sum((features(bb, tokens, cfg, student_prefix(kind, params, bb, cfg)) - Y) ** 2)
+
+        g_params, g_bb = jax.grad(objective, argnums=(0, 1))(params, backbone)
+        for name, g in g_params.items():
+            assert float(jnp.abs(g).max()) > 0, (kind, name)  # every prefix (and network) parameter moves
+        # the backbone enters the students' prefixes as a constant: through W_K, W_V it gets no gradient
+        # (the plain forward pass still depends on it; what is frozen is the prefix map's use of it)
+        zero_prefix = jax.grad(lambda bb: jnp.sum(jnp.stack(
+            [jnp.sum(k) + jnp.sum(v) for k, v, _ in student_prefix(kind, params, bb, cfg)])))(backbone)
+        assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves(zero_prefix)), kind
+
+
+def test_a_zero_gate_bias_is_plain_prefix_attention():
+    k = jax.random.split(jax.random.key(5), 6)
+    D, H, L = 8, 2, 3
+    W = [jax.random.normal(k[i], (D, D)) for i in range(3)]
+    x = jax.random.normal(k[3], (4, D))
+    pk, pv = jax.random.normal(k[4], (H, L, D // H)), jax.random.normal(k[5], (H, L, D // H))
+    np.testing.assert_allclose(attention(*W, x, H, pk, pv, jnp.zeros((H, L))), attention(*W, x, H, pk, pv), atol=1e-6)
+    # a gate bias of log 2 is the same prefix written twice
+    twice = attention(*W, x, H, jnp.concatenate([pk, pk], 1), jnp.concatenate([pv, pv], 1))
+    np.testing.assert_allclose(attention(*W, x, H, pk, pv, jnp.full((H, L), np.log(2.0))), twice, atol=1e-5)
+
+
+def test_a_correctly_specified_student_recovers_the_teachers_prefixes(backbone):
+    """Shared truth, simple-share student with L' = L, n = 256, noise sd 0.001, best of 3 random starts:
+    the yardstick must fall below 0.3 (from about 10 at the start) and every fit converge."""
+    study = STUDY._replace(restarts=3, max_steps=200)
+    cfg = study.backbone
+    teacher = make_teacher(study, backbone, "shared")
+    test_tokens = jax.random.randint(jax.random.key(6), (64, cfg.seq_len), 0, cfg.vocab)
+    dkeys = jax.random.key_data(jax.random.split(jax.random.key(7), 2))
+    skeys = jax.random.key_data(jax.random.split(jax.random.key(8), 2))
+    res = fit_cell(study, "simple-share", study.num_prefixes, 256, backbone, teacher, test_tokens, dkeys, skeys)
+    assert np.all(res["converged"])
+    assert np.all(res["start"] > 3.0)
+    assert np.all(res["losses"]["d2"] < 0.3), res["losses"]["d2"]
+    assert np.all(res["excess"] < 1e-3)
+
+
+def test_validate_study_names_the_field():
+    with pytest.raises(ValueError, match="simple-share student cannot represent a free truth"):
+        validate_study(TeacherStudy(cases=(("free", "simple-share"),)))
+    with pytest.raises(ValueError, match="ns: need at least two"):
+        validate_study(TeacherStudy(ns=(16,)))
+    with pytest.raises(ValueError, match="bias_bounds"):
+        validate_study(TeacherStudy(bias_bounds=(0.0, 2.0)))
+
+
+def test_teacher_tiny_preset_writes_resumes_and_rates(tmp_path, cache_env):
+    out = tmp_path / "t"
+    cmd = [sys.executable, "-m", "moe_estimation.cli", "transformer", "--preset", "teacher-tiny", "--out", str(out),
+           "--no-progress"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=cache_env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    fits = pd.read_csv(out / "fits.csv")
+    study = TEACHER_PRESETS["teacher-tiny"]
+    assert len(fits) == len(study.cases) * len(study.specifications) * len(study.ns) * study.seeds
+    assert set(fits["status"]) <= {"ftol", "xtol", "gtol", "max_steps", "stalled", "nonfinite"}
+    assert (fits["loss_key_value"] > 0).all() and (fits["excess_risk"] > 0).all()
+    np.testing.assert_allclose(fits["kv_layer_0"] + fits["kv_layer_1"], fits["loss_key_value"], rtol=1e-12)
+    rates = pd.read_csv(out / "rates.csv")
+    assert {"key_value", "excess_risk", "identified_key"} <= set(rates["loss"])
+    assert set(rates["theory_slope"][rates["loss"] == "excess_risk"]) == {-1.0}
+    # run again: every cell is finished, nothing is fitted, the table is unchanged
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=cache_env)
+    assert again.returncode == 0 and "resuming: 8 of 8 cells" in again.stdout
+    pd.testing.assert_frame_equal(pd.read_csv(out / "fits.csv"), fits)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from moe_estimation.plots import plot_results
+
+    assert [p.name for p in plot_results([out], tmp_path / "fig")] == ["teacher.png"]
