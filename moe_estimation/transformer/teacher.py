@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from ..results import RATE_LOSSES as STUDY_RATE_LOSSES
 from ..solver import STATUS_LABELS, SolverSettings, Status, is_converged, normal_equations, solve
 from ..voronoi import IDENTIFIED_NAMES, identified_parts, voronoi_parts
 from .model import BackboneConfig, hidden_states
@@ -300,15 +301,8 @@ def fits_columns(study: TeacherStudy) -> list[str]:
 
 
 CELL = ["truth", "parameterisation", "specification", "n"]
-RATE_LOSSES = {
-    "key_value": ("loss_key_value",),
-    "key_value_key_part": ("kv_key_single", "kv_key_multi"),
-    "key_value_value_part": ("kv_value_single", "kv_value_multi"),
-    "identified_weight": ("id_weight",),
-    "identified_key": ("id_key",),
-    "identified_value": ("id_value",),
-    "spread_key": ("id_spread_key",),
-    "spread_value": ("id_spread_value",),
+RATE_LOSSES = {  # the study's yardstick columns (same names in both tables), and the excess risk
+    **{loss: cols for loss, cols in STUDY_RATE_LOSSES.items() if loss != "own"},
     "excess_risk": ("excess_risk",),
 }
 
