@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import zlib
+
 import jax
 import jax.numpy as jnp
 
 from ._checks import check_n
 from .model import predict, true_params
+
+
+def fold_key(key: jax.Array, *parts) -> jax.Array:
+    """``key`` folded with each of ``parts`` in turn (integers as they are, strings by their CRC-32): keys
+    from coordinates alone (docs/maths.md, *Common random numbers and keys*)."""
+    for part in parts:
+        key = jax.random.fold_in(key, (zlib.crc32(part.encode()) if isinstance(part, str) else int(part)) & 0x7FFFFFFF)
+    return key
 
 
 def _row(problem, key: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -31,7 +31,6 @@ import json
 import platform
 import sys
 import time
-import zlib
 from functools import partial
 from pathlib import Path
 
@@ -42,7 +41,7 @@ import pandas as pd
 
 from ._checks import check_out_dir, make_out_dir
 from .config import StudyConfig
-from .data import simulate_rows
+from .data import fold_key, simulate_rows
 from .estimator import FitSettings, fit_dataset, split_start
 from .solver import STATUS_LABELS, batch_map
 from .rates import theory_slope
@@ -72,22 +71,16 @@ def bucket_size(n: int, minimum: int = 64) -> int:
     return max(minimum, 1 << (int(n) - 1).bit_length())
 
 
-def _fold(key, *parts):
-    for part in parts:
-        key = jax.random.fold_in(key, (zlib.crc32(part.encode()) if isinstance(part, str) else int(part)) & 0x7FFFFFFF)
-    return key
-
-
 def data_keys(seed: int, n: int, replicates: int) -> jax.Array:
     """``(R,)`` keys of the data sets at sample size n: from ``(seed, n, replicate)`` alone, so every problem,
     specification and schedule of a study sees the same inputs and noise (common random numbers)."""
-    k = _fold(jax.random.key(seed), "data", n)
+    k = fold_key(jax.random.key(seed), "data", n)
     return jax.vmap(lambda r: jax.random.fold_in(k, r))(jnp.arange(replicates))
 
 
 def start_keys(seed: int, problem: str, specification: str, n: int, replicates: int) -> jax.Array:
     """``(R,)`` keys of the starting points of one (problem, specification, n) and every schedule."""
-    k = _fold(jax.random.key(seed), "start", problem, specification, n)
+    k = fold_key(jax.random.key(seed), "start", problem, specification, n)
     return jax.vmap(lambda r: jax.random.fold_in(k, r))(jnp.arange(replicates))
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import zlib
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -46,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from ..data import fold_key
 from ..results import RATE_LOSSES as STUDY_RATE_LOSSES
 from ..solver import STATUS_LABELS, SolverSettings, Status, is_converged, normal_equations, solve
 from ..voronoi import IDENTIFIED_NAMES, identified_parts, voronoi_parts
@@ -134,12 +134,6 @@ def validate_study(study: TeacherStudy) -> None:
 # the teacher and the students
 
 
-def _fold(key, *parts):
-    for part in parts:
-        key = jax.random.fold_in(key, (zlib.crc32(part.encode()) if isinstance(part, str) else int(part)) & 0x7FFFFFFF)
-    return key
-
-
 def _heads(a, cfg):
     """``(L, D)`` -> ``(heads, L, d_head)``."""
     return a.reshape(a.shape[0], cfg.heads, cfg.head_dim).transpose(1, 0, 2)
@@ -151,7 +145,7 @@ def make_teacher(study: TeacherStudy, backbone: dict, truth: str) -> list[tuple]
     cfg = study.backbone
     if truth not in TRUTHS:
         raise ValueError(f"truth: expected one of {TRUTHS}, got {truth!r}")
-    kp, kq = jax.random.split(_fold(jax.random.key(study.seed), "truth"))
+    kp, kq = jax.random.split(fold_key(jax.random.key(study.seed), "truth"))
     shape = (cfg.layers, study.num_prefixes, cfg.width)
     p = study.truth_scale * jax.random.normal(kp, shape, backbone["tok"].dtype)
     q = p if truth == "shared" else study.truth_scale * jax.random.normal(kq, shape, backbone["tok"].dtype)
@@ -232,11 +226,11 @@ def prefix_losses(prefix, teacher, cfg) -> dict:
 def data_key(seed: int, n: int, replicate: int):
     """Replicate r's data at size n, from ``(seed, n, r)`` alone: every truth, student and specification
     sees the same sequences and the same noise (common random numbers)."""
-    return _fold(jax.random.key(seed), "data", n, replicate)
+    return fold_key(jax.random.key(seed), "data", n, replicate)
 
 
 def start_key(seed: int, truth: str, kind: str, specification: str, n: int, replicate: int):
-    return _fold(jax.random.key(seed), "start", truth, kind, specification, n, replicate)
+    return fold_key(jax.random.key(seed), "start", truth, kind, specification, n, replicate)
 
 
 @partial(jax.jit, static_argnames=("study", "kind", "num_prompts", "n"))
@@ -357,7 +351,7 @@ def _run_teacher(study: TeacherStudy, out: Path, *, progress: bool, log):
     backbone32, pretrain_test = prepare_backbone(study, out, log=log)
     backbone = jax.tree.map(lambda a: a.astype(jnp.float64), backbone32)  # estimation in float64
     teachers = {truth: make_teacher(study, backbone, truth) for truth in {t for t, _ in study.cases}}
-    test_tokens = jax.random.randint(_fold(jax.random.key(study.seed), "test"), (study.test_size, study.backbone.seq_len),
+    test_tokens = jax.random.randint(fold_key(jax.random.key(study.seed), "test"), (study.test_size, study.backbone.seq_len),
                                      0, study.backbone.vocab, dtype=jnp.int32)
     meta = dict(study=_study_dict(study), backbone_pretrain_test=pretrain_test, versions=versions(),
                 device=str(jax.devices()[0]),
