@@ -258,14 +258,38 @@ def _curve_panel(ax, curves: pd.DataFrame, crates: pd.DataFrame | None, column: 
 
 
 def plot_curves(results: Path, out: Path) -> list[Path]:
-    """``transformer_curves.png`` from a transformer run's ``curves.csv``."""
+    """``transformer_curves.png`` from a transformer run's ``curves.csv``: held-out loss and accuracy against
+    n, and (with ``lr_search.csv``) the learning rate each parameterisation was tuned with at each n (hollow
+    markers: a searched rate still on the edge of its widened grid)."""
     curves = pd.read_csv(results / "curves.csv")
     crates = pd.read_csv(results / "curve_rates.csv") if (results / "curve_rates.csv").exists() else None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    search = pd.read_csv(results / "lr_search.csv") if (results / "lr_search.csv").exists() else None
+    fig, axes = plt.subplots(1, 3 if search is not None else 2, figsize=(16 if search is not None else 11, 4.2))
     _curve_panel(axes[0], curves, crates, "heldout_loss")
     axes[0].set_ylabel("held-out cross-entropy")
     _curve_panel(axes[1], curves, None, "accuracy")
     axes[1].set_ylabel("held-out accuracy")
+    if search is not None:
+        ax = axes[2]
+        for kind, color in PARAM_COLORS.items():
+            g = curves[curves["parameterisation"] == kind].groupby("n")["lr"].first()
+            ch = search[(search["parameterisation"] == kind) & search["chosen"].astype(bool)]
+            if not len(g):
+                continue
+            ax.plot(g.index, g.to_numpy(), "-", color=color, label=f"{kind} (used)")
+            edge = ch["on_edge"].astype(bool).to_numpy()
+            ax.plot(ch["n"][~edge], ch["lr"][~edge], "o", color=color, ms=6)
+            ax.plot(ch["n"][edge], ch["lr"][edge], "o", mfc="none", color=color, ms=8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ns = np.sort(curves["n"].unique())
+        ax.set_xticks(ns, [str(int(n)) for n in ns], fontsize=7)
+        ax.set_xlabel("training samples n")
+        ax.set_ylabel("learning rate")
+        ax.set_title("dots: searched; hollow: still on the widened grid's edge", fontsize=8)
+        ax.grid(True, which="both", alpha=0.2)
+        ax.legend(fontsize=7)
     fig.suptitle("Prefix-tuning a frozen transformer: learning curves (mean and range over seeds)")
     fig.tight_layout()
     path = out / "transformer_curves.png"

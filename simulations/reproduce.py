@@ -1,6 +1,7 @@
 """Reproduce every figure: the rate study, the prefix-tuned transformer, then all plots.
 
     python simulations/reproduce.py --preset quick   # CPU, about 10 minutes -> results/quick*, figures/quick
+    python simulations/reproduce.py --preset quick --teacher   # + the teacher-student study (CPU, about an hour)
     python simulations/reproduce.py --preset full    # the GPU-sized rate study (+ the quick transformer)
     python simulations/reproduce.py --preset robust-quick --no-transformer   # four starting-point schedules
     python simulations/reproduce.py --config simulations/example.toml --results results/mine --figures figures/mine
@@ -34,6 +35,13 @@ def main(args) -> int:
         if rc:
             return rc
         dirs.append(transformer)
+    if args.teacher:
+        name = {"tiny": "teacher-tiny", "full": "teacher", "robust": "teacher"}.get(args.preset, "teacher-quick")
+        teacher = f"results/{name}"
+        rc = cli_main(["transformer", "--preset", name, "--out", teacher, *flags])
+        if rc:
+            return rc
+        dirs.append(teacher)
     return cli_main(["plot", "--results", *dirs, "--out", figures])
 
 
@@ -45,7 +53,10 @@ if __name__ == "__main__":
     g.add_argument("--config", help="a TOML study configuration")
     p.add_argument("--results", help="where the rate tables go (default results/PRESET)")
     p.add_argument("--figures", help="where the figures go (default figures/PRESET)")
-    p.add_argument("--no-transformer", action="store_true", help="skip the transformer half")
+    p.add_argument("--no-transformer", action="store_true", help="skip the transformer learning curves")
+    p.add_argument("--teacher", action="store_true",
+                   help="also run the teacher-student study (teacher-quick; teacher for full and robust) and draw its "
+                        "panels into the combined figure")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     a = p.parse_args()
     if a.preset is None and a.config is None:

@@ -109,19 +109,29 @@ def transformer_table(path: Path) -> str:
     r = pd.read_csv(path / "curve_rates.csv")
     meta = json.loads((path / "config.json").read_text())
     c = pd.read_csv(path / "curves.csv")
-    out = ["| parameterisation | lr (validation) | slope of mean held-out loss [95% CI] | held-out loss at n_max | accuracy at n_max | accuracy at n_min |",
-           "|---|---|---|---|---|---|"]
+    search = pd.read_csv(path / "lr_search.csv")
+    chosen = search[search["chosen"].astype(bool)]
+    out = ["| parameterisation | lr (validation) at searched n | slope of mean held-out loss [95% CI] | held-out loss at n_max "
+           "| accuracy at n_max | accuracy at n_min | tunings flat | median steps |",
+           "|---|---|---|---|---|---|---|---|"]
     for _, m in r[r["statistic"] == "mean"].iterrows():
         g = c[c["parameterisation"] == m.parameterisation]
-        out.append(f"| {m.parameterisation} | {meta['learning_rates'][m.parameterisation]:g} | {m.slope:.2f} [{m.ci_low:.2f}, {m.ci_high:.2f}] | "
-                   f"{m.mean_loss_at_n_max:.3f} | {m.mean_accuracy_at_n_max:.3f} | {g[g['n'] == g['n'].min()]['accuracy'].mean():.3f} |")
+        ch = chosen[chosen["parameterisation"] == m.parameterisation]
+        lrs = ", ".join(f"{x.lr:.3g} (n={x.n}{', on edge' if x.on_edge else ''}{f', widened {x.widened}x' if x.widened else ''})"
+                        for x in ch.itertuples())
+        out.append(f"| {m.parameterisation} | {lrs} | {m.slope:.2f} [{m.ci_low:.2f}, {m.ci_high:.2f}] | "
+                   f"{m.mean_loss_at_n_max:.3f} | {m.mean_accuracy_at_n_max:.3f} | {g[g['n'] == g['n'].min()]['accuracy'].mean():.3f} | "
+                   f"{int(g['flat'].astype(bool).sum())} of {len(g)} | {int(g['steps'].median())} |")
     pre = meta["backbone_pretrain_test"]
     zero = meta["downstream_without_prefix"]
+    st = meta["study"]
     out.append("")
     out.append(f"Backbone on its pre-training task (held out): loss {pre['loss']:.4f} (trivial {pre['trivial_loss']:.3f}), "
                f"accuracy {pre['accuracy']:.3f}. Frozen backbone on the downstream task with no prefix: loss "
                f"{zero['loss']:.2f}, accuracy {zero['accuracy']:.3f}. n = {', '.join(str(x) for x in sorted(c['n'].unique()))}; "
-               f"{c['seed'].nunique()} seeds per size.")
+               f"{c['seed'].nunique()} seeds per size; full-batch Adam from {st['min_steps']} to {st['max_steps']} steps, "
+               f"stopped when the training loss changed by at most {st['flat_tol']:g} x max(loss, 1) over the last tenth; "
+               f"deep-share bottleneck width {st['deep_hidden']} (model width {st['backbone']['width']}).")
     return "\n".join(out)
 
 

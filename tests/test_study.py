@@ -218,10 +218,10 @@ def test_cli_reports_bad_config_cleanly(tmp_path, cache_env):
 
 def test_simulation_scripts_run_tiny(tmp_path, cache_env):
     r = subprocess.run([sys.executable, str(ROOT / "simulations" / "reproduce.py"), "--preset", "tiny", "--results",
-                        str(tmp_path / "res"), "--figures", str(tmp_path / "fig"), "--no-progress"], env=cache_env,
-                       capture_output=True, text=True, timeout=900, cwd=tmp_path)
+                        str(tmp_path / "res"), "--figures", str(tmp_path / "fig"), "--no-progress", "--teacher"],
+                       env=cache_env, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    for name in ("side_by_side.png", "transformer_curves.png", "combined.png"):
+    for name in ("side_by_side.png", "transformer_curves.png", "teacher.png", "combined.png"):
         assert (tmp_path / "fig" / name).exists(), name
     r = subprocess.run([sys.executable, str(ROOT / "simulations" / "summarize.py"), "--study", str(tmp_path / "res"),
                         "--transformer", str(tmp_path / "results" / "transformer-tiny")], env=cache_env,

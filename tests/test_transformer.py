@@ -12,7 +12,8 @@ import pytest
 import moe_estimation as me
 from moe_estimation.transformer import PARAMETERISATIONS, BackboneConfig, attention, forward, init_backbone, init_prefix, prefix_kv
 from moe_estimation.transformer.tasks import sample
-from moe_estimation.transformer.train import TRANSFORMER_PRESETS, evaluate, pretrain, tune
+from moe_estimation.transformer.train import (TRANSFORMER_PRESETS, TransformerStudy, evaluate, grid_search,
+                                             interpolate_rates, pretrain, tune, validate_study)
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = BackboneConfig()
@@ -50,7 +51,8 @@ def test_only_prefix_parameters_get_gradients_and_backbone_stays_frozen(kind):
     g_prefix = jax.grad(loss)(params, bb)
     assert set(g_prefix) == set(params)  # every trainable prefix (and deep-share MLP) parameter
     assert all(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(g_prefix))
-    trained, losses = tune(jax.random.key(2), kind, bb, CFG, tokens, labels, 1e-2, 5, 4)
+    tuned = tune(jax.random.key(2), kind, bb, CFG, tokens, labels, 1e-2, 4, min_steps=5, max_steps=5, check_every=5)
+    trained, losses = tuned.params, tuned.losses
     assert set(trained) == set(params)
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(bb)):
         np.testing.assert_array_equal(a, np.asarray(b))  # bitwise unchanged
@@ -104,9 +106,28 @@ def test_transformer_command_end_to_end(tmp_path):
                         "--no-progress"], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     curves = pd.read_csv(out / "curves.csv")
-    assert {"parameterisation", "n", "seed", "heldout_loss", "accuracy", "steps", "seconds"} <= set(curves.columns)
+    assert {"parameterisation", "n", "seed", "heldout_loss", "accuracy", "train_loss", "train_change", "flat", "steps",
+            "lr", "seconds"} <= set(curves.columns)
     assert set(curves["parameterisation"]) == set(PARAMETERISATIONS)
     assert (out / "config.json").exists() and (out / "backbone.npz").exists()
+    study = TRANSFORMER_PRESETS["tiny"]
+    assert curves["steps"].between(study.min_steps, study.max_steps).all()
+    search = pd.read_csv(out / "lr_search.csv")
+    chosen = search[search["chosen"]]
+    assert len(chosen) == len(PARAMETERISATIONS) * len(study.search_ns)  # one rate per parameterisation and size
+    for row in chosen.itertuples():  # the curves' rate at a searched size is the searched one
+        used = curves[(curves["parameterisation"] == row.parameterisation) & (curves["n"] == row.n)]["lr"]
+        np.testing.assert_allclose(used, row.lr, rtol=1e-12)
+    # run again: the search and the curves are kept, nothing is tuned again
+    r = subprocess.run([sys.executable, "-m", "moe_estimation.cli", "transformer", "--preset", "tiny", "--out", str(out),
+                        "--no-progress"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "resuming: 6 of 6 cells" in r.stdout + r.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(out / "curves.csv"), curves)
+    # another study into the same folder is refused before anything is made
+    r = subprocess.run([sys.executable, "-m", "moe_estimation.cli", "transformer", "--preset", "quick", "--out", str(out),
+                        "--no-progress"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "holds a different transformer study" in r.stderr
     r = subprocess.run([sys.executable, "-m", "moe_estimation.cli", "plot", "--results", str(out), "--out",
                         str(tmp_path / "figs")], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -121,7 +142,8 @@ from moe_estimation.transformer.train import tune, pretrain, TRANSFORMER_PRESETS
 study = TRANSFORMER_PRESETS["tiny"]._replace(pretrain_steps=20)
 bb, _ = pretrain(jax.random.key(0), study)
 tokens, labels = sample(jax.random.key(1), "downstream", 16, study.backbone)
-params, losses = tune(jax.random.key(2), "deep-share", bb, study.backbone, tokens, labels, 1e-2, 5, 4)
+params, losses = tune(jax.random.key(2), "deep-share", bb, study.backbone, tokens, labels, 1e-2, 4, min_steps=5,
+                      max_steps=5, check_every=5)[:2]
 leaves = jax.tree.leaves((bb, params, losses))
 assert {str(a.dtype) for a in leaves} == {"float32"}, {str(a.dtype) for a in leaves}
 np.save(OUT, np.concatenate([np.ravel(a) for a in jax.tree.leaves((params, losses))]))
@@ -159,3 +181,55 @@ def test_problem_dtype_is_explicit():
     code = "import jax, moe_estimation as me\ntry:\n    me.preset('non-shared')\nexcept ValueError as e:\n    print(e)\n"
     got = subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True, text=True).stdout
     assert got.startswith("dtype: float64 (the default) needs jax_enable_x64")
+
+
+def test_grid_search_widens_while_the_best_rate_is_on_the_edge():
+    score = lambda lr: (np.log10(lr) - 0.0) ** 2  # best at lr = 1, above the grid
+    res = grid_search(score, (1e-2, 3e-2, 1e-1), widen=3)
+    assert res.best == pytest.approx(1.0) and res.widened == 3 and not res.on_edge
+    assert res.grid[-1] == pytest.approx(10 ** 0.5) and len(res.scores) == 6
+    short = grid_search(score, (1e-2, 3e-2, 1e-1), widen=1)  # not allowed to get there: recorded, not hidden
+    assert short.best == pytest.approx(10 ** -0.5) and short.widened == 1 and short.on_edge
+    low = grid_search(lambda lr: (np.log10(lr) + 3.0) ** 2, (1e-2, 1e-1), widen=3)  # widens downwards too
+    assert low.best == pytest.approx(1e-3) and low.grid[0] < low.best
+    inside = grid_search(lambda lr: abs(np.log10(lr) + 1.5), (1e-2, 3e-2, 1e-1), widen=3)
+    assert inside.best == 3e-2 and inside.widened == 0 and not inside.on_edge
+    nan_high = grid_search(lambda lr: np.nan if lr > 0.05 else -lr, (1e-2, 3e-2, 1e-1), widen=3)
+    assert nan_high.best == 3e-2 and not nan_high.on_edge  # a diverged rate never wins
+    with pytest.raises(RuntimeError, match="non-finite"):
+        grid_search(lambda lr: np.inf, (1e-2, 1e-1), widen=0)
+
+
+def test_interpolate_rates_is_log_linear_between_searched_sizes():
+    rates = interpolate_rates({16: 0.1, 256: 0.001}, (8, 16, 64, 256, 512))
+    assert rates[16] == pytest.approx(0.1) and rates[256] == pytest.approx(0.001)
+    assert rates[64] == pytest.approx(0.01)  # halfway in log n, halfway in log lr
+    assert rates[8] == pytest.approx(0.1) and rates[512] == pytest.approx(0.001)  # constant beyond
+
+
+def test_tune_trains_until_the_loss_is_flat():
+    bb = init_backbone(jax.random.key(0), CFG)
+    tokens, labels = sample(jax.random.key(1), "downstream", 32, CFG)
+    still = tune(jax.random.key(2), "no-share", bb, CFG, tokens, labels, 1e-7, 4, min_steps=20, max_steps=200,
+                 check_every=10)
+    assert bool(still.flat) and int(still.steps) == 20  # a rate too small to move: flat at the first check
+    moving = tune(jax.random.key(2), "no-share", bb, CFG, tokens, labels, 3e-2, 4, min_steps=10, max_steps=20,
+                  check_every=10, flat_tol=1e-6)
+    assert not bool(moving.flat) and int(moving.steps) == 20  # cut at max_steps, and says so
+    losses = np.asarray(moving.losses)
+    assert float(moving.train_loss) == losses[19]
+    assert float(moving.change) == pytest.approx(losses[19 - 2] - losses[19])
+    assert abs(float(moving.change)) > 1e-6 * max(float(moving.train_loss), 1.0)
+
+
+def test_transformer_study_is_validated():
+    with pytest.raises(ValueError, match="max_steps: must be a multiple of check_every"):
+        validate_study(TransformerStudy(max_steps=250, check_every=100))
+    with pytest.raises(ValueError, match="lr_grid"):
+        validate_study(TransformerStudy(lr_grid=(1e-1, 1e-2)))
+    with pytest.raises(ValueError, match="lr_search_ns"):
+        validate_study(TransformerStudy(lr_search_ns=(4096,)))
+    with pytest.raises(ValueError, match="flat_tol"):
+        validate_study(TransformerStudy(flat_tol=0.0))
+    validate_study(TRANSFORMER_PRESETS["quick"])
+    validate_study(TRANSFORMER_PRESETS["tiny"])

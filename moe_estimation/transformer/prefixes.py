@@ -3,8 +3,11 @@
 - ``no-share``: free prefix keys and values at every layer, ``pk, pv`` ``(layers, L', D)``.
 - ``simple-share``: one vector per prefix and layer, ``p`` ``(layers, L', D)``; key = p W_K and
   value = p W_V through that layer's frozen projections (the prefix is a virtual token).
-- ``deep-share``: one vector per prefix, ``p`` ``(L', d_p)``, through a trainable Linear-Tanh-Linear MLP
-  whose output holds every layer's key and value (Li and Liang's reparameterisation).
+- ``deep-share``: one vector per prefix, ``p`` ``(L', D)``, through one trainable Linear-Tanh-Linear
+  bottleneck (``D -> hidden -> layers * 2 * D``, hidden below D) whose output holds every layer's key and
+  value: the shape of Li and Liang's language code (one network for all layers; the vision code uses one
+  per layer). One network for all layers is the reparameterisation the theory calls deep-share: every
+  layer's prompts come from one shared set of vectors.
 
 :func:`prefix_kv` turns trainable parameters into the per-layer ``(keys, values)`` that
 :func:`moe_estimation.transformer.forward` takes, each ``(heads, L', d_head)``.
@@ -18,9 +21,14 @@ import jax.numpy as jnp
 PARAMETERISATIONS = ("no-share", "simple-share", "deep-share")
 
 
-def init_prefix(key: jax.Array, kind: str, cfg, num_prefixes: int, hidden: int = 64, dtype=jnp.float32) -> dict:
+def init_prefix(key: jax.Array, kind: str, cfg, num_prefixes: int, hidden: int | None = None,
+                dtype=jnp.float32) -> dict:
     """Initial trainable parameters in ``dtype``. The scales are chosen so that the initial prefix keys and
-    values of the three parameterisations have about the same size (entries of order 0.5)."""
+    values of the three parameterisations have about the same size (entries of order 0.5). ``hidden``: the
+    deep-share bottleneck's width, by default half the model width."""
+    hidden = cfg.width // 2 if hidden is None else hidden
+    if kind == "deep-share" and not 1 <= hidden:
+        raise ValueError(f"hidden: the deep-share bottleneck needs a positive width, got {hidden!r}")
     return jax.tree.map(lambda a: a.astype(dtype), _init_prefix(key, kind, cfg, num_prefixes, hidden))
 
 

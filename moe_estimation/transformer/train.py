@@ -2,10 +2,12 @@
 
 Prefix-tuning differentiates a loss with respect to the prefix pytree only (the backbone enters as a
 constant: it receives no gradient and no optimiser state, so it stays bitwise frozen). All three
-parameterisations use the same optimiser (optax Adam, full batch, a fixed number of steps), the same
-number of prefixes and the same data; each gets the learning rate that minimises the validation loss on a
-declared grid at a declared sample size (a validation set drawn apart from the test set, which the search
-never sees).
+parameterisations use the same optimiser (optax Adam, full batch, a cosine-decayed learning rate), the same
+number of prefixes, the same data and the same stopping rule: train until the training loss is flat
+(:func:`tune`). Each gets, at each
+sample size, the learning rate that minimises the validation loss (a validation set drawn apart from the
+test set, which the search never sees) on a grid that is widened while the best rate sits on its edge
+(:func:`search_learning_rates`).
 """
 
 from __future__ import annotations
@@ -33,19 +35,52 @@ class TransformerStudy(NamedTuple):
     pretrain_batch: int = 256
     pretrain_lr: float = 3e-3
     num_prefixes: int = 4
-    tune_steps: int = 300
-    ns: tuple = (16, 32, 64, 128, 256, 512)
+    deep_hidden: int = 16  #: deep-share bottleneck width (half the model width, as 512 of 1024 in Li and Liang)
+    min_steps: int = 200  #: training runs at least this long ...
+    max_steps: int = 1000  #: ... and at most this long (the learning rate decays to 0 over max_steps) (a multiple of check_every) ...
+    check_every: int = 100  #: ... stopping at the first multiple of check_every where the loss is flat:
+    flat_tol: float = 2e-3  #: |change of the training loss over the last tenth of the steps| <= flat_tol * max(loss, 1)
+    ns: tuple = (8, 16, 32, 64, 128, 256)
     seeds: int = 5
-    lr_grid: tuple = (3e-3, 1e-2, 3e-2, 1e-1)
-    lr_search_n: int = 128
+    lr_grid: tuple = (3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  #: the starting grid of the search
+    lr_search_ns: tuple = ()  #: the sizes searched at (default: the smallest and the largest of ns)
+    lr_search_seeds: int = 2  #: data sets averaged per searched (learning rate, size)
+    lr_widen: int = 3  #: times the grid may be widened (by sqrt(10) beyond an edge) while its best rate is on the edge
     test_size: int = 4000
+
+    @property
+    def search_ns(self) -> tuple:
+        return tuple(self.lr_search_ns) or (min(self.ns), max(self.ns))
 
 
 TRANSFORMER_PRESETS = {
     "quick": TransformerStudy(),
-    "tiny": TransformerStudy(pretrain_steps=150, tune_steps=20, ns=(16, 32), seeds=2, lr_grid=(1e-2,),
-                             lr_search_n=16, test_size=256),
+    "tiny": TransformerStudy(pretrain_steps=150, min_steps=20, max_steps=40, check_every=20, ns=(16, 32), seeds=2,
+                             lr_grid=(1e-2, 3e-2), lr_search_seeds=1, lr_widen=1, test_size=256),
 }
+
+
+def validate_study(study: TransformerStudy) -> None:
+    """Raise a ValueError naming the field, its value and the rule."""
+    for name in ("num_prefixes", "deep_hidden", "min_steps", "max_steps", "check_every", "seeds", "lr_search_seeds",
+                 "test_size"):
+        if int(getattr(study, name)) < 1:
+            raise ValueError(f"{name}: must be a positive integer, got {getattr(study, name)!r}")
+    if study.max_steps % study.check_every or study.min_steps > study.max_steps:
+        raise ValueError(f"max_steps: must be a multiple of check_every ({study.check_every}) and at least "
+                         f"min_steps ({study.min_steps}), got {study.max_steps}")
+    if not study.flat_tol > 0:
+        raise ValueError(f"flat_tol: must be positive, got {study.flat_tol!r}")
+    if study.lr_widen < 0:
+        raise ValueError(f"lr_widen: must be 0 or more, got {study.lr_widen!r}")
+    if not study.lr_grid or any(not lr > 0 for lr in study.lr_grid) or list(study.lr_grid) != sorted(set(study.lr_grid)):
+        raise ValueError(f"lr_grid: must be positive learning rates in increasing order, got {study.lr_grid!r}")
+    if len(study.ns) < 2 or any(int(n) < 2 for n in study.ns) or list(study.ns) != sorted(set(study.ns)):
+        raise ValueError(f"ns: need at least two increasing sample sizes of 2 or more, got {study.ns!r}")
+    bad = [n for n in study.search_ns if not min(study.ns) <= n <= max(study.ns)]
+    if bad:
+        raise ValueError(f"lr_search_ns: {bad} outside the range of ns {study.ns}; the rate at each n is interpolated "
+                         "between searched sizes, never extrapolated")
 
 
 def cross_entropy(logits, labels):
@@ -100,12 +135,29 @@ def load_backbone(path: Path, cfg: BackboneConfig) -> dict | None:
     return jax.tree.unflatten(treedef, [jnp.asarray(z[f"leaf{i}"]) for i in range(treedef.num_leaves)])
 
 
-@partial(jax.jit, static_argnames=("kind", "cfg", "steps", "num_prefixes"))
-def tune(key, kind: str, backbone, cfg: BackboneConfig, tokens, labels, lr, steps: int, num_prefixes: int):
-    """Prefix-tune on (tokens, labels) with the backbone frozen; returns the trained prefix parameters."""
-    params = init_prefix(key, kind, cfg, num_prefixes)
-    opt = optax.adam(jnp.asarray(lr, jnp.float32))
-    state = opt.init(params)
+class Tuned(NamedTuple):
+    """What :func:`tune` returns: the trained prefix parameters, the training loss at every step taken
+    (NaN after the last), the steps taken, the final training loss, its change over the last tenth of the
+    steps (loss then minus loss now) and whether that change met the flatness rule."""
+
+    params: dict
+    losses: jax.Array
+    steps: jax.Array
+    train_loss: jax.Array
+    change: jax.Array
+    flat: jax.Array
+
+
+@partial(jax.jit, static_argnames=("kind", "cfg", "num_prefixes", "hidden", "min_steps", "max_steps", "check_every"))
+def tune(key, kind: str, backbone, cfg: BackboneConfig, tokens, labels, lr, num_prefixes: int, *, hidden: int = 16,
+         min_steps: int = 200, max_steps: int = 2000, check_every: int = 100, flat_tol: float = 2e-3) -> Tuned:
+    """Prefix-tune on (tokens, labels) with the backbone frozen: full-batch Adam, its learning rate ``lr``
+    decayed to 0 over ``max_steps`` on a cosine (a constant rate large enough to train fast never settles),
+    in blocks of ``check_every`` steps, until the training loss is flat (after t >= ``min_steps`` steps,
+    ``|loss[t - t//10] - loss[t]| <= flat_tol * max(loss[t], 1)``) or ``max_steps`` steps have run."""
+    params = init_prefix(key, kind, cfg, num_prefixes, hidden=hidden)
+    peak = jnp.asarray(lr, jnp.float32)
+    opt = optax.adam(lambda count: peak * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(count, max_steps) / max_steps)))
     frozen = jax.lax.stop_gradient(backbone)
 
     def loss_fn(p):
@@ -118,19 +170,41 @@ def tune(key, kind: str, backbone, cfg: BackboneConfig, tokens, labels, lr, step
         upd, s = opt.update(g, s, p)
         return (optax.apply_updates(p, upd), s), loss
 
-    (params, _), losses = jax.lax.scan(step, (params, state), None, length=steps)
-    return params, losses
+    def change(t, hist):
+        return hist[t - 1 - t // 10] - hist[t - 1]
+
+    def flat(t, hist):
+        return (t >= min_steps) & (jnp.abs(change(t, hist)) <= flat_tol * jnp.maximum(hist[t - 1], 1.0))
+
+    def block(carry):
+        p, s, t, hist = carry
+        (p, s), losses = jax.lax.scan(step, (p, s), None, length=check_every)
+        return p, s, t + check_every, jax.lax.dynamic_update_slice(hist, losses, (t,))
+
+    hist0 = jnp.full(max_steps, jnp.nan, jnp.float32)
+    params, _, t, hist = jax.lax.while_loop(lambda c: (c[2] < max_steps) & ~flat(c[2], c[3]), block,
+                                            (params, opt.init(params), jnp.asarray(0), hist0))
+    return Tuned(params, hist, t, hist[t - 1], change(t, hist), flat(t, hist))
 
 
-def _curve_point(backbone, study: TransformerStudy, kind: str, lr: float, n: int, seed_keys, test):
+def _tune(study: TransformerStudy, key, kind: str, backbone, tokens, labels, lr) -> Tuned:
+    """:func:`tune` with the study's stopping rule and deep-share width."""
+    return tune(key, kind, backbone, study.backbone, tokens, labels, lr, study.num_prefixes, hidden=study.deep_hidden,
+                min_steps=study.min_steps, max_steps=study.max_steps, check_every=study.check_every,
+                flat_tol=study.flat_tol)
+
+
+@partial(jax.jit, static_argnames=("study", "kind", "n"))
+def _curve_point(backbone, study: TransformerStudy, kind: str, lr, n: int, seed_keys, test):
+    """Tune on one data set of size n per key and score on ``test`` (compiled once per kind and n: the
+    learning rate is an argument)."""
     cfg = study.backbone
 
     def one(k):
         tokens, labels = sample(jax.random.fold_in(k, 0), "downstream", n, cfg)
-        params, losses = tune(jax.random.fold_in(k, 1), kind, backbone, cfg, tokens, labels, lr, study.tune_steps,
-                              study.num_prefixes)
-        loss, acc = evaluate(backbone, cfg, *test, prefix_kv(kind, params, backbone, cfg))
-        return loss, acc, losses[-1]
+        tuned = _tune(study, jax.random.fold_in(k, 1), kind, backbone, tokens, labels, lr)
+        loss, acc = evaluate(backbone, cfg, *test, prefix_kv(kind, tuned.params, backbone, cfg))
+        return loss, acc, tuned.train_loss, tuned.change, tuned.flat, tuned.steps
 
     return jax.lax.map(one, seed_keys)
 
@@ -152,35 +226,120 @@ def prepare_backbone(study: TransformerStudy, out: Path, *, log=print) -> tuple[
     return backbone, dict(loss=float(pre_loss), accuracy=float(pre_acc), trivial_loss=float(np.log(cfg.classes)))
 
 
-def search_learning_rates(backbone, study: TransformerStudy, val, *, log=print) -> tuple[dict, list[dict]]:
-    """Each parameterisation's learning rate: the one of ``study.lr_grid`` with the lowest validation loss
-    after tuning on ``study.lr_search_n`` samples. Returns ``{parameterisation: lr}`` and every score."""
-    cfg = study.backbone
+SEARCH_COLUMNS = ["parameterisation", "n", "lr", "validation_loss", "steps", "flat", "chosen", "widened", "on_edge"]
+
+
+class GridSearch(NamedTuple):
+    """The outcome of :func:`grid_search`: the final grid, the score of each rate on it, the best rate,
+    how many times the grid was widened and whether the best rate is still on its edge."""
+
+    grid: list
+    scores: dict
+    best: float
+    widened: int
+    on_edge: bool
+
+
+def grid_search(score, grid, widen: int, factor: float = float(np.sqrt(10))) -> GridSearch:
+    """Minimise ``score(lr)`` over ``grid`` (increasing); while the best rate sits on an edge of the grid,
+    add the rate one ``factor`` beyond that edge, at most ``widen`` times in all. Non-finite scores never
+    win; all of them non-finite raises."""
+    grid, scores, widened = list(grid), {}, 0
+    while True:
+        for lr in grid:
+            if lr not in scores:
+                scores[lr] = float(score(lr))
+        finite = {lr: v for lr, v in scores.items() if np.isfinite(v)}
+        if not finite:
+            raise RuntimeError(f"learning-rate search: every rate of {grid} gave a non-finite validation loss; "
+                               "lower lr_grid")
+        best = min(finite, key=finite.get)
+        on_edge = len(grid) > 1 and best in (grid[0], grid[-1])
+        if not on_edge or widened >= widen:
+            return GridSearch(grid, scores, best, widened, on_edge)
+        grid = [grid[0] / factor] + grid if best == grid[0] else grid + [grid[-1] * factor]
+        widened += 1
+
+
+def interpolate_rates(chosen: dict, ns) -> dict:
+    """``{n: lr}`` for every n of ``ns`` from the rates chosen at the searched sizes (``{size: lr}``): log lr
+    linear in log n between searched sizes, constant beyond them."""
+    sizes = sorted(chosen)
+    logs = np.log([chosen[m] for m in sizes])
+    return {int(n): float(np.exp(np.interp(np.log(n), np.log(sizes), logs))) for n in ns}
+
+
+def search_learning_rates(backbone, study: TransformerStudy, val, out: Path | None = None, *, log=print):
+    """Each parameterisation's learning rate at each sample size.
+
+    At every size of ``study.search_ns``: tune on ``study.lr_search_seeds`` data sets of that size (drawn
+    apart from the curves' data) at each rate of ``study.lr_grid`` and score the mean validation loss;
+    while the best rate sits on the grid's edge, add the next rate beyond that edge (a factor sqrt(10)),
+    at most ``study.lr_widen`` times in all (:func:`grid_search`). A rate still on the edge after that is recorded as such
+    (``on_edge``), never hidden. Between searched sizes log lr is interpolated linearly in log n.
+
+    Returns ``({parameterisation: {n: lr}}, search)``, ``search`` a table with one row per scored (size,
+    rate) (:data:`SEARCH_COLUMNS`: the mean validation loss, the mean steps and the fraction of tunings
+    that ended flat); with ``out`` it is kept in ``out/lr_search.csv`` after every size and a
+    run started again reuses the sizes already searched."""
+    import pandas as pd
+
+    from ..results import write_csv
+
     root = jax.random.key(study.seed)
-    lrs, search = {}, []
+    path = None if out is None else out / "lr_search.csv"
+    done = pd.read_csv(path) if path is not None and path.is_file() else pd.DataFrame(columns=SEARCH_COLUMNS)
+    rows = [done] if len(done) else []
+    lrs = {}
     for kind in PARAMETERISATIONS:
-        scores = []
-        for lr in study.lr_grid:
-            k = jax.random.fold_in(jax.random.fold_in(root, 6), PARAMETERISATIONS.index(kind))
-            tokens, labels = sample(jax.random.fold_in(k, 0), "downstream", study.lr_search_n, cfg)
-            params, _ = tune(jax.random.fold_in(k, 1), kind, backbone, cfg, tokens, labels, lr, study.tune_steps,
-                             study.num_prefixes)
-            vloss, _ = evaluate(backbone, cfg, *val, prefix_kv(kind, params, backbone, cfg))
-            scores.append(float(vloss))
-            search.append(dict(parameterisation=kind, lr=lr, validation_loss=float(vloss)))
-        lrs[kind] = study.lr_grid[int(np.nanargmin(scores))]
-    log("learning rates by validation loss: " + ", ".join(f"{k} {v:g}" for k, v in lrs.items()))
-    return lrs, search
+        chosen = {}
+        for n in study.search_ns:
+            prior = done[(done["parameterisation"] == kind) & (done["n"] == n)]
+            if len(prior):
+                chosen[n] = float(prior.loc[prior["chosen"].astype(bool), "lr"].iloc[0])
+                continue
+            keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
+                jax.random.fold_in(root, 6), PARAMETERISATIONS.index(kind)), n), s))(jnp.arange(study.lr_search_seeds))
+            tuned = {}  # lr -> (mean steps, fraction of tunings flat)
+
+            def score(lr):
+                vloss, _, _, _, flat, steps = jax.device_get(_curve_point(backbone, study, kind, lr, n, keys, val))
+                tuned[lr] = (float(np.mean(steps)), float(np.mean(flat)))
+                return np.mean(vloss)
+
+            try:
+                res = grid_search(score, study.lr_grid, study.lr_widen)
+            except RuntimeError as e:
+                raise RuntimeError(f"{e} ({kind} at n = {n})") from None
+            chosen[n] = res.best
+            if res.on_edge:
+                log(f"learning-rate search: {kind} at n = {n} chose {res.best:g}, still on the edge of the grid "
+                    f"{res.grid[0]:g} .. {res.grid[-1]:g} after widening it {res.widened} times (recorded as on_edge)")
+            rows.append(pd.DataFrame(dict(parameterisation=kind, n=n, lr=res.grid,
+                                          validation_loss=[res.scores[x] for x in res.grid],
+                                          steps=[tuned[x][0] for x in res.grid], flat=[tuned[x][1] for x in res.grid],
+                                          chosen=[x == res.best for x in res.grid], widened=res.widened,
+                                          on_edge=res.on_edge)))
+            if path is not None:
+                write_csv(path, pd.concat(rows, ignore_index=True))
+        lrs[kind] = interpolate_rates(chosen, study.ns)
+    log("learning rates by validation loss: " + "; ".join(
+        f"{k} " + ", ".join(f"{v[m]:.3g} (n={m})" for m in study.search_ns) for k, v in lrs.items()))
+    return lrs, pd.concat(rows, ignore_index=True)
 
 
-CURVE_COLUMNS = ["parameterisation", "n", "seed", "heldout_loss", "accuracy", "train_loss", "steps", "lr", "seconds"]
+CURVE_COLUMNS = ["parameterisation", "n", "seed", "heldout_loss", "accuracy", "train_loss", "train_change", "flat",
+                 "steps", "lr", "seconds"]
 
 
 def learning_curves(backbone, study: TransformerStudy, lrs: dict, test, out: Path, *, progress: bool = True,
                     log=print):
-    """Prefix-tune ``study.seeds`` data sets per (parameterisation, n) and score them on ``test``; the table
-    ``out/curves.csv`` is written after every cell (:class:`moe_estimation.results.CellTable`) and a run
-    started again resumes from it (cells tuned with other learning rates are made again)."""
+    """Prefix-tune ``study.seeds`` data sets per (parameterisation, n) at that cell's learning rate
+    (``lrs[kind][n]``) and score them on ``test``; the table ``out/curves.csv`` (:data:`CURVE_COLUMNS`:
+    held-out loss and accuracy, the final training loss, its change over the last tenth of the steps,
+    whether that met the flatness rule, the steps taken) is written after every cell
+    (:class:`moe_estimation.results.CellTable`) and a run started again resumes from it (cells tuned with
+    other learning rates are made again)."""
     from tqdm.auto import tqdm
 
     from ..results import CellTable
@@ -189,7 +348,8 @@ def learning_curves(backbone, study: TransformerStudy, lrs: dict, test, out: Pat
     table = CellTable(out / "curves.csv", CURVE_COLUMNS, ["parameterisation", "n"], study.seeds)
     table.load()
     done = table.frame()
-    same_lr = np.array([lrs.get(k) == lr for k, lr in zip(done["parameterisation"], done["lr"])], bool)
+    same_lr = np.array([np.isclose(lrs.get(k, {}).get(int(n), np.nan), lr, rtol=1e-9, atol=0)
+                        for k, n, lr in zip(done["parameterisation"], done["n"], done["lr"])], bool)
     if len(done) and not same_lr.all():
         table.write(done[same_lr])  # tuned with other learning rates: those cells are made again
     finished = {(k, int(n)) for k, n in table.finished()}
@@ -201,16 +361,21 @@ def learning_curves(backbone, study: TransformerStudy, lrs: dict, test, out: Pat
         seed_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(root, 7), n), s))(
             jnp.arange(study.seeds))
         t0 = time.perf_counter()
-        loss, acc, train_loss = jax.device_get(_curve_point(backbone, study, kind, lrs[kind], n, seed_keys, test))
+        loss, acc, train_loss, change, flat, steps = jax.device_get(
+            _curve_point(backbone, study, kind, lrs[kind][n], n, seed_keys, test))
         sec = (time.perf_counter() - t0) / study.seeds
         table.add(dict(parameterisation=kind, n=n, seed=np.arange(study.seeds), heldout_loss=loss.astype(float),
-                       accuracy=acc.astype(float), train_loss=train_loss.astype(float), steps=study.tune_steps,
-                       lr=lrs[kind], seconds=sec))
+                       accuracy=acc.astype(float), train_loss=train_loss.astype(float), train_change=change.astype(float),
+                       flat=flat.astype(bool), steps=steps.astype(int), lr=lrs[kind][n], seconds=sec))
     order = {k: i for i, k in enumerate(PARAMETERISATIONS)}
     curves = table.frame()
     curves = curves.assign(_k=curves["parameterisation"].map(order)).sort_values(["_k", "n", "seed"]).drop(columns="_k")
     curves = curves.reset_index(drop=True)
     table.write(curves)
+    not_flat = int((~curves["flat"].astype(bool)).sum())
+    if not_flat:
+        log(f"{not_flat} of {len(curves)} tunings stopped at max_steps = {study.max_steps} before the training loss was "
+            "flat (curves.csv: flat, train_change)")
     return curves
 
 
@@ -233,27 +398,45 @@ def curve_rates(curves, study: TransformerStudy):
     return pd.DataFrame(rates)
 
 
+def _study_dict(study: TransformerStudy) -> dict:
+    return json.loads(json.dumps({k: (v._asdict() if hasattr(v, "_asdict") else v) for k, v in study._asdict().items()}))
+
+
 def run_transformer(study: TransformerStudy, out, *, progress: bool = True, log=print):
-    """Pre-train (or reuse OUT/backbone.npz), search learning rates, and write the learning curves
-    (``curves.csv``), their slopes (``curve_rates.csv``) and ``config.json`` into ``out``."""
+    """Pre-train (or reuse OUT/backbone.npz), search learning rates (``lr_search.csv``), and write the
+    learning curves (``curves.csv``), their slopes (``curve_rates.csv``) and ``config.json`` into ``out``.
+    A run started again with the same study resumes; ``out`` holding another study is refused."""
     from .._checks import make_out_dir
     from ..results import atomic_write, write_csv
 
+    validate_study(study)
     out = make_out_dir(out)
+    cfg_path = out / "config.json"
+    if cfg_path.exists() and json.loads(cfg_path.read_text()).get("study") != _study_dict(study):
+        raise ValueError(f"--out: {out} holds a different transformer study (its config.json differs); choose a new "
+                         "--out or delete it")
+    if not cfg_path.exists() and ((out / "curves.csv").exists() or (out / "lr_search.csv").exists()):
+        raise ValueError(f"--out: {out} holds curves.csv or lr_search.csv but no config.json, so it cannot be told "
+                         "whether they belong to this study; choose a new --out or delete them")
+    atomic_write(cfg_path, json.dumps(dict(study=_study_dict(study)), indent=2))
     cfg = study.backbone
     root = jax.random.key(study.seed)
     backbone, pretrain_test = prepare_backbone(study, out, log=log)
     test = sample(jax.random.fold_in(root, 4), "downstream", study.test_size, cfg)
     val = sample(jax.random.fold_in(root, 5), "downstream", study.test_size, cfg)
     zero_loss, zero_acc = evaluate(backbone, cfg, *test)  # the frozen backbone on the new task, no prefix
-    lrs, search = search_learning_rates(backbone, study, val, log=log)
+    lrs, search = search_learning_rates(backbone, study, val, out, log=log)
     curves = learning_curves(backbone, study, lrs, test, out, progress=progress, log=log)
     write_csv(out / "curve_rates.csv", curve_rates(curves, study))
+    chosen = search[search["chosen"].astype(bool)]
     meta = dict(
-        study={k: (v._asdict() if hasattr(v, "_asdict") else v) for k, v in study._asdict().items()},
-        learning_rates=lrs, lr_search=search, backbone_pretrain_test=pretrain_test,
+        study=_study_dict(study),
+        learning_rates={k: {str(n): lr for n, lr in v.items()} for k, v in lrs.items()},
+        lr_choices=[dict(parameterisation=r.parameterisation, n=int(r.n), lr=float(r.lr), widened=int(r.widened),
+                         on_edge=bool(r.on_edge)) for r in chosen.itertuples()],
+        backbone_pretrain_test=pretrain_test,
         downstream_without_prefix=dict(loss=float(zero_loss), accuracy=float(zero_acc)),
         device=str(jax.devices()[0]), jax=jax.__version__,
     )
-    atomic_write(out / "config.json", json.dumps(meta, indent=2))
+    atomic_write(cfg_path, json.dumps(meta, indent=2))
     return curves
