@@ -135,12 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Pre-train a small transformer on a synthetic task (or reuse OUT/backbone.npz) and "
                                    "freeze it. Presets quick and tiny prefix-tune it on another task with no-share, "
                                    "simple-share and deep-share prefixes and write curves.csv, curve_rates.csv and "
-                                   "config.json. Presets teacher-quick, teacher and teacher-tiny fit students to a "
+                                   "config.json. The teacher presets fit students to a "
                                    "teacher with known prefixes by least squares and write fits.csv (the prefix "
                                    "yardstick per fit), rates.csv and config.json; a run started again resumes.")
-    t.add_argument("--preset", choices=["quick", "tiny", "teacher-quick", "teacher", "teacher-tiny"], default="quick",
+    t.add_argument("--preset", choices=["quick", "tiny", "teacher-quick", "teacher", "teacher-noise", "teacher-tiny"],
+                   default="quick",
                    help="learning curves: quick (CPU, minutes) or tiny (seconds); teacher-student: teacher-quick "
-                        "(CPU, about half an hour), teacher (GPU-sized) or teacher-tiny (seconds)")
+                        "(CPU, about an hour), teacher (GPU-sized), teacher-noise (its over-specified students at three times the "
+                        "noise, n to 128) or teacher-tiny (seconds)")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.set_defaults(func=cmd_transformer)

@@ -97,6 +97,8 @@ TEACHER_PRESETS = {
         ns=(8, 16, 32, 64, 128, 256, 512, 1024), seeds=20, restarts=4,
         cases=(("shared", "no-share"), ("shared", "simple-share"), ("shared", "deep-share"), ("free", "no-share"),
                ("free", "deep-share"))),
+    "teacher-noise": TeacherStudy(  # the over-specified students again at three times the noise (a design check)
+        noise_sd=3e-4, ns=(8, 16, 32, 64, 128), specifications=("over",)),
     "teacher-tiny": TeacherStudy(pretrain_steps=50, ns=(16, 32), seeds=2, max_steps=20, test_size=64,
                                  cases=(("shared", "no-share"), ("shared", "simple-share")), num_bootstrap=50),
 }
