@@ -220,6 +220,8 @@ def test_tune_trains_until_the_loss_is_flat():
     assert float(moving.train_loss) == losses[19]
     assert float(moving.change) == pytest.approx(losses[19 - 2] - losses[19])
     assert abs(float(moving.change)) > 1e-6 * max(float(moving.train_loss), 1.0)
+    with pytest.raises(ValueError, match="max_steps: must be a multiple of check_every"):
+        tune(jax.random.key(2), "no-share", bb, CFG, tokens, labels, 3e-2, 4, min_steps=10, max_steps=25, check_every=10)
 
 
 def test_transformer_study_is_validated():

@@ -4,10 +4,9 @@ Prefix-tuning differentiates a loss with respect to the prefix pytree only (the 
 constant: it receives no gradient and no optimiser state, so it stays bitwise frozen). All three
 parameterisations use the same optimiser (optax Adam, full batch, a cosine-decayed learning rate), the same
 number of prefixes, the same data and the same stopping rule: train until the training loss is flat
-(:func:`tune`). Each gets, at each
-sample size, the learning rate that minimises the validation loss (a validation set drawn apart from the
-test set, which the search never sees) on a grid that is widened while the best rate sits on its edge
-(:func:`search_learning_rates`).
+(:func:`tune`). Each gets, at each sample size, the learning rate that minimises the validation loss (a
+validation set drawn apart from the test set, which the search never sees) on a grid that is widened while
+the best rate sits on its edge (:func:`search_learning_rates`).
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ class TransformerStudy(NamedTuple):
     num_prefixes: int = 4
     deep_hidden: int = 16  #: deep-share bottleneck width (half the model width, as 512 of 1024 in Li and Liang)
     min_steps: int = 200  #: training runs at least this long ...
-    max_steps: int = 1000  #: ... and at most this long (the learning rate decays to 0 over max_steps) (a multiple of check_every) ...
+    max_steps: int = 1000  #: ... and at most this long (a multiple of check_every; the rate decays to 0 over it) ...
     check_every: int = 100  #: ... stopping at the first multiple of check_every where the loss is flat:
     flat_tol: float = 2e-3  #: |change of the training loss over the last tenth of the steps| <= flat_tol * max(loss, 1)
     ns: tuple = (8, 16, 32, 64, 128, 256)
@@ -150,11 +149,14 @@ class Tuned(NamedTuple):
 
 @partial(jax.jit, static_argnames=("kind", "cfg", "num_prefixes", "hidden", "min_steps", "max_steps", "check_every"))
 def tune(key, kind: str, backbone, cfg: BackboneConfig, tokens, labels, lr, num_prefixes: int, *, hidden: int = 16,
-         min_steps: int = 200, max_steps: int = 2000, check_every: int = 100, flat_tol: float = 2e-3) -> Tuned:
+         min_steps: int = 200, max_steps: int = 1000, check_every: int = 100, flat_tol: float = 2e-3) -> Tuned:
     """Prefix-tune on (tokens, labels) with the backbone frozen: full-batch Adam, its learning rate ``lr``
     decayed to 0 over ``max_steps`` on a cosine (a constant rate large enough to train fast never settles),
     in blocks of ``check_every`` steps, until the training loss is flat (after t >= ``min_steps`` steps,
     ``|loss[t - t//10] - loss[t]| <= flat_tol * max(loss[t], 1)``) or ``max_steps`` steps have run."""
+    if check_every < 1 or max_steps % check_every or not 1 <= min_steps <= max_steps:
+        raise ValueError(f"max_steps: must be a multiple of check_every ({check_every}) and at least min_steps "
+                         f"({min_steps}), got {max_steps}")
     params = init_prefix(key, kind, cfg, num_prefixes, hidden=hidden)
     peak = jnp.asarray(lr, jnp.float32)
     opt = optax.adam(lambda count: peak * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(count, max_steps) / max_steps)))
