@@ -224,10 +224,12 @@ def test_simulation_scripts_run_tiny(tmp_path, cache_env):
     for name in ("side_by_side.png", "transformer_curves.png", "teacher.png", "combined.png"):
         assert (tmp_path / "fig" / name).exists(), name
     r = subprocess.run([sys.executable, str(ROOT / "simulations" / "summarize.py"), "--study", str(tmp_path / "res"),
-                        "--transformer", str(tmp_path / "results" / "transformer-tiny")], env=cache_env,
+                        "--transformer", str(tmp_path / "results" / "transformer-tiny"), "--teacher",
+                        str(tmp_path / "results" / "teacher-tiny")], env=cache_env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "| shared-linear | exact | own |" in r.stdout and "| deep-share |" in r.stdout
+    assert "| shared | no-share | over |" in r.stdout and "| shared | simple-share | exact |" in r.stdout
     r = subprocess.run([sys.executable, str(ROOT / "simulations" / "summarize.py"), "--compare", str(tmp_path / "res"),
                         str(tmp_path / "res")], env=cache_env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
