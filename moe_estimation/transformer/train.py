@@ -277,8 +277,10 @@ def search_learning_rates(backbone, study: TransformerStudy, val, out: Path | No
     At every size of ``study.search_ns``: tune on ``study.lr_search_seeds`` data sets of that size (drawn
     apart from the curves' data) at each rate of ``study.lr_grid`` and score the mean validation loss;
     while the best rate sits on the grid's edge, add the next rate beyond that edge (a factor sqrt(10)),
-    at most ``study.lr_widen`` times in all (:func:`grid_search`). A rate still on the edge after that is recorded as such
-    (``on_edge``), never hidden. Between searched sizes log lr is interpolated linearly in log n.
+    at most ``study.lr_widen`` times in all (:func:`grid_search`). A rate still on the edge after that is
+    recorded as such (``on_edge``), never hidden. Between searched sizes log lr is interpolated linearly in
+    log n. (The validation loss need not be monotone in the rate on either side of its minimum, so a grid
+    widened only past an edge can miss a better rate beyond a bump: the README shows a case.)
 
     Returns ``({parameterisation: {n: lr}}, search)``, ``search`` a table with one row per scored (size,
     rate) (:data:`SEARCH_COLUMNS`: the mean validation loss, the mean steps and the fraction of tunings
