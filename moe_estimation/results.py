@@ -81,6 +81,20 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def plain_dict(study) -> dict:
+    """A study NamedTuple (nested ones too) as the plain JSON-shaped dict ``config.json`` holds, so that a
+    study read back compares equal to the one written (tuples become lists)."""
+    return json.loads(json.dumps({k: (v._asdict() if hasattr(v, "_asdict") else v) for k, v in study._asdict().items()}))
+
+
+def check_same_study(out: Path, study: dict, what: str = "study") -> None:
+    """Refuse an ``out`` whose ``config.json`` was written for another study (``study``: its plain dict)."""
+    cfg_path = out / "config.json"
+    if cfg_path.exists() and json.loads(cfg_path.read_text()).get("study") != json.loads(json.dumps(study)):
+        raise ValueError(f"--out: {out} holds a different {what} (its config.json differs); choose a new --out or "
+                         "delete it")
+
+
 def write_csv(path: Path, df: pd.DataFrame) -> None:
     """Write a table atomically, floats at full precision (round-trips exactly), NaN written as ``nan``
     (an empty field would read as a missing value)."""

@@ -54,6 +54,7 @@ from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation
     SCHEDULE_COLUMNS,
     StudyLock,
     atomic_write,
+    check_same_study,
     CellTable,
     cells,
     check_fits_table,
@@ -255,12 +256,8 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
     resolved = {"study": cfg.to_dict()}
     cfg_path = out / "config.json"
     lead = jax.process_index() == 0  # only process 0 reads and writes --out (it need not be a shared disk)
-    if lead and cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        if old.get("study") != json.loads(json.dumps(resolved["study"])):
-            raise ValueError(
-                f"--out: {out} holds a different study (its config.json differs); choose a new --out or delete it"
-            )
+    if lead:
+        check_same_study(out, resolved["study"])
     fits_path = out / "fits.csv"
     table = CellTable(fits_path, FITS_COLUMNS, CELL, cfg.replicates, check=lambda path: check_fits_table(path, cfg))
     if lead:

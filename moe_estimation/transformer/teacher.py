@@ -336,26 +336,20 @@ def run_teacher(study: TeacherStudy, out, *, progress: bool = True, log=print):
         return _run_teacher(study, out, progress=progress, log=log)
 
 
-def _study_dict(study: TeacherStudy) -> dict:
-    return json.loads(json.dumps({k: (v._asdict() if hasattr(v, "_asdict") else v) for k, v in study._asdict().items()}))
-
-
 def _run_teacher(study: TeacherStudy, out: Path, *, progress: bool, log):
     from tqdm.auto import tqdm
 
-    from ..results import CellTable, atomic_write, versions, write_csv
+    from ..results import CellTable, atomic_write, check_same_study, plain_dict, versions, write_csv
     from .train import prepare_backbone
 
     cfg_path = out / "config.json"
-    if cfg_path.exists() and json.loads(cfg_path.read_text()).get("study") != _study_dict(study):
-        raise ValueError(f"--out: {out} holds a different study (its config.json differs); choose a new --out or "
-                         "delete it")
+    check_same_study(out, plain_dict(study))
     backbone32, pretrain_test = prepare_backbone(study, out, log=log)
     backbone = jax.tree.map(lambda a: a.astype(jnp.float64), backbone32)  # estimation in float64
     teachers = {truth: make_teacher(study, backbone, truth) for truth in {t for t, _ in study.cases}}
     test_tokens = jax.random.randint(fold_key(jax.random.key(study.seed), "test"), (study.test_size, study.backbone.seq_len),
                                      0, study.backbone.vocab, dtype=jnp.int32)
-    meta = dict(study=_study_dict(study), backbone_pretrain_test=pretrain_test, versions=versions(),
+    meta = dict(study=plain_dict(study), backbone_pretrain_test=pretrain_test, versions=versions(),
                 device=str(jax.devices()[0]),
                 teacher={t: [dict(keys=np.asarray(k).tolist(), values=np.asarray(v).tolist()) for k, v, _ in p]
                          for t, p in teachers.items()})

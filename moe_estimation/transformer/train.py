@@ -402,27 +402,21 @@ def curve_rates(curves, study: TransformerStudy):
     return pd.DataFrame(rates)
 
 
-def _study_dict(study: TransformerStudy) -> dict:
-    return json.loads(json.dumps({k: (v._asdict() if hasattr(v, "_asdict") else v) for k, v in study._asdict().items()}))
-
-
 def run_transformer(study: TransformerStudy, out, *, progress: bool = True, log=print):
     """Pre-train (or reuse OUT/backbone.npz), search learning rates (``lr_search.csv``), and write the
     learning curves (``curves.csv``), their slopes (``curve_rates.csv``) and ``config.json`` into ``out``.
     A run started again with the same study resumes; ``out`` holding another study is refused."""
     from .._checks import make_out_dir
-    from ..results import atomic_write, write_csv
+    from ..results import atomic_write, check_same_study, plain_dict, write_csv
 
     validate_study(study)
     out = make_out_dir(out)
     cfg_path = out / "config.json"
-    if cfg_path.exists() and json.loads(cfg_path.read_text()).get("study") != _study_dict(study):
-        raise ValueError(f"--out: {out} holds a different transformer study (its config.json differs); choose a new "
-                         "--out or delete it")
+    check_same_study(out, plain_dict(study), "transformer study")
     if not cfg_path.exists() and ((out / "curves.csv").exists() or (out / "lr_search.csv").exists()):
         raise ValueError(f"--out: {out} holds curves.csv or lr_search.csv but no config.json, so it cannot be told "
                          "whether they belong to this study; choose a new --out or delete them")
-    atomic_write(cfg_path, json.dumps(dict(study=_study_dict(study)), indent=2))
+    atomic_write(cfg_path, json.dumps(dict(study=plain_dict(study)), indent=2))
     cfg = study.backbone
     root = jax.random.key(study.seed)
     backbone, pretrain_test = prepare_backbone(study, out, log=log)
@@ -434,7 +428,7 @@ def run_transformer(study: TransformerStudy, out, *, progress: bool = True, log=
     write_csv(out / "curve_rates.csv", curve_rates(curves, study))
     chosen = search[search["chosen"].astype(bool)]
     meta = dict(
-        study=_study_dict(study),
+        study=plain_dict(study),
         learning_rates={k: {str(n): lr for n, lr in v.items()} for k, v in lrs.items()},
         lr_choices=[dict(parameterisation=r.parameterisation, n=int(r.n), lr=float(r.lr), widened=int(r.widened),
                          on_edge=bool(r.on_edge)) for r in chosen.itertuples()],
