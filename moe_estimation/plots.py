@@ -302,12 +302,14 @@ def _teacher_cases(fits: pd.DataFrame) -> list[tuple[str, str]]:
     return list(dict.fromkeys(zip(fits["truth"], fits["parameterisation"])))
 
 
-def plot_teacher(results: Path, out: Path) -> list[Path]:
-    """``teacher.png`` from a teacher-student run: per (truth, student) the prefix yardstick D_2 on the
-    (key, value) atoms, exact and over-specified, and the excess risk, against n."""
+def plot_teacher(results, out: Path) -> list[Path]:
+    """``teacher.png`` from a teacher-student run, or from runs of one design that split its cases
+    (:func:`moe_estimation.transformer.teacher.load_runs`): per (truth, student) the prefix yardstick D_2
+    on the (key, value) atoms, exact and over-specified, and the excess risk, against n."""
     from .transformer.teacher import RATE_LOSSES as TEACHER_LOSSES
+    from .transformer.teacher import load_runs
 
-    fits, rates = pd.read_csv(results / "fits.csv"), pd.read_csv(results / "rates.csv")
+    fits, rates = load_runs([results] if isinstance(results, (str, Path)) else results)
     cases = _teacher_cases(fits)
     fig, axes = plt.subplots(2, len(cases), figsize=(4.0 * len(cases), 7.5), squeeze=False)
     for j, (truth, kind) in enumerate(cases):
@@ -330,17 +332,20 @@ def plot_teacher(results: Path, out: Path) -> list[Path]:
     return [path]
 
 
-def plot_combined(study: Path, transformer: Path | None, out: Path, teacher: Path | None = None) -> Path:
+def plot_combined(study: Path, transformer: Path | None, out: Path, teacher=None) -> Path:
     """The MoE rate panels (key/value yardstick, over-specified) beside the teacher-student transformer's
-    (same loss, over-specified students) and the transformer learning curves (when given)."""
+    (same loss, over-specified students of the shared truth, the MoE study's counterpart; ``teacher``: one
+    run's directory or a list of them, as in :func:`plot_teacher`) and the transformer learning curves
+    (when given)."""
     from .transformer.teacher import RATE_LOSSES as TEACHER_LOSSES
+    from .transformer.teacher import load_runs
 
     fits = pd.read_csv(study / "fits.csv")
     rates = pd.read_csv(study / "rates.csv")
     problems = [p for p in dict.fromkeys(fits["problem"])]
-    tfits = pd.read_csv(teacher / "fits.csv") if teacher else None
-    trates = pd.read_csv(teacher / "rates.csv") if teacher else None
-    cases = _teacher_cases(tfits) if teacher else []
+    if teacher:
+        tfits, trates = load_runs([teacher] if isinstance(teacher, (str, Path)) else teacher)
+    cases = [c for c in _teacher_cases(tfits) if c[0] == "shared"] if teacher else []
     ncol = len(problems) + len(cases) + (transformer is not None)
     fig, axes = plt.subplots(1, ncol, figsize=(4.0 * ncol, 4.2), squeeze=False)
     for ax in axes[0, 1:len(problems)]:
@@ -400,10 +405,10 @@ def plot_results(results, out) -> list[Path]:
         written += plot_study(d, out)
     for d in transformers:
         written += plot_curves(d, out)
-    for d in teachers:
-        written += plot_teacher(d, out)
+    if teachers:  # several teacher runs: one design split over its cases, drawn as one (else refused)
+        written += plot_teacher(teachers, out)
     single = [d for d in studies if pd.read_csv(d / "fits.csv", usecols=["schedule"])["schedule"].nunique() == 1]
     if single and (transformers or teachers):  # the combined figure shows one schedule's rates
         written.append(plot_combined(single[0], transformers[0] if transformers else None, out,
-                                     teacher=teachers[0] if teachers else None))
+                                     teacher=teachers or None))
     return written

@@ -1,7 +1,7 @@
 """Reproduce every figure: the rate study, the prefix-tuned transformer, then all plots.
 
-    python simulations/reproduce.py --preset quick   # CPU, about 10 minutes -> results/quick*, figures/quick
-    python simulations/reproduce.py --preset quick --teacher   # + the teacher-student study (CPU, about an hour)
+    python simulations/reproduce.py --preset quick   # CPU, about 30 minutes -> results/quick*, figures/quick
+    python simulations/reproduce.py --preset quick --teacher   # + the teacher-student study (CPU, several hours)
     python simulations/reproduce.py --preset full    # the GPU-sized rate study (+ the quick transformer)
     python simulations/reproduce.py --preset robust-quick --no-transformer   # four starting-point schedules
     python simulations/reproduce.py --config simulations/example.toml --results results/mine --figures figures/mine
@@ -35,13 +35,15 @@ def main(args) -> int:
         if rc:
             return rc
         dirs.append(transformer)
-    if args.teacher:
-        name = {"tiny": "teacher-tiny", "full": "teacher", "robust": "teacher"}.get(args.preset, "teacher-quick")
-        teacher = f"results/{name}"
-        rc = cli_main(["transformer", "--preset", name, "--out", teacher, *flags])
-        if rc:
-            return rc
-        dirs.append(teacher)
+    if args.teacher:  # quick: teacher-quick, then teacher-more (the same design for the other students and truth)
+        names = {"tiny": ["teacher-tiny"], "full": ["teacher"], "robust": ["teacher"]}.get(
+            args.preset, ["teacher-quick", "teacher-more"])
+        for name in names:
+            teacher = f"results/{name}"
+            rc = cli_main(["transformer", "--preset", name, "--out", teacher, *flags])
+            if rc:
+                return rc
+            dirs.append(teacher)
     return cli_main(["plot", "--results", *dirs, "--out", figures])
 
 
@@ -55,8 +57,8 @@ if __name__ == "__main__":
     p.add_argument("--figures", help="where the figures go (default figures/PRESET)")
     p.add_argument("--no-transformer", action="store_true", help="skip the transformer learning curves")
     p.add_argument("--teacher", action="store_true",
-                   help="also run the teacher-student study (teacher-quick; teacher for full and robust) and draw its "
-                        "panels into the combined figure")
+                   help="also run the teacher-student study (teacher-quick and teacher-more; teacher for full and "
+                        "robust) and draw its panels into the combined figure")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     a = p.parse_args()
     if a.preset is None and a.config is None:

@@ -4,7 +4,7 @@
         --bench benchmarks/cpu.json --step benchmarks/cpu-step.json --precision benchmarks/precision-cpu.json
     python simulations/summarize.py --compare results/full results/full-gpu   # two runs of one study
     python simulations/summarize.py --robust results/robust-quick            # a study over several schedules
-    python simulations/summarize.py --teacher results/teacher-quick          # teacher-student prefix estimation
+    python simulations/summarize.py --teacher results/teacher-quick results/teacher-more   # teacher-student
 """
 
 from __future__ import annotations
@@ -199,11 +199,13 @@ def compare_table(a: Path, b: Path) -> str:
     return "\n".join(out)
 
 
-def teacher_table(path: Path) -> str:
+def teacher_table(paths) -> str:
     """Teacher-student prefix estimation: per (truth, student, specification) the slopes of the prefix
-    yardstick (mean and median), its identified key and value parts and the excess risk."""
-    r = pd.read_csv(path / "rates.csv")
-    f = pd.read_csv(path / "fits.csv")
+    yardstick (mean and median), its identified key and value parts and the excess risk. ``paths``: one
+    run, or runs of one design that split its cases (teacher-quick and teacher-more)."""
+    from moe_estimation.transformer.teacher import load_runs
+
+    f, r = load_runs([paths] if isinstance(paths, (str, Path)) else paths, arg="--teacher")
     cell = lambda g, loss, stat: g[(g["loss"] == loss) & (g["statistic"] == stat)]
     fmt = lambda row: (f"{row['slope']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]" if len(row) else "-")
     out = ["| truth | student | spec | D_2 (k, v), mean: slope [95% CI] | median | identified key (mean) | "
@@ -232,7 +234,7 @@ def main(args) -> int:
     if args.robust:
         print(robust_table(Path(args.robust)), "\n")
     if args.teacher:
-        print(teacher_table(Path(args.teacher)), "\n")
+        print(teacher_table([Path(t) for t in args.teacher]), "\n")
     if args.transformer:
         print(transformer_table(Path(args.transformer)), "\n")
     if args.bench:
@@ -251,7 +253,9 @@ if __name__ == "__main__":
     p.add_argument("--study", help="a study's output directory")
     p.add_argument("--robust", help="a study over several starting-point schedules (e.g. results/robust-quick)")
     p.add_argument("--transformer", help="a transformer run's output directory")
-    p.add_argument("--teacher", help="a teacher-student run's output directory (transformer --preset teacher-quick)")
+    p.add_argument("--teacher", nargs="+", metavar="DIR",
+                   help="a teacher-student run's output directory (transformer --preset teacher-quick), or several "
+                        "runs of one design that split its cases (results/teacher-quick results/teacher-more)")
     p.add_argument("--bench", help="a benchmark JSON (moe-estimation bench --json)")
     p.add_argument("--step", help="a step benchmark JSON (moe-estimation bench --step --json)")
     p.add_argument("--precision", help="a precision benchmark JSON (moe-estimation bench --precision --json)")

@@ -149,3 +149,87 @@ def test_teacher_tiny_preset_writes_resumes_and_rates(tmp_path, cache_env):
     from moe_estimation.plots import plot_results
 
     assert [p.name for p in plot_results([out], tmp_path / "fig")] == ["teacher.png"]
+
+
+def _fake_run(path, study, seed=0):
+    """A finished-looking teacher run (config.json, fits.csv, rates.csv) with D_2 ~ n^-1/2 and made-up but
+    well-formed columns: enough to test how runs are combined, without fitting anything."""
+    import json
+
+    from moe_estimation.results import plain_dict, write_csv
+    from moe_estimation.transformer.teacher import fits_columns, teacher_rates
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for truth, kind in study.cases:
+        for spec in study.specifications:
+            for n in study.ns:
+                for s in range(study.seeds):
+                    row = {c: 0.0 for c in fits_columns(study)}
+                    d2 = n ** -0.5 * np.exp(0.1 * rng.standard_normal())
+                    row.update(truth=truth, parameterisation=kind, specification=spec, num_prefixes=study.num_prompts(spec),
+                               n=n, seed=s, restarts=study.restarts, loss_key_value=d2, kv_key_single=d2 / 2,
+                               kv_value_single=d2 / 2, kv_layer_0=d2, id_key=d2, id_value=d2, excess_risk=1 / n,
+                               converged=True, status="ftol", steps=10, at_bound=False)
+                    rows.append(row)
+    fits = pd.DataFrame(rows)
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(dict(study=plain_dict(study))))
+    write_csv(path / "fits.csv", fits)
+    write_csv(path / "rates.csv", teacher_rates(fits, study))
+
+
+def test_runs_that_split_one_designs_cases_are_drawn_and_tabulated_together(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from moe_estimation.plots import plot_results
+    from moe_estimation.transformer.teacher import load_runs
+
+    design = STUDY._replace(num_bootstrap=20)
+    a, b = tmp_path / "a", tmp_path / "b"
+    _fake_run(a, design._replace(cases=(("shared", "no-share"), ("shared", "simple-share"))))
+    _fake_run(b, design._replace(cases=(("shared", "deep-share"), ("free", "no-share"))), seed=1)
+    fits, rates = load_runs([a, b])
+    cases = set(zip(fits["truth"], fits["parameterisation"]))
+    assert cases == {("shared", "no-share"), ("shared", "simple-share"), ("shared", "deep-share"), ("free", "no-share")}
+    assert set(zip(rates["truth"], rates["parameterisation"])) == cases
+    assert [p.name for p in plot_results([a, b], tmp_path / "fig")] == ["teacher.png"]  # one figure, not one per run
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "simulations"))
+    from summarize import teacher_table
+
+    table = teacher_table([a, b])
+    assert "| free | no-share | over |" in table and "| shared | deep-share | exact |" in table
+
+    other = tmp_path / "other"  # another noise level: not comparable in one table
+    _fake_run(other, design._replace(noise_sd=3e-4, cases=(("shared", "deep-share"),)))
+    with pytest.raises(ValueError, match="--results: the teacher runs .* differ in noise_sd"):
+        load_runs([a, other])
+    with pytest.raises(ValueError, match="--teacher: the teacher runs .* differ in noise_sd"):
+        teacher_table([a, other])
+    with pytest.raises(ValueError, match="both hold the shared truth's no-share students"):
+        load_runs([a, a])
+
+
+def test_the_chained_jacobian_of_a_deep_share_student_is_the_direct_one(backbone):
+    from jax.flatten_util import ravel_pytree
+
+    from moe_estimation.solver import normal_equations
+    from moe_estimation.transformer.teacher import student_linearize
+
+    cfg = STUDY.backbone
+    tokens = jax.random.randint(jax.random.key(1), (12, cfg.seq_len), 0, cfg.vocab, dtype=jnp.int32)
+    Y = features(backbone, tokens, cfg, make_teacher(STUDY, backbone, "free"))
+    theta, unravel = ravel_pytree(initial_student(jax.random.key(2), STUDY, "deep-share", 3, backbone))
+    chained = student_linearize("deep-share", unravel, backbone, cfg, tokens, Y)(theta)
+
+    def residual_jacobian(data, th):
+        toks, y = data
+        model = lambda z: features(backbone, toks, cfg, student_prefix("deep-share", unravel(z), backbone, cfg))
+        return model(th) - y, jnp.moveaxis(jax.jacfwd(model)(th), -1, 0)
+
+    direct = normal_equations(residual_jacobian, (tokens, Y))(theta)
+    assert theta.shape[0] > 3 * cfg.layers * (2 * cfg.width + cfg.heads)  # more parameters than prefix numbers
+    for a, b in zip(chained, direct):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12 * float(jnp.max(jnp.abs(b))))

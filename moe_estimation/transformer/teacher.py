@@ -97,6 +97,8 @@ TEACHER_PRESETS = {
         ns=(8, 16, 32, 64, 128, 256, 512, 1024), seeds=20, restarts=4,
         cases=(("shared", "no-share"), ("shared", "simple-share"), ("shared", "deep-share"), ("free", "no-share"),
                ("free", "deep-share"))),
+    "teacher-more": TeacherStudy(  # teacher-quick's design for the students and truth it leaves out (CPU: hours)
+        cases=(("shared", "deep-share"), ("free", "no-share"), ("free", "deep-share"))),
     "teacher-noise": TeacherStudy(  # the over-specified students again at three times the noise (a design check)
         noise_sd=3e-4, ns=(8, 16, 32, 64, 128), specifications=("over",)),
     "teacher-tiny": TeacherStudy(pretrain_steps=50, ns=(16, 32), seeds=2, max_steps=20, test_size=64,
@@ -235,6 +237,41 @@ def start_key(seed: int, truth: str, kind: str, specification: str, n: int, repl
     return fold_key(jax.random.key(seed), "start", truth, kind, specification, n, replicate)
 
 
+def student_linearize(kind: str, unravel, backbone, cfg, tokens, Y):
+    """The students' least-squares problem linearised at theta (``theta -> Normal(F, g, H)``, the solver's
+    input; Gauss-Newton H = J^T J). The model depends on theta only through the prefixes z(theta) (every
+    layer's keys, values and gate biases, K numbers). When theta has more entries than z (deep-share: the
+    network's weights) the Jacobian is taken with respect to z and chained, J = J_z dz/dtheta, so that the
+    transformer is differentiated in K directions rather than P: g = A^T g_z and H = A^T H_z A with
+    A = dz/dtheta (K x P). The same numbers up to rounding, at about K/P of the cost."""
+
+    def prefix_vector(theta):
+        return ravel_pytree(student_prefix(kind, unravel(theta), backbone, cfg))[0]
+
+    def residual_jacobian(data, x, model):
+        toks, y = data
+        J = jax.jacfwd(lambda w: model(w, toks))(x)  # (n, T, D, dim x)
+        return model(x, toks) - y, jnp.moveaxis(J, -1, 0)
+
+    def model_theta(theta, toks):
+        return features(backbone, toks, cfg, student_prefix(kind, unravel(theta), backbone, cfg))
+
+    direct = normal_equations(partial(residual_jacobian, model=model_theta), (tokens, Y))
+
+    def chained(theta):
+        z, unravel_z = ravel_pytree(student_prefix(kind, unravel(theta), backbone, cfg))
+        at_z = normal_equations(partial(residual_jacobian, model=lambda w, toks: features(backbone, toks, cfg, unravel_z(w))),
+                                (tokens, Y))(z)
+        A = jax.jacfwd(prefix_vector)(theta)  # (K, P)
+        return at_z._replace(g=A.T @ at_z.g, H=A.T @ at_z.H @ A)
+
+    def linearize(theta):
+        P, K = theta.shape[0], jax.eval_shape(prefix_vector, theta).shape[0]
+        return chained(theta) if K < P else direct(theta)
+
+    return linearize
+
+
 @partial(jax.jit, static_argnames=("study", "kind", "num_prompts", "n"))
 def fit_cell(study: TeacherStudy, kind: str, num_prompts: int, n: int, backbone, teacher, test_tokens, dkeys, skeys):
     """Fit the replicates of one cell (``dkeys``, ``skeys``: raw key data, one row per replicate) and score
@@ -252,15 +289,7 @@ def fit_cell(study: TeacherStudy, kind: str, num_prompts: int, n: int, backbone,
         _, unravel = ravel_pytree(template)
         lo, hi = (ravel_pytree(b)[0] for b in box(template, study))
 
-        def model(theta, toks):
-            return features(backbone, toks, cfg, student_prefix(kind, unravel(theta), backbone, cfg))
-
-        def residual_jacobian(data, theta):
-            toks, y = data
-            J = jax.jacfwd(lambda z: model(z, toks))(theta)  # (n, T, D, P)
-            return model(theta, toks) - y, jnp.moveaxis(J, -1, 0)
-
-        linearize = normal_equations(residual_jacobian, (tokens, Y))
+        linearize = student_linearize(kind, unravel, backbone, cfg, tokens, Y)
 
         def restart(k):
             theta0 = ravel_pytree(initial_student(k, study, kind, num_prompts, backbone))[0]
@@ -426,3 +455,36 @@ def teacher_rates(fits, study: TeacherStudy):
                                 fits_at_bound=int(g["at_bound"].astype(bool).sum()),
                                 mean_loss_at_n_max=float(last.mean()) if len(last) else 0.0, note=e["note"]))
     return pd.DataFrame(out)
+
+
+def load_runs(dirs, arg: str = "--results") -> tuple:
+    """The fits and rates of one or more teacher-student runs of one design, as one pair of tables: runs that
+    split the cases of one study between them (``teacher-quick`` and ``teacher-more``) are drawn and
+    tabulated together. Raises a ValueError (naming the command-line argument ``arg``) when two runs differ
+    in anything but their cases (another teacher, noise or design: their numbers are not comparable in one
+    table), or both hold one case."""
+    import pandas as pd
+
+    dirs = [Path(d) for d in dirs]
+    fits, rates, design, seen = [], [], None, {}
+    for d in dirs:
+        cfg_path = d / "config.json"
+        if not cfg_path.is_file():
+            raise ValueError(f"{arg}: {d} holds fits.csv but no config.json; cannot tell which teacher it fitted")
+        study = json.loads(cfg_path.read_text())["study"]
+        mine = {k: v for k, v in study.items() if k != "cases"}
+        if design is None:
+            design = (d, mine)
+        elif mine != design[1]:
+            differ = sorted(k for k in set(mine) | set(design[1]) if mine.get(k) != design[1].get(k))
+            raise ValueError(f"{arg}: the teacher runs {design[0]} and {d} differ in {', '.join(differ)} (not only "
+                             "in their cases), so their numbers do not belong in one figure or table; plot or "
+                             "summarize them separately")
+        f = pd.read_csv(d / "fits.csv")
+        for case in dict.fromkeys(zip(f["truth"], f["parameterisation"])):
+            if case in seen:
+                raise ValueError(f"{arg}: {seen[case]} and {d} both hold the {case[0]} truth's {case[1]} students")
+            seen[case] = d
+        fits.append(f)
+        rates.append(pd.read_csv(d / "rates.csv"))
+    return pd.concat(fits, ignore_index=True), pd.concat(rates, ignore_index=True)

@@ -4,9 +4,9 @@ Prefix-tuning differentiates a loss with respect to the prefix pytree only (the 
 constant: it receives no gradient and no optimiser state, so it stays bitwise frozen). All three
 parameterisations use the same optimiser (optax Adam, full batch, a cosine-decayed learning rate), the same
 number of prefixes, the same data and the same stopping rule: train until the training loss is flat
-(:func:`tune`). Each gets, at each sample size, the learning rate that minimises the validation loss (a
-validation set drawn apart from the test set, which the search never sees) on a grid that is widened while
-the best rate sits on its edge (:func:`search_learning_rates`).
+(:func:`tune`). Each gets, at every sample size, the learning rate that minimises the validation loss (a
+validation set drawn apart from the test set, which the search never sees) on a wide grid scored whole at
+every searched size, widened only if its best rate still sits on its edge (:func:`search_learning_rates`).
 """
 
 from __future__ import annotations
@@ -39,17 +39,20 @@ class TransformerStudy(NamedTuple):
     max_steps: int = 1000  #: ... and at most this long (a multiple of check_every; the rate decays to 0 over it) ...
     check_every: int = 100  #: ... stopping at the first multiple of check_every where the loss is flat:
     flat_tol: float = 2e-3  #: |change of the training loss over the last tenth of the steps| <= flat_tol * max(loss, 1)
-    ns: tuple = (8, 16, 32, 64, 128, 256)
+    ns: tuple = (16, 32, 64, 128, 256, 512)  #: 1.5 decades; at n = 8 every parameterisation was worse than uniform
     seeds: int = 5
-    lr_grid: tuple = (3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  #: the starting grid of the search
-    lr_search_ns: tuple = ()  #: the sizes searched at (default: the smallest and the largest of ns)
+    #: the grid, scored whole at every searched size (four decades: the validation loss is not monotone in the
+    #: rate on either side of its minimum, so a narrow grid widened only past its edge can miss the best rate)
+    lr_grid: tuple = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0)
+    #: the sizes searched at (default: every n of ns; given a subset, log lr is interpolated in log n between)
+    lr_search_ns: tuple = ()
     lr_search_seeds: int = 2  #: data sets averaged per searched (learning rate, size)
-    lr_widen: int = 3  #: times the grid may be widened (by sqrt(10) beyond an edge) while its best rate is on the edge
+    lr_widen: int = 2  #: times the grid may be widened (by sqrt(10) beyond an edge) while its best rate is on the edge
     test_size: int = 4000
 
     @property
     def search_ns(self) -> tuple:
-        return tuple(self.lr_search_ns) or (min(self.ns), max(self.ns))
+        return tuple(self.lr_search_ns) or tuple(self.ns)
 
 
 TRANSFORMER_PRESETS = {
@@ -275,12 +278,13 @@ def search_learning_rates(backbone, study: TransformerStudy, val, out: Path | No
     """Each parameterisation's learning rate at each sample size.
 
     At every size of ``study.search_ns``: tune on ``study.lr_search_seeds`` data sets of that size (drawn
-    apart from the curves' data) at each rate of ``study.lr_grid`` and score the mean validation loss;
-    while the best rate sits on the grid's edge, add the next rate beyond that edge (a factor sqrt(10)),
-    at most ``study.lr_widen`` times in all (:func:`grid_search`). A rate still on the edge after that is
-    recorded as such (``on_edge``), never hidden. Between searched sizes log lr is interpolated linearly in
-    log n. (The validation loss need not be monotone in the rate on either side of its minimum, so a grid
-    widened only past an edge can miss a better rate beyond a bump: the README shows a case.)
+    apart from the curves' data) at every rate of ``study.lr_grid`` and score the mean validation loss. The
+    whole grid is scored every time: the validation loss need not be monotone in the rate on either side of
+    its minimum, so the grid must be wide from the start (the quick preset's spans four decades) rather than
+    grown from a narrow one. Only while the best rate sits on the grid's edge is the next rate beyond that
+    edge added (a factor sqrt(10)), at most ``study.lr_widen`` times in all (:func:`grid_search`); a rate
+    still on the edge after that is recorded as such (``on_edge``), never hidden. Between searched sizes
+    log lr is interpolated linearly in log n.
 
     Returns ``({parameterisation: {n: lr}}, search)``, ``search`` a table with one row per scored (size,
     rate) (:data:`SEARCH_COLUMNS`: the mean validation loss, the mean steps and the fraction of tunings
