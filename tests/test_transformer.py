@@ -235,3 +235,23 @@ def test_transformer_study_is_validated():
         validate_study(TransformerStudy(flat_tol=0.0))
     validate_study(TRANSFORMER_PRESETS["quick"])
     validate_study(TRANSFORMER_PRESETS["tiny"])
+
+
+def test_learning_curves_are_the_same_bits_whatever_the_x64_flag(tmp_path):
+    # reproduce.py runs a float64 study first, in the same process: the curves must not notice
+    from moe_estimation.transformer.train import load_backbone, run_transformer
+
+    study = TRANSFORMER_PRESETS["tiny"]._replace(ns=(16, 24), lr_grid=(3e-2,), lr_widen=0, seeds=1)
+    before = jax.config.jax_enable_x64
+    try:
+        for flag in (True, False):
+            jax.config.update("jax_enable_x64", flag)
+            run_transformer(study, tmp_path / str(flag), progress=False, log=lambda *a: None)
+            assert jax.config.jax_enable_x64 == flag  # the caller's setting is left as it was
+    finally:
+        jax.config.update("jax_enable_x64", before)
+    on, off = (load_backbone(tmp_path / str(f) / "backbone.npz", study.backbone) for f in (True, False))
+    for a, b in zip(jax.tree.leaves(on), jax.tree.leaves(off)):
+        np.testing.assert_array_equal(a, b)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "True" / "curves.csv").drop(columns="seconds"),
+                                  pd.read_csv(tmp_path / "False" / "curves.csv").drop(columns="seconds"))

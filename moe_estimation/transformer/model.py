@@ -33,7 +33,9 @@ class BackboneConfig(NamedTuple):
 
 DTYPE = jnp.float32
 """The transformer's dtype, whatever ``jax_enable_x64`` says: parameters, activations and data are float32
-(token ids int32), so that it trains the same in a process that estimates in float64."""
+(token ids int32). That alone does not give the same bits in a process that estimates in float64 (Python
+numbers in the programs then compute in float64): :func:`moe_estimation.transformer.train.run_transformer`
+also turns the flag off while it runs."""
 
 
 def init_backbone(key: jax.Array, cfg: BackboneConfig, dtype=DTYPE) -> dict:
