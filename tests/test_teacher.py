@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -179,7 +180,7 @@ def _fake_run(path, study, seed=0):
     write_csv(path / "rates.csv", teacher_rates(fits, study))
 
 
-def test_runs_that_split_one_designs_cases_are_drawn_and_tabulated_together(tmp_path):
+def test_runs_that_split_one_designs_cases_are_drawn_and_tabulated_together(tmp_path, monkeypatch):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -196,7 +197,7 @@ def test_runs_that_split_one_designs_cases_are_drawn_and_tabulated_together(tmp_
     assert set(zip(rates["truth"], rates["parameterisation"])) == cases
     assert [p.name for p in plot_results([a, b], tmp_path / "fig")] == ["teacher.png"]  # one figure, not one per run
 
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "simulations"))
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "simulations"))
     from summarize import teacher_table
 
     table = teacher_table([a, b])
