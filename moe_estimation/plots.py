@@ -309,7 +309,7 @@ def plot_teacher(results, out: Path) -> list[Path]:
     from .transformer.teacher import RATE_LOSSES as TEACHER_LOSSES
     from .transformer.teacher import load_runs
 
-    fits, rates = load_runs([results] if isinstance(results, (str, Path)) else results)
+    fits, rates = load_runs(results)
     cases = _teacher_cases(fits)
     fig, axes = plt.subplots(2, len(cases), figsize=(4.0 * len(cases), 7.5), squeeze=False)
     for j, (truth, kind) in enumerate(cases):
@@ -344,7 +344,7 @@ def plot_combined(study: Path, transformer: Path | None, out: Path, teacher=None
     rates = pd.read_csv(study / "rates.csv")
     problems = [p for p in dict.fromkeys(fits["problem"])]
     if teacher:
-        tfits, trates = load_runs([teacher] if isinstance(teacher, (str, Path)) else teacher)
+        tfits, trates = load_runs(teacher)
     cases = [c for c in _teacher_cases(tfits) if c[0] == "shared"] if teacher else []
     ncol = len(problems) + len(cases) + (transformer is not None)
     fig, axes = plt.subplots(1, ncol, figsize=(4.0 * ncol, 4.2), squeeze=False)

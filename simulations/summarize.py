@@ -205,7 +205,7 @@ def teacher_table(paths) -> str:
     run, or runs of one design that split its cases (teacher-quick and teacher-more)."""
     from moe_estimation.transformer.teacher import load_runs
 
-    f, r = load_runs([paths] if isinstance(paths, (str, Path)) else paths, arg="--teacher")
+    f, r = load_runs(paths, arg="--teacher")
     cell = lambda g, loss, stat: g[(g["loss"] == loss) & (g["statistic"] == stat)]
     fmt = lambda row: (f"{row['slope']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]" if len(row) else "-")
     out = ["| truth | student | spec | D_2 (k, v), mean: slope [95% CI] | median | identified key (mean) | "
