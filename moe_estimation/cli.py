@@ -139,11 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "teacher with known prefixes by least squares and write fits.csv (the prefix "
                                    "yardstick per fit), rates.csv and config.json; a run started again resumes.")
     t.add_argument("--preset", default="quick",
-                   choices=["quick", "tiny", "teacher-quick", "teacher-more", "teacher", "teacher-noise", "teacher-tiny"],
+                   choices=["quick", "tiny", "teacher-quick", "teacher-more", "teacher", "teacher-noise", "teacher-starts",
+                            "teacher-tiny"],
                    help="learning curves: quick (CPU, about 25 minutes) or tiny (seconds); teacher-student: teacher-quick "
                         "(CPU, about an hour), teacher-more (the same design for the deep-share students and the free "
                         "truth; CPU, several hours, resumable), teacher (GPU-sized), teacher-noise (its over-specified students at "
-                        "three times the noise, n to 128) or teacher-tiny (seconds)")
+                        "three times the noise, n to 128), teacher-starts (teacher-quick with 4 starts a fit instead of 2, n to 128; "
+                        "CPU, about an hour) or teacher-tiny (seconds)")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.set_defaults(func=cmd_transformer)

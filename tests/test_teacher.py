@@ -116,6 +116,31 @@ def test_a_correctly_specified_student_recovers_the_teachers_prefixes(backbone):
     assert np.all(res["excess"] < 1e-3)
 
 
+def test_the_design_check_presets_differ_from_teacher_quick_only_where_they_say():
+    """teacher-more, teacher-noise and teacher-starts are compared with (or combined with) teacher-quick in
+    the README: each must keep every other field of its design."""
+    base = TEACHER_PRESETS["teacher-quick"]._asdict()
+    changed = lambda name: {k for k, v in TEACHER_PRESETS[name]._asdict().items() if v != base[k]}
+    assert changed("teacher-more") == {"cases"}
+    assert changed("teacher-noise") == {"noise_sd", "ns", "specifications"}
+    assert changed("teacher-starts") == {"restarts", "ns"}
+    assert set(TEACHER_PRESETS["teacher-starts"].ns) < set(base["ns"])
+
+
+def test_more_starts_keep_the_first_ones_so_no_fit_gets_worse(backbone):
+    """teacher-starts' claim: with 4 starts a fit's first 2 are the 2-start fit's own, so its best objective
+    is never higher (and equal where the new starts do not do better)."""
+    cfg = STUDY.backbone
+    teacher = make_teacher(STUDY, backbone, "shared")
+    test_tokens = jax.random.randint(jax.random.key(6), (16, cfg.seq_len), 0, cfg.vocab)
+    dkeys = jax.random.key_data(jax.random.split(jax.random.key(7), 3))
+    skeys = jax.random.key_data(jax.random.split(jax.random.key(8), 3))
+    obj = {r: fit_cell(STUDY._replace(restarts=r), "no-share", STUDY.num_prompts("over"), 16, backbone, teacher,
+                       test_tokens, dkeys, skeys)["objective"] for r in (1, 2, 4)}
+    assert np.all(obj[2] <= obj[1] * (1 + 1e-12)) and np.all(obj[4] <= obj[2] * (1 + 1e-12)), obj
+    assert np.any(obj[4] < obj[1] * (1 - 1e-6)), obj  # the extra starts matter somewhere, or the test shows nothing
+
+
 def test_validate_study_names_the_field():
     with pytest.raises(ValueError, match="simple-share student cannot represent a free truth"):
         validate_study(TeacherStudy(cases=(("free", "simple-share"),)))
