@@ -143,9 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "teacher-tiny"],
                    help="learning curves: quick (CPU, about 25 minutes) or tiny (seconds); teacher-student: teacher-quick "
                         "(CPU, about an hour), teacher-more (the same design for the deep-share students and the free "
-                        "truth; CPU, several hours, resumable), teacher (GPU-sized), teacher-noise (its over-specified students at "
+                        "truth; CPU, about 2.5 hours, resumable), teacher (GPU-sized), teacher-noise (its over-specified students at "
                         "three times the noise, n to 128), teacher-starts (teacher-quick with 4 starts a fit instead of 2, n to 128; "
-                        "CPU, about an hour) or teacher-tiny (seconds)")
+                        "CPU, about 45 minutes) or teacher-tiny (seconds)")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.set_defaults(func=cmd_transformer)

@@ -129,7 +129,7 @@ def test_the_design_check_presets_differ_from_teacher_quick_only_where_they_say(
 
 def test_more_starts_keep_the_first_ones_so_no_fit_gets_worse(backbone):
     """teacher-starts' claim: with 4 starts a fit's first 2 are the 2-start fit's own, so its best objective
-    is never higher (and equal where the new starts do not do better)."""
+    is never higher."""
     cfg = STUDY.backbone
     teacher = make_teacher(STUDY, backbone, "shared")
     test_tokens = jax.random.randint(jax.random.key(6), (16, cfg.seq_len), 0, cfg.vocab)
