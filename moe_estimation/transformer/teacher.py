@@ -464,9 +464,9 @@ def teacher_rates(fits, study: TeacherStudy):
 def load_runs(dirs, arg: str = "--results") -> tuple:
     """The fits and rates of one teacher-student run (``dirs``: its directory) or of several runs of one
     design (a list of directories), as one pair of tables: runs that split the cases of one study between
-    them (``teacher-quick`` and ``teacher-more``) are drawn and tabulated together. Raises a ValueError (naming the command-line argument ``arg``) when two runs differ
-    in anything but their cases (another teacher, noise or design: their numbers are not comparable in one
-    table), or both hold one case."""
+    them (``teacher-quick`` and ``teacher-more``) are drawn and tabulated together. Raises a ValueError
+    (naming the command-line argument ``arg``) when two runs differ in anything but their cases (another
+    teacher, noise or design: their numbers are not comparable in one table), or both hold one case."""
     import pandas as pd
 
     dirs = [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(d) for d in dirs]
