@@ -26,6 +26,9 @@ under it changes no estimate that a study could see. The table also reports the 
 bytes it must read over this device's measured bandwidth or its operations over the measured
 matrix-product rate.
 
+``moe-estimation bench --workers`` (:func:`run_workers_bench`): one study in one process against the same
+study in pinned single-threaded worker processes, in one run, with the tables compared.
+
 ``moe-estimation bench --precision`` (:func:`run_precision_bench`): the same fits in float64 and float32.
 """
 
@@ -223,17 +226,64 @@ def step_floor(rows: int, num_params: int, d: int, d_v: int, itemsize: int) -> t
     return rows * (d + 2 * d_v + 2) * itemsize, rows * d_v * (P * (P + 1) + 2 * P + 2)
 
 
+def _best_time(f, *args, repeat: int = 5) -> float:
+    """The best of ``repeat`` timed calls of the compiled ``f`` after one warm-up call."""
+    jax.block_until_ready(f(*args))
+    best = np.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measured_step_floor(rows: int, num_params: int, num_prompts: int, d_v: int, dtype, block_rows: int | None = None
+                        ) -> dict:
+    """What one linearisation must do, each part timed alone on this device at the step's own shapes.
+
+    - ``exp_seconds``: the gate exponentials, ``rows * (num_prompts + 1)`` of them (one per prompt and the
+      frozen experts' block), timed as one jitted ``exp`` over that many numbers;
+    - ``build_seconds``: writing the Jacobian, ``num_params * d_v * rows`` numbers, each at least one
+      multiply of numbers already at hand, timed as the broadcast product of a ``(num_params, 1, rows)``
+      and a ``(1, d_v, rows)`` array (the inputs are ``num_params + d_v`` numbers a row, the output the
+      Jacobian's size);
+    - ``product_seconds``: J J^T, J r and r r, the skinny product of a ``(num_params + 1, d_v * rows)``
+      matrix with itself, timed at that shape (per block of ``block_rows`` rows, times the blocks, where the
+      step sums in blocks).
+
+    ``floor_seconds`` is their sum: a step cannot do less than this work at these measured rates unless
+    its kernels are fused beyond what XLA does (the residual kernels, the build and the product in one
+    pass over the rows, a custom CPU kernel). The old floor (:func:`step_floor`) leaves out the exponentials
+    and the build and takes the square-matrix rate for the product; this one does not."""
+    rows_b = rows if block_rows is None or block_rows >= rows else block_rows
+    blocks = -(-rows // rows_b)
+    key = jax.random.key(0)
+    e = jax.random.uniform(key, (rows_b * (num_prompts + 1),), dtype)
+    a = jax.random.uniform(jax.random.fold_in(key, 1), (num_params, 1, rows_b), dtype)
+    b = jax.random.uniform(jax.random.fold_in(key, 2), (1, d_v, rows_b), dtype)
+    M = jax.random.normal(key, (num_params + 1, d_v * rows_b), dtype)
+    t_exp = _best_time(jax.jit(jnp.exp), e) * blocks
+    t_build = _best_time(jax.jit(lambda a, b: a * b), a, b) * blocks
+    t_prod = _best_time(jax.jit(lambda m: m @ m.T), M) * blocks
+    return dict(exp_seconds=t_exp, build_seconds=t_build, product_seconds=t_prod,
+                floor_seconds=t_exp + t_build + t_prod)
+
+
 def run_step_bench(sizes=(1000, 8000, 100000), fits: int = 16, problems=tuple(PROBLEMS), steps: int = 20,
                    json_path=None, log=print) -> list[dict]:
     """Time one solver step as the study runs it (padded rows, the batching of ``FitSettings``) and set it
-    against its floor (:func:`step_floor`) at this device's measured bandwidth and arithmetic rate.
+    against two floors: :func:`step_floor` (bytes over the measured bandwidth, or its operations over the
+    measured square-matrix rate) and :func:`measured_step_floor` (the exponentials, the Jacobian build and
+    the skinny product, each timed at the step's shapes on this device).
 
     Each fit runs ``steps`` Levenberg-Marquardt steps with the stopping tests switched off (best of three
     runs); the time per step is the time over the number of steps taken (the longest fit's under vmap, where
-    the batch moves in lockstep; the total under map, where fits run one after another). Where the study sums rows in blocks
-    (large shapes on the CPU, ``FitSettings.blocking``), the whole-array path is timed too, in
-    the same run. Records: ``{shape, rows, fits, batching, path, step_seconds, floor_seconds, floor_bound,
-    times_floor, gflops, gbytes_per_second, ...}``."""
+    the batch moves in lockstep; the total under map, where fits run one after another). Wherever the rows
+    exceed one block (``FitSettings.block_rows``), the row-blocked and the whole-array paths are both timed,
+    in the same run, and ``study_path`` says which one the study takes there
+    (:data:`moe_estimation.solver.AUTO_BLOCK_FROM`). Records: ``{shape, rows, fits, batching, path,
+    study_path, step_seconds, floor_seconds, floor_bound, times_floor, measured_floor_seconds,
+    times_measured_floor, exp_seconds, build_seconds, product_seconds, gflops, gbytes_per_second, ...}``."""
     from .study import bucket_size
 
     dtype = jnp.zeros(()).dtype
@@ -248,10 +298,8 @@ def run_step_bench(sizes=(1000, 8000, 100000), fits: int = 16, problems=tuple(PR
             settings = settings._replace(max_steps=steps, ftol=0.0, xtol=0.0, gtol=0.0)
             mode = resolve_batching(settings.batching)
             settings = settings._replace(batching=mode)
-
-            paths = ["whole"]
-            if resolve_blocking(settings.blocking, rows):  # time the row-blocked path against the whole-array one
-                paths = ["blocked", "whole"]
+            study_path = "blocked" if resolve_blocking(settings.blocking, rows) else "whole"
+            paths = ["blocked", "whole"] if rows > settings.block_rows else ["whole"]
             for path in paths:
                 compiled = _compiled_solver(prob, settings._replace(blocking="blocks" if path == "blocked" else "whole"),
                                             X, Y, theta0, n=n)
@@ -269,17 +317,94 @@ def run_step_bench(sizes=(1000, 8000, 100000), fits: int = 16, problems=tuple(PR
                 nbytes, nflops = nbytes * batch, nflops * batch
                 t_mem, t_ops = nbytes / peaks["bandwidth"], nflops / peaks["flops"]
                 floor = max(t_mem, t_ops)
+                measured = measured_step_floor(rows * batch, P, PROBLEMS[problem_name], prob.d_v, X.dtype,
+                                               settings.block_rows if path == "blocked" else None)
                 rec = dict(shape=f"{problem_name} P={P} n={n} rows={rows}", problem=problem_name, n=n, rows=rows,
-                           fits=fits, batching=mode, path=path, fits_per_step=batch, steps_taken=int(taken.sum()),
-                           step_seconds=step_sec, floor_seconds=floor,
+                           fits=fits, batching=mode, path=path, study_path=study_path, fits_per_step=batch,
+                           steps_taken=int(taken.sum()), step_seconds=step_sec, floor_seconds=floor,
                            floor_bound="memory" if t_mem >= t_ops else "compute", times_floor=step_sec / floor,
+                           measured_floor_seconds=measured["floor_seconds"],
+                           times_measured_floor=step_sec / measured["floor_seconds"],
+                           exp_seconds=measured["exp_seconds"], build_seconds=measured["build_seconds"],
+                           product_seconds=measured["product_seconds"],
                            gflops=nflops / step_sec / 1e9, gbytes_per_second=nbytes / step_sec / 1e9,
                            device=str(jax.devices()[0]), measured_bandwidth=peaks["bandwidth"],
                            measured_flops=peaks["flops"])
                 records.append(rec)
-                log(f"{rec['shape']:38s} {mode:4s} x{batch:<4d} {path:7s} step {step_sec * 1e3:9.3f} ms   "
-                    f"floor {floor * 1e3:8.4f} ms ({rec['floor_bound']})   x{rec['times_floor']:7.1f}   "
-                    f"{rec['gflops']:7.2f} GFLOP/s")
+                mark = "*" if path == study_path else " "
+                log(f"{rec['shape']:38s} {mode:4s} x{batch:<4d} {path:7s}{mark} step {step_sec * 1e3:9.3f} ms   "
+                    f"floor {floor * 1e3:8.4f} ms x{rec['times_floor']:6.1f}   measured floor "
+                    f"{measured['floor_seconds'] * 1e3:8.4f} ms x{rec['times_measured_floor']:5.1f} "
+                    f"(exp {measured['exp_seconds'] * 1e3:.3f}, build {measured['build_seconds'] * 1e3:.3f}, "
+                    f"product {measured['product_seconds'] * 1e3:.3f})")
+    log("* the path the study takes at that size")
+    _write_json(json_path, records)
+    return records
+
+
+# ------------------------------------------------------------------------------------------------
+# a study in one process against the same study in worker processes
+
+WORKERS_STUDY = dict(
+    seed=0,
+    grid=dict(ns=[4000, 8000], replicates=8, problems=["non-shared"], specifications=["over"]),
+    fit=dict(init="random", init_scale=1.0, restarts=8),
+    rates=dict(num_bootstrap=200),
+)
+"""The study :func:`run_workers_bench` times by default: over-specified non-shared fits at n = 4000 and
+8000 from random starts, best of 8, 8 data sets a size (16 fits, 4 cells: the fits a rate study spends
+most of its time on)."""
+
+
+def _timed_study(cfg, out, workers: int, cache: str) -> tuple[float, "object"]:
+    from .study import run_study
+
+    saved = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", cache)
+    try:
+        t0 = time.perf_counter()
+        fits = run_study(cfg, out, progress=False, log=lambda *a: None, workers=workers)
+        return time.perf_counter() - t0, fits
+    finally:
+        jax.config.update("jax_compilation_cache_dir", saved)
+
+
+def run_workers_bench(workers: int | None = None, config: dict | None = None, json_path=None, log=print) -> list[dict]:
+    """Run one study twice in this run, into fresh folders with fresh compilation caches: in this process
+    with XLA's default threading (``workers = 1``), then in ``workers`` worker processes (default one per
+    core) pinned to a core each with single-threaded XLA. Reports the wall time of each (compilation
+    included: both compile the same programs, the workers each their own) and fits per second, and checks
+    that the two tables agree in every column but ``seconds``. Records ``{side, workers, cells, fits,
+    seconds, fits_per_second, speedup, same_table}``."""
+    import tempfile
+
+    from .config import parse_config
+    from .workers import default_workers
+
+    if not jax.config.jax_enable_x64:
+        raise ValueError("bench --workers: a study runs in float64; the command line enables jax_enable_x64")
+    cfg = parse_config(dict(config or WORKERS_STUDY), "bench --workers")
+    workers = default_workers() if workers is None else workers
+    if workers < 2:
+        raise ValueError(f"bench --workers: needs 2 or more workers to compare with one process, got {workers} "
+                         "(this machine offers one core)")
+    fits_total = len(cfg.ns) * cfg.replicates * sum(len(cfg.specifications_of(p)) for p in cfg.problems) * len(
+        cfg.schedules)
+    log(f"device: {jax.devices()[0]}; {fits_total} fits; one process (default threading) against {workers} pinned "
+        "single-threaded workers, in this run")
+    records, tables = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for side, w in (("one process", 1), ("workers", workers)):
+            sec, tables[side] = _timed_study(cfg, f"{tmp}/{w}", w, f"{tmp}/cache-{w}")
+            records.append(dict(side=side, workers=w, fits=fits_total, seconds=sec, fits_per_second=fits_total / sec))
+    a, b = (t.drop(columns="seconds").reset_index(drop=True) for t in tables.values())
+    same = bool(a.equals(b))
+    for r in records:
+        r["speedup"] = r["fits_per_second"] / records[0]["fits_per_second"]
+        r["same_table"] = same
+        log(f"{r['side']:12s} workers {r['workers']:2d}  {r['seconds']:8.1f} s  {r['fits_per_second']:6.3f} fits/s  "
+            f"x{r['speedup']:.2f}")
+    log("the two tables agree in every column but seconds" if same else "THE TWO TABLES DIFFER")
     _write_json(json_path, records)
     return records
 

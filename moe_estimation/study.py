@@ -65,6 +65,7 @@ from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation
     write_csv,
 )
 from .voronoi import identified_key_value, key_value_parts, structure_parts
+from .workers import resolve_workers, run_cells
 
 
 def bucket_size(n: int, minimum: int = 64) -> int:
@@ -221,8 +222,23 @@ def release_compiled_if_needed(fraction: float = 0.5) -> bool:
     return True
 
 
+def fit_study_cell(cfg: StudyConfig, prob_name: str, spec: str, schedule: str, n: int):
+    """One cell of ``cfg``'s grid, fitted and scored: ``(FitResult, own parts, kv parts, identified parts,
+    yardstick of the start, seconds per fit)``, numpy arrays with a leading replicate axis (see
+    :func:`run_cell`). A pure function of its arguments (keys from the coordinates): the same numbers in
+    the lead process or in a worker."""
+    release_compiled_if_needed()
+    prob = cfg.problem(prob_name)
+    settings = cfg.fit_settings(cfg.num_prompts(prob, spec), schedule)
+    t0 = time.perf_counter()
+    out = run_cell(prob, data_keys(cfg.seed, n, cfg.replicates), start_keys(cfg.seed, prob_name, spec, n, cfg.replicates),
+                   n, settings)
+    return (*out, (time.perf_counter() - t0) / cfg.replicates)
+
+
 def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=print,
-              tables_only: bool = False, repair: bool = False, wait: bool = False) -> pd.DataFrame:
+              tables_only: bool = False, repair: bool = False, wait: bool = False, workers: int | str = 1
+              ) -> pd.DataFrame:
     """Run (or resume) a study into directory ``out``; returns the fits table. Writes ``fits.csv`` after
     every cell, and ``rates.csv`` and ``config.json`` at the end (see the module docstring). With
     ``tables_only``, fit nothing: rebuild the tables from the cells already finished (a study stopped
@@ -231,7 +247,13 @@ def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=p
     On start, an existing ``fits.csv`` is checked (:func:`check_fits_table`); damage is refused with a
     message naming the file and the damaged cells, and with ``repair`` the damaged cells are dropped and
     recomputed. Only one run writes into ``out`` at a time (:class:`StudyLock`; ``wait`` waits for the
-    other instead of refusing)."""
+    other instead of refusing).
+
+    ``workers``: how many processes fit cells at once (:mod:`moe_estimation.workers`): 1 (the default here)
+    fits in this process; N > 1 in N worker processes, each pinned to a core with single-threaded XLA,
+    this process writing the tables; ``"auto"`` (the command line's default) one per core on a CPU. The
+    tables do not depend on it."""
+    workers = resolve_workers(workers)
     if not jax.config.jax_enable_x64:
         raise ValueError(
             "run_study: estimation runs in float64; call jax.config.update('jax_enable_x64', True) first (in float32 "
@@ -242,15 +264,17 @@ def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=p
     if tables_only and not (out / "fits.csv").is_file():
         raise ValueError(f"--tables-only: {out} holds no fits.csv yet (nothing to rebuild the tables from)")
     if jax.process_index() != 0:  # process 0 reads, checks and writes the tables; the others fit what it says
-        return _run_study(cfg, out, progress=progress, log=log, tables_only=tables_only, repair=repair)
+        return _run_study(cfg, out, progress=progress, log=log, tables_only=tables_only, repair=repair, workers=1)
     make_out_dir(out)
     with StudyLock(out, wait=wait, log=log):
         for stray in out.glob(".*.tmp[0-9]*"):  # a write interrupted by a kill; the file itself is whole
             stray.unlink()
-        return _run_study(cfg, out, progress=progress, log=log, tables_only=tables_only, repair=repair)
+        return _run_study(cfg, out, progress=progress, log=log, tables_only=tables_only, repair=repair,
+                          workers=workers)
 
 
-def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only: bool, repair: bool) -> pd.DataFrame:
+def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only: bool, repair: bool,
+               workers: int) -> pd.DataFrame:
     from tqdm.auto import tqdm
 
     resolved = {"study": cfg.to_dict()}
@@ -295,15 +319,15 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
         log(f"resuming: {len(finished)} of {len(finished) + len(todo)} cells already in {fits_path}")
     problems = {name: cfg.problem(name) for name in cfg.problems}
     bar = tqdm(total=len(finished) + len(todo), initial=len(finished), disable=not progress, unit="cell", file=sys.stderr)
-    for prob_name, spec, schedule, n in todo:
-        release_compiled_if_needed()
+    if workers > 1 and len(todo) > 1:
+        log(f"fitting {len(todo)} cells in {min(workers, len(todo))} worker processes (one core each)")
+        todo = sorted(todo, key=lambda c: -c[3])  # the largest n first: the workers then finish together
+
+    def add(cell, result):
+        prob_name, spec, schedule, n = cell
         prob = problems[prob_name]
-        bar.set_description(f"{prob_name} {spec} {schedule} n={n}")
+        res, own, kv, ident, start, seconds = result
         settings = cfg.fit_settings(cfg.num_prompts(prob, spec), schedule)
-        t0 = time.perf_counter()
-        res, own, kv, ident, start = run_cell(prob, data_keys(cfg.seed, n, cfg.replicates),
-                                              start_keys(cfg.seed, prob_name, spec, n, cfg.replicates), n, settings)
-        seconds = (time.perf_counter() - t0) / cfg.replicates
         rows = {
             "problem": prob_name, "structure": prob.structure, "specification": spec,
             "num_prompts": settings.num_prompts, "n": n, "replicate": np.arange(cfg.replicates), "seed": cfg.seed,
@@ -318,7 +342,10 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
             "seconds": seconds,
         }
         table.add(rows, write=lead)  # after every cell: a killed run resumes from here
+        bar.set_description(f"{prob_name} {spec} {schedule} n={n}")
         bar.update(1)
+
+    run_cells(fit_study_cell, [(cfg, *c) for c in todo], lambda task, result: add(task[1:], result), workers=workers)
     bar.close()
     fits = canonical_order(table.frame(), cfg)
     if lead:

@@ -49,6 +49,7 @@ from ..data import fold_key
 from ..results import RATE_LOSSES as STUDY_RATE_LOSSES
 from ..solver import STATUS_LABELS, SolverSettings, Status, is_converged, normal_equations, solve
 from ..voronoi import IDENTIFIED_NAMES, identified_parts, voronoi_parts
+from ..workers import run_cells
 from .model import BackboneConfig, hidden_states
 from .prefixes import PARAMETERISATIONS, init_prefix, prefix_kv
 
@@ -353,10 +354,15 @@ def theory_slope(kind: str, loss: str, specification: str) -> float:
     return moe_theory(structure, "identified" if loss.startswith(("identified", "spread")) else "key_value", "over")
 
 
-def run_teacher(study: TeacherStudy, out, *, progress: bool = True, log=print):
+def run_teacher(study: TeacherStudy, out, *, progress: bool = True, log=print, workers: int | str = 1):
     """Run (or resume) a teacher-student study into ``out``: ``fits.csv`` (one row per fit, written after
     every cell), ``rates.csv`` and ``config.json``; the backbone is pre-trained once into ``backbone.npz``
-    (or reused). Estimation runs in float64 (call ``jax.config.update('jax_enable_x64', True)`` first)."""
+    (or reused). Estimation runs in float64 (call ``jax.config.update('jax_enable_x64', True)`` first).
+    ``workers``: processes fitting cells at once (:mod:`moe_estimation.workers`; 1 here, in this process;
+    ``"auto"``, the command line's default, one per core on a CPU); the table does not depend on it."""
+    from ..workers import resolve_workers
+
+    workers = resolve_workers(workers)
     from .._checks import make_out_dir
     from ..results import StudyLock
 
@@ -366,10 +372,45 @@ def run_teacher(study: TeacherStudy, out, *, progress: bool = True, log=print):
     validate_study(study)
     out = make_out_dir(out)
     with StudyLock(out, log=log):
-        return _run_teacher(study, out, progress=progress, log=log)
+        return _run_teacher(study, out, progress=progress, log=log, workers=workers)
 
 
-def _run_teacher(study: TeacherStudy, out: Path, *, progress: bool, log):
+def _context(study: TeacherStudy, backbone32):
+    """The float64 backbone, the teachers and the test tokens of a study (made alike in every process)."""
+    backbone = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), backbone32)  # estimation in float64
+    teachers = {truth: make_teacher(study, backbone, truth) for truth in {t for t, _ in study.cases}}
+    test_tokens = jax.random.randint(fold_key(jax.random.key(study.seed), "test"),
+                                     (study.test_size, study.backbone.seq_len), 0, study.backbone.vocab,
+                                     dtype=jnp.int32)
+    return backbone, teachers, test_tokens
+
+
+def teacher_cell(study: TeacherStudy, backbone32, truth: str, kind: str, spec: str, n: int) -> dict:
+    """Fit and score the replicates of one cell of a teacher study: its rows of ``fits.csv`` (numpy arrays
+    and lists). A pure function of its arguments (keys from the coordinates), run in the lead process or in
+    a worker (:mod:`moe_estimation.workers`); ``backbone32`` is the pre-trained backbone as saved."""
+    backbone, teachers, test_tokens = _context(study, backbone32)
+    L = study.num_prompts(spec)
+    dkeys = jnp.stack([jax.random.key_data(data_key(study.seed, n, r)) for r in range(study.seeds)])
+    skeys = jnp.stack([jax.random.key_data(start_key(study.seed, truth, kind, spec, n, r))
+                       for r in range(study.seeds)])
+    t0 = time.perf_counter()
+    res = jax.device_get(fit_cell(study, kind, L, n, backbone, teachers[truth], test_tokens, dkeys, skeys))
+    seconds = (time.perf_counter() - t0) / study.seeds
+    ls = res["losses"]
+    return dict(
+        truth=truth, parameterisation=kind, specification=spec, num_prefixes=L, n=n, seed=np.arange(study.seeds),
+        restarts=study.restarts, loss_key_value=ls["d2"], kv_weight=ls["weight"],
+        **{f"kv_{p}": ls[p] for p in ("key_single", "key_multi", "value_single", "value_multi")},
+        **{f"kv_layer_{i}": ls["layer"][:, i] for i in range(study.backbone.layers)},
+        **{f"id_{p}": ls[f"id_{p}"] for p in IDENTIFIED_NAMES},
+        excess_risk=res["excess"], start_key_value=res["start"], objective=res["objective"],
+        mean_square_residual=2 * res["objective"] / (n * study.backbone.seq_len * study.backbone.width),
+        converged=res["converged"], status=[STATUS_LABELS[int(s)] for s in res["status"]], steps=res["steps"],
+        at_bound=res["at_bound"], seconds=seconds)
+
+
+def _run_teacher(study: TeacherStudy, out: Path, *, progress: bool, log, workers: int = 1):
     from tqdm.auto import tqdm
 
     from ..results import CellTable, atomic_write, check_same_study, plain_dict, versions, write_csv
@@ -378,10 +419,7 @@ def _run_teacher(study: TeacherStudy, out: Path, *, progress: bool, log):
     cfg_path = out / "config.json"
     check_same_study(out, plain_dict(study))
     backbone32, pretrain_test = prepare_backbone(study, out, log=log)
-    backbone = jax.tree.map(lambda a: a.astype(jnp.float64), backbone32)  # estimation in float64
-    teachers = {truth: make_teacher(study, backbone, truth) for truth in {t for t, _ in study.cases}}
-    test_tokens = jax.random.randint(fold_key(jax.random.key(study.seed), "test"), (study.test_size, study.backbone.seq_len),
-                                     0, study.backbone.vocab, dtype=jnp.int32)
+    backbone, teachers, test_tokens = _context(study, backbone32)
     meta = dict(study=plain_dict(study), backbone_pretrain_test=pretrain_test, versions=versions(),
                 device=str(jax.devices()[0]),
                 teacher={t: [dict(keys=np.asarray(k).tolist(), values=np.asarray(v).tolist()) for k, v, _ in p]
@@ -398,28 +436,17 @@ def _run_teacher(study: TeacherStudy, out: Path, *, progress: bool, log):
     if finished:
         log(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already in {table.path}")
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), disable=not progress, unit="cell", file=sys.stderr)
-    for truth, kind, spec, n in todo:
-        bar.set_description(f"{truth} truth, {kind} {spec} n={n}")
-        L = study.num_prompts(spec)
-        dkeys = jnp.stack([jax.random.key_data(data_key(study.seed, n, r)) for r in range(study.seeds)])
-        skeys = jnp.stack([jax.random.key_data(start_key(study.seed, truth, kind, spec, n, r))
-                           for r in range(study.seeds)])
-        t0 = time.perf_counter()
-        res = jax.device_get(fit_cell(study, kind, L, n, backbone, teachers[truth], test_tokens, dkeys, skeys))
-        seconds = (time.perf_counter() - t0) / study.seeds
-        ls = res["losses"]
-        rows = dict(
-            truth=truth, parameterisation=kind, specification=spec, num_prefixes=L, n=n, seed=np.arange(study.seeds),
-            restarts=study.restarts, loss_key_value=ls["d2"], kv_weight=ls["weight"],
-            **{f"kv_{p}": ls[p] for p in ("key_single", "key_multi", "value_single", "value_multi")},
-            **{f"kv_layer_{i}": ls["layer"][:, i] for i in range(study.backbone.layers)},
-            **{f"id_{p}": ls[f"id_{p}"] for p in IDENTIFIED_NAMES},
-            excess_risk=res["excess"], start_key_value=res["start"], objective=res["objective"],
-            mean_square_residual=2 * res["objective"] / (n * study.backbone.seq_len * study.backbone.width),
-            converged=res["converged"], status=[STATUS_LABELS[int(s)] for s in res["status"]], steps=res["steps"],
-            at_bound=res["at_bound"], seconds=seconds)
+    if workers > 1 and len(todo) > 1:
+        log(f"fitting {len(todo)} cells in {min(workers, len(todo))} worker processes (one core each)")
+        todo = sorted(todo, key=lambda c: -c[3] * study.num_prompts(c[2]))  # the costliest first
+    shipped = jax.tree.map(np.asarray, backbone32)
+
+    def add(task, rows):
         table.add(rows)
+        bar.set_description("{} truth, {} {} n={}".format(*task[2:]))
         bar.update(1)
+
+    run_cells(teacher_cell, [(study, shipped, *c) for c in todo], add, workers=workers)
     bar.close()
     fits = _canonical(table.frame(), study)
     table.write(fits)
