@@ -78,24 +78,27 @@ def _serve(fd_in: int, fd_out: int, core: int) -> None:
     except (AttributeError, OSError):  # no affinity on this system: the worker still runs single-threaded
         pass
     inbox, outbox = Connection(fd_in, writable=False), Connection(fd_out, readable=False)
-    path, settings = inbox.recv()
-    sys.path[:] = path
-    import jax
+    try:
+        path, settings = inbox.recv()
+        sys.path[:] = path
+        import jax
 
-    for name, value in settings.items():
-        jax.config.update(name, value)
-    while (msg := inbox.recv()) is not None:
-        work, args = msg
-        try:
-            reply = ("ok", work(*args))
-        except Exception as e:  # noqa: BLE001  (sent to the lead, which raises it)
-            text = traceback.format_exc()
+        for name, value in settings.items():
+            jax.config.update(name, value)
+        while (msg := inbox.recv()) is not None:
+            work, args = msg
             try:
-                pickle.dumps(e)
-            except Exception:  # noqa: BLE001
-                e = RuntimeError(f"{type(e).__name__}: {e}")
-            reply = ("error", e, text)
-        outbox.send(reply)
+                reply = ("ok", work(*args))
+            except Exception as e:  # noqa: BLE001  (sent to the lead, which raises it)
+                text = traceback.format_exc()
+                try:
+                    pickle.dumps(e)
+                except Exception:  # noqa: BLE001
+                    e = RuntimeError(f"{type(e).__name__}: {e}")
+                reply = ("error", e, text)
+            outbox.send(reply)
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):  # the lead is gone or was interrupted: stop quietly
+        pass
 
 
 class _Worker:
