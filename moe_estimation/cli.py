@@ -88,7 +88,8 @@ def cmd_transformer(args) -> int:
         print(f"wrote {len(fits)} fits to {Path(args.out) / 'fits.csv'}, rates to {Path(args.out) / 'rates.csv'}")
         return 0
     _setup_jax(argparse.Namespace(float32=True))  # the compilation cache; the transformer's dtypes are its own
-    curves = run_transformer(TRANSFORMER_PRESETS[args.preset], args.out, progress=not args.no_progress)
+    curves = run_transformer(TRANSFORMER_PRESETS[args.preset], args.out, progress=not args.no_progress,
+                             workers=parse_workers(args.workers))
     print(f"wrote {len(curves)} rows to {Path(args.out) / 'curves.csv'}")
     return 0
 

@@ -7,6 +7,13 @@ number of prefixes, the same data and the same stopping rule: train until the tr
 (:func:`tune`). Each gets, at every sample size, the learning rate that minimises the validation loss (a
 validation set drawn apart from the test set, which the search never sees) on a wide grid scored whole at
 every searched size, widened only if its best rate still sits on its edge (:func:`search_learning_rates`).
+
+Every tuning of the search and the curves is one *member*: a (learning rate, key) pair at a (parameterisation,
+n); :func:`score_members` runs a list of them through one compiled program per (parameterisation, n), either
+one member per call or ``batch`` members vmapped together (:func:`tune` is written so that a member that has
+stopped keeps its state bit for bit while the others go on). On a CPU one member per call is the faster:
+the vmapped program is up to 1.6 times slower per member from n = 64 on (a larger working set per kernel, and
+every member runs until the last one stops), and it sums in another order, so it is kept for accelerators.
 """
 
 from __future__ import annotations
@@ -156,7 +163,11 @@ def tune(key, kind: str, backbone, cfg: BackboneConfig, tokens, labels, lr, num_
     """Prefix-tune on (tokens, labels) with the backbone frozen: full-batch Adam, its learning rate ``lr``
     decayed to 0 over ``max_steps`` on a cosine (a constant rate large enough to train fast never settles),
     in blocks of ``check_every`` steps, until the training loss is flat (after t >= ``min_steps`` steps,
-    ``|loss[t - t//10] - loss[t]| <= flat_tol * max(loss[t], 1)``) or ``max_steps`` steps have run."""
+    ``|loss[t - t//10] - loss[t]| <= flat_tol * max(loss[t], 1)``) or ``max_steps`` steps have run.
+
+    Safe under ``jax.vmap`` (several learning rates, keys or data sets at once): each member stops by its
+    own rule and, once stopped, stays exactly as it was while the others train on, so its result is what it
+    would be alone up to the float32 rounding of the batched kernels."""
     if check_every < 1 or max_steps % check_every or not 1 <= min_steps <= max_steps:
         raise ValueError(f"max_steps: must be a multiple of check_every ({check_every}) and at least min_steps "
                          f"({min_steps}), got {max_steps}")
@@ -181,14 +192,22 @@ def tune(key, kind: str, backbone, cfg: BackboneConfig, tokens, labels, lr, num_
     def flat(t, hist):
         return (t >= min_steps) & (jnp.abs(change(t, hist)) <= flat_tol * jnp.maximum(hist[t - 1], 1.0))
 
+    def running(carry):
+        return (carry[2] < max_steps) & ~flat(carry[2], carry[3])
+
     def block(carry):
         p, s, t, hist = carry
         (p, s), losses = jax.lax.scan(step, (p, s), None, length=check_every)
-        return p, s, t + check_every, jax.lax.dynamic_update_slice(hist, losses, (t,))
+        new = (p, s, t + check_every, jax.lax.dynamic_update_slice(hist, losses, (t,)))
+        # Alone, the loop enters a block only while running, so this selects ``new`` (the same bits). Under
+        # vmap the loop goes on while any member runs and every member goes through the block: one that has
+        # stopped keeps its parameters, optimiser state, step count and history (hence its flat flag) as
+        # they were, whatever the block computed for it (NaN from a diverged rate included).
+        stop = ~running(carry)
+        return jax.tree.map(lambda old, upd: jnp.where(stop, old, upd), carry, new)
 
     hist0 = jnp.full(max_steps, jnp.nan, jnp.float32)
-    params, _, t, hist = jax.lax.while_loop(lambda c: (c[2] < max_steps) & ~flat(c[2], c[3]), block,
-                                            (params, opt.init(params), jnp.asarray(0), hist0))
+    params, _, t, hist = jax.lax.while_loop(running, block, (params, opt.init(params), jnp.asarray(0), hist0))
     return Tuned(params, hist, t, hist[t - 1], change(t, hist), flat(t, hist))
 
 
@@ -199,19 +218,86 @@ def _tune(study: TransformerStudy, key, kind: str, backbone, tokens, labels, lr)
                 flat_tol=study.flat_tol)
 
 
-@partial(jax.jit, static_argnames=("study", "kind", "n"))
-def _curve_point(backbone, study: TransformerStudy, kind: str, lr, n: int, seed_keys, test):
-    """Tune on one data set of size n per key and score on ``test`` (compiled once per kind and n: the
-    learning rate is an argument)."""
+class Scored(NamedTuple):
+    """One tuning scored on held-out data (each field one value per member when batched): the held-out
+    loss and accuracy, and from :class:`Tuned` the final training loss, its change over the last tenth of
+    the steps, whether that met the flatness rule and the steps taken."""
+
+    heldout_loss: jax.Array
+    accuracy: jax.Array
+    train_loss: jax.Array
+    change: jax.Array
+    flat: jax.Array
+    steps: jax.Array
+
+
+def _tune_and_score(backbone, study: TransformerStudy, kind: str, n: int, lr, key, heldout) -> Scored:
+    """One member: draw a data set of size n from ``fold_in(key, 0)``, prefix-tune on it at ``lr`` from the
+    initial prefix of ``fold_in(key, 1)`` (:func:`tune`) and score the result on ``heldout``."""
     cfg = study.backbone
+    tokens, labels = sample(jax.random.fold_in(key, 0), "downstream", n, cfg)
+    tuned = _tune(study, jax.random.fold_in(key, 1), kind, backbone, tokens, labels, lr)
+    loss, acc = evaluate(backbone, cfg, *heldout, prefix_kv(kind, tuned.params, backbone, cfg))
+    return Scored(loss, acc, tuned.train_loss, tuned.change, tuned.flat, tuned.steps)
 
-    def one(k):
-        tokens, labels = sample(jax.random.fold_in(k, 0), "downstream", n, cfg)
-        tuned = _tune(study, jax.random.fold_in(k, 1), kind, backbone, tokens, labels, lr)
-        loss, acc = evaluate(backbone, cfg, *test, prefix_kv(kind, tuned.params, backbone, cfg))
-        return loss, acc, tuned.train_loss, tuned.change, tuned.flat, tuned.steps
 
-    return jax.lax.map(one, seed_keys)
+@partial(jax.jit, static_argnames=("study", "kind", "n"))
+def tune_and_score(backbone, study: TransformerStudy, kind: str, n: int, lr, key, heldout) -> Scored:
+    """One member (:func:`_tune_and_score`), compiled once per (kind, n): the learning rate, the key and the
+    held-out set are arguments, so the search and the curves share the program. A pure function of its
+    arguments (a worker process can call it)."""
+    return _tune_and_score(backbone, study, kind, n, lr, key, heldout)
+
+
+@partial(jax.jit, static_argnames=("study", "kind", "n"))
+def tune_and_score_batch(backbone, study: TransformerStudy, kind: str, n: int, lrs, keys, heldout) -> Scored:
+    """Members ``(lrs[i], keys[i])`` vmapped in one program (compiled once per kind, n and member count):
+    each stops by its own rule and stays frozen once stopped (:func:`tune`), so the result is, up to float32
+    rounding, that of :func:`tune_and_score` member by member. A pure function of its arguments."""
+    return jax.vmap(lambda lr, key: _tune_and_score(backbone, study, kind, n, lr, key, heldout))(lrs, keys)
+
+
+def resolve_batch(batch) -> int | None:
+    """``batch`` of :func:`score_members`: ``"auto"`` (one member per call on a CPU, where vmapping is the
+    slower, all members of a call at once elsewhere: None), None (all at once) or an integer >= 1."""
+    if isinstance(batch, str):
+        if batch != "auto":
+            raise ValueError(f"batch: expected 'auto', None or an integer >= 1, got {batch!r}")
+        return 1 if jax.default_backend() == "cpu" else None
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1):
+        raise ValueError(f"batch: expected 'auto', None or an integer >= 1, got {batch!r}")
+    return None if batch is None else int(batch)
+
+
+def score_members(backbone, study: TransformerStudy, kind: str, n: int, lrs, keys, heldout, *, batch="auto",
+                  on_done=None) -> dict:
+    """Tune and score the members ``(lrs[i], keys[i])`` at (kind, n) (:func:`tune_and_score`) and return
+    their :class:`Scored` fields as numpy arrays, in member order.
+
+    ``batch`` (:func:`resolve_batch`): members per compiled call; 1 runs them one by one (the same bits as
+    a member alone), more vmaps them (:func:`tune_and_score_batch`; the last call takes the remainder).
+    Every call is dispatched before any result is read. ``on_done(i, j)``, if given, is called once the
+    members ``i:j`` are fetched (a progress bar's hook)."""
+    lrs = np.asarray(lrs, np.float32).reshape(-1)
+    if len(keys) != len(lrs):
+        raise ValueError(f"keys: expected one key per learning rate ({len(lrs)}), got {len(keys)}")
+    size = resolve_batch(batch) or max(len(lrs), 1)
+    calls = []
+    for i in range(0, len(lrs), size):
+        j = min(i + size, len(lrs))
+        if size == 1:
+            calls.append((i, j, tune_and_score(backbone, study, kind, n, lrs[i], keys[i], heldout)))
+        else:
+            calls.append((i, j, tune_and_score_batch(backbone, study, kind, n, jnp.asarray(lrs[i:j]), keys[i:j],
+                                                     heldout)))
+    parts = []
+    for i, j, out in calls:
+        parts.append([np.atleast_1d(np.asarray(x)) for x in jax.device_get(out)])
+        if on_done is not None:
+            on_done(i, j)
+    if not parts:
+        return {f: np.empty(0) for f in Scored._fields}
+    return {f: np.concatenate([p[k] for p in parts]) for k, f in enumerate(Scored._fields)}
 
 
 def prepare_backbone(study: TransformerStudy, out: Path, *, log=print) -> tuple[dict, dict]:
@@ -245,15 +331,24 @@ class GridSearch(NamedTuple):
     on_edge: bool
 
 
-def grid_search(score, grid, widen: int, factor: float = float(np.sqrt(10))) -> GridSearch:
+def grid_search(score, grid, widen: int, factor: float = float(np.sqrt(10)), *, batched: bool = False) -> GridSearch:
     """Minimise ``score(lr)`` over ``grid`` (increasing); while the best rate sits on an edge of the grid,
     add the rate one ``factor`` beyond that edge, at most ``widen`` times in all. Non-finite scores never
-    win; all of them non-finite raises."""
+    win; all of them non-finite raises.
+
+    ``batched``: ``score`` takes the list of rates not scored yet and returns their scores in that order,
+    so that the whole grid is scored in one call (then each added edge rate in one call of its own); the
+    rates scored and the choice are the same as rate by rate."""
     grid, scores, widened = list(grid), {}, 0
     while True:
-        for lr in grid:
-            if lr not in scores:
-                scores[lr] = float(score(lr))
+        new = [lr for lr in grid if lr not in scores]
+        if batched and new:
+            got = [float(v) for v in score(new)]
+            if len(got) != len(new):
+                raise ValueError(f"score: batched, it must return one score per rate ({len(new)}), got {len(got)}")
+            scores.update(zip(new, got))
+        elif not batched:
+            scores.update((lr, float(score(lr))) for lr in new)
         finite = {lr: v for lr, v in scores.items() if np.isfinite(v)}
         if not finite:
             raise RuntimeError(f"learning-rate search: every rate of {grid} gave a non-finite validation loss; "
@@ -274,7 +369,65 @@ def interpolate_rates(chosen: dict, ns) -> dict:
     return {int(n): float(np.exp(np.interp(np.log(n), np.log(sizes), logs))) for n in ns}
 
 
-def search_learning_rates(backbone, study: TransformerStudy, val, out: Path | None = None, *, log=print):
+def _search_keys(root, study: TransformerStudy, kind: str, n: int):
+    """The keys of the search's data sets at (kind, n), one per ``study.lr_search_seeds`` (drawn apart from
+    the curves' keys, :func:`_curve_keys`)."""
+    base = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(root, 6), PARAMETERISATIONS.index(kind)), n)
+    return jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.arange(study.lr_search_seeds))
+
+
+def _curve_keys(root, study: TransformerStudy, n: int):
+    """The keys of the curves' ``study.seeds`` data sets at size n (the same for every parameterisation)."""
+    return jax.vmap(lambda s: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(root, 7), n), s))(
+        jnp.arange(study.seeds))
+
+
+def search_size(backbone, study: TransformerStudy, kind: str, n: int, val) -> tuple:
+    """The learning-rate search at one (parameterisation, size): every rate of the grid, widened while the best
+    sits on its edge (:func:`grid_search`), each scored by the mean validation loss over the search's data
+    sets. Returns ``(GridSearch, {lr: (mean steps, fraction of tunings flat)})``. A pure function of its
+    arguments (numpy or JAX arrays), run with ``jax_enable_x64`` off, in the lead process or in a worker
+    (:mod:`moe_estimation.workers`)."""
+    with jax.enable_x64(False):
+        keys = _search_keys(jax.random.key(study.seed), study, kind, n)
+        seeds = study.lr_search_seeds
+        tuned = {}
+
+        def score(rates):
+            got = score_members(backbone, study, kind, n, np.repeat(np.asarray(rates, float), seeds),
+                                jnp.concatenate([keys] * len(rates)), val, batch=1)
+            out = []
+            for r, lr in enumerate(rates):  # member r * seeds + s: rate r on data set s
+                part = slice(r * seeds, (r + 1) * seeds)
+                tuned[lr] = (float(np.mean(got["steps"][part])), float(np.mean(got["flat"][part])))
+                out.append(np.mean(got["heldout_loss"][part]))
+            return out
+
+        try:
+            res = grid_search(score, study.lr_grid, study.lr_widen, batched=True)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e} ({kind} at n = {n})") from None
+        return res, tuned
+
+
+def curve_cell(backbone, study: TransformerStudy, kind: str, n: int, lr: float, test) -> tuple[dict, float]:
+    """One cell of the learning curves: ``study.seeds`` data sets of size n tuned at ``lr`` and scored on
+    ``test`` (:func:`score_members`). Returns the :class:`Scored` fields as numpy arrays and the seconds per
+    tuning. A pure function of its arguments, run with ``jax_enable_x64`` off, here or in a worker."""
+    with jax.enable_x64(False):
+        t0 = time.perf_counter()
+        got = score_members(backbone, study, kind, n, np.full(study.seeds, lr),
+                            _curve_keys(jax.random.key(study.seed), study, n), test, batch=1)
+        return got, (time.perf_counter() - t0) / study.seeds
+
+
+def _cost(study: TransformerStudy, kind: str, n: int) -> float:
+    """A rough relative cost of tuning at (kind, n), to start the costliest tasks first."""
+    return n * (2.0 if kind == "deep-share" else 1.0)
+
+
+def search_learning_rates(backbone, study: TransformerStudy, val, out: Path | None = None, *, batch="auto",
+                          progress: bool = True, log=print, workers: int = 1):
     """Each parameterisation's learning rate at each sample size.
 
     At every size of ``study.search_ns``: tune on ``study.lr_search_seeds`` data sets of that size (drawn
@@ -286,11 +439,18 @@ def search_learning_rates(backbone, study: TransformerStudy, val, out: Path | No
     still on the edge after that is recorded as such (``on_edge``), never hidden. Between searched sizes
     log lr is interpolated linearly in log n.
 
+    The (rate, data set) tunings of one round (the whole grid, then each added rate) go to
+    :func:`score_members` together, ``batch`` of them per compiled call; a progress bar counts the searched
+    (parameterisation, size) pairs. With ``workers`` above 1 the (parameterisation, size) pairs are searched
+    in that many worker processes (:func:`search_size`, the largest sizes first; one tuning per call there),
+    this process writing the table.
+
     Returns ``({parameterisation: {n: lr}}, search)``, ``search`` a table with one row per scored (size,
     rate) (:data:`SEARCH_COLUMNS`: the mean validation loss, the mean steps and the fraction of tunings
     that ended flat); with ``out`` it is kept in ``out/lr_search.csv`` after every size and a
     run started again reuses the sizes already searched."""
     import pandas as pd
+    from tqdm.auto import tqdm
 
     from ..results import write_csv
 
@@ -298,39 +458,75 @@ def search_learning_rates(backbone, study: TransformerStudy, val, out: Path | No
     path = None if out is None else out / "lr_search.csv"
     done = pd.read_csv(path) if path is not None and path.is_file() else pd.DataFrame(columns=SEARCH_COLUMNS)
     rows = [done] if len(done) else []
-    lrs = {}
+    chosen = {kind: {} for kind in PARAMETERISATIONS}
+    todo = []
     for kind in PARAMETERISATIONS:
-        chosen = {}
         for n in study.search_ns:
             prior = done[(done["parameterisation"] == kind) & (done["n"] == n)]
             if len(prior):
-                chosen[n] = float(prior.loc[prior["chosen"].astype(bool), "lr"].iloc[0])
-                continue
-            keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
-                jax.random.fold_in(root, 6), PARAMETERISATIONS.index(kind)), n), s))(jnp.arange(study.lr_search_seeds))
-            tuned = {}  # lr -> (mean steps, fraction of tunings flat)
+                chosen[kind][n] = float(prior.loc[prior["chosen"].astype(bool), "lr"].iloc[0])
+            else:
+                todo.append((kind, n))
+    seeds = study.lr_search_seeds
+    notes = []  # said after the bar, not through it
 
-            def score(lr):
-                vloss, _, _, _, flat, steps = jax.device_get(_curve_point(backbone, study, kind, lr, n, keys, val))
-                tuned[lr] = (float(np.mean(steps)), float(np.mean(flat)))
-                return np.mean(vloss)
+    def record(kind, n, res, tuned):
+        chosen[kind][n] = res.best
+        if res.on_edge:
+            notes.append(f"learning-rate search: {kind} at n = {n} chose {res.best:g}, still on the edge of the grid "
+                         f"{res.grid[0]:g} .. {res.grid[-1]:g} after widening it {res.widened} times (recorded as "
+                         "on_edge)")
+        rows.append(pd.DataFrame(dict(parameterisation=kind, n=n, lr=res.grid,
+                                      validation_loss=[res.scores[x] for x in res.grid],
+                                      steps=[tuned[x][0] for x in res.grid], flat=[tuned[x][1] for x in res.grid],
+                                      chosen=[x == res.best for x in res.grid], widened=res.widened,
+                                      on_edge=res.on_edge)))
+        if path is not None:
+            write_csv(path, pd.concat(rows, ignore_index=True))
 
-            try:
-                res = grid_search(score, study.lr_grid, study.lr_widen)
-            except RuntimeError as e:
-                raise RuntimeError(f"{e} ({kind} at n = {n})") from None
-            chosen[n] = res.best
-            if res.on_edge:
-                log(f"learning-rate search: {kind} at n = {n} chose {res.best:g}, still on the edge of the grid "
-                    f"{res.grid[0]:g} .. {res.grid[-1]:g} after widening it {res.widened} times (recorded as on_edge)")
-            rows.append(pd.DataFrame(dict(parameterisation=kind, n=n, lr=res.grid,
-                                          validation_loss=[res.scores[x] for x in res.grid],
-                                          steps=[tuned[x][0] for x in res.grid], flat=[tuned[x][1] for x in res.grid],
-                                          chosen=[x == res.best for x in res.grid], widened=res.widened,
-                                          on_edge=res.on_edge)))
-            if path is not None:
-                write_csv(path, pd.concat(rows, ignore_index=True))
-        lrs[kind] = interpolate_rates(chosen, study.ns)
+    if workers > 1 and len(todo) > 1:
+        from ..workers import run_cells
+
+        bar = tqdm(total=len(todo), disable=not progress, unit="size", desc="learning-rate search")
+        shipped = jax.tree.map(np.asarray, backbone), jax.tree.map(np.asarray, val)
+
+        def done(task, result):
+            record(task[2], task[3], *result)
+            bar.set_postfix_str(f"{task[2]} n={task[3]} done", refresh=True)
+            bar.update(1)
+
+        tasks = [(shipped[0], study, kind, n, shipped[1]) for kind, n in sorted(todo, key=lambda c: -_cost(study, *c))]
+        run_cells(search_size, tasks, done, workers=workers)
+        todo = []
+    bar = tqdm(todo, disable=not progress or not todo, unit="size", desc="learning-rate search")
+    for kind, n in bar:
+        keys = _search_keys(root, study, kind, n)
+        tuned = {}  # lr -> (mean steps, fraction of tunings flat)
+
+        def score(rates):
+            what = f"{kind} n={n}, " + ("the grid" if len(tuned) == 0 else f"edge rate {rates[0]:.3g}")
+
+            def hook(i, j):
+                bar.set_postfix_str(f"{what}: {j} of {len(rates) * seeds} tunings", refresh=True)
+
+            got = score_members(backbone, study, kind, n, np.repeat(np.asarray(rates, float), seeds),
+                                jnp.concatenate([keys] * len(rates)), val, batch=batch, on_done=hook)
+            out = []
+            for r, lr in enumerate(rates):  # member r * seeds + s: rate r on data set s
+                part = slice(r * seeds, (r + 1) * seeds)
+                tuned[lr] = (float(np.mean(got["steps"][part])), float(np.mean(got["flat"][part])))
+                out.append(np.mean(got["heldout_loss"][part]))
+            return out
+
+        try:
+            res = grid_search(score, study.lr_grid, study.lr_widen, batched=True)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e} ({kind} at n = {n})") from None
+        record(kind, n, res, tuned)
+    bar.close()
+    for note in notes:
+        log(note)
+    lrs = {kind: interpolate_rates(chosen[kind], study.ns) for kind in PARAMETERISATIONS}
     log("learning rates by validation loss: " + "; ".join(
         f"{k} " + ", ".join(f"{v[m]:.3g} (n={m})" for m in study.search_ns) for k, v in lrs.items()))
     return lrs, pd.concat(rows, ignore_index=True)
@@ -340,14 +536,16 @@ CURVE_COLUMNS = ["parameterisation", "n", "seed", "heldout_loss", "accuracy", "t
                  "steps", "lr", "seconds"]
 
 
-def learning_curves(backbone, study: TransformerStudy, lrs: dict, test, out: Path, *, progress: bool = True,
-                    log=print):
+def learning_curves(backbone, study: TransformerStudy, lrs: dict, test, out: Path, *, batch="auto",
+                    progress: bool = True, log=print, workers: int = 1):
     """Prefix-tune ``study.seeds`` data sets per (parameterisation, n) at that cell's learning rate
-    (``lrs[kind][n]``) and score them on ``test``; the table ``out/curves.csv`` (:data:`CURVE_COLUMNS`:
-    held-out loss and accuracy, the final training loss, its change over the last tenth of the steps,
-    whether that met the flatness rule, the steps taken) is written after every cell
+    (``lrs[kind][n]``) and score them on ``test`` (:func:`score_members`, ``batch`` tunings per compiled
+    call: the program is the search's at the same (kind, n)); the table ``out/curves.csv``
+    (:data:`CURVE_COLUMNS`: held-out loss and accuracy, the final training loss, its change over the last
+    tenth of the steps, whether that met the flatness rule, the steps taken) is written after every cell
     (:class:`moe_estimation.results.CellTable`) and a run started again resumes from it (cells tuned with
-    other learning rates are made again)."""
+    other learning rates are made again). With ``workers`` above 1 the cells are tuned in that many worker
+    processes (:func:`curve_cell`, the costliest first), this process writing the table."""
     from tqdm.auto import tqdm
 
     from ..results import CellTable
@@ -365,16 +563,33 @@ def learning_curves(backbone, study: TransformerStudy, lrs: dict, test, out: Pat
     if finished:
         log(f"resuming: {len(finished)} of {len(cells)} cells already in {table.path}")
     todo = [c for c in cells if c not in finished]
-    for kind, n in tqdm(todo, disable=not progress, unit="cell", desc="prefix-tuning"):
-        seed_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(root, 7), n), s))(
-            jnp.arange(study.seeds))
+
+    def add(kind, n, got, sec):
+        table.add(dict(parameterisation=kind, n=n, seed=np.arange(study.seeds),
+                       heldout_loss=got["heldout_loss"].astype(float), accuracy=got["accuracy"].astype(float),
+                       train_loss=got["train_loss"].astype(float), train_change=got["change"].astype(float),
+                       flat=got["flat"].astype(bool), steps=got["steps"].astype(int), lr=lrs[kind][n], seconds=sec))
+
+    if workers > 1 and len(todo) > 1:
+        from ..workers import run_cells
+
+        bar = tqdm(total=len(todo), disable=not progress, unit="cell", desc="prefix-tuning")
+        shipped = jax.tree.map(np.asarray, backbone), jax.tree.map(np.asarray, test)
+
+        def done(task, result):
+            add(task[2], task[3], *result)
+            bar.update(1)
+
+        tasks = [(shipped[0], study, kind, n, lrs[kind][n], shipped[1])
+                 for kind, n in sorted(todo, key=lambda c: -_cost(study, *c))]
+        run_cells(curve_cell, tasks, done, workers=workers)
+        bar.close()
+        todo = []
+    for kind, n in tqdm(todo, disable=not progress or not todo, unit="cell", desc="prefix-tuning"):
         t0 = time.perf_counter()
-        loss, acc, train_loss, change, flat, steps = jax.device_get(
-            _curve_point(backbone, study, kind, lrs[kind][n], n, seed_keys, test))
-        sec = (time.perf_counter() - t0) / study.seeds
-        table.add(dict(parameterisation=kind, n=n, seed=np.arange(study.seeds), heldout_loss=loss.astype(float),
-                       accuracy=acc.astype(float), train_loss=train_loss.astype(float), train_change=change.astype(float),
-                       flat=flat.astype(bool), steps=steps.astype(int), lr=lrs[kind][n], seconds=sec))
+        got = score_members(backbone, study, kind, n, np.full(study.seeds, lrs[kind][n]), _curve_keys(root, study, n),
+                            test, batch=batch)
+        add(kind, n, got, (time.perf_counter() - t0) / study.seeds)
     order = {k: i for i, k in enumerate(PARAMETERISATIONS)}
     curves = table.frame()
     curves = curves.assign(_k=curves["parameterisation"].map(order)).sort_values(["_k", "n", "seed"]).drop(columns="_k")
@@ -406,25 +621,34 @@ def curve_rates(curves, study: TransformerStudy):
     return pd.DataFrame(rates)
 
 
-def run_transformer(study: TransformerStudy, out, *, progress: bool = True, log=print):
+def run_transformer(study: TransformerStudy, out, *, batch="auto", progress: bool = True, log=print,
+                    workers: int | str = 1):
     """Pre-train (or reuse OUT/backbone.npz), search learning rates (``lr_search.csv``), and write the
     learning curves (``curves.csv``), their slopes (``curve_rates.csv``) and ``config.json`` into ``out``.
-    A run started again with the same study resumes; ``out`` holding another study is refused.
+    A run started again with the same study resumes; ``out`` holding another study is refused. ``batch``:
+    tunings per compiled call (:func:`score_members`; not part of the study). ``workers``: processes that
+    search and tune at once (:mod:`moe_estimation.workers`; 1 here, in this process; ``"auto"``, the
+    command line's default, one per core on a CPU), each (parameterisation, size) of the search and each
+    cell of the curves a task; the lead process writes the tables.
 
     The run is made with ``jax_enable_x64`` off whatever the process has set (and the setting restored
     after): the arrays are float32 either way, but with the flag on, Python-number arithmetic inside the
     programs (the learning-rate schedules) is done in float64, and the pre-trained backbone came out 1e-5
     away, enough to change learning-rate choices. So ``reproduce.py``, which runs a float64 study first in
     the same process, and ``moe-estimation transformer`` give the same bits."""
+    from ..workers import resolve_workers
+
+    workers = resolve_workers(workers)
     with jax.enable_x64(False):
-        return _run_transformer(study, out, progress=progress, log=log)
+        return _run_transformer(study, out, batch=batch, progress=progress, log=log, workers=workers)
 
 
-def _run_transformer(study: TransformerStudy, out, *, progress: bool, log):
+def _run_transformer(study: TransformerStudy, out, *, batch, progress: bool, log, workers: int = 1):
     from .._checks import make_out_dir
     from ..results import atomic_write, check_same_study, plain_dict, write_csv
 
     validate_study(study)
+    resolve_batch(batch)  # a bad batch fails before anything is made
     out = make_out_dir(out)
     cfg_path = out / "config.json"
     check_same_study(out, plain_dict(study), "transformer study")
@@ -438,8 +662,10 @@ def _run_transformer(study: TransformerStudy, out, *, progress: bool, log):
     test = sample(jax.random.fold_in(root, 4), "downstream", study.test_size, cfg)
     val = sample(jax.random.fold_in(root, 5), "downstream", study.test_size, cfg)
     zero_loss, zero_acc = evaluate(backbone, cfg, *test)  # the frozen backbone on the new task, no prefix
-    lrs, search = search_learning_rates(backbone, study, val, out, log=log)
-    curves = learning_curves(backbone, study, lrs, test, out, progress=progress, log=log)
+    lrs, search = search_learning_rates(backbone, study, val, out, batch=batch, progress=progress, log=log,
+                                        workers=workers)
+    curves = learning_curves(backbone, study, lrs, test, out, batch=batch, progress=progress, log=log,
+                             workers=workers)
     write_csv(out / "curve_rates.csv", curve_rates(curves, study))
     chosen = search[search["chosen"].astype(bool)]
     meta = dict(
