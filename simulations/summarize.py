@@ -145,17 +145,34 @@ def bench_table(path: Path) -> str:
 
 
 def step_table(path: Path) -> str:
+    """The README's step table (moe-estimation bench --step): one row per (shape, path)."""
     recs = json.loads(path.read_text())
     r0 = recs[0]
     out = [f"Device: {r0['device']}; measured streaming bandwidth {r0['measured_bandwidth'] / 1e9:.1f} GB/s, "
            f"matrix-product rate {r0['measured_flops'] / 1e9:.1f} GFLOP/s.", "",
-           "| shape | batching (fits per step) | rows | one step | floor | bound | step / floor | GFLOP/s | GB/s |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| shape | rows | one step | old floor | step / old floor | measured floor (exp + build + product) "
+           "| step / measured floor |",
+           "|---|---|---|---|---|---|---|"]
     for r in recs:
-        out.append(f"| {r['shape']} | {r['batching']} ({r['fits_per_step']}) | {r.get('path', 'whole')} | "
-                   f"{r['step_seconds'] * 1e3:.3f} ms | "
-                   f"{r['floor_seconds'] * 1e3:.4f} ms | {r['floor_bound']} | {r['times_floor']:.1f}x | "
-                   f"{r['gflops']:.2f} | {r['gbytes_per_second']:.2f} |")
+        mark = " (the study's)" if r.get("study_path", r.get("path")) == r.get("path") else ""
+        if "measured_floor_seconds" in r:
+            measured = (f"{r['measured_floor_seconds'] * 1e3:.3f} ms ({r['exp_seconds'] * 1e3:.3f} + "
+                        f"{r['build_seconds'] * 1e3:.3f} + {r['product_seconds'] * 1e3:.3f}) | "
+                        f"{r['times_measured_floor']:.1f}x")
+        else:
+            measured = "- | -"
+        out.append(f"| {r['shape'].split(' n=')[0]} n={r['n']} | {r['rows']} {r.get('path', 'whole')}{mark} | "
+                   f"{r['step_seconds'] * 1e3:.3f} ms | {r['floor_seconds'] * 1e3:.4f} ms | {r['times_floor']:.1f}x | "
+                   f"{measured} |")
+    return "\n".join(out)
+
+
+def workers_table(path: Path) -> str:
+    recs = json.loads(path.read_text())
+    out = ["| side | processes | fits | seconds | fits/s | speed-up | same table |", "|---|---|---|---|---|---|---|"]
+    for r in recs:
+        out.append(f"| {r['side']} | {r['workers']} | {r['fits']} | {r['seconds']:.1f} | {r['fits_per_second']:.3f} | "
+                   f"{r['speedup']:.2f}x | {'yes' if r['same_table'] else 'NO'} |")
     return "\n".join(out)
 
 
@@ -241,6 +258,8 @@ def main(args) -> int:
         print(bench_table(Path(args.bench)), "\n")
     if args.step:
         print(step_table(Path(args.step)), "\n")
+    if args.workers:
+        print(workers_table(Path(args.workers)), "\n")
     if args.precision:
         print(precision_table(Path(args.precision)), "\n")
     if args.compare:
@@ -258,6 +277,7 @@ if __name__ == "__main__":
                         "runs of one design that split its cases (results/teacher-quick results/teacher-more)")
     p.add_argument("--bench", help="a benchmark JSON (moe-estimation bench --json)")
     p.add_argument("--step", help="a step benchmark JSON (moe-estimation bench --step --json)")
+    p.add_argument("--workers", help="a workers benchmark JSON (moe-estimation bench --workers --json)")
     p.add_argument("--precision", help="a precision benchmark JSON (moe-estimation bench --precision --json)")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="two output directories of the same study (e.g. float64 and float32): how far apart they are")
