@@ -347,13 +347,13 @@ def run_step_bench(sizes=(1000, 8000, 100000), fits: int = 16, problems=tuple(PR
 
 WORKERS_STUDY = dict(
     seed=0,
-    grid=dict(ns=[4000, 8000], replicates=8, problems=["non-shared"], specifications=["over"]),
+    grid=dict(ns=[4000, 5000, 6000, 8000], replicates=4, problems=["non-shared"], specifications=["over"]),
     fit=dict(init="random", init_scale=1.0, restarts=8),
     rates=dict(num_bootstrap=200),
 )
-"""The study :func:`run_workers_bench` times by default: over-specified non-shared fits at n = 4000 and
-8000 from random starts, best of 8, 8 data sets a size (16 fits, 4 cells: the fits a rate study spends
-most of its time on)."""
+"""The study :func:`run_workers_bench` times by default: over-specified non-shared fits at n = 4000 to
+8000 from random starts, best of 8, 4 data sets a size (16 fits in 4 cells, so that two workers can share
+them evenly: the fits a rate study spends most of its time on)."""
 
 
 def _timed_study(cfg, out, workers: int, cache: str) -> tuple[float, "object"]:

@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: fit the same data from the same starts in float64 and float32 and compare the "
                         "losses (why estimation runs in float64)")
     b.add_argument("--workers", nargs="?", const="auto", default=None, metavar="N",
-                   help="instead: run one study (16 over-specified non-shared fits) in this process and in N pinned "
+                   help="instead: run one study (16 over-specified non-shared fits in 4 cells) in this process and in N pinned "
                         "single-threaded worker processes (default: one per core), in one run; report both times and "
                         "check the tables agree")
     b.add_argument("--steps", type=int, default=20, help="with --step: LM steps per fit (default 20)")

@@ -1,18 +1,14 @@
 """The benchmark's contract: its records, its equal-objective rule, and the step floor."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
+import pytest
 
 from moe_estimation.bench import EQUAL_RTOL, run_bench, step_floor
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
+@pytest.mark.study
 def test_bench_records_and_equal_objectives(tmp_path):
     path = tmp_path / "bench.json"
     records = run_bench(sizes=(300,), fits=3, problems=("shared-linear",), json_path=path, log=lambda *a: None)
@@ -33,22 +29,21 @@ def test_step_floor_by_hand():
     assert step_floor(10, 3, 2, 2, 8) == (640, 400)
 
 
-def test_step_bench_cli(tmp_path):
-    env = dict(os.environ, MOE_ESTIMATION_CACHE="", PYTHONPATH=str(ROOT))
+@pytest.mark.study
+def test_step_bench_cli(tmp_path, cli):
     path = tmp_path / "step.json"
-    out = subprocess.run([sys.executable, "-m", "moe_estimation.cli", "bench", "--step", "--sizes", "100",
-                          "--fits", "2", "--steps", "3", "--problems", "non-shared", "--json", str(path)],
-                         env=env, capture_output=True, text=True)
+    out = cli("bench", "--step", "--sizes", "100", "--fits", "2", "--steps", "3", "--problems", "non-shared",
+              "--json", path)
     assert out.returncode == 0, out.stderr
     (r,) = json.loads(path.read_text())
     assert r["rows"] == 128 and r["steps_taken"] == 2 * 3
     assert r["step_seconds"] > 0 and r["floor_seconds"] > 0
     np.testing.assert_allclose(r["times_floor"], r["step_seconds"] / r["floor_seconds"])
-    bad = subprocess.run([sys.executable, "-m", "moe_estimation.cli", "bench", "--step", "--steps", "0"],
-                         env=env, capture_output=True, text=True)
+    bad = cli("bench", "--step", "--steps", "0")
     assert bad.returncode == 2 and "--steps" in bad.stderr
 
 
+@pytest.mark.study
 def test_precision_bench_records(tmp_path):
     from moe_estimation.bench import run_precision_bench
 

@@ -4,9 +4,12 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "first_study.ipynb"
 
 
+@pytest.mark.e2e
 def test_example_notebook_runs(monkeypatch, tmp_path):
     monkeypatch.setenv("MOE_ESTIMATION_NOTEBOOK_TINY", "1")
     monkeypatch.chdir(tmp_path)
@@ -23,6 +26,7 @@ def test_example_notebook_runs(monkeypatch, tmp_path):
     assert os.environ["MOE_ESTIMATION_NOTEBOOK_TINY"] == "1"
 
 
+@pytest.mark.e2e
 def test_importing_the_library_leaves_matplotlib_alone():
     """A notebook's backend is the user's: importing the plots module does not switch it."""
     import subprocess

@@ -133,25 +133,6 @@ def test_params_stay_in_box():
     assert float(res.params.biases.min()) >= lo and float(res.params.biases.max()) <= hi
 
 
-@pytest.mark.slow
-def test_rate_recovery_shared_linear_d2():
-    """A convergence order as a unit test: the exactly specified shared-linear D_2 slope is near -1/2."""
-    prob = me.preset("shared-linear")
-    ns = np.array([250, 500, 1000, 2000, 4000, 8000])
-    R, m = 12, 8192
-    losses = np.zeros((len(ns), R))
-    for i, n in enumerate(ns):
-        keys = jax.random.split(jax.random.fold_in(jax.random.key(123), int(n)), R)
-        from moe_estimation.data import simulate_rows
-
-        X, Y = jax.vmap(lambda k: simulate_rows(prob, k, m))(keys)
-        mask = (jnp.arange(m) < n).astype(X.dtype)[None].repeat(R, 0)
-        res = me.fit_batch(jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys), prob, X, Y, 2, mask=mask, restarts=2)
-        losses[i] = np.asarray(jax.vmap(me.voronoi_loss, in_axes=(None, 0))(prob, res.params))
-    rate = me.empirical_rate(ns, losses)
-    assert -0.75 <= rate.slope <= -0.3, rate
-
-
 @pytest.mark.parametrize(
     "kwargs, word",
     [
@@ -188,6 +169,7 @@ def test_float32_fit_warns():
         me.fit(jax.random.key(1), prob, X, Y, 2, restarts=1, max_steps=3)
 
 
+@pytest.mark.study
 def test_converged_fits_on_the_box_are_constrained_minima():
     """A fit that says it converged while a parameter sits on the box is near the constrained minimum:
     running the solver on from it for 400 steps (only the gradient test can stop it) lowers the objective by

@@ -1,11 +1,15 @@
 """The README quickstart runs as written."""
 
 import re
+import tomllib
 from pathlib import Path
+
+import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.e2e
 def test_readme_quickstart_runs():
     text = README.read_text()
     section = text.split("## Quickstart", 1)[1]
@@ -22,3 +26,17 @@ def test_readme_names_the_two_commands():
     test_cmd = re.search(r"<!-- test-command -->\n```bash\n(.*?)\n```", text, flags=re.S).group(1).strip()
     assert test_cmd in ci, "the CI script runs the README's test command"
     assert re.search(r"<!-- main-command -->\n```bash\n.*reproduce.py --preset quick", text, flags=re.S)
+
+
+def test_readme_names_the_developer_test_command():
+    """The developer's command is pytest on a selection of the registered markers (a misspelt marker would
+    select nothing and pass)."""
+    text = README.read_text()
+    dev = re.search(r"<!-- dev-test-command -->\n```bash\n(.*?)\n```", text, flags=re.S).group(1).strip()
+    m = re.fullmatch(r"\.venv/bin/python -m pytest -q -m \"([^\"]+)\"", dev)
+    assert m, dev
+    ini = tomllib.loads((README.parent / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    registered = {line.split(":")[0].strip() for line in ini["markers"]}
+    named = set(re.findall(r"\w+", m.group(1))) - {"and", "or", "not"}
+    assert named and named <= registered, (named, registered)
+    assert "--strict-markers" in ini["addopts"] and "--durations=15" in ini["addopts"]

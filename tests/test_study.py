@@ -1,8 +1,8 @@
 import json
-import signal
+import runpy
+import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,113 +12,35 @@ import pytest
 from moe_estimation.config import parse_config, study_preset, load_config
 from moe_estimation.study import FITS_COLUMNS, RATE_LOSSES, bucket_size, data_keys, run_study, start_keys
 
+from conftest import REFERENCE, reference_toml
+
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = """
-seed = 3
-[grid]
-ns = [100, 110, 120, 130]
-replicates = 2
-problems = ["shared-linear"]
-specifications = ["exact", "over"]
-[fit]
-restarts = 1
-max_steps = 20
-[rates]
-num_bootstrap = 200
-"""
 
 
-def cli(args, env, **kw):
-    return subprocess.run([sys.executable, "-m", "moe_estimation.cli", *args], env=env, capture_output=True,
-                          text=True, **kw)
+def _fits(path):
+    return pd.read_csv(path / "fits.csv").drop(columns="seconds")
 
 
-def test_tiny_study_and_plot_end_to_end(tmp_path, cache_env):
-    out = tmp_path / "tiny"
-    r = cli(["study", "--preset", "tiny", "--out", str(out), "--no-progress"], cache_env, timeout=600)
-    assert r.returncode == 0, r.stderr
-    fits = pd.read_csv(out / "fits.csv")
-    assert list(fits.columns) == FITS_COLUMNS and len(fits) == 2 * 2 * 2 * 2
-    rates = pd.read_csv(out / "rates.csv")
-    want = ["problem", "structure", "specification", "loss", "statistic", "slope", "ci_low", "ci_high",
-            "theory_slope", "n_min", "n_max", "replicates", "fits_not_converged"]
-    assert set(want) <= set(rates.columns)
-    assert set(rates["statistic"]) == {"mean", "median"}
-    assert set(rates["loss"]) <= set(RATE_LOSSES) and {"own", "key_value", "identified_value"} <= set(rates["loss"])
-    assert set(rates["schedule"]) == {"default"}
-    for col in ("slope", "ci_low", "ci_high", "theory_slope"):
-        assert rates[col].dtype == float
-    for col in ("n_min", "n_max", "replicates", "fits_not_converged"):
-        assert rates[col].dtype == np.int64
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["root_seed"] == 0 and "jax" in cfg["versions"]
-    r = cli(["plot", "--results", str(out), "--out", str(tmp_path / "figs")], cache_env, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert (tmp_path / "figs" / "side_by_side.png").stat().st_size > 10_000
-    assert (tmp_path / "figs" / "rates_shared-linear.png").exists()
-    # the same tables draw the same bytes: a reproduction leaves committed figures untouched
-    r = cli(["plot", "--results", str(out), "--out", str(tmp_path / "figs2")], cache_env, timeout=300)
-    assert r.returncode == 0, r.stderr
-    for png in (tmp_path / "figs").glob("*.png"):
-        assert png.read_bytes() == (tmp_path / "figs2" / png.name).read_bytes(), png.name
+@pytest.mark.study
+def test_cell_numbers_do_not_depend_on_other_cells(tmp_path, reference_study):
+    """The reference study's cells come out the same inside a larger study: another problem before it, and
+    another sample size between its two (the cells' order, and their indices, change)."""
+    grid = dict(REFERENCE["grid"], ns=[100, 110, 120], problems=["non-shared", "shared-linear"])
+    run_study(parse_config(dict(REFERENCE, grid=grid)), tmp_path / "b", progress=False, log=lambda *a: None)
+    b = _fits(tmp_path / "b")
+    assert len(b) == 2 * 2 * 3 * REFERENCE["grid"]["replicates"]
+    b = b[(b["problem"] == "shared-linear") & (b["n"] != 110)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(b, _fits(reference_study), check_dtype=False)  # a column all 0 reads as int
 
 
-def test_killed_run_resumes_to_identical_tables(tmp_path, cache_env):
-    conf = tmp_path / "small.toml"
-    conf.write_text(SMALL)
-    full = tmp_path / "full"
-    r = cli(["study", "--config", str(conf), "--out", str(full), "--no-progress"], cache_env, timeout=600)
-    assert r.returncode == 0, r.stderr
-
-    part = tmp_path / "part"
-    proc = subprocess.Popen([sys.executable, "-m", "moe_estimation.cli", "study", "--config", str(conf), "--out",
-                             str(part), "--no-progress"], env=cache_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if (part / "fits.csv").exists() and len(pd.read_csv(part / "fits.csv")) >= 2:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = len(pd.read_csv(part / "fits.csv"))
-    assert 2 <= done < 16, "the kill should land part-way"
-    r = cli(["study", "--config", str(conf), "--out", str(part), "--no-progress"], cache_env, timeout=600)
-    assert r.returncode == 0, r.stderr
-    assert "resuming" in r.stdout
-    a = pd.read_csv(full / "fits.csv").drop(columns="seconds")
-    b = pd.read_csv(part / "fits.csv").drop(columns="seconds")
-    pd.testing.assert_frame_equal(a, b)
-    pd.testing.assert_frame_equal(pd.read_csv(full / "rates.csv"), pd.read_csv(part / "rates.csv"))
-    # the tables of a finished study rebuild to the same rates without fitting anything
-    r = cli(["study", "--config", str(conf), "--out", str(part), "--no-progress", "--tables-only"], cache_env,
-            timeout=600)
-    assert r.returncode == 0, r.stderr
-    pd.testing.assert_frame_equal(pd.read_csv(full / "rates.csv"), pd.read_csv(part / "rates.csv"))
-
-
-def test_cell_numbers_do_not_depend_on_other_cells(tmp_path):
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
-    base = dict(seed=1, grid=dict(ns=[100, 150], replicates=2, problems=["shared-linear"], specifications=["exact"]),
-                fit=dict(restarts=1, max_steps=20), rates=dict(num_bootstrap=100))
-    a = run_study(parse_config(base), tmp_path / "a", progress=False)
-    more = dict(base, grid=dict(base["grid"], ns=[100, 120, 150], problems=["non-shared", "shared-linear"]))
-    b = run_study(parse_config(more), tmp_path / "b", progress=False)
-    b = b[(b["problem"] == "shared-linear") & (b["n"] != 120)].reset_index(drop=True)
-    pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
-
-
-def test_resume_refuses_a_different_study(tmp_path):
-    cfg = parse_config(dict(grid=dict(ns=[100, 120], replicates=2, problems=["shared-linear"],
-                                      specifications=["exact"]), fit=dict(restarts=1, max_steps=5),
-                            rates=dict(num_bootstrap=100)))
-    run_study(cfg, tmp_path, progress=False)
+def test_resume_refuses_a_different_study(tmp_path, reference_study):
+    shutil.copytree(reference_study, tmp_path / "s")
+    before = (tmp_path / "s" / "fits.csv").read_bytes()
     other = parse_config(dict(grid=dict(ns=[100, 130], replicates=2, problems=["shared-linear"],
                                         specifications=["exact"]), rates=dict(num_bootstrap=100)))
     with pytest.raises(ValueError, match="different study"):
-        run_study(other, tmp_path, progress=False)
+        run_study(other, tmp_path / "s", progress=False)
+    assert (tmp_path / "s" / "fits.csv").read_bytes() == before
 
 
 def test_study_refuses_float32(tmp_path):
@@ -208,62 +130,101 @@ def test_user_problem_table_and_presets_resolve():
     assert len(full.ns) >= 12 and full.replicates >= 40 and min(full.ns) == 1000 and max(full.ns) == 100000
 
 
-def test_cli_reports_bad_config_cleanly(tmp_path, cache_env):
+def test_cli_reports_bad_config_cleanly(tmp_path, cli):
     bad = tmp_path / "bad.toml"
     bad.write_text("[grid]\nns = [10, 0]\nreplicates = 2\n")
-    r = cli(["study", "--config", str(bad), "--out", str(tmp_path / "o")], cache_env, timeout=120)
+    r = cli("study", "--config", bad, "--out", tmp_path / "o")
     assert r.returncode == 2 and "grid.ns" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()
 
 
-def test_simulation_scripts_run_tiny(tmp_path, cache_env):
-    r = subprocess.run([sys.executable, str(ROOT / "simulations" / "reproduce.py"), "--preset", "tiny", "--results",
-                        str(tmp_path / "res"), "--figures", str(tmp_path / "fig"), "--no-progress", "--teacher"],
-                       env=cache_env, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+def _script(name, *args, capsys, monkeypatch):
+    """Run ``simulations/NAME`` as a script (``__main__``) in this process; (exit status, stdout)."""
+    monkeypatch.setattr(sys, "argv", [name, *map(str, args)])
+    capsys.readouterr()
+    try:
+        runpy.run_path(str(ROOT / "simulations" / name), run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.e2e
+def test_simulation_scripts_run_tiny(tiny_runs, tmp_path, cli, capsys, monkeypatch):
+    """reproduce.py at tiny size, in its own process: the command line's study (``study --preset tiny``), the
+    transformer and teacher runs, and the figures; then its tables as documented, the same figures drawn
+    again from the same tables in another process (this one) to the same bytes, and summarize.py on them."""
+    for name in ("side_by_side.png", "transformer_curves.png", "teacher.png", "combined.png",
+                 "rates_shared-linear.png"):
+        assert (tiny_runs.figures / name).exists(), name
+    assert (tiny_runs.figures / "side_by_side.png").stat().st_size > 10_000
+    # the study's tables, as documented
+    out = tiny_runs.study
+    fits = pd.read_csv(out / "fits.csv")
+    assert list(fits.columns) == FITS_COLUMNS and len(fits) == 2 * 2 * 2 * 2
+    rates = pd.read_csv(out / "rates.csv")
+    want = ["problem", "structure", "specification", "loss", "statistic", "slope", "ci_low", "ci_high",
+            "theory_slope", "n_min", "n_max", "replicates", "fits_not_converged"]
+    assert set(want) <= set(rates.columns)
+    assert set(rates["statistic"]) == {"mean", "median"}
+    assert set(rates["loss"]) <= set(RATE_LOSSES) and {"own", "key_value", "identified_value"} <= set(rates["loss"])
+    assert set(rates["schedule"]) == {"default"}
+    for col in ("slope", "ci_low", "ci_high", "theory_slope"):
+        assert rates[col].dtype == float
+    for col in ("n_min", "n_max", "replicates", "fits_not_converged"):
+        assert rates[col].dtype == np.int64
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["root_seed"] == 0 and "jax" in cfg["versions"]
+    # the same tables draw the same bytes: a reproduction leaves committed figures untouched
+    runs = [out, tiny_runs.transformer, tiny_runs.teacher]
+    r = cli("plot", "--results", *runs, "--out", tmp_path / "figs2")
     assert r.returncode == 0, r.stderr
-    for name in ("side_by_side.png", "transformer_curves.png", "teacher.png", "combined.png"):
-        assert (tmp_path / "fig" / name).exists(), name
-    r = subprocess.run([sys.executable, str(ROOT / "simulations" / "summarize.py"), "--study", str(tmp_path / "res"),
-                        "--transformer", str(tmp_path / "results" / "transformer-tiny"), "--teacher",
-                        str(tmp_path / "results" / "teacher-tiny")], env=cache_env,
-                       capture_output=True, text=True, timeout=300)
+    drawn = sorted(p.name for p in tiny_runs.figures.glob("*.png"))
+    assert drawn == sorted(p.name for p in (tmp_path / "figs2").glob("*.png"))
+    for name in drawn:
+        assert (tiny_runs.figures / name).read_bytes() == (tmp_path / "figs2" / name).read_bytes(), name
+    # the README's tables from these runs
+    said = _script("summarize.py", "--study", out, "--transformer", runs[1], "--teacher", runs[2], capsys=capsys,
+                   monkeypatch=monkeypatch)
+    assert "| shared-linear | exact | own |" in said and "| deep-share |" in said
+    assert "| shared | no-share | over |" in said and "| shared | simple-share | exact |" in said
+    said = _script("summarize.py", "--compare", out, out, capsys=capsys, monkeypatch=monkeypatch)
+    assert "differs by at most 0 relative" in said  # a run against itself
+
+
+@pytest.mark.e2e
+def test_tables_do_not_depend_on_the_number_of_devices(tmp_path, cache_env, reference_study):
+    """The reference study (run in this process, on one device) and the same study on two devices of
+    another process (three replicates over two devices: the last chunk is padded) write the same tables."""
+    assert json.loads((reference_study / "config.json").read_text())["devices"] == 1
+    env = dict(cache_env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    out = tmp_path / "d2"
+    r = subprocess.run([sys.executable, "-m", "moe_estimation.cli", "study", "--config",
+                        str(reference_toml(tmp_path / "s.toml")), "--out", str(out), "--no-progress"], env=env,
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    assert "| shared-linear | exact | own |" in r.stdout and "| deep-share |" in r.stdout
-    assert "| shared | no-share | over |" in r.stdout and "| shared | simple-share | exact |" in r.stdout
-    r = subprocess.run([sys.executable, str(ROOT / "simulations" / "summarize.py"), "--compare", str(tmp_path / "res"),
-                        str(tmp_path / "res")], env=cache_env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "differs by at most 0 relative" in r.stdout  # a run against itself
+    assert json.loads((out / "config.json").read_text())["devices"] == 2
+    pd.testing.assert_frame_equal(_fits(out), _fits(reference_study))
+    pd.testing.assert_frame_equal(pd.read_csv(out / "rates.csv"), pd.read_csv(reference_study / "rates.csv"))
 
 
-def test_tables_do_not_depend_on_the_number_of_devices(tmp_path, cache_env):
-    conf = tmp_path / "dev.toml"
-    conf.write_text(SMALL.replace("ns = [100, 110, 120, 130]", "ns = [100, 130]").replace("replicates = 2", "replicates = 3"))
-    outs = {}
-    for ndev in (1, 2):
-        env = dict(cache_env, XLA_FLAGS=f"--xla_force_host_platform_device_count={ndev}")
-        out = tmp_path / f"d{ndev}"
-        r = cli(["study", "--config", str(conf), "--out", str(out), "--no-progress"], env, timeout=600)
-        assert r.returncode == 0, r.stderr
-        assert json.loads((out / "config.json").read_text())["devices"] == ndev
-        outs[ndev] = out
-    pd.testing.assert_frame_equal(pd.read_csv(outs[1] / "fits.csv").drop(columns="seconds"),
-                                  pd.read_csv(outs[2] / "fits.csv").drop(columns="seconds"))
-    pd.testing.assert_frame_equal(pd.read_csv(outs[1] / "rates.csv"), pd.read_csv(outs[2] / "rates.csv"))
-
-
-def test_compilations_grow_with_buckets_not_sample_sizes(tmp_path):
-    import jax
-
+@pytest.mark.study
+def test_compilations_grow_with_buckets_not_sample_sizes(tmp_path, monkeypatch):
+    """Eight sample sizes in two buckets compile two programs. Counted as the programs this study adds to
+    the process's (no cache is cleared for it): its settings (max_steps = 3, replicates = 5) are no other
+    test's, so both are new, and the runner may not drop compiled programs while it is counted."""
     from moe_estimation import study as study_mod
 
-    jax.config.update("jax_enable_x64", True)
+    monkeypatch.setattr(study_mod, "release_compiled_if_needed", lambda *a, **k: False)
     ns = [70, 80, 90, 100, 110, 120, 200, 250]  # eight sizes, two buckets (128 and 256)
-    cfg = parse_config(dict(grid=dict(ns=ns, replicates=2, problems=["shared-tanh"], specifications=["over"]),
+    cfg = parse_config(dict(grid=dict(ns=ns, replicates=5, problems=["shared-tanh"], specifications=["over"]),
                             fit=dict(restarts=1, max_steps=3), rates=dict(num_bootstrap=100)))
-    jax.clear_caches()
-    run_study(cfg, tmp_path, progress=False)
-    assert study_mod.compiled_programs() == len({bucket_size(n) for n in ns}) == 2
+    before = study_mod.compiled_programs()
+    run_study(cfg, tmp_path, progress=False, log=lambda *a: None)
+    assert study_mod.compiled_programs() - before == len({bucket_size(n) for n in ns}) == 2
 
 
 def test_chunk_budget_follows_device_memory():
