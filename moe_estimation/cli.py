@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fit every cell of a (problem, specification, n, replicate) grid, write "
                                    "fits.csv, rates.csv and config.json into --out. Resumes from --out.")
     s.add_argument("--preset", choices=["quick", "full", "robust-quick", "robust", "tiny"],
-                   help="a named study: quick (CPU, minutes), full (n = 1e3..1e5, 12 sizes, 40 replicates; GPU-sized), "
+                   help="a named study: quick (CPU: 304 s from a cold compilation cache and 79 s from a warm one with 2 workers, measured), full (n = 1e3..1e5, 12 sizes, 40 replicates; GPU-sized), "
                    "robust-quick (every structure under four starting-point schedules; CPU, about 10 minutes), robust "
                    "(the same at n = 1e3..1e5 with five schedules; GPU-sized), tiny (seconds, for smoke tests)")
     s.add_argument("--config", help="a TOML study configuration (see moe_estimation.config for the keys)")
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default="quick",
                    choices=["quick", "tiny", "teacher-quick", "teacher-more", "teacher", "teacher-noise", "teacher-starts",
                             "teacher-tiny"],
-                   help="learning curves: quick (CPU, about 25 minutes) or tiny (seconds); teacher-student: teacher-quick "
+                   help="learning curves: quick (CPU: 26 to 40 minutes in one process, measured before the workers split it over the cores) or tiny (seconds); teacher-student: teacher-quick "
                         "(CPU, about an hour), teacher-more (the same design for the deep-share students and the free "
                         "truth; CPU, about 2.5 hours, resumable), teacher (GPU-sized), teacher-noise (its over-specified students at "
                         "three times the noise, n to 128), teacher-starts (teacher-quick with 4 starts a fit instead of 2, n to 128; "
