@@ -8,9 +8,13 @@ non-shared fit has no polynomial reference (the theory's 0 stands for "slower th
 is neither a case nor fitted here; the robustness study is where it is measured. The estimator called
 directly, from its default start (near the truth), is checked on the exactly specified shared-linear D_2.
 
-The cost is compilation: one program per (preset, specification, padded size), 28 here, against seconds
-of fitting.
+The cost of such a study is compilation (one program per preset, specification and padded size), not
+fitting; here every cell is padded to the largest n's size instead of its own power of two: 7 programs
+instead of 28, about a quarter of the time, and the same slopes (measured: within 2e-5 of the study padded
+as usual; padding changes neither the data nor the masked objective, tests/test_model.py and test_fit.py).
 """
+
+import json
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +23,7 @@ import pandas as pd
 import pytest
 
 import moe_estimation as me
+from moe_estimation import study as study_mod
 from moe_estimation import theory_slope
 from moe_estimation.config import parse_config
 from moe_estimation.data import simulate_rows
@@ -27,7 +32,11 @@ from moe_estimation.study import run_study
 
 pytestmark = pytest.mark.statistical
 
-BAND = 0.2  # |measured - theory| <= BAND; at this size the measured slopes lie within 0.12 of -1/2
+# |measured - theory| <= BAND; at this size the measured slopes lie within 0.1 of -1/2, except the
+# over-specified shared-tanh own loss: -0.32
+BAND = 0.2
+NS = [500, 1000, 2000, 4000]
+PAD = study_mod.bucket_size(max(NS))  # 4096
 CASES = [(p, s, loss) for p in PRESETS for s in ("exact", "over") for loss in ("own", "key_value")
          if not (p == "non-shared" and s == "over")]
 
@@ -36,12 +45,15 @@ CASES = [(p, s, loss) for p in PRESETS for s in ("exact", "over") for loss in ("
 def rates(tmp_path_factory):
     jax.config.update("jax_enable_x64", True)
     cfg = parse_config(dict(
-        seed=1, grid=dict(ns=[500, 1000, 2000, 4000], replicates=6, problems=list(PRESETS),
+        seed=1, grid=dict(ns=NS, replicates=6, problems=list(PRESETS),
                           specifications={p: ["exact"] if p == "non-shared" else ["exact", "over"] for p in PRESETS}),
         fit=dict(max_steps=400), schedules={"random": dict(init="random", init_scale=1.0, restarts=4)},
         rates=dict(num_bootstrap=200)))
     out = tmp_path_factory.mktemp("orders") / "study"
-    run_study(cfg, out, progress=False, log=lambda *a: None)
+    with pytest.MonkeyPatch.context() as mp:  # every cell at one padded size: one program per (preset, spec)
+        mp.setattr(study_mod, "bucket_size", lambda n, minimum=64: PAD)
+        run_study(cfg, out, progress=False, log=lambda *a: None)
+    assert set(json.loads((out / "config.json").read_text())["bucket_sizes"].values()) == {PAD}
     return pd.read_csv(out / "rates.csv")
 
 
