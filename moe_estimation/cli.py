@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "teacher with known prefixes by least squares and write fits.csv (the prefix "
                                    "yardstick per fit), rates.csv and config.json; a run started again resumes.")
     t.add_argument("--preset", default="quick",
-                   choices=["quick", "tiny", "teacher-quick", "teacher-more", "teacher", "teacher-noise", "teacher-starts",
+                   choices=["quick", "standard", "tiny", "teacher-quick", "teacher-more", "teacher", "teacher-noise", "teacher-starts",
                             "teacher-tiny"],
                    help="learning curves: quick (CPU: 26 to 40 minutes in one process, measured before the workers split it over the cores) or tiny (seconds); teacher-student: teacher-quick "
                         "(CPU, about an hour), teacher-more (the same design for the deep-share students and the free "

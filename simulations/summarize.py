@@ -116,7 +116,7 @@ def transformer_table(path: Path) -> str:
            "|---|---|---|---|---|---|---|---|"]
     for _, m in r[r["statistic"] == "mean"].iterrows():
         g = c[c["parameterisation"] == m.parameterisation]
-        ch = chosen[chosen["parameterisation"] == m.parameterisation]
+        ch = chosen[chosen["parameterisation"] == m.parameterisation].sort_values("n")  # searched in any order
         lrs = ", ".join(f"{x.lr:.3g} (n={x.n}{', on edge' if x.on_edge else ''}{f', widened {x.widened}x' if x.widened else ''})"
                         for x in ch.itertuples())
         out.append(f"| {m.parameterisation} | {lrs} | {m.slope:.2f} [{m.ci_low:.2f}, {m.ci_high:.2f}] | "

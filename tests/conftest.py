@@ -15,16 +15,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# One persistent compilation cache for the session, fresh each time: this process and every command line it
-# starts (``cache_env``, worker processes) compile a program once between them, as a study's runs do
-# (moe_estimation.cli). Set here, before the test modules are imported (some compile at import).
-COMPILATION_CACHE = tempfile.mkdtemp(prefix="moe-estimation-tests-jax-")
+# One persistent compilation cache for the session: this process and every command line it starts
+# (``cache_env``, worker processes) compile a program once between them, as a study's runs do
+# (moe_estimation.cli). Fresh for every session (CI), unless MOE_ESTIMATION_TEST_CACHE names a folder to
+# keep it in between runs (the developer's command in the README: a rerun compiles only what changed).
+# Set here, before the test modules are imported (some compile at import).
+KEPT_CACHE = os.environ.get("MOE_ESTIMATION_TEST_CACHE")
+COMPILATION_CACHE = (str(Path(KEPT_CACHE).resolve()) if KEPT_CACHE
+                     else tempfile.mkdtemp(prefix="moe-estimation-tests-jax-"))
 jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(COMPILATION_CACHE, ignore_errors=True)
+    if not KEPT_CACHE:
+        shutil.rmtree(COMPILATION_CACHE, ignore_errors=True)
 
 
 # The markers by cost (registered in pyproject.toml): unmarked tests are unit tests; ``study``, ``e2e`` and

@@ -67,7 +67,13 @@ class TransformerStudy(NamedTuple):
 
 
 TRANSFORMER_PRESETS = {
-    "quick": TransformerStudy(),
+    # The main command's: n to 256, the search at every size on a grid of whole decades with one data set a
+    # rate, so that the quick reproduction fits in minutes on a 2-core CPU (README, *The prefix-tuned
+    # transformer*, measures what it changes against ``standard``).
+    "quick": TransformerStudy(ns=(16, 32, 64, 128, 256), lr_grid=(1e-3, 1e-2, 1e-1, 1.0, 10.0), lr_search_seeds=1),
+    # The README's learning-curve table: n to 512, the half-decade grid, two data sets a rate (19 minutes on
+    # a 2-core CPU with two workers).
+    "standard": TransformerStudy(),
     "tiny": TransformerStudy(pretrain_steps=150, min_steps=20, max_steps=40, check_every=20, ns=(16, 32), seeds=2,
                              lr_grid=(1e-2, 3e-2), lr_search_seeds=1, lr_widen=1, test_size=256),
 }
@@ -386,20 +392,24 @@ def _curve_keys(root, study: TransformerStudy, n: int):
         jnp.arange(study.seeds))
 
 
-def search_size(backbone, study: TransformerStudy, kind: str, n: int, val) -> tuple:
+def search_size(backbone, study: TransformerStudy, kind: str, n: int, val, *, batch=1, on_done=None) -> tuple:
     """The learning-rate search at one (parameterisation, size): every rate of the grid, widened while the best
     sits on its edge (:func:`grid_search`), each scored by the mean validation loss over the search's data
     sets. Returns ``(GridSearch, {lr: (mean steps, fraction of tunings flat)})``. A pure function of its
     arguments (numpy or JAX arrays), run with ``jax_enable_x64`` off, in the lead process or in a worker
-    (:mod:`moe_estimation.workers`)."""
+    (:mod:`moe_estimation.workers`). ``batch``: tunings per compiled call (:func:`score_members`);
+    ``on_done(text)``, if given, hears how far the round has come (a progress bar's hook)."""
     with jax.enable_x64(False):
         keys = _search_keys(jax.random.key(study.seed), study, kind, n)
         seeds = study.lr_search_seeds
         tuned = {}
 
         def score(rates):
+            what = f"{kind} n={n}, " + ("the grid" if not tuned else f"edge rate {rates[0]:.3g}")
+            hook = None if on_done is None else (
+                lambda i, j: on_done(f"{what}: {j} of {len(rates) * seeds} tunings"))
             got = score_members(backbone, study, kind, n, np.repeat(np.asarray(rates, float), seeds),
-                                jnp.concatenate([keys] * len(rates)), val, batch=1)
+                                jnp.concatenate([keys] * len(rates)), val, batch=batch, on_done=hook)
             out = []
             for r, lr in enumerate(rates):  # member r * seeds + s: rate r on data set s
                 part = slice(r * seeds, (r + 1) * seeds)
@@ -458,7 +468,6 @@ def search_learning_rates(backbone, study: TransformerStudy, val, out: Path | No
 
     from ..results import write_csv
 
-    root = jax.random.key(study.seed)
     path = None if out is None else out / "lr_search.csv"
     done = pd.read_csv(path) if path is not None and path.is_file() else pd.DataFrame(columns=SEARCH_COLUMNS)
     rows = [done] if len(done) else []
@@ -471,7 +480,6 @@ def search_learning_rates(backbone, study: TransformerStudy, val, out: Path | No
                 chosen[kind][n] = float(prior.loc[prior["chosen"].astype(bool), "lr"].iloc[0])
             else:
                 todo.append((kind, n))
-    seeds = study.lr_search_seeds
     notes = []  # said after the bar, not through it
 
     def record(kind, n, res, tuned):
@@ -504,29 +512,8 @@ def search_learning_rates(backbone, study: TransformerStudy, val, out: Path | No
         todo = []
     bar = tqdm(todo, disable=not progress or not todo, unit="size", desc="learning-rate search")
     for kind, n in bar:
-        keys = _search_keys(root, study, kind, n)
-        tuned = {}  # lr -> (mean steps, fraction of tunings flat)
-
-        def score(rates):
-            what = f"{kind} n={n}, " + ("the grid" if len(tuned) == 0 else f"edge rate {rates[0]:.3g}")
-
-            def hook(i, j):
-                bar.set_postfix_str(f"{what}: {j} of {len(rates) * seeds} tunings", refresh=True)
-
-            got = score_members(backbone, study, kind, n, np.repeat(np.asarray(rates, float), seeds),
-                                jnp.concatenate([keys] * len(rates)), val, batch=batch, on_done=hook)
-            out = []
-            for r, lr in enumerate(rates):  # member r * seeds + s: rate r on data set s
-                part = slice(r * seeds, (r + 1) * seeds)
-                tuned[lr] = (float(np.mean(got["steps"][part])), float(np.mean(got["flat"][part])))
-                out.append(np.mean(got["heldout_loss"][part]))
-            return out
-
-        try:
-            res = grid_search(score, study.lr_grid, study.lr_widen, batched=True)
-        except RuntimeError as e:
-            raise RuntimeError(f"{e} ({kind} at n = {n})") from None
-        record(kind, n, res, tuned)
+        record(kind, n, *search_size(backbone, study, kind, n, val, batch=batch,
+                                     on_done=lambda text: bar.set_postfix_str(text, refresh=True)))
     bar.close()
     for note in notes:
         log(note)
