@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("transformer", help="prefix-tune a small pre-trained transformer: learning curves, or "
                                            "prefix estimation against a teacher",
                        description="Pre-train a small transformer on a synthetic task (or reuse OUT/backbone.npz) and "
-                                   "freeze it. Presets quick and tiny prefix-tune it on another task with no-share, "
+                                   "freeze it. Presets quick, standard and tiny prefix-tune it on another task with no-share, "
                                    "simple-share and deep-share prefixes and write curves.csv, curve_rates.csv and "
                                    "config.json. The teacher presets fit students to a "
                                    "teacher with known prefixes by least squares and write fits.csv (the prefix "
@@ -169,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", default="quick",
                    choices=["quick", "standard", "tiny", "teacher-quick", "teacher-more", "teacher", "teacher-noise", "teacher-starts",
                             "teacher-tiny"],
-                   help="learning curves: quick (CPU: 26 to 40 minutes in one process, measured before the workers split it over the cores) or tiny (seconds); teacher-student: teacher-quick "
+                   help="learning curves: quick (the main command's: n to 256; 5 minutes with two workers on a 2-core CPU, measured), "
+                        "standard (the README's table: n to 512, a finer search; 19 minutes there) or tiny (seconds); "
+                        "teacher-student: teacher-quick "
                         "(CPU, about an hour), teacher-more (the same design for the deep-share students and the free "
                         "truth; CPU, about 2.5 hours, resumable), teacher (GPU-sized), teacher-noise (its over-specified students at "
                         "three times the noise, n to 128), teacher-starts (teacher-quick with 4 starts a fit instead of 2, n to 128; "

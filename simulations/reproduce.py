@@ -1,6 +1,6 @@
 """Reproduce every figure: the rate study, the prefix-tuned transformer, then all plots.
 
-    python simulations/reproduce.py --preset quick   # CPU, about 26 minutes -> results/quick*, figures/quick
+    python simulations/reproduce.py --preset quick   # CPU, 7 minutes on 2 cores -> results/quick*, figures/quick
     python simulations/reproduce.py --preset quick --teacher   # + the teacher-student study (CPU, several hours)
     python simulations/reproduce.py --preset full    # the GPU-sized rate study (+ the quick transformer)
     python simulations/reproduce.py --preset robust-quick --no-transformer   # four starting-point schedules

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KEPT_CACHE = os.environ.get("MOE_ESTIMATION_TEST_CACHE")
 COMPILATION_CACHE = (str(Path(KEPT_CACHE).resolve()) if KEPT_CACHE
                      else tempfile.mkdtemp(prefix="moe-estimation-tests-jax-"))
+Path(COMPILATION_CACHE).mkdir(parents=True, exist_ok=True)
 jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 

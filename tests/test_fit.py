@@ -27,6 +27,7 @@ def test_analytic_jacobian_matches_autodiff(name):
     np.testing.assert_allclose(J1, J2, atol=1e-12)
 
 
+@pytest.mark.study
 @pytest.mark.parametrize("name", ["non-shared", "shared-tanh"])
 def test_blocked_linearisation_equals_whole(name):
     """The row-blocked sums of F, g and H (``blocking="blocks"``) agree with the whole-array ones, masked

@@ -33,10 +33,42 @@ def test_readme_names_the_developer_test_command():
     select nothing and pass)."""
     text = README.read_text()
     dev = re.search(r"<!-- dev-test-command -->\n```bash\n(.*?)\n```", text, flags=re.S).group(1).strip()
-    m = re.fullmatch(r"\.venv/bin/python -m pytest -q -m \"([^\"]+)\"", dev)
+    m = re.fullmatch(r"(?:MOE_ESTIMATION_TEST_CACHE=\S+ )?\.venv/bin/python -m pytest -q (?:-n \d+ )?-m \"([^\"]+)\"", dev)
     assert m, dev
     ini = tomllib.loads((README.parent / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     registered = {line.split(":")[0].strip() for line in ini["markers"]}
     named = set(re.findall(r"\w+", m.group(1))) - {"and", "or", "not"}
     assert named and named <= registered, (named, registered)
     assert "--strict-markers" in ini["addopts"] and "--durations=15" in ini["addopts"]
+
+
+def _summarize():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("summarize", README.parent / "simulations" / "summarize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("marker, tables", [("transformer-table", "transformer-standard"),
+                                            ("transformer-quick-table", "transformer-quick")])
+def test_readme_transformer_tables_are_the_committed_tables(marker, tables):
+    """The learning-curve tables in the README are what summarize.py makes of the committed tables."""
+    text = README.read_text()
+    block = text.split(f"<!-- {marker} -->\n", 1)[1]
+    made = _summarize().transformer_table(README.parent / "tables" / tables)
+    assert block.startswith(made), f"README's {marker} differs from summarize.py --transformer tables/{tables}"
+
+
+def test_committed_transformer_tables_belong_to_their_presets():
+    """tables/transformer-<preset>/config.json records that preset's study, so a rerun of the README's command
+    resumes those tables rather than refusing them."""
+    import json
+
+    from moe_estimation.results import plain_dict
+    from moe_estimation.transformer.train import TRANSFORMER_PRESETS
+
+    for preset in ("quick", "standard"):
+        meta = json.loads((README.parent / "tables" / f"transformer-{preset}" / "config.json").read_text())
+        assert meta["study"] == plain_dict(TRANSFORMER_PRESETS[preset]), preset

@@ -39,6 +39,7 @@ def _as_no_share(teacher, cfg):
                 b=jnp.stack([b for _, _, b in teacher]))
 
 
+@pytest.mark.study
 def test_a_student_with_the_teachers_prefixes_has_zero_yardstick_and_the_noise_as_residual(backbone):
     cfg = STUDY.backbone
     for truth in ("shared", "free"):
@@ -67,6 +68,7 @@ def test_shared_and_free_truths_share_keys_and_differ_in_values(backbone):
         assert float(jnp.abs(v1 - v2).max()) > 0.1
 
 
+@pytest.mark.study
 def test_only_the_prefix_parameters_receive_gradients(backbone):
     cfg = STUDY.backbone
     tokens = jax.random.randint(jax.random.key(3), (8, cfg.seq_len), 0, cfg.vocab)
@@ -100,6 +102,7 @@ def test_a_zero_gate_bias_is_plain_prefix_attention():
     np.testing.assert_allclose(attention(*W, x, H, pk, pv, jnp.full((H, L), np.log(2.0))), twice, atol=1e-5)
 
 
+@pytest.mark.study
 def test_a_correctly_specified_student_recovers_the_teachers_prefixes(backbone):
     """Shared truth, simple-share student with L' = L, n = 256, noise sd 0.001, best of 3 random starts:
     the yardstick must fall below 0.3 (from about 10 at the start) and every fit converge."""
@@ -127,6 +130,7 @@ def test_the_design_check_presets_differ_from_teacher_quick_only_where_they_say(
     assert set(TEACHER_PRESETS["teacher-starts"].ns) < set(base["ns"])
 
 
+@pytest.mark.study
 def test_more_starts_keep_the_first_ones_so_no_fit_gets_worse(backbone):
     """teacher-starts' claim: with 4 starts a fit's first 2 are the 2-start fit's own, so its best objective
     is never higher."""
@@ -150,6 +154,7 @@ def test_validate_study_names_the_field():
         validate_study(TeacherStudy(bias_bounds=(0.0, 2.0)))
 
 
+@pytest.mark.e2e
 def test_teacher_tiny_preset_writes_resumes_and_rates(tmp_path, cache_env):
     out = tmp_path / "t"
     cmd = [sys.executable, "-m", "moe_estimation.cli", "transformer", "--preset", "teacher-tiny", "--out", str(out),
@@ -238,6 +243,7 @@ def test_runs_that_split_one_designs_cases_are_drawn_and_tabulated_together(tmp_
         load_runs([a, a])
 
 
+@pytest.mark.study
 def test_the_chained_jacobian_of_a_deep_share_student_is_the_direct_one(backbone):
     from jax.flatten_util import ravel_pytree
 

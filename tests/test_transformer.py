@@ -37,6 +37,7 @@ def test_unknown_parameterisation():
         init_prefix(jax.random.key(0), "half-share", CFG, 4)
 
 
+@pytest.mark.study
 @pytest.mark.parametrize("kind", PARAMETERISATIONS)
 def test_only_prefix_parameters_get_gradients_and_backbone_stays_frozen(kind):
     bb = init_backbone(jax.random.key(0), CFG)
@@ -59,6 +60,7 @@ def test_only_prefix_parameters_get_gradients_and_backbone_stays_frozen(kind):
     assert float(losses[-1]) < float(losses[0])
 
 
+@pytest.mark.study
 def test_pretraining_learns_its_task():
     study = TRANSFORMER_PRESETS["tiny"]._replace(pretrain_steps=400)
     bb, _ = pretrain(jax.random.key(0), study)
@@ -99,6 +101,7 @@ def test_bridge_attention_row_is_the_moe_regression_function(structure):
     np.testing.assert_allclose(moe, att, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.e2e
 def test_transformer_command_end_to_end(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), MOE_ESTIMATION_CACHE="")
     out = tmp_path / "tr"
@@ -150,6 +153,7 @@ np.save(OUT, np.concatenate([np.ravel(a) for a in jax.tree.leaves((params, losse
 """
 
 
+@pytest.mark.e2e
 def test_transformer_is_float32_whatever_the_x64_flag(tmp_path):
     """The transformer trains in float32 in a process that estimates in float64 (this one: the tests turn
     jax_enable_x64 on) and gives the same numbers, to float32 rounding, as in a float32-only process;
@@ -233,10 +237,11 @@ def test_transformer_study_is_validated():
         validate_study(TransformerStudy(lr_search_ns=(4096,)))
     with pytest.raises(ValueError, match="flat_tol"):
         validate_study(TransformerStudy(flat_tol=0.0))
-    validate_study(TRANSFORMER_PRESETS["quick"])
-    validate_study(TRANSFORMER_PRESETS["tiny"])
+    for preset in TRANSFORMER_PRESETS.values():
+        validate_study(preset)
 
 
+@pytest.mark.study
 def test_learning_curves_are_the_same_bits_whatever_the_x64_flag(tmp_path):
     # reproduce.py runs a float64 study first, in the same process: the curves must not notice
     from moe_estimation.transformer.train import load_backbone, run_transformer

@@ -30,6 +30,7 @@ def setting():
     return backbone, heldout, keys
 
 
+@pytest.mark.study
 @pytest.mark.parametrize("kind", PARAMETERISATIONS)
 def test_batched_members_give_what_each_gives_alone(setting, kind):
     backbone, heldout, keys = setting
@@ -48,6 +49,7 @@ def test_batched_members_give_what_each_gives_alone(setting, kind):
             np.testing.assert_allclose(got[field], alone[field], rtol=0, atol=ATOL, err_msg=field)
 
 
+@pytest.mark.study
 def test_a_stopped_member_stays_frozen_while_the_batch_goes_on(setting):
     """Member A (rate 1e-7) stops at the first check; beside a copy of itself the batch stops there too,
     beside a member B that trains on to max_steps (rate 1) the loop runs another block for both. A's parameters,

@@ -2,6 +2,7 @@
 what was finished, and clear refusals of bad worker counts."""
 
 import dataclasses
+import os
 
 import numpy as np
 import pandas as pd
@@ -9,14 +10,13 @@ import pytest
 
 from moe_estimation.workers import SINGLE_THREAD_XLA_FLAGS, available_cores, resolve_workers, run_cells
 
-pytestmark = pytest.mark.study
-
 
 def _same_but_seconds(a: pd.DataFrame, b: pd.DataFrame) -> None:
     a, b = (t.drop(columns="seconds").reset_index(drop=True) for t in (a, b))
     pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
+@pytest.mark.study
 def test_study_with_workers_writes_the_one_process_table(tmp_path):
     from moe_estimation.config import study_preset
     from moe_estimation.study import run_study
@@ -74,3 +74,79 @@ def test_a_killed_run_with_workers_resumes_to_the_same_table(tmp_path, cache_env
         time.sleep(0.5)
     else:
         raise AssertionError("a worker of the killed run is still running a minute later")
+
+
+@pytest.mark.study
+def test_teacher_with_workers_writes_the_one_process_table(tmp_path):
+    from moe_estimation.transformer.teacher import TEACHER_PRESETS, run_teacher
+
+    study = TEACHER_PRESETS["teacher-tiny"]._replace(ns=(8, 16), cases=(("shared", "simple-share"),),
+                                                   specifications=("over",))  # 2 cells
+    one = run_teacher(study, tmp_path / "one", progress=False, log=lambda *a: None, workers=1)
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "backbone.npz").write_bytes((tmp_path / "one" / "backbone.npz").read_bytes())
+    two = run_teacher(study, tmp_path / "two", progress=False, log=lambda *a: None, workers=2)
+    # the same fits: XLA's multi-threaded kernels in this process and the workers' single-threaded ones sum
+    # the backbone's float64 products in another order, so the numbers agree to rounding, not bit for bit
+    a, b = (t.drop(columns="seconds").reset_index(drop=True) for t in (one, two))
+    numeric = [c for c in a.columns if a[c].dtype.kind == "f"]
+    pd.testing.assert_frame_equal(a.drop(columns=numeric), b.drop(columns=numeric), check_exact=True)
+    np.testing.assert_allclose(b[numeric].to_numpy(float), a[numeric].to_numpy(float), rtol=1e-9, atol=1e-14)
+
+
+def square_or_fail(x):
+    """A task for the worker tests (module level: it is pickled by name)."""
+    if x == 3:
+        raise ValueError(f"x: three is refused, got {x}")
+    return np.asarray([x * x])
+
+
+def where_am_i(_):
+    import os
+
+    return sorted(os.sched_getaffinity(0)), os.environ.get("XLA_FLAGS", "")
+
+
+@pytest.mark.e2e
+def test_workers_are_pinned_and_single_threaded():
+    got = {}
+    run_cells(where_am_i, [(i,) for i in range(4)], lambda task, r: got.setdefault(task, r), workers=2)
+    cores = available_cores()
+    for affinity, flags in got.values():
+        assert len(affinity) == 1 and affinity[0] in cores
+        assert SINGLE_THREAD_XLA_FLAGS in flags
+    if len(cores) >= 2:
+        assert len({tuple(a) for a, _ in got.values()}) == 2  # two workers, two cores
+
+
+@pytest.mark.e2e
+def test_a_failing_task_raises_and_keeps_what_finished():
+    done = {}
+    with pytest.raises(ValueError, match="three is refused"):
+        run_cells(square_or_fail, [(1,), (2,), (3,), (4,), (5,), (6,)], lambda t, r: done.setdefault(t[0], int(r[0])),
+                  workers=2)
+    assert done.get(1) == 1 and done.get(2) == 4  # started before the failure: finished and handed over
+    assert 3 not in done
+    assert not {5, 6} & set(done)  # no task starts after a failure is seen (4 may have been running beside 3)
+
+
+def test_one_worker_runs_in_this_process_in_order():
+    order = []
+    run_cells(square_or_fail, [(2,), (1,)], lambda t, r: order.append((t[0], int(r[0]))), workers=1)
+    assert order == [(2, 4), (1, 1)]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "two"])
+def test_bad_worker_counts_are_refused(bad):
+    with pytest.raises(ValueError, match=r"workers: must be an integer >= 1"):
+        resolve_workers(bad)
+
+
+def test_cli_refuses_a_bad_workers_flag(tmp_path, capsys):
+    from moe_estimation.cli import main
+
+    assert main(["study", "--preset", "tiny", "--out", str(tmp_path / "x"), "--workers", "many"]) == 2
+    assert "--workers: must be an integer >= 1 or 'auto', got 'many'" in capsys.readouterr().err
+    assert main(["study", "--preset", "tiny", "--out", str(tmp_path / "x"), "--workers", "0"]) == 2
+    assert "workers: must be an integer >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "fits.csv").exists()
