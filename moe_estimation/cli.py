@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fit every cell of a (problem, specification, n, replicate) grid, write "
                                    "fits.csv, rates.csv and config.json into --out. Resumes from --out.")
     s.add_argument("--preset", choices=["quick", "full", "robust-quick", "robust", "tiny"],
-                   help="a named study: quick (CPU: 304 s from a cold compilation cache and 79 s from a warm one with 2 workers, measured), full (n = 1e3..1e5, 12 sizes, 40 replicates; GPU-sized), "
+                   help="a named study: quick (CPU: 130 s from an empty compilation cache with 2 workers on a quiet 2-core machine, measured), full (n = 1e3..1e5, 12 sizes, 40 replicates; GPU-sized), "
                    "robust-quick (every structure under four starting-point schedules; CPU, about 10 minutes), robust "
                    "(the same at n = 1e3..1e5 with five schedules; GPU-sized), tiny (seconds, for smoke tests)")
     s.add_argument("--config", help="a TOML study configuration (see moe_estimation.config for the keys)")

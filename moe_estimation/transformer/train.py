@@ -14,7 +14,7 @@ one member per call or ``batch`` members vmapped together (:func:`tune` is writt
 stopped keeps its state bit for bit while the others go on). On a CPU one member per call is the faster and
 gives the bits of the code before members (one ``lax.map`` over seeds per rate): the vmapped program gains
 nothing at n = 16 and is 1.6 times slower per member at n = 64 (a larger working set per kernel, and every
-member runs until the last one stops); the quick preset cut to n = 16, 32 took 2.1 times the CPU time (one
+member runs until the last one stops); the standard preset cut to n = 16, 32 took 2.1 times the CPU time (one
 core). It also sums in another order: rates up to 0.1 agree to 1e-5 in validation loss, but from a rate of 1
 on 1000 steps amplify the rounding to 0.01 - 0.4, and that moved 5 of those 6 choices. So it is kept for
 accelerators (``batch``).
