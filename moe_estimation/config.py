@@ -350,7 +350,7 @@ STUDY_PRESETS = {
     # a few seconds: the smoke tests
     "tiny": dict(
         seed=0,
-        grid=dict(ns=[200, 400], replicates=2, problems=["shared-linear", "non-shared"]),
+        grid=dict(ns=[200, 256], replicates=2, problems=["shared-linear", "non-shared"]),  # one shape bucket
         fit=dict(restarts=1, max_steps=30),
         rates=dict(num_bootstrap=200),
     ),

@@ -45,6 +45,27 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+def once_a_session(tmp_path_factory, name: str, make):
+    """``make(folder)`` run once a test session, however many pytest processes (pytest-xdist workers) ask:
+    the first to ask makes it under a lock in the folder the workers share, the others wait for it and read
+    what it made. A session-scoped fixture alone is made once per process. Returns the folder."""
+    import fcntl
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process: its own temporary folder
+        folder = tmp_path_factory.mktemp(name)
+        make(folder)
+        return folder
+    folder = tmp_path_factory.getbasetemp().parent / name  # the run's folder, shared by its workers
+    folder.mkdir(exist_ok=True)
+    with open(folder.parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = folder / ".made"
+        if not done.exists():
+            make(folder)
+            done.write_text("made\n")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def cache_env():
     """The environment for a command-line subprocess: this checkout importable, the session's compilation cache,
@@ -134,17 +155,18 @@ def reference_toml(path: Path, ns=None) -> Path:
 
 @pytest.fixture(scope="session")
 def reference_study(tmp_path_factory):
-    """The folder of an undamaged run of the reference study (fits.csv, rates.csv, config.json), run in this
-    process. Tests copy it before they change anything."""
+    """The folder of an undamaged run of the reference study (fits.csv, rates.csv, config.json), run once a
+    session (:func:`once_a_session`) in a pytest process. Tests copy it before they change anything."""
     from moe_estimation.config import load_config, parse_config
     from moe_estimation.study import run_study
 
-    base = tmp_path_factory.mktemp("reference")
     cfg = parse_config(REFERENCE)
-    assert load_config(reference_toml(base / "reference.toml")).to_dict() == cfg.to_dict()  # the file is the study
-    out = base / "study"
-    run_study(cfg, out, progress=False, log=lambda *a: None)
-    return out
+
+    def make(base: Path) -> None:
+        assert load_config(reference_toml(base / "reference.toml")).to_dict() == cfg.to_dict()  # the file is the study
+        run_study(cfg, base / "study", progress=False, log=lambda *a: None)
+
+    return once_a_session(tmp_path_factory, "reference", make) / "study"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -152,7 +174,6 @@ def reference_study(tmp_path_factory):
 
 
 class TinyRuns(NamedTuple):
-    process: subprocess.CompletedProcess
     study: Path  # moe-estimation study --preset tiny
     transformer: Path  # moe-estimation transformer --preset tiny
     teacher: Path  # moe-estimation transformer --preset teacher-tiny
@@ -161,12 +182,16 @@ class TinyRuns(NamedTuple):
 
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory, cache_env):
-    """``simulations/reproduce.py --preset tiny --teacher`` run once, in its own process: the tiny study, the
-    tiny transformer and teacher runs, all their figures. Tests that check a command's first run read these
-    folders; tests that change one (resume, refuse, repair) copy it first."""
-    cwd = tmp_path_factory.mktemp("tiny")
-    r = subprocess.run([sys.executable, str(ROOT / "simulations" / "reproduce.py"), "--preset", "tiny", "--results",
-                        str(cwd / "res"), "--figures", str(cwd / "fig"), "--no-progress", "--teacher"],
-                       env=cache_env, capture_output=True, text=True, timeout=1200, cwd=cwd)
-    assert r.returncode == 0, r.stderr
-    return TinyRuns(r, cwd / "res", cwd / "results" / "transformer-tiny", cwd / "results" / "teacher-tiny", cwd / "fig")
+    """``simulations/reproduce.py --preset tiny --teacher`` run once a session (:func:`once_a_session`), in its
+    own process: the tiny study, the tiny transformer and teacher runs, all their figures. Tests that check a
+    command's first run read these folders; tests that change one (resume, refuse, repair) copy it first."""
+
+    def make(cwd: Path) -> None:
+        r = subprocess.run([sys.executable, str(ROOT / "simulations" / "reproduce.py"), "--preset", "tiny",
+                            "--results", str(cwd / "res"), "--figures", str(cwd / "fig"), "--no-progress", "--teacher"],
+                           env=cache_env, capture_output=True, text=True, timeout=1200, cwd=cwd)
+        assert r.returncode == 0, r.stderr
+
+    cwd = once_a_session(tmp_path_factory, "tiny", make)
+    assert (cwd / "fig").is_dir(), f"the tiny runs in {cwd} did not finish: an earlier test's setup failed"
+    return TinyRuns(cwd / "res", cwd / "results" / "transformer-tiny", cwd / "results" / "teacher-tiny", cwd / "fig")

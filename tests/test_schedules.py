@@ -174,16 +174,22 @@ def test_exact_control_has_no_spread_rows(tmp_path):
 
 
 @pytest.mark.study
-@pytest.mark.parametrize("name", ["robust-quick", "robust"])
-def test_robust_presets_run_at_tiny_size(tmp_path, name):
-    """The robustness presets as declared (problems, specifications, schedules), at a tiny grid."""
+def test_robust_presets_run_at_tiny_size(tmp_path):
+    """The robustness presets as declared (problems, specifications, schedules); the GPU-sized one, whose
+    schedules include the CPU one's, run at a tiny grid."""
     from moe_estimation.plots import plot_study
 
-    data = dict(STUDY_PRESETS[name])
-    assert len(data["schedules"]) >= 3
-    cfg = parse_config(data)
-    kinds = {(s["init"], s["init_rate"] > 0) for s in cfg.schedules}
-    assert {("near-truth", True), ("near-truth", False), ("random", False)} <= kinds
+    declared = {}
+    for name in ("robust-quick", "robust"):
+        data = dict(STUDY_PRESETS[name])
+        cfg = parse_config(data)
+        kinds = {(s["init"], s["init_rate"] > 0) for s in cfg.schedules}
+        assert {("near-truth", True), ("near-truth", False), ("random", False)} <= kinds, name
+        declared[name] = cfg
+    quick, full = declared["robust-quick"], declared["robust"]
+    assert set(quick.schedule_names) <= set(full.schedule_names)
+    assert quick.problems == full.problems and quick.problem_specifications == full.problem_specifications
+    data = dict(STUDY_PRESETS["robust"])
     data["grid"] = dict(data["grid"], ns=[100, 120], replicates=2)  # one bucket: one compilation a schedule
     data["fit"] = dict(max_steps=4)
     data["schedules"] = {k: dict(v, restarts=1) for k, v in data["schedules"].items()}

@@ -1,7 +1,5 @@
 """Teacher-student prefix estimation in the transformer (moe_estimation.transformer.teacher)."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -155,12 +153,13 @@ def test_validate_study_names_the_field():
 
 
 @pytest.mark.e2e
-def test_teacher_tiny_preset_writes_resumes_and_rates(tmp_path, cache_env):
+def test_teacher_tiny_preset_writes_resumes_and_rates(tiny_runs, tmp_path, cli):
+    """``transformer --preset teacher-tiny`` as reproduce.py ran it (its own process, ``tiny_runs``): the
+    tables as documented; then, on a copy, a rerun fits nothing and leaves the table as it was."""
+    import shutil
+
     out = tmp_path / "t"
-    cmd = [sys.executable, "-m", "moe_estimation.cli", "transformer", "--preset", "teacher-tiny", "--out", str(out),
-           "--no-progress"]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=cache_env)
-    assert first.returncode == 0, first.stderr[-2000:]
+    shutil.copytree(tiny_runs.teacher, out)
     fits = pd.read_csv(out / "fits.csv")
     study = TEACHER_PRESETS["teacher-tiny"]
     assert len(fits) == len(study.cases) * len(study.specifications) * len(study.ns) * study.seeds
@@ -171,8 +170,8 @@ def test_teacher_tiny_preset_writes_resumes_and_rates(tmp_path, cache_env):
     assert {"key_value", "excess_risk", "identified_key"} <= set(rates["loss"])
     assert set(rates["theory_slope"][rates["loss"] == "excess_risk"]) == {-1.0}
     # run again: every cell is finished, nothing is fitted, the table is unchanged
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=cache_env)
-    assert again.returncode == 0 and "resuming: 8 of 8 cells" in again.stdout
+    again = cli("transformer", "--preset", "teacher-tiny", "--out", out, "--no-progress")
+    assert again.returncode == 0 and "resuming: 8 of 8 cells" in again.stdout, again.stderr
     pd.testing.assert_frame_equal(pd.read_csv(out / "fits.csv"), fits)
     import matplotlib
 

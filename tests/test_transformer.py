@@ -102,12 +102,13 @@ def test_bridge_attention_row_is_the_moe_regression_function(structure):
 
 
 @pytest.mark.e2e
-def test_transformer_command_end_to_end(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MOE_ESTIMATION_CACHE="")
+def test_transformer_command_end_to_end(tiny_runs, tmp_path, cli):
+    """``transformer --preset tiny`` as reproduce.py ran it (its own process, ``tiny_runs``): the tables as
+    documented; then, on a copy, a rerun keeps everything, another study is refused, and the figure is drawn."""
+    import shutil
+
     out = tmp_path / "tr"
-    r = subprocess.run([sys.executable, "-m", "moe_estimation.cli", "transformer", "--preset", "tiny", "--out", str(out),
-                        "--no-progress"], env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
+    shutil.copytree(tiny_runs.transformer, out)
     curves = pd.read_csv(out / "curves.csv")
     assert {"parameterisation", "n", "seed", "heldout_loss", "accuracy", "train_loss", "train_change", "flat", "steps",
             "lr", "seconds"} <= set(curves.columns)
@@ -122,17 +123,17 @@ def test_transformer_command_end_to_end(tmp_path):
         used = curves[(curves["parameterisation"] == row.parameterisation) & (curves["n"] == row.n)]["lr"]
         np.testing.assert_allclose(used, row.lr, rtol=1e-12)
     # run again: the search and the curves are kept, nothing is tuned again
-    r = subprocess.run([sys.executable, "-m", "moe_estimation.cli", "transformer", "--preset", "tiny", "--out", str(out),
-                        "--no-progress"], env=env, capture_output=True, text=True, timeout=600)
+    r = cli("transformer", "--preset", "tiny", "--out", out, "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "resuming: 6 of 6 cells" in r.stdout + r.stderr
     pd.testing.assert_frame_equal(pd.read_csv(out / "curves.csv"), curves)
+    assert pd.read_csv(out / "lr_search.csv").equals(search)
     # another study into the same folder is refused before anything is made
-    r = subprocess.run([sys.executable, "-m", "moe_estimation.cli", "transformer", "--preset", "quick", "--out", str(out),
-                        "--no-progress"], env=env, capture_output=True, text=True, timeout=600)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
+    r = cli("transformer", "--preset", "quick", "--out", out, "--no-progress")
     assert r.returncode != 0 and "holds a different transformer study" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "moe_estimation.cli", "plot", "--results", str(out), "--out",
-                        str(tmp_path / "figs")], env=env, capture_output=True, text=True, timeout=300)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before
+    r = cli("plot", "--results", out, "--out", tmp_path / "figs")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "figs" / "transformer_curves.png").exists()
 
@@ -246,7 +247,8 @@ def test_learning_curves_are_the_same_bits_whatever_the_x64_flag(tmp_path):
     # reproduce.py runs a float64 study first, in the same process: the curves must not notice
     from moe_estimation.transformer.train import load_backbone, run_transformer
 
-    study = TRANSFORMER_PRESETS["tiny"]._replace(ns=(16, 24), lr_grid=(3e-2,), lr_widen=0, seeds=1)
+    study = TRANSFORMER_PRESETS["tiny"]._replace(ns=(16, 24), lr_grid=(3e-2,), lr_widen=0, seeds=1,
+                                               lr_search_ns=(16,))
     before = jax.config.jax_enable_x64
     try:
         for flag in (True, False):
