@@ -1,4 +1,4 @@
-"""The command line: ``moe-estimation study | plot | bench``.
+"""The command line: ``moe-estimation study | plot | power | transformer | bench``.
 
 Run ``moe-estimation COMMAND --help`` for every option.
 """
@@ -63,6 +63,46 @@ def cmd_study(args) -> int:
                      workers=1 if args.distributed else parse_workers(args.workers))
     if lead:
         print(f"wrote {len(fits)} fits to {Path(args.out) / 'fits.csv'}, rates to {Path(args.out) / 'rates.csv'}")
+    return 0
+
+
+def cmd_power(args) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from .config import load_config, study_preset
+    from .inference import power_table
+    from .results import write_csv
+
+    if (args.preset is None) == (args.config is None):
+        raise ValueError("power: give exactly one of --preset NAME or --config FILE (the design)")
+    _setup_jax(argparse.Namespace(float32=False))  # a configuration's problems are built in float64
+    cfg = study_preset(args.preset) if args.preset else load_config(args.config)
+    fits = None
+    if args.results is not None:
+        path = Path(args.results) / "fits.csv"
+        if not path.is_file():
+            raise ValueError(f"--results: {args.results} has no fits.csv; run `moe-estimation study --out {args.results}` "
+                             "first, or give --sigma")
+        fits = pd.read_csv(path)
+    sigmas = args.sigma if args.sigma is not None else ([] if fits is not None else [0.3, 0.6, 1.0])
+    for s in sigmas:
+        if not (np.isfinite(s) and s > 0):
+            raise ValueError(f"--sigma: every standard deviation of log loss must be a finite number > 0, got {s}")
+    if args.sims < 10:
+        raise ValueError(f"--sims: need at least 10 simulated studies per contrast, got {args.sims}")
+    table = power_table(cfg, fits, sigmas=sigmas, sims=args.sims, statistics=tuple(args.statistics))
+    ns = table["ns"].iloc[0] if len(table) else ""
+    print(f"design: n = {ns}, {cfg.replicates} replicates a size; {args.sims} simulated studies a contrast; "
+          "power = how often the 95% interval excludes the alternative when the slope is the truth")
+    table["contrast"] = [f"{t:g} vs {a:g}" for t, a in zip(table["truth"], table["alternative"])]
+    wide = table.pivot_table(index=["source", "problem", "specification", "schedule", "loss", "sigma", "statistic"],
+                             columns="contrast", values="power", sort=False).reset_index()
+    with pd.option_context("display.width", 200, "display.max_rows", 500):
+        print(wide.round(3).to_string(index=False))
+    if args.out:
+        write_csv(Path(args.out), table.drop(columns="contrast"))
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -157,6 +197,26 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--results", required=True, nargs="+", help="output directories of `study` and/or `transformer`")
     pl.add_argument("--out", required=True, help="directory for the figures")
     pl.set_defaults(func=cmd_plot)
+
+    pw = sub.add_parser("power", help="what a study's design can tell apart: the power of its rate intervals",
+                        description="Simulate losses with a known slope on the design of --config or --preset (its "
+                                    "sample sizes inside the rate window, its replicates) and report how often the "
+                                    "95% bootstrap interval of the empirical rate excludes an alternative slope "
+                                    "(-1/2 against -1/4 and back; the losses scale exactly, so -1/4 against 0 has "
+                                    "the same power), and how often it holds the truth. The scatter of the losses is that of a finished study's own fits "
+                                    "(--results: each arm and loss, its log residuals resampled) or log-normal "
+                                    "(--sigma). Seconds to a minute.")
+    g = pw.add_mutually_exclusive_group()
+    g.add_argument("--preset", choices=["quick", "full", "robust-quick", "robust", "tiny"], help="a named study's design")
+    g.add_argument("--config", help="a TOML study configuration: its design")
+    pw.add_argument("--results", help="a finished study's folder: the scatter of its fits (fits.csv)")
+    pw.add_argument("--sigma", type=float, nargs="+",
+                    help="log-normal scatter: standard deviations of log loss (default 0.3 0.6 1.0 without --results)")
+    pw.add_argument("--statistics", nargs="+", default=["mean", "median"], help="statistics over replicates to rate "
+                    "(mean, median, qP; default mean median)")
+    pw.add_argument("--sims", type=int, default=200, help="simulated studies per contrast (default 200)")
+    pw.add_argument("--out", help="also write the table (one row per source, statistic and contrast) to this CSV")
+    pw.set_defaults(func=cmd_power)
 
     t = sub.add_parser("transformer", help="prefix-tune a small pre-trained transformer: learning curves, or "
                                            "prefix estimation against a teacher",

@@ -32,10 +32,12 @@ file, the key and the rule. The layout (all sections optional except ``[grid]``)
     init_scale = 1.0
     restarts = 8
 
-    [rates]
+    [rates]                                    # how fits.csv is read; a change re-rates, it refits nothing
     num_bootstrap = 2000
     n_min = 500                                # the fitting window, declared here, never tuned per run
     n_max = 100000
+    quantiles = [0.25, 0.5, 0.75, 0.9]         # tabulated per n (quantiles.csv) and rated (rates.csv)
+    fail_thresholds = { key_value = 0.5 }      # a fit fails when the loss exceeds it (failing.csv)
 
     [problems.my-problem]                      # a user-defined problem
     preset = "shared-linear"                   # start from a preset (optional) ...
@@ -55,6 +57,13 @@ from .estimator import FitSettings, validate_settings
 from .problems import PRESETS, Problem, make_problem, preset
 
 SPECIFICATIONS = ("exact", "over")
+DEFAULT_QUANTILES = (0.25, 0.5, 0.75, 0.9)
+# A fit fails when its key/value yardstick exceeds 0.5: above the 90% quantile of every exactly specified
+# fit at n = 500 in the quick study, and below the spread-out fits of the over-specified non-shared ones.
+DEFAULT_FAIL_THRESHOLDS = {"key_value": 0.5}
+# The [rates] settings: how fits.csv is read into tables. A study resumed with other values refits nothing
+# and rebuilds its tables (moe_estimation.results.check_same_study compares the rest).
+RATE_FIELDS = ("num_bootstrap", "n_min", "n_max", "quantiles", "fail_thresholds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +83,8 @@ class StudyConfig:
     n_min: int
     n_max: int
     problem_tables: dict
+    quantiles: tuple[float, ...] = DEFAULT_QUANTILES
+    fail_thresholds: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_FAIL_THRESHOLDS))
 
     def problem(self, name: str) -> Problem:
         """The :class:`Problem` called ``name`` (a preset or a ``[problems.name]`` table)."""
@@ -98,6 +109,13 @@ class StudyConfig:
         """The estimator's settings for one cell: the study's [fit] table and the schedule's start."""
         sc = self.schedule(schedule or self.schedules[0]["name"])
         return FitSettings(num_prompts=num_prompts, **self.fit, **{k: sc[k] for k in SCHEDULE_KEYS})
+
+    @property
+    def statistics(self) -> tuple[str, ...]:
+        """The statistics over replicates that rates.csv rates: the mean, the median and each declared quantile."""
+        from .rates import quantile_statistic
+
+        return ("mean", "median") + tuple(quantile_statistic(q) for q in self.quantiles if q != 0.5)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -258,7 +276,9 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
             raise _err(source, f"{where}.{key}", rule) from None
 
     rates = data.get("rates", {})
-    _check_keys(source, "rates.", rates, {"num_bootstrap", "n_min", "n_max"})
+    if not isinstance(rates, dict):
+        raise _err(source, "rates", "expected a table [rates]")
+    _check_keys(source, "rates.", rates, {"num_bootstrap", "n_min", "n_max", "quantiles", "fail_thresholds"})
     nb = _typed(source, "rates.num_bootstrap", rates.get("num_bootstrap", 2000), int)
     if nb < 100:
         raise _err(source, "rates.num_bootstrap", f"must be >= 100, got {nb}")
@@ -266,6 +286,24 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
     n_max = _typed(source, "rates.n_max", rates.get("n_max", max(ns)), int)
     if sum(n_min <= n <= n_max for n in ns) < 2:
         raise _err(source, "rates.n_min", f"the window [{n_min}, {n_max}] must hold at least two of grid.ns")
+    quantiles = rates.get("quantiles", list(DEFAULT_QUANTILES))
+    if (not isinstance(quantiles, list) or not quantiles
+            or any(isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q < 1 for q in quantiles)
+            or len(set(quantiles)) < len(quantiles)):
+        raise _err(source, "rates.quantiles", f"expected a non-empty list of distinct numbers strictly between 0 and 1, "
+                                              f"got {quantiles!r}")
+    thresholds = rates.get("fail_thresholds", DEFAULT_FAIL_THRESHOLDS)
+    if not isinstance(thresholds, dict):
+        raise _err(source, "rates.fail_thresholds", f"expected a table {{ loss = threshold }}, got {thresholds!r}")
+    from .results import RATE_LOSSES
+
+    _check_keys(source, "rates.fail_thresholds.", thresholds, RATE_LOSSES)
+    thresholds = dict(thresholds)
+    for loss, t in thresholds.items():
+        t = _typed(source, f"rates.fail_thresholds.{loss}", t, float)
+        if not (np.isfinite(t) and t > 0):
+            raise _err(source, f"rates.fail_thresholds.{loss}", f"must be a finite number > 0, got {t!r}")
+        thresholds[loss] = t
 
     tables = data.get("problems", {})
     if not isinstance(tables, dict):
@@ -279,6 +317,7 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
         seed=seed, ns=tuple(sorted(ns)), replicates=reps, problems=tuple(problems), specifications=tuple(specs),
         extra_prompts=extra, fit=fit, schedules=schedules, problem_specifications=per_problem, num_bootstrap=nb, n_min=n_min, n_max=n_max,
         problem_tables={k: v for k, v in tables.items() if k in problems},
+        quantiles=tuple(sorted(float(q) for q in quantiles)), fail_thresholds=dict(thresholds),
     )
 
 

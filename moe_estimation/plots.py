@@ -1,8 +1,8 @@
 """Figures from a study's tables (the only module that imports matplotlib).
 
 - ``rates_<problem>.png``: for one problem, a 2 x 2 grid (rows: the structure's own loss, the key/value
-  yardstick; columns: exact, over-specified): mean over replicates with the 10-90% replicate band, the
-  median, the OLS line with its slope and 95% bootstrap interval in the legend, and the theory slope
+  yardstick; columns: exact, over-specified): mean over replicates with the interquartile band of the
+  replicates and their 90% quantile, the median, the OLS line with its slope and 95% bootstrap interval in the legend, and the theory slope
   drawn through the first mean. Fits that stopped on the step limit are counted in each panel's title.
 - ``side_by_side.png``: every problem on the key/value yardstick, over-specified, with the key part
   and the value part of the loss drawn apart.
@@ -12,6 +12,8 @@
   (row 1); the error of the weight sums, of the weight-averaged keys and values, and the spread of keys
   and values inside cells (row 2). A study with several schedules draws these and one
   ``side_by_side_<schedule>.png`` per schedule instead of ``rates_<problem>.png`` and ``side_by_side.png``.
+- ``failing_<loss>.png``: the fraction of fits whose loss exceeds its declared threshold against n, with
+  exact 95% intervals and the trend test (``failing.csv``).
 - ``transformer_curves.png``: held-out loss and accuracy against n for the three prefix
   parameterisations (mean over seeds with the seed range, fitted slopes in the legend).
 - ``combined.png``: the MoE rate panels (key/value yardstick, over-specified) beside the transformer's
@@ -39,15 +41,17 @@ def _loss_values(g: pd.DataFrame, loss: str, losses=None) -> np.ndarray:
 
 
 def _panel(ax, g: pd.DataFrame, rates: pd.DataFrame, loss: str, color="C0", label_prefix="", losses=None):
-    """Mean and median of ``loss`` against n (10-90% band), the fitted rate and the theory's slope.
-    ``losses``: how each loss is read from the rows (default: a study's ``RATE_LOSSES``)."""
+    """Mean and median of ``loss`` against n, the interquartile band and the 90% quantile over replicates,
+    the fitted rate and the theory's slope. ``losses``: how each loss is read from the rows (default: a
+    study's ``RATE_LOSSES``)."""
     ns = np.sort(g["n"].unique())
     vals = [_loss_values(g[g["n"] == n], loss, losses) for n in ns]
+    vals = [v[np.isfinite(v)] for v in vals]
     mean = np.array([np.mean(v) for v in vals])
     med = np.array([np.median(v) for v in vals])
-    lo = np.array([np.quantile(v, 0.1) for v in vals])
-    hi = np.array([np.quantile(v, 0.9) for v in vals])
-    ax.fill_between(ns, lo, hi, color=color, alpha=0.15, lw=0)
+    q25, q75, q90 = (np.array([np.quantile(v, q) for v in vals]) for q in (0.25, 0.75, 0.9))
+    ax.fill_between(ns, q25, q75, color=color, alpha=0.18, lw=0, label=f"{label_prefix}25-75% of replicates")
+    ax.plot(ns, q90, "v:", color=color, ms=3, lw=1, alpha=0.8, label=f"{label_prefix}90% quantile")
     ax.plot(ns, mean, "o-", color=color, ms=4, label=f"{label_prefix}mean")
     ax.plot(ns, med, "s--", color=color, ms=3, alpha=0.7, label=f"{label_prefix}median")
     row = rates[(rates["loss"] == loss) & (rates["statistic"] == "mean")]
@@ -227,8 +231,58 @@ def plot_study(results: str | Path, out: str | Path) -> list[Path]:
             _save(_side_by_side(f, r, problems, specs, f"\n{_schedule_text(f.iloc[0])}"), path)
             written.append(path)
     written += plot_parts(fits, out)
+    if (results / "failing.csv").is_file():
+        failing = pd.read_csv(results / "failing.csv")
+        if len(failing):
+            written += plot_failing(failing, out)
     return written
 
+
+def plot_failing(failing: pd.DataFrame, out: Path) -> list[Path]:
+    """``failing_<loss>.png`` for every loss of ``failing.csv`` with a threshold: the fraction of fits above
+    it against n with its exact 95% interval; one panel a (specification, schedule), one colour a problem,
+    the trend test over the rate window in the legend."""
+    written = []
+    for loss, gl in failing.groupby("loss", sort=False):
+        specs = [s for s in ("exact", "over") if s in set(gl["specification"])]
+        schedules = list(dict.fromkeys(gl["schedule"]))
+        problems = list(dict.fromkeys(gl["problem"]))
+        fig, axes = plt.subplots(len(specs), len(schedules), figsize=(4.6 * len(schedules), 3.6 * len(specs)),
+                                 squeeze=False, sharey=True)
+        for i, spec in enumerate(specs):
+            for j, sched in enumerate(schedules):
+                ax = axes[i, j]
+                gs = gl[(gl["specification"] == spec) & (gl["schedule"] == sched)]
+                for k, prob in enumerate(problems):
+                    g = gs[gs["problem"] == prob].sort_values("n")
+                    if not len(g):
+                        continue
+                    ns, f = g["n"].to_numpy(float), g["fraction"].to_numpy()
+                    shift = ns * 1.04 ** (k - (len(problems) - 1) / 2)  # side by side, not on top of each other
+                    err = np.vstack([f - g["ci_low"].to_numpy(), g["ci_high"].to_numpy() - f])
+                    r = g.iloc[0]
+                    ax.errorbar(shift, f, yerr=err, fmt="o-", ms=3, lw=1, capsize=2, color=f"C{k}",
+                                label=f"{prob}: trend z {r['trend_z']:.2f}, p {r['trend_p']:.2g}")
+                ax.set_xscale("log")
+                ticks = np.sort(gl["n"].unique())
+                ticks = ticks[:: max(1, -(-len(ticks) // 7))]
+                ax.set_xticks(ticks, [f"{int(n):,}" for n in ticks], fontsize=7)
+                ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+                ax.set_ylim(-0.02, 1.3)
+                ax.set_yticks([0, 0.25, 0.5, 0.75, 1])
+                ax.grid(True, alpha=0.2)
+                ax.set_xlabel("n")
+                ax.set_title(f"{'exactly specified' if spec == 'exact' else 'over-specified'}, {sched} starts", fontsize=9)
+                if ax.lines:
+                    ax.legend(fontsize=6.5, loc="upper right")
+            axes[i, 0].set_ylabel(f"fraction with {loss} > {gl['threshold'].iloc[0]:g}")
+        fig.suptitle(f"Failing fits: {loss} above {gl['threshold'].iloc[0]:g} (or not finite), exact 95% intervals; "
+                     f"trend in log n over the rate window (Cochran-Armitage)", fontsize=10)
+        fig.tight_layout()
+        path = out / f"failing_{loss}.png"
+        _save(fig, path)
+        written.append(path)
+    return written
 
 PARAM_COLORS = {"no-share": "C3", "simple-share": "C0", "deep-share": "C2"}
 

@@ -87,12 +87,22 @@ def plain_dict(study) -> dict:
     return json.loads(json.dumps({k: (v._asdict() if hasattr(v, "_asdict") else v) for k, v in study._asdict().items()}))
 
 
-def check_same_study(out: Path, study: dict, what: str = "study") -> None:
-    """Refuse an ``out`` whose ``config.json`` was written for another study (``study``: its plain dict)."""
+def check_same_study(out: Path, study: dict, what: str = "study", reread=(), log=print) -> None:
+    """Refuse an ``out`` whose ``config.json`` was written for another study (``study``: its plain dict).
+    The keys named in ``reread`` say how finished fits are read into tables, not how they are made: when
+    only they differ, the study goes on (its tables are rebuilt from the fits) and ``log`` says so."""
     cfg_path = out / "config.json"
-    if cfg_path.exists() and json.loads(cfg_path.read_text()).get("study") != json.loads(json.dumps(study)):
+    if not cfg_path.exists():
+        return
+    old, new = json.loads(cfg_path.read_text()).get("study"), json.loads(json.dumps(study))
+    if not isinstance(old, dict) or {k: v for k, v in old.items() if k not in reread} != {
+            k: v for k, v in new.items() if k not in reread}:
         raise ValueError(f"--out: {out} holds a different {what} (its config.json differs); choose a new --out or "
                          "delete it")
+    changed = [k for k in reread if old.get(k) != new.get(k)]
+    if changed:
+        log(f"{out}: the settings {changed} differ from config.json's; the fits are kept and every table is "
+            "rebuilt from them")
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> None:

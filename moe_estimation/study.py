@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from ._checks import check_out_dir, make_out_dir
-from .config import StudyConfig
+from .config import RATE_FIELDS, StudyConfig
 from .data import fold_key, simulate_rows
 from .estimator import FitSettings, fit_dataset, split_start
 from .solver import STATUS_LABELS, batch_map
@@ -281,7 +281,7 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
     cfg_path = out / "config.json"
     lead = jax.process_index() == 0  # only process 0 reads and writes --out (it need not be a shared disk)
     if lead:
-        check_same_study(out, resolved["study"])
+        check_same_study(out, resolved["study"], reread=RATE_FIELDS, log=log)
     fits_path = out / "fits.csv"
     table = CellTable(fits_path, FITS_COLUMNS, CELL, cfg.replicates, check=lambda path: check_fits_table(path, cfg))
     if lead:
@@ -350,8 +350,22 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
     fits = canonical_order(table.frame(), cfg)
     if lead:
         table.write(fits)
-        write_csv(out / "rates.csv", rates_table(fits, cfg))
+        write_tables(fits, cfg, out)
     return fits
+
+
+TABLES = ("rates.csv", "quantiles.csv", "failing.csv", "differences.csv")
+
+
+def write_tables(fits: pd.DataFrame, cfg: StudyConfig, out: Path) -> None:
+    """Every table a study's fits give (:data:`TABLES`): the rates, and from :mod:`moe_estimation.inference`
+    the quantiles, the failing fractions and the paired differences."""
+    from .inference import differences_table, failing_table, quantiles_table
+
+    write_csv(out / "rates.csv", rates_table(fits, cfg))
+    write_csv(out / "quantiles.csv", quantiles_table(fits, cfg))
+    write_csv(out / "failing.csv", failing_table(fits, cfg))
+    write_csv(out / "differences.csv", differences_table(fits, cfg))
 
 
 def canonical_order(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
@@ -372,7 +386,8 @@ def _theory(structure: str, loss: str, spec: str) -> float:
 
 def rates_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
     """One row per (problem, specification, schedule, loss, statistic): slope, 95% bootstrap interval,
-    theory. A loss that is zero in every fit of the window (the spread when no cell holds two atoms) has
+    theory. The statistics are the mean, the median and the configuration's quantiles over replicates
+    (``q25``, ``q75``, ``q90`` by default). A loss that is zero in every fit of the window (the spread when no cell holds two atoms) has
     no rate and no row; a rate that cannot be fitted (a sample size whose every loss is zero) has an empty
     slope and says why in ``note``."""
     out = []
@@ -386,7 +401,8 @@ def rates_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
                 continue
             ns, mat = loss_matrix(g, values, replicate="replicate")
             last = mat[-1][np.isfinite(mat[-1]) & (mat[-1] > 0)]
-            for entry in rate_entries(ns, mat, num_bootstrap=cfg.num_bootstrap, seed=cfg.seed):
+            for entry in rate_entries(ns, mat, num_bootstrap=cfg.num_bootstrap, seed=cfg.seed,
+                                      statistics=cfg.statistics):
                 out.append(dict(
                     problem=prob_name, structure=structure, specification=spec, **sched, loss=loss,
                     statistic=entry["statistic"], slope=entry["slope"], ci_low=entry["ci_low"],

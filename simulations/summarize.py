@@ -5,6 +5,7 @@
     python simulations/summarize.py --compare results/full results/full-gpu   # two runs of one study
     python simulations/summarize.py --robust results/robust-quick            # a study over several schedules
     python simulations/summarize.py --teacher results/teacher-quick results/teacher-more   # teacher-student
+    python simulations/summarize.py --inference tables/quick --power tables/power-quick.csv   # distributions, power
 """
 
 from __future__ import annotations
@@ -244,12 +245,87 @@ def teacher_table(paths) -> str:
     return "\n".join(out)
 
 
+def _ci(x, digits=2) -> str:
+    return f"{x['slope']:.{digits}f} [{x['ci_low']:.{digits}f}, {x['ci_high']:.{digits}f}]"
+
+
+def failing_markdown(path: Path, loss: str = "key_value") -> str:
+    """Per (problem, specification, schedule): the failing fraction at every n (failing.csv), its trend in
+    log n, and the slopes of the median, the 90% quantile and the mean of the same loss (rates.csv)."""
+    f = pd.read_csv(path / "failing.csv")
+    r = pd.read_csv(path / "rates.csv")
+    f = f[f["loss"] == loss]
+    ns = sorted(f["n"].unique())
+    threshold = f["threshold"].iloc[0]
+    out = [f"| problem | spec | schedule | failing ({loss} > {threshold:g}) at n = {', '.join(map(str, ns))} | trend z (p) | "
+           "median slope | 90% quantile slope | mean slope |",
+           "|---|---|---|---|---|---|---|---|"]
+    for (prob, spec, sched), g in f.groupby(["problem", "specification", "schedule"], sort=False):
+        g = g.sort_values("n")
+        rr = r[(r["problem"] == prob) & (r["specification"] == spec) & (r["schedule"] == sched) & (r["loss"] == loss)]
+        slopes = [_ci(rr[rr["statistic"] == st].iloc[0]) if (rr["statistic"] == st).any() else "-"
+                  for st in ("median", "q90", "mean")]
+        counts = ", ".join(f"{int(k)}/{int(m)}" for k, m in zip(g["failing"], g["fits"]))
+        t = g.iloc[0]
+        out.append(f"| {prob} | {spec} | {sched} | {counts} | {t['trend_z']:.2f} ({t['trend_p']:.2g}) | "
+                   + " | ".join(slopes) + " |")
+    return "\n".join(out)
+
+
+def differences_markdown(path: Path, loss: str = "key_value", axes=("problem", "specification", "schedule")) -> str:
+    """The paired slope differences of differences.csv for one loss: every pair against a reference arm
+    (problem: non-shared against each shared structure; specification: exact against over; schedule: each
+    against the last), mean and median; ``axes``: which comparisons."""
+    d = pd.read_csv(path / "differences.csv", keep_default_na=False)
+    d = d[(d["loss"] == loss) & d["axis"].isin(axes)]
+    keep = (((d["axis"] == "problem") & (d["a"] == "non-shared")) | (d["axis"] == "specification")
+            | ((d["axis"] == "schedule") & (d["b"] == d[d["axis"] == "schedule"]["b"].iloc[-1] if (d["axis"] == "schedule").any() else False)))
+    out = ["| compared | held fixed | mean: slope a - slope b [paired 95% CI] | median: slope a - slope b [paired 95% CI] | pairs |",
+           "|---|---|---|---|---|"]
+    for (axis, a, b, prob, spec, sched), g in d[keep].groupby(["axis", "a", "b", "problem", "specification", "schedule"],
+                                                             sort=False):
+        fixed = ", ".join(x for x in (prob, spec, sched) if x)
+        cells = []
+        for st in ("mean", "median"):
+            x = g[g["statistic"] == st].iloc[0]
+            cells.append(f"{x['slope_a']:.2f} - ({x['slope_b']:.2f}) = {x['difference']:.2f} [{x['ci_low']:.2f}, {x['ci_high']:.2f}]")
+        out.append(f"| {a} - {b} | {fixed} | {cells[0]} | {cells[1]} | {int(g['pairs'].iloc[0])} |")
+    return "\n".join(out)
+
+
+def power_markdown(path: Path, loss: str = "key_value", schedules=None) -> str:
+    """A power table (moe-estimation power --out): for each source of scatter and statistic, the power to
+    tell -1/2 from -1/4 (either way round; by scaling, also -1/4 from 0), and the coverage of the interval
+    at -1/2."""
+    p = pd.read_csv(path, keep_default_na=False)
+    p = p[(p["loss"] == loss) | (p["source"] == "lognormal")]
+    if schedules is not None:  # only these schedules' scatter
+        p = p[(p["source"] == "lognormal") | p["schedule"].isin(schedules)]
+    out = ["| scatter of | sigma of log loss | statistic | power: slope -1/2, interval excludes -1/4 | power: slope -1/4, "
+           "interval excludes -1/2 | coverage at -1/2 |", "|---|---|---|---|---|---|"]
+    for (source, prob, spec, sched, sigma, st), g in p.groupby(
+            ["source", "problem", "specification", "schedule", "sigma", "statistic"], sort=False):
+        cell = {(t, a): x for t, a, x in zip(g["truth"], g["alternative"], g["power"])}
+        cover = g[g["truth"] == -0.5]["coverage"].iloc[0]
+        what = f"{prob} {spec} ({sched} starts)" if source == "fits" else "log-normal"
+        out.append(f"| {what} | {sigma:.2f} | {st} | {cell[(-0.5, -0.25)]:.2f} | {cell[(-0.25, -0.5)]:.2f} | {cover:.2f} |")
+    g = p.iloc[0]
+    out.append(f"\nDesign: n = {g['ns']}, {int(g['replicates'])} replicates a size; {int(g['sims'])} simulated studies a "
+               "contrast; power: how often the 95% bootstrap interval excludes the second slope when the first is true.")
+    return "\n".join(out)
+
+
 def main(args) -> int:
     if args.study:
         print(study_table(Path(args.study)), "\n")
         print(parts_table(Path(args.study)), "\n")
     if args.robust:
         print(robust_table(Path(args.robust)), "\n")
+    if args.inference:
+        print(failing_markdown(Path(args.inference)), "\n")
+        print(differences_markdown(Path(args.inference)), "\n")
+    if args.power:
+        print(power_markdown(Path(args.power)), "\n")
     if args.teacher:
         print(teacher_table([Path(t) for t in args.teacher]), "\n")
     if args.transformer:
@@ -271,6 +347,9 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--study", help="a study's output directory")
     p.add_argument("--robust", help="a study over several starting-point schedules (e.g. results/robust-quick)")
+    p.add_argument("--inference", help="a study's output directory: its failing fractions, quantile slopes and "
+                                       "paired differences (failing.csv, rates.csv, differences.csv)")
+    p.add_argument("--power", help="a power table (moe-estimation power --out FILE)")
     p.add_argument("--transformer", help="a transformer run's output directory")
     p.add_argument("--teacher", nargs="+", metavar="DIR",
                    help="a teacher-student run's output directory (transformer --preset teacher-quick), or several "

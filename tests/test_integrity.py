@@ -30,8 +30,11 @@ def _fits(path):
 
 def _same_tables(out, reference):
     """``out`` holds the reference study's tables (the seconds aside)."""
+    from moe_estimation.study import TABLES
+
     pd.testing.assert_frame_equal(_fits(out), _fits(reference))
-    pd.testing.assert_frame_equal(pd.read_csv(out / "rates.csv"), pd.read_csv(reference / "rates.csv"))
+    for name in TABLES:
+        pd.testing.assert_frame_equal(pd.read_csv(out / name), pd.read_csv(reference / name))
 
 
 def _damaged(reference, tmp_path, how):

@@ -72,3 +72,72 @@ def test_committed_transformer_tables_belong_to_their_presets():
     for preset in ("quick", "standard"):
         meta = json.loads((README.parent / "tables" / f"transformer-{preset}" / "config.json").read_text())
         assert meta["study"] == plain_dict(TRANSFORMER_PRESETS[preset]), preset
+
+
+def _block(marker: str) -> str:
+    return README.read_text().split(f"<!-- {marker} -->\n", 1)[1]
+
+
+def test_readme_quick_tables_are_the_committed_tables():
+    """The quick study's tables in the README (rates, failing fits and quantile slopes, paired differences,
+    power) are what summarize.py makes of tables/quick and tables/power-quick.csv."""
+    s, tables = _summarize(), README.parent / "tables"
+    assert _block("quick-table").startswith(s.study_table(tables / "quick").split("\n\n")[0])
+    assert _block("quick-failing-table").startswith(s.failing_markdown(tables / "quick"))
+    assert _block("quick-differences-table").startswith(s.differences_markdown(tables / "quick"))
+    assert _block("quick-power-table").startswith(s.power_markdown(tables / "power-quick.csv"))
+
+
+def test_committed_quick_study_is_the_preset_and_its_tables_are_its_fits():
+    """tables/quick is a run of `study --preset quick` (a rerun of the README's command resumes it), and its
+    tables are what its fits give (re-rated here from fits.csv alone)."""
+    import json
+
+    import pandas as pd
+
+    from moe_estimation.config import study_preset
+    from moe_estimation.inference import differences_table, failing_table, quantiles_table
+    from moe_estimation.study import rates_table
+
+    out = README.parent / "tables" / "quick"
+    cfg = study_preset("quick")
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["study"] == json.loads(json.dumps(cfg.to_dict()))
+    fits = pd.read_csv(out / "fits.csv")
+    for name, make in (("rates.csv", rates_table), ("quantiles.csv", quantiles_table), ("failing.csv", failing_table),
+                       ("differences.csv", differences_table)):
+        made = make(fits, cfg).to_csv(index=False, float_format="%.17g", na_rep="nan")  # as write_csv writes
+        assert (out / name).read_text() == made, name
+
+
+def test_readme_robust_tables_are_the_committed_tables():
+    s, tables = _summarize(), README.parent / "tables"
+    assert _block("robust-table").startswith(s.robust_table(tables / "robust-quick").split("\n\n")[0])
+    assert _block("robust-failing-table").startswith(s.failing_markdown(tables / "robust-quick"))
+    assert _block("robust-differences-table").startswith(s.differences_markdown(tables / "robust-quick",
+                                                                                axes=("schedule",)))
+    assert _block("robust-power-table").startswith(s.power_markdown(tables / "power-robust-quick.csv",
+                                                                    schedules=("shrinking", "random")))
+    import json
+
+    from moe_estimation.config import study_preset
+
+    meta = json.loads((tables / "robust-quick" / "config.json").read_text())
+    assert meta["study"] == json.loads(json.dumps(study_preset("robust-quick").to_dict()))
+
+
+@pytest.mark.e2e
+def test_committed_figures_are_drawn_from_the_committed_tables(tmp_path):
+    """figures/quick and figures/robust-quick's study figures are what `plot` draws from tables/quick and
+    tables/robust-quick, byte for byte (the transformer and teacher panels come from their own runs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from moe_estimation.plots import plot_study
+
+    for name in ("quick", "robust-quick"):
+        drawn = plot_study(README.parent / "tables" / name, tmp_path / name)
+        assert any(p.name == "failing_key_value.png" for p in drawn)
+        for p in drawn:
+            committed = README.parent / "figures" / name / p.name
+            assert committed.read_bytes() == p.read_bytes(), f"{committed} is not drawn from tables/{name}"

@@ -1,0 +1,255 @@
+"""What a study's fits say beyond one slope: distributions, failing fractions, paired differences.
+
+Every table here is computed from ``fits.csv`` alone (``moe-estimation study --tables-only`` rebuilds them
+without fitting), over the configuration's declared quantiles, thresholds and rate window
+(:class:`moe_estimation.config.StudyConfig`), the same for every row: nothing is tuned per row.
+
+- :func:`quantiles_table` (``quantiles.csv``): per (problem, specification, schedule, loss, n), the mean and
+  the declared quantiles of the loss over replicates. The shared theorem is an O_P statement: every
+  quantile must shrink, the upper ones included; ``rates.csv`` carries a slope per quantile.
+- :func:`failing_table` (``failing.csv``): per (problem, specification, schedule, loss, n), the fraction of
+  fits whose loss exceeds the loss's declared threshold (a non-finite fit fails), its exact binomial 95%
+  interval, and a trend test of that fraction in log n over the rate window. A mean slope cannot tell "the
+  loss shrinks slowly" from "a fixed fraction of fits never converges"; the failing fraction can.
+- :func:`differences_table` (``differences.csv``): for every pair of arms that share their data sets (two
+  problems, two specifications or two schedules, the rest held fixed), the difference of their slopes with
+  a paired bootstrap interval (:func:`moe_estimation.rates.paired_rate_difference`). The presets share one
+  regression function and replicate r's data do not depend on the arm, so these comparisons are paired.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from .config import StudyConfig
+from .rates import binomial_interval, paired_rate_difference, quantile_statistic, trend_test
+from .results import RATE_LOSSES, SCHEDULE_COLUMNS, loss_matrix
+
+ARM = ["problem", "specification", "schedule"]
+
+
+def _loss(g: pd.DataFrame, loss: str) -> np.ndarray:
+    return g[list(RATE_LOSSES[loss])].sum(axis=1, min_count=len(RATE_LOSSES[loss])).to_numpy(float)
+
+
+def _groups(fits: pd.DataFrame):
+    for (prob, spec, schedule), g in fits.groupby(ARM, sort=False):
+        yield dict(problem=prob, structure=g["structure"].iloc[0], specification=spec,
+                   **{c: g[c].iloc[0] for c in SCHEDULE_COLUMNS}), g
+
+
+def quantiles_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
+    """One row per (problem, specification, schedule, loss, n): ``fits`` (finite losses), ``zeros`` (exactly
+    zero, kept: a zero is a value, not a missing fit), ``nonfinite``, ``mean`` and one column per declared
+    quantile (``q25``, ``median``, ``q75``, ``q90`` by default) over the finite losses. Every n, not only the
+    rate window. A loss that is zero in every fit of a group (the spread, when no cell holds two atoms) has
+    no rows."""
+    names = [quantile_statistic(q) for q in cfg.quantiles]
+    out = []
+    for keys, g in _groups(fits):
+        for loss in RATE_LOSSES:
+            values = _loss(g, loss)
+            if not np.any(values[np.isfinite(values)] != 0):
+                continue
+            for n in sorted(g["n"].unique()):
+                v = values[(g["n"] == n).to_numpy()]
+                ok = v[np.isfinite(v)]
+                row = dict(keys, loss=loss, n=int(n), fits=int(ok.size), zeros=int((ok == 0).sum()),
+                           nonfinite=int((~np.isfinite(v)).sum()), mean=float(ok.mean()) if ok.size else np.nan)
+                qs = np.quantile(ok, cfg.quantiles) if ok.size else np.full(len(names), np.nan)
+                row.update({name: float(q) for name, q in zip(names, qs)})
+                out.append(row)
+    return pd.DataFrame(out)
+
+
+def failing_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
+    """One row per (problem, specification, schedule, loss with a declared threshold, n): ``threshold``,
+    ``fits``, ``failing`` (loss above the threshold, or not finite), ``fraction`` with its exact 95%
+    interval ``ci_low``, ``ci_high``; and, repeated on the rows of one group, the Cochran-Armitage test of a
+    trend in log n over the rate window [n_min, n_max] (``trend_z`` < 0: the fraction falls with n;
+    ``trend_p``, two-sided; ``trend_slope``: the change of the fraction per unit of log n) and
+    ``in_window``, whether the row's n is in it."""
+    out = []
+    for keys, g in _groups(fits):
+        for loss, threshold in cfg.fail_thresholds.items():
+            values = _loss(g, loss)
+            ns = np.array(sorted(g["n"].unique()))
+            m = np.array([int((g["n"] == n).sum()) for n in ns])
+            fail = ~(values <= threshold)  # NaN fails
+            k = np.array([int(fail[(g["n"] == n).to_numpy()].sum()) for n in ns])
+            lo, hi = binomial_interval(k, m)
+            window = (ns >= cfg.n_min) & (ns <= cfg.n_max)
+            trend = trend_test(np.log(ns[window]), k[window], m[window])
+            for i, n in enumerate(ns):
+                out.append(dict(keys, loss=loss, threshold=float(threshold), n=int(n), fits=int(m[i]),
+                                failing=int(k[i]), fraction=float(k[i] / m[i]), ci_low=float(lo[i]),
+                                ci_high=float(hi[i]), in_window=bool(window[i]), trend_z=trend.z,
+                                trend_p=trend.p_value, trend_slope=trend.slope))
+    return pd.DataFrame(out)
+
+
+def _arms(fits: pd.DataFrame, cfg: StudyConfig):
+    """Pairs of arms on common data: along one of problem, specification, schedule, the other two fixed."""
+    present = set(map(tuple, fits[ARM].drop_duplicates().to_numpy()))
+    order = dict(problem=cfg.problems, specification=cfg.specifications, schedule=cfg.schedule_names)
+    for axis in ARM:
+        others = [a for a in ARM if a != axis]
+        fixed = sorted({tuple(x for a, x in zip(ARM, arm) if a != axis) for arm in present})
+        for rest in fixed:
+            values = [v for v in order[axis] if _arm(axis, v, others, rest) in present]
+            for a, b in combinations(values, 2):
+                yield axis, _arm(axis, a, others, rest), _arm(axis, b, others, rest)
+
+
+def _arm(axis, value, others, rest) -> tuple:
+    d = dict(zip(others, rest), **{axis: value})
+    return tuple(d[a] for a in ARM)
+
+
+def differences_table(fits: pd.DataFrame, cfg: StudyConfig, statistics=None) -> pd.DataFrame:
+    """One row per pair of arms on common data sets (see the module docstring), loss and statistic: ``axis``
+    (what differs: problem, specification or schedule), ``a`` and ``b`` (its two values), the fixed
+    ``problem``/``specification``/``schedule`` (the differing one left empty), ``slope_a``, ``slope_b``,
+    ``difference`` = slope_a - slope_b with its paired 95% bootstrap interval, ``pairs`` (replicates with a
+    positive finite loss in both arms at every n). Over the rate window, with the same bootstrap settings as
+    ``rates.csv``; a loss zero in either arm's every fit has no row."""
+    statistics = statistics or cfg.statistics
+    window = fits[(fits["n"] >= cfg.n_min) & (fits["n"] <= cfg.n_max)]
+    by_arm = {k: g for k, g in window.groupby(ARM, sort=False)}
+    out = []
+    for axis, arm_a, arm_b in _arms(window, cfg):
+        ga, gb = by_arm[arm_a], by_arm[arm_b]
+        fixed = {a: (v if a != axis else "") for a, v in zip(ARM, arm_a)}
+        for loss in RATE_LOSSES:
+            mats = []
+            for g in (ga, gb):
+                ns, mat = loss_matrix(g, _loss(g, loss), replicate="replicate")
+                mats.append((ns, mat))
+            (na, a), (nb, b) = mats
+            if not np.array_equal(na, nb) or a.shape != b.shape:
+                continue  # not the same grid: no pairing
+            a, b = a.copy(), b.copy()
+            bad = ~(np.isfinite(a) & (a > 0) & np.isfinite(b) & (b > 0))
+            a[bad], b[bad] = np.nan, np.nan  # a pair counts only where both arms have a loss with a log
+            if np.any(np.all(bad, axis=1)):
+                continue
+            for stat in statistics:
+                d = paired_rate_difference(na, a, b, statistic=stat, num_bootstrap=cfg.num_bootstrap, seed=cfg.seed)
+                out.append(dict(axis=axis, a=arm_a[ARM.index(axis)], b=arm_b[ARM.index(axis)], **fixed, loss=loss,
+                                statistic=stat, slope_a=d.slope_a, slope_b=d.slope_b, difference=d.difference,
+                                ci_low=d.ci_low, ci_high=d.ci_high, n_min=d.n_min, n_max=d.n_max,
+                                pairs=int(np.all(~bad, axis=0).sum())))
+    return pd.DataFrame(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# power: what a design can tell apart
+
+# (truth, alternative). The losses n^truth * exp(e) scale exactly, so the power depends on the gap and its sign
+# alone: -1/4 against 0 is -1/2 against -1/4 shifted, the same number on the same draws.
+CONTRASTS = ((-0.5, -0.25), (-0.25, -0.5))
+
+
+class Power(NamedTuple):
+    """Of ``sims`` synthetic studies with slope ``truth``: the fraction whose interval excludes
+    ``alternative`` (the power to tell them apart) and the fraction whose interval holds ``truth``
+    (the interval's coverage, a check of the simulation itself)."""
+
+    truth: float
+    alternative: float
+    power: float
+    coverage: float
+    sims: int
+
+
+def log_residuals(ns, losses) -> np.ndarray:
+    """The scatter of a design's fits around their trend: log loss minus the mean log loss at its n, for every
+    positive finite loss of ``losses`` ``(m, R)``, scaled by sqrt(R_i / (R_i - 1)) (deviations from a mean of
+    R_i values are that much narrower than the values' own). A sample to draw synthetic losses from."""
+    losses = np.asarray(losses, dtype=float)
+    out = []
+    for row in losses:
+        v = np.log(row[np.isfinite(row) & (row > 0)])
+        if v.size >= 2:
+            out.append((v - v.mean()) * np.sqrt(v.size / (v.size - 1)))
+    if not out:
+        raise ValueError("losses: need at least two positive finite losses at some n to measure their scatter")
+    return np.concatenate(out)
+
+
+def rate_power(ns, replicates: int, dispersion, *, contrasts=CONTRASTS, statistic: str = "mean", sims: int = 200,
+               num_bootstrap: int = 500, level: float = 0.95, seed: int = 0) -> list[Power]:
+    """How often :func:`moe_estimation.rates.empirical_rate`, run on a design (sample sizes ``ns``, ``replicates``
+    fits at each), tells a slope from another. Synthetic losses ``n^truth * exp(e)``: ``e`` drawn from
+    ``dispersion``, a number (the standard deviation of log loss: log-normal scatter) or an array of log
+    residuals to resample (:func:`log_residuals` of a study's own fits: its skew and heavy tail kept). Each
+    contrast ``(truth, alternative)`` is simulated ``sims`` times with common draws across contrasts. Every
+    statistic of ``n^truth * exp(e)`` is ``n^truth`` times that of ``exp(e)``, so the power depends only on
+    ``alternative - truth``: (-1/2, -1/4) answers for (-1/4, 0) as well."""
+    from .rates import empirical_rate
+
+    ns = np.asarray(ns, dtype=float)
+    if isinstance(replicates, bool) or not isinstance(replicates, (int, np.integer)) or replicates < 2:
+        raise ValueError(f"replicates: need an integer >= 2 (a bootstrap over one replicate has no spread), got "
+                         f"{replicates!r}")
+    if isinstance(sims, bool) or not isinstance(sims, (int, np.integer)) or sims < 1:
+        raise ValueError(f"sims: must be an integer >= 1, got {sims!r}")
+    rng = np.random.default_rng(seed)
+    shape = (sims, ns.size, replicates)
+    if np.ndim(dispersion) == 0:
+        sigma = float(dispersion)
+        if not (np.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"dispersion: a standard deviation of log loss must be a finite number > 0, got {dispersion!r}")
+        e = sigma * rng.standard_normal(shape)
+    else:
+        res = np.asarray(dispersion, dtype=float).ravel()
+        if res.size < 2 or not np.all(np.isfinite(res)):
+            raise ValueError(f"dispersion: need at least two finite log residuals, got {res.size}")
+        e = rng.choice(res, size=shape, replace=True)
+    out = []
+    for truth, alternative in contrasts:
+        hits = cover = 0
+        for s in range(sims):
+            r = empirical_rate(ns, ns[:, None] ** truth * np.exp(e[s]), statistic=statistic, num_bootstrap=num_bootstrap,
+                               level=level, seed=seed + s)
+            hits += not (r.ci_low <= alternative <= r.ci_high)
+            cover += r.ci_low <= truth <= r.ci_high
+        out.append(Power(float(truth), float(alternative), hits / sims, cover / sims, sims))
+    return out
+
+
+def power_table(cfg: StudyConfig, fits: pd.DataFrame | None = None, *, sigmas=(), losses=("own", "key_value"),
+                statistics=("mean", "median"), contrasts=CONTRASTS, sims: int = 200, num_bootstrap: int = 500,
+                seed: int = 0) -> pd.DataFrame:
+    """The power of ``cfg``'s design (its sample sizes inside the rate window, its replicates) to tell each
+    contrast's slopes apart (:func:`rate_power`), at the scatter of a study's own fits (``fits``: one set of
+    rows per (problem, specification, schedule, loss), its log residuals resampled) and at each log-normal
+    scatter in ``sigmas``. Columns: ``source`` (``fits`` or ``lognormal``), the arm and loss (empty for
+    ``lognormal``), ``sigma`` (the standard deviation of log loss), ``statistic``, ``truth``,
+    ``alternative``, ``power``, ``coverage``, ``sims``, ``ns`` and ``replicates`` of the design."""
+    ns = np.array([n for n in cfg.ns if cfg.n_min <= n <= cfg.n_max], dtype=float)
+    design = dict(ns=" ".join(str(int(n)) for n in ns), replicates=cfg.replicates)
+    sources = [(dict(source="lognormal", problem="", specification="", schedule="", loss=""), float(s), float(s))
+               for s in sigmas]
+    if fits is not None:
+        window = fits[(fits["n"] >= cfg.n_min) & (fits["n"] <= cfg.n_max)]
+        for (prob, spec, schedule), g in window.groupby(ARM, sort=False):
+            for loss in losses:
+                values = _loss(g, loss)
+                if not np.any(np.isfinite(values) & (values > 0)):
+                    continue
+                res = log_residuals(*loss_matrix(g, values, replicate="replicate"))
+                sources.append((dict(source="fits", problem=prob, specification=spec, schedule=schedule, loss=loss),
+                                res, float(res.std())))
+    out = []
+    for keys, dispersion, sigma in sources:
+        for stat in statistics:
+            for p in rate_power(ns, cfg.replicates, dispersion, contrasts=contrasts, statistic=stat, sims=sims,
+                                num_bootstrap=num_bootstrap, seed=seed):
+                out.append(dict(keys, sigma=sigma, statistic=stat, truth=p.truth, alternative=p.alternative,
+                                power=p.power, coverage=p.coverage, sims=p.sims, **design))
+    return pd.DataFrame(out)
