@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .config import StudyConfig
-from .rates import binomial_interval, paired_rate_difference, quantile_statistic, trend_test
+from .rates import Trend, binomial_interval, paired_rate_difference, quantile_statistic, trend_test
 from .results import RATE_LOSSES, SCHEDULE_COLUMNS, loss_matrix
 
 ARM = ["problem", "specification", "schedule"]
@@ -72,7 +72,8 @@ def failing_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
     interval ``ci_low``, ``ci_high``; and, repeated on the rows of one group, the Cochran-Armitage test of a
     trend in log n over the rate window [n_min, n_max] (``trend_z`` < 0: the fraction falls with n;
     ``trend_p``, two-sided; ``trend_slope``: the change of the fraction per unit of log n) and
-    ``in_window``, whether the row's n is in it."""
+    ``in_window``, whether the row's n is in it; the trend is NaN while the window holds fewer than two
+    finished sizes."""
     out = []
     for keys, g in _groups(fits):
         for loss, threshold in cfg.fail_thresholds.items():
@@ -83,7 +84,10 @@ def failing_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
             k = np.array([int(fail[(g["n"] == n).to_numpy()].sum()) for n in ns])
             lo, hi = binomial_interval(k, m)
             window = (ns >= cfg.n_min) & (ns <= cfg.n_max)
-            trend = trend_test(np.log(ns[window]), k[window], m[window])
+            if window.sum() >= 2:
+                trend = trend_test(np.log(ns[window]), k[window], m[window])
+            else:  # a study stopped before two sizes of its window: no trend to test yet
+                trend = Trend(np.nan, np.nan, np.nan)
             for i, n in enumerate(ns):
                 out.append(dict(keys, loss=loss, threshold=float(threshold), n=int(n), fits=int(m[i]),
                                 failing=int(k[i]), fraction=float(k[i] / m[i]), ci_low=float(lo[i]),
@@ -130,8 +134,8 @@ def differences_table(fits: pd.DataFrame, cfg: StudyConfig, statistics=None) -> 
                 ns, mat = loss_matrix(g, _loss(g, loss), replicate="replicate")
                 mats.append((ns, mat))
             (na, a), (nb, b) = mats
-            if not np.array_equal(na, nb) or a.shape != b.shape:
-                continue  # not the same grid: no pairing
+            if not np.array_equal(na, nb) or a.shape != b.shape or len(na) < 2:
+                continue  # not the same grid (no pairing), or fewer than two sizes (no slope)
             a, b = a.copy(), b.copy()
             bad = ~(np.isfinite(a) & (a > 0) & np.isfinite(b) & (b > 0))
             a[bad], b[bad] = np.nan, np.nan  # a pair counts only where both arms have a loss with a log
@@ -143,7 +147,11 @@ def differences_table(fits: pd.DataFrame, cfg: StudyConfig, statistics=None) -> 
                                 statistic=stat, slope_a=d.slope_a, slope_b=d.slope_b, difference=d.difference,
                                 ci_low=d.ci_low, ci_high=d.ci_high, n_min=d.n_min, n_max=d.n_max,
                                 pairs=int(np.all(~bad, axis=0).sum())))
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=DIFFERENCE_COLUMNS)
+
+
+DIFFERENCE_COLUMNS = ["axis", "a", "b", *ARM, "loss", "statistic", "slope_a", "slope_b", "difference", "ci_low",
+                      "ci_high", "n_min", "n_max", "pairs"]
 
 
 # ------------------------------------------------------------------------------------------------

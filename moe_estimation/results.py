@@ -206,6 +206,10 @@ def rate_entries(ns, mat, *, num_bootstrap: int, seed: int, statistics=("mean", 
     empty = [int(n) for n, row in zip(ns, mat) if not np.any(np.isfinite(row))]
     out = []
     for stat in statistics:
+        if len(ns) < 2:  # a study stopped before its second size: its tables are written, without a slope
+            out.append(dict(statistic=stat, slope=np.nan, ci_low=np.nan, ci_high=np.nan,
+                            note=f"one sample size so far (n = {[int(n) for n in ns]}): no slope"))
+            continue
         if empty:
             out.append(dict(statistic=stat, slope=np.nan, ci_low=np.nan, ci_high=np.nan,
                             note=f"no positive finite loss at n = {empty}"))

@@ -216,3 +216,19 @@ def test_failing_figure(tmp_path, reference_study):
 
     names = {p.name for p in plot_study(reference_study, tmp_path / "f")}
     assert "failing_key_value.png" in names
+
+
+def test_a_study_stopped_before_its_second_size_still_gets_its_tables(tmp_path, reference_study):
+    """--tables-only after the first size only: every table is written, the slopes and trends empty with a
+    note, nothing refused (the fits are what was finished)."""
+    from moe_estimation.study import run_study
+
+    out = tmp_path / "s"
+    shutil.copytree(reference_study, out)
+    fits = pd.read_csv(out / "fits.csv")
+    fits[fits["n"] == 100].to_csv(out / "fits.csv", index=False, float_format="%.17g", na_rep="nan")
+    run_study(parse_config(REFERENCE), out, progress=False, tables_only=True, log=lambda *a: None)
+    rates = pd.read_csv(out / "rates.csv")
+    assert rates["slope"].isna().all() and rates["note"].str.contains("one sample size so far").all()
+    assert pd.read_csv(out / "failing.csv")["trend_z"].isna().all()
+    assert len(pd.read_csv(out / "differences.csv")) == 0 and len(pd.read_csv(out / "quantiles.csv")) > 0

@@ -43,16 +43,23 @@ CASES = [(p, s, loss) for p in PRESETS for s in ("exact", "over") for loss in ("
 
 @pytest.fixture(scope="module")
 def rates(tmp_path_factory):
+    """The study's rates.csv, the study run once a session (conftest.once_a_session: the cases may be split
+    over two pytest processes)."""
+    from conftest import once_a_session
+
     jax.config.update("jax_enable_x64", True)
     cfg = parse_config(dict(
         seed=1, grid=dict(ns=NS, replicates=6, problems=list(PRESETS),
                           specifications={p: ["exact"] if p == "non-shared" else ["exact", "over"] for p in PRESETS}),
         fit=dict(max_steps=400), schedules={"random": dict(init="random", init_scale=1.0, restarts=4)},
         rates=dict(num_bootstrap=200)))
-    out = tmp_path_factory.mktemp("orders") / "study"
-    with pytest.MonkeyPatch.context() as mp:  # every cell at one padded size: one program per (preset, spec)
-        mp.setattr(study_mod, "bucket_size", lambda n, minimum=64: PAD)
-        run_study(cfg, out, progress=False, log=lambda *a: None)
+
+    def make(folder):
+        with pytest.MonkeyPatch.context() as mp:  # every cell at one padded size: one program per (preset, spec)
+            mp.setattr(study_mod, "bucket_size", lambda n, minimum=64: PAD)
+            run_study(cfg, folder / "study", progress=False, log=lambda *a: None)
+
+    out = once_a_session(tmp_path_factory, "orders", make) / "study"
     assert set(json.loads((out / "config.json").read_text())["bucket_sizes"].values()) == {PAD}
     return pd.read_csv(out / "rates.csv")
 
