@@ -38,11 +38,21 @@ def pytest_unconfigure(config):
 COST_MARKERS = ("study", "e2e", "statistical")
 
 
+# The tests that read a costly run made once a session (once_a_session): they go first, so that one pytest
+# process makes the run and reads it while the other works through the rest. (pytest-xdist's worksteal
+# hands each process a contiguous half of the collection and steals from the tail of a queue; a process
+# that asked for the run while the other was making it would wait idle, up to three minutes.)
+FIRST = (lambda item: "tiny_runs" in getattr(item, "fixturenames", ()),
+         lambda item: item.path.name == "test_rate_orders.py" and "rates" in getattr(item, "fixturenames", ()))
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m selects on the markers
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(item.get_closest_marker(m) for m in COST_MARKERS):
             item.add_marker(pytest.mark.slow)
+    rank = {id(item): next((i for i, first in enumerate(FIRST) if first(item)), len(FIRST)) for item in items}
+    items.sort(key=lambda item: rank[id(item)])  # stable: the collection's order otherwise
 
 
 def once_a_session(tmp_path_factory, name: str, make):

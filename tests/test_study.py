@@ -169,7 +169,7 @@ def test_simulation_scripts_run_tiny(tiny_runs, tmp_path, cli, capsys, monkeypat
     want = ["problem", "structure", "specification", "loss", "statistic", "slope", "ci_low", "ci_high",
             "theory_slope", "n_min", "n_max", "replicates", "fits_not_converged"]
     assert set(want) <= set(rates.columns)
-    assert set(rates["statistic"]) == {"mean", "median"}
+    assert set(rates["statistic"]) == {"mean", "median", "q25", "q75", "q90"}  # and the declared quantiles
     assert set(rates["loss"]) <= set(RATE_LOSSES) and {"own", "key_value", "identified_value"} <= set(rates["loss"])
     assert set(rates["schedule"]) == {"default"}
     for col in ("slope", "ci_low", "ci_high", "theory_slope"):
