@@ -8,8 +8,10 @@ shared-nonlinear, prompt-tuning).
 
 Modules: :mod:`.problems` (the model's known part), :mod:`.data` (simulation), :mod:`.estimator` (the
 least-squares fit), :mod:`.solver` (the box-constrained Levenberg-Marquardt core it runs on),
-:mod:`.voronoi` (the losses), :mod:`.rates` (slopes and intervals), :mod:`.study` and :mod:`.results`
-(Monte Carlo studies and their tables), :mod:`.plots`, :mod:`.transformer`.
+:mod:`.voronoi` (the losses), :mod:`.rates` (slopes and intervals, paired differences, binomial intervals
+and trends), :mod:`.inference` (quantiles, failing fractions, paired differences and power from a study's
+fits), :mod:`.study` and :mod:`.results` (Monte Carlo studies and their tables), :mod:`.plots`,
+:mod:`.transformer`.
 
 Estimation is meant to run in float64: call ``jax.config.update("jax_enable_x64", True)`` first.
 """
@@ -32,8 +34,12 @@ from .problems import make_problem as make_problem
 from .problems import preset as preset
 from .problems import random_pretrained as random_pretrained
 from .rates import Rate as Rate
+from .rates import RateDifference as RateDifference
+from .rates import binomial_interval as binomial_interval
 from .rates import empirical_rate as empirical_rate
+from .rates import paired_rate_difference as paired_rate_difference
 from .rates import theory_slope as theory_slope
+from .rates import trend_test as trend_test
 from .solver import Status as Status
 from .solver import is_converged as is_converged
 from .structures import STRUCTURES as STRUCTURES
