@@ -105,14 +105,19 @@ def _schedule_lines(ax, g: pd.DataFrame, cols, schedules, dotted_cols=None):
     _log_axes(ax, np.sort(g["n"].unique()))
 
 
-def _log_axes(ax, ns) -> None:
-    """Log-log axes with the sample sizes themselves as the x ticks (at most seven of them)."""
+def _n_axis(ax, ns) -> None:
+    """A log n axis with the sample sizes themselves as the ticks (at most seven of them)."""
     ax.set_xscale("log")
-    ax.set_yscale("log")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ticks = ns[:: max(1, -(-len(ns) // 7))]
     ax.set_xticks(ticks, [f"{int(n):,}" for n in ticks], fontsize=7)
+
+
+def _log_axes(ax, ns) -> None:
+    """Log-log axes with the sample sizes themselves as the x ticks (at most seven of them)."""
+    _n_axis(ax, ns)
+    ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.2)
 
 
@@ -263,11 +268,7 @@ def plot_failing(failing: pd.DataFrame, out: Path) -> list[Path]:
                     r = g.iloc[0]
                     ax.errorbar(shift, f, yerr=err, fmt="o-", ms=3, lw=1, capsize=2, color=f"C{k}",
                                 label=f"{prob}: trend z {r['trend_z']:.2f}, p {r['trend_p']:.2g}")
-                ax.set_xscale("log")
-                ticks = np.sort(gl["n"].unique())
-                ticks = ticks[:: max(1, -(-len(ticks) // 7))]
-                ax.set_xticks(ticks, [f"{int(n):,}" for n in ticks], fontsize=7)
-                ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+                _n_axis(ax, np.sort(gl["n"].unique()))
                 ax.set_ylim(-0.02, 1.3)
                 ax.set_yticks([0, 0.25, 0.5, 0.75, 1])
                 ax.grid(True, alpha=0.2)
