@@ -278,8 +278,10 @@ def differences_markdown(path: Path, loss: str = "key_value", axes=("problem", "
     against the last), mean and median; ``axes``: which comparisons."""
     d = pd.read_csv(path / "differences.csv", keep_default_na=False)
     d = d[(d["loss"] == loss) & d["axis"].isin(axes)]
-    keep = (((d["axis"] == "problem") & (d["a"] == "non-shared")) | (d["axis"] == "specification")
-            | ((d["axis"] == "schedule") & (d["b"] == d[d["axis"] == "schedule"]["b"].iloc[-1] if (d["axis"] == "schedule").any() else False)))
+    schedule = d["axis"] == "schedule"
+    last = d.loc[schedule, "b"].iloc[-1] if schedule.any() else None  # the study's last schedule
+    keep = ((d["axis"] == "problem") & (d["a"] == "non-shared")) | (d["axis"] == "specification") | (
+        schedule & (d["b"] == last))
     out = ["| compared | held fixed | mean: slope a - slope b [paired 95% CI] | median: slope a - slope b [paired 95% CI] | pairs |",
            "|---|---|---|---|---|"]
     for (axis, a, b, prob, spec, sched), g in d[keep].groupby(["axis", "a", "b", "problem", "specification", "schedule"],
