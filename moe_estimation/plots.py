@@ -285,6 +285,7 @@ def plot_failing(failing: pd.DataFrame, out: Path) -> list[Path]:
         written.append(path)
     return written
 
+
 PARAM_COLORS = {"no-share": "C3", "simple-share": "C0", "deep-share": "C2"}
 
 
