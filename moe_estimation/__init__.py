@@ -38,6 +38,7 @@ from .rates import RateDifference as RateDifference
 from .rates import binomial_interval as binomial_interval
 from .rates import empirical_rate as empirical_rate
 from .rates import paired_rate_difference as paired_rate_difference
+from .rates import is_composite as is_composite
 from .rates import theory_slope as theory_slope
 from .rates import trend_test as trend_test
 from .solver import Status as Status

@@ -197,6 +197,26 @@ def box(problem, num_prompts: int, dtype) -> tuple[jax.Array, jax.Array]:
     return lower, upper
 
 
+def bound_coordinates(problem, params: Params) -> list[str]:
+    """Which coordinates of fitted ``params`` sit on the box (one fit, or a batch with a leading axis):
+    per fit a list of names, ``b{i}`` for prompt i's bias and ``p{i}[j]`` for coordinate j of its atom
+    (prompts counted from 0 in the order fitted), each followed by ``-`` on the lower bound or ``+`` on the
+    upper; ``"none"`` when no coordinate is on the box. The ``at_bound`` of :class:`FitResult` is true
+    exactly when this is not ``"none"``. Host-side (numpy)."""
+    atoms, biases = np.asarray(params.atoms), np.asarray(params.biases)
+    batched = biases.ndim == 2
+    atoms, biases = (atoms, biases) if batched else (atoms[None], biases[None])
+    num_prompts, D = atoms.shape[1:]
+    lower, upper = (np.asarray(a) for a in box(problem, num_prompts, atoms.dtype))
+    names = [f"p{i}[{j}]" for i in range(num_prompts) for j in range(D)] + [f"b{i}" for i in range(num_prompts)]
+    out = []
+    for theta in np.concatenate([atoms.reshape(len(atoms), -1), biases], axis=1):
+        hit = [name + ("-" if t <= lo else "+") for name, t, lo, hi in zip(names, theta, lower, upper)
+               if t <= lo or t >= hi]
+        out.append(" ".join(hit) if hit else "none")
+    return out if batched else out[0]
+
+
 def start_scale(settings: FitSettings, n_eff, start=None):
     """The standard deviation of a near-truth start's noise at sample size n: ``init_scale * n^(-init_rate)``
     (``start``: those two as traced values, see :func:`split_start`)."""

@@ -266,20 +266,41 @@ def theory_slope(structure: str, loss: str = "own", specification: str = "over")
     """The reference log-log slope (docs/maths.md, *Rates and intervals*) for a structure, a loss and a specification.
 
     ``loss`` is ``"own"`` (D_2 for the shared structures, D_{1,r} for non-shared), ``"key_value"`` (D_2 on
-    the (key, value) atoms) or ``"identified"`` (a term of :func:`moe_estimation.identified_parts`: the
-    weight sums, the cells' weight-averaged keys and values, the spreads inside cells). Shared structures: -1/2 on both (D_2 converges at sqrt(log n / n), and for an
-    injective smooth map D_2 on (k, v) is within constants of D_2 on p). Non-shared, over-specified: 0.0,
-    the reference for "slower than every polynomial" (the minimax bound allows 1/log n, whose log-log slope
-    tends to 0). Exactly specified (L' = L), every structure is a regular parametric model: -1/2.
+    the (key, value) atoms), ``"identified"`` (a term of :func:`moe_estimation.identified_parts`: the
+    weight sums, the cells' weight-averaged keys and values, the spreads inside cells) or ``"max_multi"``
+    (the largest atom error in a cell holding several atoms, ``voronoi_parts``' ``max_multi``). Shared
+    structures: -1/2 on the losses (D_2 converges at sqrt(log n / n), and for an injective smooth map D_2 on
+    (k, v) is within constants of D_2 on p). Non-shared, over-specified: 0.0, the reference for "slower
+    than every polynomial" (the minimax bound allows 1/log n, whose log-log slope tends to 0). Exactly
+    specified (L' = L), every structure is a regular parametric model: -1/2.
     The identified terms: -1/2 wherever the loss's own rate is -1/2 (each is bounded by the D_2 terms it
     splits); for the over-specified non-shared fit the theory states none, and the reference is NaN.
+    ``max_multi``: -1/4 for an over-specified shared fit (the square of an atom error enters D_2, and the
+    box keeps every weight above exp(lower bias bound)): the positive control, a rate slower than -1/2;
+    NaN elsewhere (exactly specified fits have no multi-atom cell in the limit; for over-specified
+    non-shared ones the theory states none).
     """
     if specification not in ("exact", "over"):
         raise ValueError(f"specification: expected 'exact' or 'over', got {specification!r}")
     if structure not in STRUCTURES:
         raise ValueError(f"structure: expected one of {STRUCTURES}, got {structure!r}")
-    if loss not in ("own", "key_value", "identified"):
-        raise ValueError(f"loss: expected 'own', 'key_value' or 'identified', got {loss!r}")
+    if loss not in ("own", "key_value", "identified", "max_multi"):
+        raise ValueError(f"loss: expected 'own', 'key_value', 'identified' or 'max_multi', got {loss!r}")
+    if loss == "max_multi":
+        return -0.25 if structure != NON_SHARED and specification == "over" else float("nan")
     if structure == NON_SHARED and specification == "over":
         return float("nan") if loss == "identified" else 0.0
     return -0.5
+
+
+def is_composite(structure: str, loss: str, specification: str) -> bool:
+    """True when a loss adds terms that the theory does not rate alike, so that its log-log slope is no
+    rate of anything (docs/maths.md, *Composite losses*): the over-specified non-shared fit's D_{1,r}
+    (``"own"``), its (key, value) D_2 (``"key_value"``) and their key and value halves (``"key_value_key_part"``,
+    ``"key_value_value_part"``: a singleton cell's ||Delta|| beside a multi-atom cell's ||Delta||^2), each
+    a sum of weight sums, which f_G identifies, and atom distances in split cells, which it need not.
+    Everywhere else a loss's terms share one rate (D_2 is built so that they do), or it has one term."""
+    if specification not in ("exact", "over"):
+        raise ValueError(f"specification: expected 'exact' or 'over', got {specification!r}")
+    return (structure == NON_SHARED and specification == "over"
+            and loss in ("own", "key_value", "key_value_key_part", "key_value_value_part"))

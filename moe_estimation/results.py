@@ -18,6 +18,8 @@ table is written, read back and checked in one way everywhere.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -34,7 +36,7 @@ from .config import StudyConfig
 from .solver import STATUS_LABELS
 from .voronoi import IDENTIFIED_NAMES
 
-PART_NAMES = ("weight", "single", "multi", "key_single", "key_multi", "value_single", "value_multi")
+PART_NAMES = ("weight", "single", "multi", "key_single", "key_multi", "value_single", "value_multi", "max_multi")
 RATE_LOSSES = {
     # rates.csv loss name -> how to read it from fits.csv
     "own": ("loss_own",),
@@ -47,8 +49,17 @@ RATE_LOSSES = {
     "identified_value": ("id_value",),
     "spread_key": ("id_spread_key",),
     "spread_value": ("id_spread_value",),
+    # the same with the cells drawn by key alone (identified_parts(cells="key")): fits.csv's idk_<name>
+    "identified_weight_by_key": ("idk_weight",),
+    "identified_key_by_key": ("idk_key",),
+    "identified_value_by_key": ("idk_value",),
+    "spread_key_by_key": ("idk_spread_key",),
+    "spread_value_by_key": ("idk_spread_value",),
+    # the largest (key, value) atom error in a cell holding several atoms: the positive control (rate -1/4
+    # for an over-specified shared fit; voronoi_parts)
+    "max_multi_error": ("kv_max_multi",),
 }
-ID_NAMES = IDENTIFIED_NAMES  # fits.csv holds them as id_<name>
+ID_NAMES = IDENTIFIED_NAMES  # fits.csv holds them as id_<name> (cells by atom) and idk_<name> (cells by key)
 SCHEDULE_COLUMNS = ["schedule", "init", "init_scale", "init_rate", "restarts"]
 FITS_COLUMNS = (
     ["problem", "structure", "specification", "num_prompts", "n", "replicate", "seed"] + SCHEDULE_COLUMNS
@@ -56,7 +67,9 @@ FITS_COLUMNS = (
     + [f"own_{p}" for p in PART_NAMES]
     + [f"kv_{p}" for p in PART_NAMES]
     + [f"id_{p}" for p in ID_NAMES]
-    + ["start_key_value", "objective", "converged", "status", "steps", "at_bound", "seconds"]
+    + [f"idk_{p}" for p in ID_NAMES]
+    + ["start_key_value", "objective", "converged", "status", "steps", "at_bound", "bound_coordinates", "seconds",
+       "design", "params"]
 )
 CELL = ["problem", "specification", "schedule", "n"]
 
@@ -68,6 +81,27 @@ def describe_schedule(row) -> str:
         return f"uniform over {region}, best of {int(row['restarts'])}"
     scale = f"{row['init_scale']:g} n^-{row['init_rate']:.3g}" if row["init_rate"] else f"{row['init_scale']:g} (fixed)"
     return f"truth + noise of scale {scale}, best of {int(row['restarts'])}"
+
+
+def format_params(params) -> list[str]:
+    """The fitted parameters of a batch of fits (:class:`moe_estimation.Params` with a leading axis) as
+    fits.csv's ``params`` text: per fit the flat vector of :func:`moe_estimation.estimator.flatten_params`
+    (the atoms row by row, then the biases), space-separated at full precision (it reads back exactly), so
+    that a loss defined later is computed from a finished study without refitting."""
+    atoms, biases = np.asarray(params.atoms), np.asarray(params.biases)
+    flat = np.concatenate([atoms.reshape(len(atoms), -1), biases], axis=1)
+    return [" ".join(f"{x:.17g}" for x in row) for row in flat]
+
+
+def parse_params(text: str, num_prompts: int, atom_dim: int):
+    """One fit's :class:`moe_estimation.Params` from its ``params`` text (:func:`format_params`)."""
+    from .estimator import unflatten_params
+
+    theta = np.array([float(x) for x in str(text).split()])
+    if len(theta) != num_prompts * (atom_dim + 1):
+        raise ValueError(f"params: expected {num_prompts * (atom_dim + 1)} numbers ({num_prompts} prompts of "
+                         f"{atom_dim} atom coordinates and a bias), got {len(theta)}")
+    return unflatten_params(theta, num_prompts, atom_dim)
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -240,19 +274,36 @@ def cells(cfg: StudyConfig):
 _INT_COLUMNS = ("num_prompts", "n", "replicate", "seed", "restarts", "steps")
 _BOOL_COLUMNS = ("converged", "at_bound")
 _FLOAT_COLUMNS = ("init_scale", "init_rate", "seconds")
-_TEXT_COLUMNS = ("problem", "structure", "specification", "schedule", "init", "status")
+_TEXT_COLUMNS = ("problem", "structure", "specification", "schedule", "init", "status", "bound_coordinates", "design",
+                 "params")
+
+
+def cell_design(cfg: StudyConfig, problem, num_prompts: int, schedule: str) -> str:
+    """A fingerprint of everything a cell's fits depend on besides n and the replicate: the root seed, the
+    problem (every array and setting of it, the noise variance included) and the estimator's settings
+    (the [fit] table and the schedule). fits.csv writes it on every row, and a resume keeps only rows whose
+    fingerprint is the configuration's: a row fitted under another design is never taken for this one's,
+    with or without config.json."""
+    fields = {}
+    for f in dataclasses.fields(problem):
+        v = getattr(problem, f.name)
+        fields[f.name] = np.asarray(v).tolist() if hasattr(v, "shape") else v
+    text = json.dumps(dict(seed=cfg.seed, problem=fields, dtype=str(problem.dtype),
+                           fit=cfg.fit_settings(num_prompts, schedule)._asdict()), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _expected_cells(cfg: StudyConfig) -> dict:
-    """cell -> what its rows must say (structure, num_prompts, schedule columns), from the configuration."""
+    """cell -> what its rows must say (structure, num_prompts, schedule columns, design), from the configuration."""
     out = {}
     problems = {name: cfg.problem(name) for name in cfg.problems}
     for prob_name, spec, schedule, n in cells(cfg):
         prob, sc = problems[prob_name], cfg.schedule(schedule)
+        num_prompts = cfg.num_prompts(prob, spec)
         out[(prob_name, spec, schedule, n)] = dict(
-            structure=prob.structure, num_prompts=cfg.num_prompts(prob, spec), seed=cfg.seed,
+            structure=prob.structure, num_prompts=num_prompts, seed=cfg.seed,
             init=sc["init"], init_scale=float(sc["init_scale"]), init_rate=float(sc["init_rate"]),
-            restarts=int(sc["restarts"]))
+            restarts=int(sc["restarts"]), design=cell_design(cfg, prob, num_prompts, schedule))
     return out
 
 
@@ -307,14 +358,23 @@ def check_fits_table(path: Path, cfg: StudyConfig) -> tuple[pd.DataFrame, list[s
         parsed[c] = parsed[c].astype(np.int64)
     cell = list(zip(*(parsed[c] for c in CELL)))
     parsed["_cell"] = [(p, s, sc, int(n)) for p, s, sc, n in cell]
-    foreign = []
+    foreign, other_design = [], []
     for i, (c, row) in enumerate(zip(parsed["_cell"], parsed.itertuples(index=False))):
         want = expected.get(c)
         if want is None or not 0 <= row.replicate < cfg.replicates or any(
-                getattr(row, k) != v for k, v in want.items()):
+                getattr(row, k) != v for k, v in want.items() if k != "design"):
             foreign.append(i)
+        elif row.design != want["design"]:
+            other_design.append(i)
+    dims = parsed["problem"].map({name: cfg.problem(name).atom_dim + 1 for name in cfg.problems})
+    shape_ok = (parsed["params"].str.split().str.len() == parsed["num_prompts"] * dims).to_numpy()
+    foreign = sorted((set(foreign) | set(np.flatnonzero(~shape_ok))) - set(other_design))  # params of another shape
     if foreign:
         problems.append(f"{len(foreign)} row(s) that belong to no cell of this study (or not with its settings)")
+    if other_design:
+        problems.append(f"{len(other_design)} row(s) fitted under another design (their fingerprint says the problem, "
+                        "the seed or the fit settings differ from this configuration's)")
+    foreign = sorted(set(foreign) | set(other_design))
     damaged = set(parsed["_cell"].iloc[foreign]) & set(expected)
     ok = parsed.drop(parsed.index[foreign])
     dup = ok.duplicated(CELL + ["replicate"], keep=False)

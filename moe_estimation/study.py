@@ -42,9 +42,9 @@ import pandas as pd
 from ._checks import check_out_dir, make_out_dir
 from .config import RATE_FIELDS, StudyConfig
 from .data import fold_key, simulate_rows
-from .estimator import FitSettings, fit_dataset, split_start
+from .estimator import FitSettings, bound_coordinates, fit_dataset, split_start
 from .solver import STATUS_LABELS, batch_map
-from .rates import theory_slope
+from .rates import is_composite, theory_slope
 from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation.study.FITS_COLUMNS and so on)
     CELL,
     FITS_COLUMNS,
@@ -56,9 +56,11 @@ from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation
     atomic_write,
     check_same_study,
     CellTable,
+    cell_design,
     cells,
     check_fits_table,
     describe_schedule,
+    format_params,
     loss_matrix,
     rate_entries,
     versions,
@@ -94,7 +96,8 @@ def _local_chunk(problem, dkeys, skeys, n, start, rows: int, settings: FitSettin
         w = (jnp.arange(rows) < n).astype(X.dtype)
         res = fit_dataset(sk, problem, settings, X, Y, w, start)
         return (res, structure_parts(problem, res.params), key_value_parts(problem, res.params),
-                identified_key_value(problem, res.params), key_value_parts(problem, res.start)["d2"])
+                identified_key_value(problem, res.params), identified_key_value(problem, res.params, cells="key"),
+                key_value_parts(problem, res.start)["d2"])
 
     return batch_map(one, (dkeys, skeys), settings.batching)
 
@@ -326,7 +329,7 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
     def add(cell, result):
         prob_name, spec, schedule, n = cell
         prob = problems[prob_name]
-        res, own, kv, ident, start, seconds = result
+        res, own, kv, ident, ident_key, start, seconds = result
         settings = cfg.fit_settings(cfg.num_prompts(prob, spec), schedule)
         rows = {
             "problem": prob_name, "structure": prob.structure, "specification": spec,
@@ -336,10 +339,12 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
             "loss_own": own["d1r"] if prob.structure == "non-shared" else own["d2"],
             "loss_key_value": kv["d2"],
             **{f"own_{p}": own[p] for p in PART_NAMES}, **{f"kv_{p}": kv[p] for p in PART_NAMES},
-            **{f"id_{p}": ident[p] for p in ID_NAMES}, "start_key_value": start,
-            "objective": res.objective, "converged": res.converged,
+            **{f"id_{p}": ident[p] for p in ID_NAMES}, **{f"idk_{p}": ident_key[p] for p in ID_NAMES},
+            "start_key_value": start, "objective": res.objective, "converged": res.converged,
             "status": [STATUS_LABELS[int(s)] for s in res.status], "steps": res.steps, "at_bound": res.at_bound,
-            "seconds": seconds,
+            "bound_coordinates": bound_coordinates(prob, res.params), "seconds": seconds,
+            "design": cell_design(cfg, prob, settings.num_prompts, schedule),
+            "params": format_params(res.params),
         }
         table.add(rows, write=lead)  # after every cell: a killed run resumes from here
         bar.set_description(f"{prob_name} {spec} {schedule} n={n}")
@@ -381,12 +386,15 @@ def _theory(structure: str, loss: str, spec: str) -> float:
         return theory_slope(structure, "own", spec)
     if loss.startswith("key_value"):
         return theory_slope(structure, "key_value", spec)
+    if loss == "max_multi_error":
+        return theory_slope(structure, "max_multi", spec)
     return theory_slope(structure, "identified", spec)
 
 
 def rates_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
     """One row per (problem, specification, schedule, loss, statistic): slope, 95% bootstrap interval,
-    theory. The statistics are the mean, the median and the configuration's quantiles over replicates
+    theory, and ``composite`` (the loss adds terms the theory rates differently, :func:`is_composite`: its
+    slope describes the sum and is no rate). The statistics are the mean, the median and the configuration's quantiles over replicates
     (``q25``, ``q75``, ``q90`` by default). A loss that is zero in every fit of the window (the spread when no cell holds two atoms) has
     no rate and no row; a rate that cannot be fitted (a sample size whose every loss is zero) has an empty
     slope and says why in ``note``."""
@@ -407,6 +415,7 @@ def rates_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
                     problem=prob_name, structure=structure, specification=spec, **sched, loss=loss,
                     statistic=entry["statistic"], slope=entry["slope"], ci_low=entry["ci_low"],
                     ci_high=entry["ci_high"], theory_slope=_theory(structure, loss, spec),
+                    composite=is_composite(structure, loss, spec),
                     n_min=int(ns.min()), n_max=int(ns.max()), replicates=cfg.replicates,
                     fits_not_converged=int((~g["converged"].astype(bool)).sum()),
                     fits_nonfinite=int((g["status"] == "nonfinite").sum()),

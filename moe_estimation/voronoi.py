@@ -85,8 +85,14 @@ def voronoi_parts(
     ``split`` cuts each atom into a key part ``[:split]`` and a value part ``[split:]`` (default: the
     whole atom is the key part and the value parts are zero). Returns a dict with ``d2``, ``d1r``,
     ``weight``, ``single``, ``multi`` and ``key_single``, ``key_multi``, ``value_single``, ``value_multi``
-    (the singleton and multi-atom parts computed on the key and value halves alone), ``num_cells_multi``
-    (cells holding more than one fitted atom) and ``num_cells_empty``.
+    (the singleton and multi-atom parts computed on the key and value halves alone), ``max_multi`` (the
+    largest atom error ||Delta_ij|| of an atom in a cell holding several: 0 when no cell does),
+    ``num_cells_multi`` (cells holding more than one fitted atom) and ``num_cells_empty``.
+
+    ``max_multi`` is no term of a loss: it is the quantity the multi-atom part of D_2 controls only through
+    its square. When every fitted weight is at least w_min (a box on the biases gives w_min = exp(lower
+    bound)), w_min max_multi^2 <= D_2, so a D_2 at n^(-1/2) puts max_multi at n^(-1/4): slower than the
+    parametric rate, the project's positive control (docs/maths.md, *A positive control*).
 
     Array-likes (lists) are accepted. A NaN or inf anywhere in the inputs makes every loss NaN. Raises
     ``ValueError`` for shapes that disagree, a ``split`` outside ``[0, D]`` or an ``r`` below 1.
@@ -117,6 +123,7 @@ def voronoi_parts(
         key_multi=w_multi @ n_k**2,
         value_single=w_single @ n_v,
         value_multi=w_multi @ n_v**2,
+        max_multi=jnp.max(jnp.where(single, 0.0, n_all)),
         d1r=weight + weights @ (n_k**r + n_v**r),
         num_cells_multi=jnp.sum(counts > 1),
         num_cells_empty=jnp.sum(counts == 0),
@@ -172,10 +179,18 @@ def key_value_loss(problem, params: Params) -> jax.Array:
 IDENTIFIED_NAMES = ("weight", "key", "value", "spread_key", "spread_value")
 
 
-def identified_parts(weights, atoms, true_weights, true_atoms, split: int) -> dict[str, jax.Array]:
+CELL_RULES = ("atom", "key")
+
+
+def identified_parts(weights, atoms, true_weights, true_atoms, split: int, cells: str = "atom"
+                     ) -> dict[str, jax.Array]:
     """The identified part of a fitted measure, on atoms cut into a key ``[:split]`` and a value ``[split:]``.
 
-    Cells are the Voronoi cells of the whole atom (as in :func:`voronoi_parts`). Returns
+    ``cells``: ``"atom"`` (the default) takes the Voronoi cells of the whole atom, as :func:`voronoi_parts`
+    does; ``"key"`` the Voronoi cells of the key part alone (fitted atoms merged by key proximity). The two
+    differ for a fit whose values spread far along the zero set of f_G: an atom whose key sits on true atom
+    j's key but whose value lies nearer true atom l's (key, value) is in l's cell by atom and in j's by key,
+    and only the cells by key put it with the atoms f_G cannot tell it apart from. Returns
 
     - ``weight``: sum_j |W_j - w*_j| with W_j = sum_{i in V_j} w_i (an empty cell counts w*_j);
     - ``key``, ``value``: sum_j ||kbar_j - k*_j|| (likewise for values) over the non-empty cells, kbar_j the
@@ -186,8 +201,13 @@ def identified_parts(weights, atoms, true_weights, true_atoms, split: int) -> di
     Inputs as in :func:`voronoi_parts` (a NaN or inf makes every entry NaN).
     """
     weights, atoms, true_weights, true_atoms = _as_measure(weights, atoms, true_weights, true_atoms, split)
+    if cells not in CELL_RULES:
+        raise ValueError(f"cells: expected one of {CELL_RULES}, got {cells!r}")
     L = true_atoms.shape[0]
-    dist = jnp.linalg.norm(atoms[:, None, :] - true_atoms[None, :, :], axis=-1)
+    cut = atoms.shape[-1] if cells == "atom" else split
+    if cut == 0:
+        raise ValueError("cells: 'key' needs a key part (split >= 1), got split = 0")
+    dist = jnp.linalg.norm(atoms[:, None, :cut] - true_atoms[None, :, :cut], axis=-1)
     cell = jnp.argmin(dist, axis=1)
     onehot = jax.nn.one_hot(cell, L, dtype=weights.dtype)  # (L', L)
     W = onehot.T @ weights  # (L,)
@@ -211,8 +231,8 @@ def identified_parts(weights, atoms, true_weights, true_atoms, split: int) -> di
     return _nan_unless_finite(out, weights, atoms, true_weights, true_atoms)
 
 
-def identified_key_value(problem, params: Params) -> dict[str, jax.Array]:
-    """:func:`identified_parts` on the (key, value) atoms, with the cells of the yardstick
-    :func:`key_value_loss`."""
+def identified_key_value(problem, params: Params, cells: str = "atom") -> dict[str, jax.Array]:
+    """:func:`identified_parts` on the (key, value) atoms: with the cells of the yardstick
+    :func:`key_value_loss` (``cells="atom"``), or by key (``cells="key"``)."""
     *measure, split = _key_value_measure(problem, params)
-    return _nan_unless_finite(identified_parts(*measure, split=split), params.atoms, params.biases)
+    return _nan_unless_finite(identified_parts(*measure, split=split, cells=cells), params.atoms, params.biases)

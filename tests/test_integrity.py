@@ -84,6 +84,44 @@ def test_damaged_table_is_refused_then_repaired(reference_study, tmp_path, how):
     _same_tables(out, reference_study)
 
 
+def test_params_of_another_shape_damage_their_cell(reference_study, tmp_path):
+    """A fit whose ``params`` hold a number too few (or too many) is no fit of this study: its cell is
+    damaged and named, the other cells stay."""
+    from moe_estimation.results import check_fits_table
+
+    out = tmp_path / "study"
+    shutil.copytree(reference_study, out)
+    df = pd.read_csv(out / "fits.csv", dtype=str, keep_default_na=False)
+    df.loc[0, "params"] = " ".join(df.loc[0, "params"].split()[:-1])
+    df.loc[len(df) - 1, "params"] += " 0.5"
+    df.to_csv(out / "fits.csv", index=False)
+    keep, problems = check_fits_table(out / "fits.csv", parse_config(REFERENCE))
+    assert any("2 row(s) that belong to no cell" in p for p in problems), problems
+    assert any("damaged cells: shared-linear exact default n=100" in p for p in problems), problems
+    assert len(keep) == (REFERENCE_CELLS - 2) * REPLICATES
+
+
+@pytest.mark.parametrize("change", ["max_steps", "noise_var", "bias_bounds"])
+def test_fits_of_another_design_are_refused_without_config_json(reference_study, tmp_path, change):
+    """With config.json deleted (nothing compares the configurations), a study rerun under another fit
+    setting, noise or seed finds that every row was fitted under another design and refuses to resume."""
+    out = tmp_path / "study"
+    shutil.copytree(reference_study, out)
+    (out / "config.json").unlink()
+    before = (out / "fits.csv").read_bytes()
+    other = dict(REFERENCE)
+    if change == "max_steps":
+        other["fit"] = dict(REFERENCE["fit"], max_steps=400)
+    elif change == "noise_var":
+        other["problems"] = {"shared-linear": dict(preset="shared-linear", noise_var=0.04)}
+    else:
+        other["problems"] = {"shared-linear": dict(preset="shared-linear", bias_bounds=[-4.0, 3.0])}
+    with pytest.raises(ValueError, match=r"fits.csv is damaged: .*fitted under another design") as e:
+        run_study(parse_config(other), out, progress=False, log=lambda *a: None)
+    assert f"{REFERENCE_CELLS * REPLICATES} row(s) fitted under another design" in str(e.value)
+    assert (out / "fits.csv").read_bytes() == before
+
+
 @pytest.mark.study
 def test_repair_recomputes_only_the_damaged_cells(reference_study, tmp_path):
     out = _damaged(reference_study, tmp_path, "duplicated cell")

@@ -154,7 +154,7 @@ def test_study_pairs_schedules_on_the_same_data(tmp_path):
         "fixed": dict(init="near-truth", init_scale=c, init_rate=0.0, restarts=1),
     })
     assert list(fits.columns) == FITS_COLUMNS and set(fits["schedule"]) == {"shrinking", "fixed"}
-    cols = [c for c in FITS_COLUMNS if c not in ("schedule", "init_scale", "init_rate", "seconds")]
+    cols = [c for c in FITS_COLUMNS if c not in ("schedule", "init_scale", "init_rate", "seconds", "design")]
     at = lambda sched, n: fits[(fits["schedule"] == sched) & (fits["n"] == n)][cols].reset_index(drop=True)
     pd.testing.assert_frame_equal(at("shrinking", 100), at("fixed", 100), rtol=1e-12)
     assert not at("shrinking", 400).equals(at("fixed", 400))

@@ -43,6 +43,37 @@ def test_resume_refuses_a_different_study(tmp_path, reference_study):
     assert (tmp_path / "s" / "fits.csv").read_bytes() == before
 
 
+def test_params_column_gives_back_every_loss_and_the_bound_coordinates(reference_study):
+    """fits.csv's ``params`` hold each fit exactly: every loss column is recomputed from them alone, and
+    ``bound_coordinates`` names a coordinate exactly when ``at_bound`` says one sits on the box."""
+    import jax.numpy as jnp
+
+    import moe_estimation as me
+    from moe_estimation.estimator import box, flatten_params
+    from moe_estimation.results import parse_params
+
+    fits = pd.read_csv(reference_study / "fits.csv", keep_default_na=False)
+    prob = parse_config(REFERENCE).problem("shared-linear")
+    for row in fits.itertuples(index=False):
+        p = parse_params(row.params, row.num_prompts, prob.atom_dim)
+        assert float(me.voronoi_loss(prob, p)) == pytest.approx(float(row.loss_own), rel=1e-12, abs=1e-15)
+        kv, ident, by_key = (me.key_value_parts(prob, p), me.identified_key_value(prob, p),
+                             me.identified_key_value(prob, p, cells="key"))
+        assert float(kv["d2"]) == pytest.approx(float(row.loss_key_value), rel=1e-12, abs=1e-15)
+        assert float(kv["max_multi"]) == pytest.approx(float(row.kv_max_multi), rel=1e-12, abs=1e-15)
+        for name in ("weight", "key", "value", "spread_key", "spread_value"):
+            assert float(ident[name]) == pytest.approx(float(getattr(row, f"id_{name}")), rel=1e-12, abs=1e-15)
+            assert float(by_key[name]) == pytest.approx(float(getattr(row, f"idk_{name}")), rel=1e-12, abs=1e-15)
+        lower, upper = box(prob, row.num_prompts, jnp.float64)
+        theta = np.asarray(flatten_params(p))
+        on_box = (theta <= np.asarray(lower)) | (theta >= np.asarray(upper))
+        assert (row.bound_coordinates != "none") == bool(on_box.any()) == (str(row.at_bound) == "True")
+        assert len(row.bound_coordinates.split()) == (int(on_box.sum()) or 1)
+    assert (fits["specification"] == "over").any() and (fits["kv_max_multi"] > 0).any()
+    with pytest.raises(ValueError, match="params: expected 9 numbers"):
+        parse_params("1 2 3", 3, prob.atom_dim)
+
+
 def test_study_refuses_float32(tmp_path):
     import jax
 

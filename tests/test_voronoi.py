@@ -64,3 +64,42 @@ def test_zero_at_truth_and_permutation_invariant(name):
     for loss in (me.voronoi_loss, me.key_value_loss):
         assert float(loss(prob, params)) > 0
         assert float(loss(prob, params)) == pytest.approx(float(loss(prob, permuted)), rel=1e-12)
+
+
+def test_max_multi_is_the_largest_atom_error_in_a_shared_cell():
+    # atoms 0 and 1 share cell 0 (errors 0.3 and 0.4, the second with a tiny weight); atom 2 alone in cell 1
+    w = jnp.array([0.6, 0.01, 2.0])
+    a = jnp.array([[0.0, 0.3], [-0.4, 0.0], [3.0, 1.0]])
+    p = voronoi_parts(w, a, TRUE_W, TRUE_A)
+    assert float(p["max_multi"]) == pytest.approx(0.4, abs=1e-12)  # unweighted: the light atom counts
+    lone = voronoi_parts(w[jnp.array([0, 2])], a[jnp.array([0, 2])], TRUE_W, TRUE_A)
+    assert float(lone["max_multi"]) == 0.0  # no cell holds two atoms
+    # the bound that makes it a rate: w_min max_multi^2 <= the multi-atom part of D_2
+    assert float(w.min()) * float(p["max_multi"]) ** 2 <= float(p["multi"])
+    nan = voronoi_parts(w, a.at[2, 0].set(jnp.nan), TRUE_W, TRUE_A)
+    assert np.isnan(float(nan["max_multi"]))
+
+
+def test_identified_parts_by_key_put_an_atom_with_its_key_mates():
+    # true (key, value) atoms (0, 0) and (3, 5), weights 1 and 1. Fitted: two atoms on key 0 whose values
+    # spread along a zero set (5 and -5, averaging 0), one atom at (3, 5). The atom (0, 5) is nearer (3, 5)
+    # than (0, 0) as a whole atom (3 < 5), so by atom it sits in cell 1; by key (0 against 3) in cell 0.
+    true_w = jnp.array([1.0, 1.0])
+    true_a = jnp.array([[0.0, 0.0], [3.0, 5.0]])
+    w = jnp.array([0.5, 0.5, 1.0])
+    a = jnp.array([[0.0, 5.0], [0.0, -5.0], [3.0, 5.0]])
+    by_atom = me.identified_parts(w, a, true_w, true_a, split=1)
+    by_key = me.identified_parts(w, a, true_w, true_a, split=1, cells="key")
+    # by key: cell 0 = {0, 1} (weight 1, averaged key and value exactly the truth), cell 1 = {2}
+    for part in ("weight", "key", "value"):
+        assert float(by_key[part]) == pytest.approx(0.0, abs=1e-12), part
+    assert float(by_key["spread_value"]) == pytest.approx(0.5 * 25 + 0.5 * 25)
+    assert float(by_key["spread_key"]) == pytest.approx(0.0, abs=1e-12)
+    # by atom: cell 0 = {1} (weight 0.5, value -5), cell 1 = {0, 2} (weight 1.5, key 2, value 5)
+    assert float(by_atom["weight"]) == pytest.approx(0.5 + 0.5)
+    assert float(by_atom["key"]) == pytest.approx(0.0 + 1.0)
+    assert float(by_atom["value"]) == pytest.approx(5.0 + 0.0)
+    with pytest.raises(ValueError, match="cells: expected one of"):
+        me.identified_parts(w, a, true_w, true_a, split=1, cells="value")
+    with pytest.raises(ValueError, match="split >= 1"):
+        me.identified_parts(w, a, true_w, true_a, split=0, cells="key")
