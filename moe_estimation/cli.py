@@ -159,6 +159,12 @@ def cmd_bench(args) -> int:
     return 0
 
 
+# moe_estimation.config.STUDY_PRESETS' names, spelled out so that --help needs no JAX import (a test checks
+# that the two agree)
+STUDY_PRESET_NAMES = ("quick", "full", "robust-quick", "robust", "restarts-quick", "contested-quick", "contested",
+                      "tiny")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moe-estimation", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -166,10 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("study", help="run (or resume) a Monte Carlo rate study",
                        description="Fit every cell of a (problem, specification, n, replicate) grid, write "
                                    "fits.csv, rates.csv and config.json into --out. Resumes from --out.")
-    s.add_argument("--preset", choices=["quick", "full", "robust-quick", "robust", "tiny"],
+    s.add_argument("--preset", choices=STUDY_PRESET_NAMES,
                    help="a named study: quick (CPU: 130 s from an empty compilation cache with 2 workers on a quiet 2-core machine, measured), full (n = 1e3..1e5, 12 sizes, 40 replicates; GPU-sized), "
                    "robust-quick (every structure under four starting-point schedules; CPU, about 10 minutes), robust "
-                   "(the same at n = 1e3..1e5 with five schedules; GPU-sized), tiny (seconds, for smoke tests)")
+                   "(the same at n = 1e3..1e5 with five schedules; GPU-sized), restarts-quick (random starts, best of 8, "
+                   "16 and 32, nested; CPU, about 5 minutes on one core), contested-quick (over-specified non-shared and "
+                   "shared-linear, n to 2.5e5, 100 replicates in blocks of 20; CPU, hours, resumable), contested (the same "
+                   "at 9 sizes, 200 replicates; GPU-sized), tiny (seconds, for smoke tests)")
     s.add_argument("--config", help="a TOML study configuration (see moe_estimation.config for the keys)")
     s.add_argument("--out", required=True, help="output directory; an existing one of the same study is resumed")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -207,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(--results: each arm and loss, its log residuals resampled) or log-normal "
                                     "(--sigma). Seconds to a minute.")
     g = pw.add_mutually_exclusive_group()
-    g.add_argument("--preset", choices=["quick", "full", "robust-quick", "robust", "tiny"], help="a named study's design")
+    g.add_argument("--preset", choices=STUDY_PRESET_NAMES, help="a named study's design")
     g.add_argument("--config", help="a TOML study configuration: its design")
     pw.add_argument("--results", help="a finished study's folder: the scatter of its fits (fits.csv)")
     pw.add_argument("--sigma", type=float, nargs="+",

@@ -8,6 +8,8 @@ file, the key and the rule. The layout (all sections optional except ``[grid]``)
     [grid]
     ns = [500, 1000, 2000]                     # sample sizes, integers >= 1
     replicates = 8                             # R >= 2
+    # block = 20                               # replicates fitted per task: a cell of many replicates at a
+                                               # large n is fitted, written and resumed in blocks of this many
     problems = ["shared-linear", "non-shared"] # preset names or names of [problems.*] tables
     specifications = ["exact", "over"]         # L' = L, or L' = L + extra_prompts; or per problem:
     # specifications = { non-shared = ["over"], shared-linear = ["exact", "over"] }
@@ -85,6 +87,7 @@ class StudyConfig:
     problem_tables: dict
     quantiles: tuple[float, ...] = DEFAULT_QUANTILES
     fail_thresholds: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_FAIL_THRESHOLDS))
+    block: int | None = None  # replicates fitted per task (None: a whole cell at once)
 
     def problem(self, name: str) -> Problem:
         """The :class:`Problem` called ``name`` (a preset or a ``[problems.name]`` table)."""
@@ -117,8 +120,21 @@ class StudyConfig:
 
         return ("mean", "median") + tuple(quantile_statistic(q) for q in self.quantiles if q != 0.5)
 
+    @property
+    def blocks(self) -> int:
+        """How many tasks each cell's replicates are split into (``[grid] block``: replicates per task)."""
+        return 1 if self.block is None else -(-self.replicates // self.block)
+
+    def block_replicates(self, index: int) -> range:
+        """The replicates of block ``index`` of a cell."""
+        size = self.replicates if self.block is None else self.block
+        return range(index * size, min((index + 1) * size, self.replicates))
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["block"] is None:  # a study without blocks reads as it did before they existed (config.json)
+            del d["block"]
+        return d
 
 
 _FIT_TYPES = {
@@ -217,7 +233,7 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
     grid = data.get("grid")
     if not isinstance(grid, dict):
         raise _err(source, "grid", "the [grid] table is required (ns, replicates, problems)")
-    _check_keys(source, "grid.", grid, {"ns", "replicates", "problems", "specifications", "extra_prompts"})
+    _check_keys(source, "grid.", grid, {"ns", "replicates", "problems", "specifications", "extra_prompts", "block"})
     ns = grid.get("ns")
     if not isinstance(ns, list) or not ns:
         raise _err(source, "grid.ns", "expected a non-empty list of sample sizes")
@@ -229,6 +245,14 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
     reps = _typed(source, "grid.replicates", grid.get("replicates", 8), int)
     if reps < 2:
         raise _err(source, "grid.replicates", f"need at least 2 replicates for a bootstrap interval, got {reps}")
+    block = grid.get("block")
+    if block is not None:
+        block = _typed(source, "grid.block", block, int)
+        if not 1 <= block <= reps:
+            raise _err(source, "grid.block", f"replicates fitted per task must be an integer in [1, replicates = {reps}], "
+                       f"got {block}")
+        if block == reps:
+            block = None  # one block a cell: the same study as without the key
     problems = grid.get("problems", list(PRESETS))
     if not isinstance(problems, list) or not problems or not all(isinstance(p, str) for p in problems):
         raise _err(source, "grid.problems", "expected a non-empty list of problem names")
@@ -266,6 +290,9 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
         if start:
             raise _err(source, f"fit.{sorted(start)[0]}",
                        "with [schedules.NAME] tables, the starting point is set per schedule, not in [fit]")
+        if "best-of-all" in schedule_tables:
+            raise _err(source, "schedules.best-of-all", "the name is reserved for the tables' arm of the best fit "
+                       "over every schedule; call the schedule something else")
     schedules = tuple(_schedule(source, name, table) for name, table in schedule_tables.items())
     for sc in schedules:
         try:  # the estimator's own rules, through the estimator's own check
@@ -317,7 +344,7 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
         seed=seed, ns=tuple(sorted(ns)), replicates=reps, problems=tuple(problems), specifications=tuple(specs),
         extra_prompts=extra, fit=fit, schedules=schedules, problem_specifications=per_problem, num_bootstrap=nb, n_min=n_min, n_max=n_max,
         problem_tables={k: v for k, v in tables.items() if k in problems},
-        quantiles=tuple(sorted(float(q) for q in quantiles)), fail_thresholds=dict(thresholds),
+        quantiles=tuple(sorted(float(q) for q in quantiles)), fail_thresholds=dict(thresholds), block=block,
     )
 
 
@@ -386,6 +413,40 @@ STUDY_PRESETS = {
             "random": dict(_SCHEDULES["random"], restarts=16),
         },
     ),
+    # Does the best fit move when restarts grow? Random starts over the whole box, best of 8, 16 and 32, on
+    # the same data sets; the starts are nested (restart r of every schedule is the same point), so best of 32
+    # never ends above best of 16 or 8. The contested over-specified non-shared fit and its shared control. CPU,
+    # about 5 minutes on one core.
+    "restarts-quick": dict(
+        seed=0,
+        grid=dict(ns=[1000, 2000, 4000, 8000], replicates=10, problems=["non-shared", "shared-linear"],
+                  specifications=["over"]),
+        fit=dict(max_steps=400),
+        rates=dict(n_min=1000),
+        schedules={f"random-{r}": dict(_SCHEDULES["random"], restarts=r) for r in (8, 16, 32)},
+    ),
+    # The contested case at large n: the over-specified non-shared fit and its shared control, n to 2.5e5,
+    # 100 replicates, fitted and resumed in blocks of 20; two schedules that know nothing of the truth (the
+    # whole box, best of 8; its central half, best of 4), so that the best of all twelve restarts is the
+    # least-squares estimate as far as the study can find it. CPU: about 4 hours on one core, resumable.
+    "contested-quick": dict(
+        seed=0,
+        grid=dict(ns=[4000, 16000, 64000, 250000], replicates=100, block=20, problems=["non-shared", "shared-linear"],
+                  specifications=["over"]),
+        fit=dict(max_steps=400),
+        rates=dict(n_min=4000, n_max=250000),
+        schedules={"random": _SCHEDULES["random"], "random-half": dict(init="random", init_scale=0.5, restarts=4)},
+    ),
+    # GPU-sized: nine sizes from 1e3 to 2.5e5, 200 replicates, best of 16 and 8.
+    "contested": dict(
+        seed=0,
+        grid=dict(ns=[int(round(x)) for x in np.geomspace(1e3, 2.5e5, 9)], replicates=200, block=50,
+                  problems=["non-shared", "shared-linear"], specifications=["over"]),
+        fit=dict(max_steps=600),
+        rates=dict(n_min=1000, n_max=250000),
+        schedules={"random": dict(_SCHEDULES["random"], restarts=16),
+                   "random-half": dict(init="random", init_scale=0.5, restarts=8)},
+    ),
     # a few seconds: the smoke tests
     "tiny": dict(
         seed=0,
@@ -397,7 +458,8 @@ STUDY_PRESETS = {
 
 
 def study_preset(name: str) -> StudyConfig:
-    """The named study configuration: ``quick``, ``full``, ``robust-quick``, ``robust`` or ``tiny``."""
+    """The named study configuration (:data:`STUDY_PRESETS`): ``quick``, ``full``, ``robust-quick``, ``robust``,
+    ``restarts-quick``, ``contested-quick``, ``contested`` or ``tiny``."""
     if name not in STUDY_PRESETS:
         raise ValueError(f"--preset: expected one of {tuple(STUDY_PRESETS)}, got {name!r}")
     return parse_config(STUDY_PRESETS[name], f"preset {name}")

@@ -11,6 +11,15 @@ without fitting), over the configuration's declared quantiles, thresholds and ra
   fits whose loss exceeds the loss's declared threshold (a non-finite fit fails), its exact binomial 95%
   interval, and a trend test of that fraction in log n over the rate window. A mean slope cannot tell "the
   loss shrinks slowly" from "a fixed fraction of fits never converges"; the failing fraction can.
+- :func:`with_best_of_all`: the least-squares estimate of each data set, as far as the study can say: of
+  every schedule's fit of one data set (every restart of each), the one with the lowest objective, as an
+  arm of its own (schedule ``best-of-all``) in every table of a study with several schedules. It uses no
+  knowledge of the truth. :func:`lowest_table` (``lowest.csv``): how often each schedule reached that
+  lowest objective, and by how much it missed it otherwise.
+- :func:`bounds_table` (``bounds.csv``): ``at_bound`` resolved: per arm and n, how many fits have a bias on
+  the lower bound of the box (a prompt switched down to the smallest weight the box allows), a bias on the
+  upper bound, or an atom coordinate on the box, each told apart by the prompt's cell: alone in its
+  (key, value) cell or sharing it with another fitted prompt.
 - :func:`differences_table` (``differences.csv``): for every pair of arms that share their data sets (two
   problems, two specifications or two schedules, the rest held fixed), the difference of their slopes with
   a paired bootstrap interval (:func:`moe_estimation.rates.paired_rate_difference`). The presets share one
@@ -30,6 +39,9 @@ from .rates import Trend, binomial_interval, paired_rate_difference, quantile_st
 from .results import RATE_LOSSES, SCHEDULE_COLUMNS, loss_matrix
 
 ARM = ["problem", "specification", "schedule"]
+BEST = "best-of-all"
+# two objectives within this relative distance are one minimum (the solver stops at ftol = 1e-8)
+TIE = 1e-9
 
 
 def _loss(g: pd.DataFrame, loss: str) -> np.ndarray:
@@ -40,6 +52,102 @@ def _groups(fits: pd.DataFrame):
     for (prob, spec, schedule), g in fits.groupby(ARM, sort=False):
         yield dict(problem=prob, structure=g["structure"].iloc[0], specification=spec,
                    **{c: g[c].iloc[0] for c in SCHEDULE_COLUMNS}), g
+
+
+def _lowest(fits: pd.DataFrame) -> pd.Series:
+    """Per row, its data set's lowest finite objective over the schedules (NaN when none is finite)."""
+    obj = fits["objective"].where(np.isfinite(fits["objective"]))
+    return obj.groupby([fits[c] for c in ("problem", "specification", "n", "replicate")]).transform("min")
+
+
+def with_best_of_all(fits: pd.DataFrame) -> pd.DataFrame:
+    """``fits`` and, when it holds two schedules or more, one more arm: schedule ``best-of-all``, whose fit
+    of a data set (problem, specification, n, replicate) is the fit of lowest objective over every schedule
+    that fitted it (ties to the schedule listed first; a data set with no finite objective keeps the first
+    schedule's fit). Its ``init`` is ``best-of-all``, ``init_scale`` and ``init_rate`` are NaN, ``restarts``
+    the sum of the schedules' and ``seconds`` the sum of their times; the chosen schedule is in
+    ``best_schedule``. A data set that some schedule has not fitted yet (a study stopped part-way) has no
+    best-of-all row, so that the arm never mixes a best of two with a best of five."""
+    schedules = list(dict.fromkeys(fits["schedule"]))
+    if len(schedules) < 2:
+        return fits
+    key = ["problem", "specification", "n", "replicate"]
+    rank = fits["schedule"].map({s: i for i, s in enumerate(schedules)})
+    obj = fits["objective"].where(np.isfinite(fits["objective"]), np.inf)
+    order = fits.assign(_obj=obj, _rank=rank).sort_values(key + ["_obj", "_rank"], kind="stable")
+    complete = order.groupby(key)["schedule"].transform("nunique") == len(schedules)
+    best = order[complete].groupby(key, sort=False).head(1)
+    totals = order[complete].groupby(key)[["restarts", "seconds"]].transform("sum")
+    best = best.assign(best_schedule=best["schedule"], schedule=BEST, init=BEST, init_scale=np.nan, init_rate=np.nan,
+                       restarts=totals.loc[best.index, "restarts"].astype(int), seconds=totals.loc[best.index, "seconds"])
+    first = {c: {v: i for i, v in enumerate(dict.fromkeys(fits[c]))} for c in ("problem", "specification")}
+    best = best.sort_values(["problem", "specification", "n", "replicate"], kind="stable",
+                            key=lambda col: col.map(first[col.name]) if col.name in first else col)
+    return pd.concat([fits, best.drop(columns=["_obj", "_rank"])], ignore_index=True)  # in the study's order
+
+
+def lowest_table(fits: pd.DataFrame) -> pd.DataFrame:
+    """One row per (problem, specification, schedule, n): ``data_sets``, ``lowest`` (data sets on which this
+    schedule's fit reached the lowest objective of every schedule, within a relative 1e-9: ties count for
+    each), ``median_excess`` and ``max_excess`` (its objective over the lowest, relative: (F - F_min) / F_min)
+    and ``nonfinite`` (fits with no finite objective)."""
+    low = _lowest(fits)
+    excess = (fits["objective"] - low) / low
+    out = []
+    for (prob, spec, schedule, n), g in fits.assign(_excess=excess, _low=low).groupby(
+            ["problem", "specification", "schedule", "n"], sort=False):
+        finite = np.isfinite(g["objective"])
+        out.append(dict(problem=prob, structure=g["structure"].iloc[0], specification=spec, schedule=schedule,
+                        **{c: g[c].iloc[0] for c in SCHEDULE_COLUMNS if c != "schedule"}, n=int(n),
+                        data_sets=len(g), lowest=int((finite & (g["_excess"] <= TIE)).sum()),
+                        median_excess=float(g["_excess"][finite].median()) if finite.any() else np.nan,
+                        max_excess=float(g["_excess"][finite].max()) if finite.any() else np.nan,
+                        nonfinite=int((~finite).sum())))
+    return pd.DataFrame(out)
+
+
+BOUND_COLUMNS = ("bias_low_shared", "bias_low_alone", "bias_high", "atom_shared", "atom_alone")
+
+
+def bounds_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
+    """One row per (problem, specification, schedule, n): ``fits``, ``at_bound`` (fits with some coordinate
+    on the box) and, from each fit's ``bound_coordinates`` and ``params``, the fits with a prompt whose bias
+    is on the lower bound and which shares its (key, value) Voronoi cell with another fitted prompt
+    (``bias_low_shared``: the extra prompt of a split cell switched down) or is alone in it
+    (``bias_low_alone``), with a bias on the upper bound (``bias_high``), and with an atom coordinate on the
+    box of a prompt that shares its cell (``atom_shared``) or is alone (``atom_alone``). A fit counts once
+    in each column that applies to it."""
+    from .results import parse_params
+    from .structures import key_value
+
+    problems = {name: cfg.problem(name) for name in fits["problem"].unique()}
+    out = []
+    for (prob_name, spec, schedule, n), g in fits.groupby(["problem", "specification", "schedule", "n"], sort=False):
+        prob = problems[prob_name]
+        counts = dict.fromkeys(BOUND_COLUMNS, 0)
+        tk, tv = (np.asarray(a) for a in prob.true_key_value())
+        truth = np.concatenate([tk, tv], axis=1)
+        for row in g.itertuples(index=False):
+            if row.bound_coordinates == "none":
+                continue
+            p = parse_params(row.params, int(row.num_prompts), prob.atom_dim)
+            k, v = (np.asarray(a) for a in key_value(prob, p.atoms))
+            cell = np.argmin(np.linalg.norm(np.concatenate([k, v], 1)[:, None] - truth[None], axis=-1), axis=1)
+            shared = np.bincount(cell, minlength=len(truth))[cell] > 1
+            hit = set()
+            for name in row.bound_coordinates.split():
+                i = int(name[1:].split("[")[0].rstrip("+-"))
+                role = "shared" if shared[i] else "alone"
+                if name.startswith("b"):
+                    hit.add(f"bias_low_{role}" if name.endswith("-") else "bias_high")
+                else:
+                    hit.add(f"atom_{role}")
+            for c in hit:
+                counts[c] += 1
+        out.append(dict(problem=prob_name, structure=prob.structure, specification=spec,
+                        **{c: g[c].iloc[0] for c in SCHEDULE_COLUMNS}, n=int(n), fits=len(g),
+                        at_bound=int((g["bound_coordinates"] != "none").sum()), **counts))
+    return pd.DataFrame(out)
 
 
 def quantiles_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
@@ -99,7 +207,7 @@ def failing_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
 def _arms(fits: pd.DataFrame, cfg: StudyConfig):
     """Pairs of arms on common data: along one of problem, specification, schedule, the other two fixed."""
     present = set(map(tuple, fits[ARM].drop_duplicates().to_numpy()))
-    order = dict(problem=cfg.problems, specification=cfg.specifications, schedule=cfg.schedule_names)
+    order = dict(problem=cfg.problems, specification=cfg.specifications, schedule=cfg.schedule_names + (BEST,))
     for axis in ARM:
         others = [a for a in ARM if a != axis]
         fixed = sorted({tuple(x for a, x in zip(ARM, arm) if a != axis) for arm in present})

@@ -208,12 +208,16 @@ def _side_by_side(fits, rates, problems, specs, title_suffix=""):
 
 
 def plot_study(results: str | Path, out: str | Path) -> list[Path]:
-    """Draw every study figure from ``results/fits.csv`` and ``results/rates.csv`` into ``out``."""
+    """Draw every study figure from ``results/fits.csv`` and ``results/rates.csv`` into ``out``; a study with
+    several schedules draws its best fit of each data set over all of them as one more schedule
+    (``best-of-all``, :func:`moe_estimation.inference.with_best_of_all`)."""
+    from .inference import with_best_of_all
+
     results, out = Path(results), Path(out)
     for name in ("fits.csv", "rates.csv"):
         if not (results / name).is_file():
             raise ValueError(f"--results: {results} has no {name}; run `moe-estimation study --out {results}` first")
-    fits = pd.read_csv(results / "fits.csv")
+    fits = with_best_of_all(pd.read_csv(results / "fits.csv"))
     rates = pd.read_csv(results / "rates.csv")
     make_out_dir(out)
     written = []

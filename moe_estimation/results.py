@@ -76,6 +76,8 @@ CELL = ["problem", "specification", "schedule", "n"]
 
 def describe_schedule(row) -> str:
     """A schedule's starts in words, from a row of fits.csv or rates.csv (its schedule columns)."""
+    if row["init"] == "best-of-all":
+        return f"the lowest objective of every schedule's fit of the data set ({int(row['restarts'])} restarts in all)"
     if row["init"] == "random":
         region = "the whole box" if row["init_scale"] == 1 else f"{row['init_scale']:g} of the box"
         return f"uniform over {region}, best of {int(row['restarts'])}"
@@ -375,23 +377,56 @@ def check_fits_table(path: Path, cfg: StudyConfig) -> tuple[pd.DataFrame, list[s
         problems.append(f"{len(other_design)} row(s) fitted under another design (their fingerprint says the problem, "
                         "the seed or the fit settings differ from this configuration's)")
     foreign = sorted(set(foreign) | set(other_design))
-    damaged = set(parsed["_cell"].iloc[foreign]) & set(expected)
+    # the unit that is fitted, written and resumed: a cell, or with [grid] block a block of its replicates
+    size = cfg.block or cfg.replicates
+    parsed["_task"] = [(*c, int(r) // size) for c, r in zip(parsed["_cell"], parsed["replicate"])]
+    tasks = {(*c, k) for c in expected for k in range(cfg.blocks)}
+    damaged = set(parsed["_task"].iloc[foreign]) & tasks
     ok = parsed.drop(parsed.index[foreign])
     dup = ok.duplicated(CELL + ["replicate"], keep=False)
-    damaged |= set(ok["_cell"][dup])
-    sizes = ok.groupby("_cell").size()
-    short = {c for c, k in sizes.items() if k != cfg.replicates}
+    damaged |= set(ok["_task"][dup])
+    sizes = ok.groupby("_task").size()
+    short = {t for t, k in sizes.items() if k != len(cfg.block_replicates(t[-1]))}
     damaged |= short
-    damaged |= {c for c in df.index[bad].map(lambda i: _cell_of(df.loc[i])) if c in expected}
+    damaged |= {t for t in df.index[bad].map(lambda i: _task_of(df.loc[i], size)) if t in tasks}
+    unit = "cell" if cfg.blocks == 1 else "block"
     if dup.any():
-        problems.append(f"duplicated replicates in {len(set(ok['_cell'][dup]))} cell(s)")
-    if short - set(ok["_cell"][dup]):
-        problems.append(f"{len(short - set(ok['_cell'][dup]))} cell(s) without exactly their {cfg.replicates} replicates")
+        problems.append(f"duplicated replicates in {len(set(ok['_task'][dup]))} {unit}(s)")
+    if short - set(ok["_task"][dup]):
+        what = f"their {cfg.replicates} replicates" if cfg.blocks == 1 else f"their block's replicates (blocks of {size})"
+        problems.append(f"{len(short - set(ok['_task'][dup]))} {unit}(s) without exactly {what}")
     if damaged:
-        shown = ", ".join(f"{p} {s} {sc} n={n}" for p, s, sc, n in sorted(damaged)[:4])
-        problems.append(f"damaged cells: {shown}" + (f" and {len(damaged) - 4} more" if len(damaged) > 4 else ""))
-    keep = ok[~ok["_cell"].isin(damaged)].drop(columns="_cell")
+        name = lambda p, s, sc, n, k: f"{p} {s} {sc} n={n}" + (f" block {k}" if cfg.blocks > 1 else "")
+        shown = ", ".join(name(*t) for t in sorted(damaged)[:4])
+        problems.append(f"damaged {unit}s: {shown}" + (f" and {len(damaged) - 4} more" if len(damaged) > 4 else ""))
+    keep = ok[~ok["_task"].isin(damaged)].drop(columns=["_cell", "_task"])
     return keep.reset_index(drop=True), problems
+
+
+def finished_tasks(fits: pd.DataFrame, cfg: StudyConfig) -> set:
+    """The tasks (problem, specification, schedule, n, block) whose every replicate is in ``fits`` (rows
+    that :func:`check_fits_table` passed); block is 0 when the study fits whole cells."""
+    if not len(fits):
+        return set()
+    size = cfg.block or cfg.replicates
+    counts = fits.groupby([fits[c] for c in CELL] + [fits["replicate"] // size]).size()
+    return {(p, s, sc, int(n), int(k)) for (p, s, sc, n, k), m in counts.items()
+            if m == len(cfg.block_replicates(int(k)))}
+
+
+def tasks(cfg: StudyConfig):
+    """Every task of ``cfg``: each cell of :func:`cells`, split into ``cfg.blocks`` blocks of replicates."""
+    for cell in cells(cfg):
+        for k in range(cfg.blocks):
+            yield (*cell, k)
+
+
+def _task_of(row, size: int) -> tuple | None:
+    cell = _cell_of(row)
+    try:
+        return None if cell is None else (*cell, int(float(row["replicate"])) // size)
+    except (ValueError, TypeError):
+        return None
 
 
 def _cell_of(row) -> tuple | None:

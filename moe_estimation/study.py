@@ -59,6 +59,8 @@ from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation
     cell_design,
     cells,
     check_fits_table,
+    finished_tasks,
+    tasks,
     describe_schedule,
     format_params,
     loss_matrix,
@@ -225,18 +227,21 @@ def release_compiled_if_needed(fraction: float = 0.5) -> bool:
     return True
 
 
-def fit_study_cell(cfg: StudyConfig, prob_name: str, spec: str, schedule: str, n: int):
-    """One cell of ``cfg``'s grid, fitted and scored: ``(FitResult, own parts, kv parts, identified parts,
-    yardstick of the start, seconds per fit)``, numpy arrays with a leading replicate axis (see
-    :func:`run_cell`). A pure function of its arguments (keys from the coordinates): the same numbers in
-    the lead process or in a worker."""
+def fit_study_cell(cfg: StudyConfig, prob_name: str, spec: str, schedule: str, n: int, block: int = 0):
+    """One task of ``cfg``'s grid (a cell, or block ``block`` of its replicates with ``[grid] block``), fitted
+    and scored: ``(FitResult, own parts, kv parts, identified parts, identified parts by key, yardstick of the
+    start, seconds per fit)``, numpy arrays with a leading replicate axis (see :func:`run_cell`). A pure
+    function of its arguments (keys from the coordinates, replicate r's the same in any block): the same
+    numbers in the lead process or in a worker, whole or in blocks."""
     release_compiled_if_needed()
     prob = cfg.problem(prob_name)
     settings = cfg.fit_settings(cfg.num_prompts(prob, spec), schedule)
+    reps = cfg.block_replicates(block)
+    sl = slice(reps.start, reps.stop)
     t0 = time.perf_counter()
-    out = run_cell(prob, data_keys(cfg.seed, n, cfg.replicates), start_keys(cfg.seed, prob_name, spec, n, cfg.replicates),
-                   n, settings)
-    return (*out, (time.perf_counter() - t0) / cfg.replicates)
+    out = run_cell(prob, data_keys(cfg.seed, n, cfg.replicates)[sl],
+                   start_keys(cfg.seed, prob_name, spec, n, cfg.replicates)[sl], n, settings)
+    return (*out, (time.perf_counter() - t0) / len(reps))
 
 
 def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=print,
@@ -304,36 +309,37 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
     if lead:
         atomic_write(cfg_path, json.dumps(meta, indent=2))
 
-    finished = {(p, s, sc, int(n)) for p, s, sc, n in table.finished()}
-    todo = [c for c in cells(cfg) if c not in finished]
-    if jax.process_count() > 1:  # every process must run the same cells in the same order: process 0 decides
+    finished = finished_tasks(table.frame(), cfg)
+    todo = [t for t in tasks(cfg) if t not in finished]
+    unit = "cells" if cfg.blocks == 1 else f"cell blocks (of {cfg.block} replicates)"
+    if jax.process_count() > 1:  # every process must run the same tasks in the same order: process 0 decides
         from jax.experimental import multihost_utils
 
-        all_cells = list(cells(cfg))
-        mask = np.array([c in todo for c in all_cells], dtype=np.int32)
+        all_tasks = list(tasks(cfg))
+        mask = np.array([t in todo for t in all_tasks], dtype=np.int32)
         mask = np.asarray(multihost_utils.broadcast_one_to_all(mask))
-        todo = [c for c, m in zip(all_cells, mask) if m]
+        todo = [t for t, m in zip(all_tasks, mask) if m]
     if tables_only:
         if not finished:
             raise ValueError(f"--tables-only: {out} holds no finished cell yet")
-        log(f"tables only: {len(finished)} finished cells, {len(todo)} not run")
+        log(f"tables only: {len(finished)} finished {unit}, {len(todo)} not run")
         todo = []
     if finished:
-        log(f"resuming: {len(finished)} of {len(finished) + len(todo)} cells already in {fits_path}")
+        log(f"resuming: {len(finished)} of {len(finished) + len(todo)} {unit} already in {fits_path}")
     problems = {name: cfg.problem(name) for name in cfg.problems}
-    bar = tqdm(total=len(finished) + len(todo), initial=len(finished), disable=not progress, unit="cell", file=sys.stderr)
+    bar = tqdm(total=len(finished) + len(todo), initial=len(finished), disable=not progress, unit="task", file=sys.stderr)
     if workers > 1 and len(todo) > 1:
-        log(f"fitting {len(todo)} cells in {min(workers, len(todo))} worker processes (one core each)")
+        log(f"fitting {len(todo)} {unit} in {min(workers, len(todo))} worker processes (one core each)")
         todo = sorted(todo, key=lambda c: -c[3])  # the largest n first: the workers then finish together
 
-    def add(cell, result):
-        prob_name, spec, schedule, n = cell
+    def add(task, result):
+        prob_name, spec, schedule, n, block = task
         prob = problems[prob_name]
         res, own, kv, ident, ident_key, start, seconds = result
         settings = cfg.fit_settings(cfg.num_prompts(prob, spec), schedule)
         rows = {
             "problem": prob_name, "structure": prob.structure, "specification": spec,
-            "num_prompts": settings.num_prompts, "n": n, "replicate": np.arange(cfg.replicates), "seed": cfg.seed,
+            "num_prompts": settings.num_prompts, "n": n, "replicate": np.array(cfg.block_replicates(block)), "seed": cfg.seed,
             "schedule": schedule, "init": settings.init, "init_scale": float(settings.init_scale),
             "init_rate": float(settings.init_rate), "restarts": settings.restarts,
             "loss_own": own["d1r"] if prob.structure == "non-shared" else own["d2"],
@@ -346,8 +352,8 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
             "design": cell_design(cfg, prob, settings.num_prompts, schedule),
             "params": format_params(res.params),
         }
-        table.add(rows, write=lead)  # after every cell: a killed run resumes from here
-        bar.set_description(f"{prob_name} {spec} {schedule} n={n}")
+        table.add(rows, write=lead)  # after every task: a killed run resumes from here
+        bar.set_description(f"{prob_name} {spec} {schedule} n={n}" + (f" block {block}" if cfg.blocks > 1 else ""))
         bar.update(1)
 
     run_cells(fit_study_cell, [(cfg, *c) for c in todo], lambda task, result: add(task[1:], result), workers=workers)
@@ -359,18 +365,24 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
     return fits
 
 
-TABLES = ("rates.csv", "quantiles.csv", "failing.csv", "differences.csv")
+TABLES = ("rates.csv", "quantiles.csv", "failing.csv", "differences.csv", "lowest.csv", "bounds.csv")
 
 
 def write_tables(fits: pd.DataFrame, cfg: StudyConfig, out: Path) -> None:
     """Every table a study's fits give (:data:`TABLES`): the rates, and from :mod:`moe_estimation.inference`
-    the quantiles, the failing fractions and the paired differences."""
-    from .inference import differences_table, failing_table, quantiles_table
+    the quantiles, the failing fractions, the paired differences, the schedules' lowest objectives and the
+    coordinates on the box. With several schedules, every table but ``lowest.csv`` has one arm more, the best fit of each data set over
+    all schedules (``best-of-all``, :func:`moe_estimation.inference.with_best_of_all`)."""
+    from .inference import (bounds_table, differences_table, failing_table, lowest_table, quantiles_table,
+                            with_best_of_all)
 
-    write_csv(out / "rates.csv", rates_table(fits, cfg))
-    write_csv(out / "quantiles.csv", quantiles_table(fits, cfg))
-    write_csv(out / "failing.csv", failing_table(fits, cfg))
-    write_csv(out / "differences.csv", differences_table(fits, cfg))
+    arms = with_best_of_all(fits)
+    write_csv(out / "rates.csv", rates_table(arms, cfg))
+    write_csv(out / "quantiles.csv", quantiles_table(arms, cfg))
+    write_csv(out / "failing.csv", failing_table(arms, cfg))
+    write_csv(out / "differences.csv", differences_table(arms, cfg))
+    write_csv(out / "lowest.csv", lowest_table(fits))
+    write_csv(out / "bounds.csv", bounds_table(arms, cfg))
 
 
 def canonical_order(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:

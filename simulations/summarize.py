@@ -31,7 +31,7 @@ def study_table(path: Path) -> str:
         m = g[g["statistic"] == "mean"].iloc[0]
         md = g[g["statistic"] == "median"].iloc[0]
         ff = f[(f["problem"] == prob) & (f["specification"] == spec)]
-        out.append(f"| {prob} | {spec} | {loss} | {m.slope:.2f} [{m.ci_low:.2f}, {m.ci_high:.2f}] | "
+        out.append(f"| {prob} | {spec} | {loss}{' (composite)' if m.get('composite', False) else ''} | {m.slope:.2f} [{m.ci_low:.2f}, {m.ci_high:.2f}] | "
                    f"{md.slope:.2f} [{md.ci_low:.2f}, {md.ci_high:.2f}] | {m.theory_slope:g} | {m.mean_loss_at_n_max:.3g} | "
                    f"{int(m.fits_not_converged)}/{len(ff)} | {int(ff['at_bound'].sum())}/{len(ff)} |")
     n = sorted(f["n"].unique())
@@ -50,8 +50,7 @@ def _rate(r, prob, spec, sched, loss, stat="mean") -> str:
             & (r["statistic"] == stat)]
     if not len(row) or not pd.notna(row.iloc[0]["slope"]):
         return "-"
-    x = row.iloc[0]
-    return f"{x.slope:.2f} [{x.ci_low:.2f}, {x.ci_high:.2f}]"
+    return _ci(row.iloc[0])
 
 
 def robust_table(path: Path) -> str:
@@ -246,7 +245,84 @@ def teacher_table(paths) -> str:
 
 
 def _ci(x, digits=2) -> str:
-    return f"{x['slope']:.{digits}f} [{x['ci_low']:.{digits}f}, {x['ci_high']:.{digits}f}]"
+    """A slope and its interval; a composite loss's (rates.csv ``composite``) says so: it is no rate."""
+    tag = " (composite)" if str(x.get("composite", False)) == "True" else ""
+    return f"{x['slope']:.{digits}f} [{x['ci_low']:.{digits}f}, {x['ci_high']:.{digits}f}]{tag}"
+
+
+def _row(r, prob, spec, sched, loss, stat="mean"):
+    x = r[(r["problem"] == prob) & (r["specification"] == spec) & (r["schedule"] == sched) & (r["loss"] == loss)
+          & (r["statistic"] == stat)]
+    return x.iloc[0] if len(x) else None
+
+
+def _slope_cell(r, prob, spec, sched, loss, stat="mean") -> str:
+    x = _row(r, prob, spec, sched, loss, stat)
+    return "-" if x is None or not pd.notna(x["slope"]) else _ci(x)
+
+
+def control_markdown(path: Path) -> str:
+    """The positive control (docs/maths.md, *A positive control*): per problem and schedule, the slopes of the
+    largest split-cell atom error of the over-specified fit (theory -1/4 for shared structures) beside the
+    exactly specified fit's own loss (theory -1/2)."""
+    r = pd.read_csv(path / "rates.csv")
+    out = ["| problem | schedule | over: largest split-cell atom error, mean | median | 90% quantile | theory | exact: own loss, mean | theory |",
+           "|---|---|---|---|---|---|---|---|"]
+    for (prob, sched), g in r[r["loss"] == "max_multi_error"].groupby(["problem", "schedule"], sort=False):
+        if not (g["specification"] == "over").any():
+            continue
+        x = _row(r, prob, "over", sched, "max_multi_error")
+        e = _row(r, prob, "exact", sched, "own")
+        theory = "none" if not pd.notna(x["theory_slope"]) else f"{x['theory_slope']:g}"
+        out.append(f"| {prob} | {sched} | " + " | ".join(_slope_cell(r, prob, "over", sched, "max_multi_error", st)
+                                                       for st in ("mean", "median", "q90"))
+                   + f" | {theory} | {'-' if e is None else _ci(e)} | {'-' if e is None else format(e['theory_slope'], 'g')} |")
+    return "\n".join(out)
+
+
+def by_key_markdown(path: Path) -> str:
+    """The identified part with cells by (key, value) atom and by key alone (docs/maths.md, *Cells by key*):
+    mean slopes of the identified weight sums and values, and their means at the largest n, over-specified."""
+    r = pd.read_csv(path / "rates.csv")
+    q = pd.read_csv(path / "quantiles.csv")
+    out = ["| problem | schedule | identified weight: by atom / by key (mean slope) | identified value: by atom / by key "
+           "(mean slope) | identified value mean at n_max: by atom / by key |", "|---|---|---|---|---|"]
+    over = r[(r["specification"] == "over") & (r["loss"] == "identified_value")]
+    for (prob, sched), _ in over.groupby(["problem", "schedule"], sort=False):
+        qq = q[(q["problem"] == prob) & (q["specification"] == "over") & (q["schedule"] == sched)]
+        top = qq[qq["n"] == qq["n"].max()].set_index("loss")["mean"]
+        cells = [f"{_slope_cell(r, prob, 'over', sched, loss)} / {_slope_cell(r, prob, 'over', sched, loss + '_by_key')}"
+                 for loss in ("identified_weight", "identified_value")]
+        out.append(f"| {prob} | {sched} | {cells[0]} | {cells[1]} | "
+                   f"{top.get('identified_value', float('nan')):.3g} / {top.get('identified_value_by_key', float('nan')):.3g} |")
+    return "\n".join(out)
+
+
+def bounds_markdown(path: Path) -> str:
+    """bounds.csv summed over n: per arm, the fits with a coordinate on the box, and which."""
+    b = pd.read_csv(path / "bounds.csv")
+    cols = ["fits", "at_bound", "bias_low_shared", "bias_low_alone", "bias_high", "atom_shared", "atom_alone"]
+    out = ["| problem | spec | schedule | fits on the box | bias at the lower bound: prompt sharing its cell / alone | "
+           "bias at the upper bound | atom coordinate on the box: prompt sharing its cell / alone |",
+           "|---|---|---|---|---|---|---|"]
+    for (prob, spec, sched), g in b.groupby(["problem", "specification", "schedule"], sort=False):
+        t = g[cols].sum()
+        out.append(f"| {prob} | {spec} | {sched} | {t['at_bound']}/{t['fits']} | {t['bias_low_shared']} / "
+                   f"{t['bias_low_alone']} | {t['bias_high']} | {t['atom_shared']} / {t['atom_alone']} |")
+    return "\n".join(out)
+
+
+def lowest_markdown(path: Path) -> str:
+    """lowest.csv: per arm and n, on how many data sets each schedule reached the lowest objective of all."""
+    lo = pd.read_csv(path / "lowest.csv")
+    ns = sorted(lo["n"].unique())
+    out = [f"| problem | spec | schedule | lowest objective at n = {', '.join(map(str, ns))} | largest miss (F - F_min) / F_min |",
+           "|---|---|---|---|---|"]
+    for (prob, spec, sched), g in lo.groupby(["problem", "specification", "schedule"], sort=False):
+        g = g.sort_values("n")
+        counts = ", ".join(f"{int(k)}/{int(m)}" for k, m in zip(g["lowest"], g["data_sets"]))
+        out.append(f"| {prob} | {spec} | {sched} | {counts} | {g['max_excess'].max():.2g} |")
+    return "\n".join(out)
 
 
 def failing_markdown(path: Path, loss: str = "key_value") -> str:
@@ -278,6 +354,9 @@ def differences_markdown(path: Path, loss: str = "key_value", axes=("problem", "
     against the last), mean and median; ``axes``: which comparisons."""
     d = pd.read_csv(path / "differences.csv", keep_default_na=False)
     d = d[(d["loss"] == loss) & d["axis"].isin(axes)]
+    r = pd.read_csv(path / "rates.csv")
+    composite = {(p, s) for p, s, c, l in zip(r["problem"], r["specification"], r["composite"], r["loss"])
+                 if c and l == loss}
     schedule = d["axis"] == "schedule"
     last = d.loc[schedule, "b"].iloc[-1] if schedule.any() else None  # the study's last schedule
     keep = ((d["axis"] == "problem") & (d["a"] == "non-shared")) | (d["axis"] == "specification") | (
@@ -287,11 +366,13 @@ def differences_markdown(path: Path, loss: str = "key_value", axes=("problem", "
     for (axis, a, b, prob, spec, sched), g in d[keep].groupby(["axis", "a", "b", "problem", "specification", "schedule"],
                                                              sort=False):
         fixed = ", ".join(x for x in (prob, spec, sched) if x)
+        arms = [(a if axis == "problem" else prob, x if axis == "specification" else spec) for x in (a, b)]
+        tag = " (composite)" if any(arm in composite for arm in arms) else ""
         cells = []
         for st in ("mean", "median"):
             x = g[g["statistic"] == st].iloc[0]
             cells.append(f"{x['slope_a']:.2f} - ({x['slope_b']:.2f}) = {x['difference']:.2f} [{x['ci_low']:.2f}, {x['ci_high']:.2f}]")
-        out.append(f"| {a} - {b} | {fixed} | {cells[0]} | {cells[1]} | {int(g['pairs'].iloc[0])} |")
+        out.append(f"| {a} - {b}{tag} | {fixed} | {cells[0]} | {cells[1]} | {int(g['pairs'].iloc[0])} |")
     return "\n".join(out)
 
 
@@ -324,8 +405,14 @@ def main(args) -> int:
     if args.robust:
         print(robust_table(Path(args.robust)), "\n")
     if args.inference:
-        print(failing_markdown(Path(args.inference)), "\n")
-        print(differences_markdown(Path(args.inference)), "\n")
+        path = Path(args.inference)
+        print(failing_markdown(path), "\n")
+        print(differences_markdown(path), "\n")
+        print(control_markdown(path), "\n")
+        print(by_key_markdown(path), "\n")
+        print(bounds_markdown(path), "\n")
+        if pd.read_csv(path / "lowest.csv")["schedule"].nunique() > 1:
+            print(lowest_markdown(path), "\n")
     if args.power:
         print(power_markdown(Path(args.power)), "\n")
     if args.teacher:

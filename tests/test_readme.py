@@ -86,28 +86,40 @@ def test_readme_quick_tables_are_the_committed_tables():
     assert _block("quick-failing-table").startswith(s.failing_markdown(tables / "quick"))
     assert _block("quick-differences-table").startswith(s.differences_markdown(tables / "quick"))
     assert _block("quick-power-table").startswith(s.power_markdown(tables / "power-quick.csv"))
+    assert _block("quick-control-table").startswith(s.control_markdown(tables / "quick"))
+    assert _block("quick-bounds-table").startswith(s.bounds_markdown(tables / "quick"))
+    assert _block("restarts-failing-table").startswith(s.failing_markdown(tables / "restarts-quick"))
+    assert _block("restarts-lowest-table").startswith(s.lowest_markdown(tables / "restarts-quick"))
 
 
-def test_committed_quick_study_is_the_preset_and_its_tables_are_its_fits():
-    """tables/quick is a run of `study --preset quick` (a rerun of the README's command resumes it), and its
-    tables are what its fits give (re-rated here from fits.csv alone)."""
+@pytest.mark.parametrize("preset", ["quick", "robust-quick", "restarts-quick"])
+def test_committed_study_is_its_preset_and_its_tables_are_its_fits(preset, tmp_path, monkeypatch):
+    """tables/<preset> is a run of `study --preset <preset>` (a rerun of the README's command resumes it:
+    every row passes the resume check, fingerprint included), and its tables are what its fits give, rebuilt
+    here from fits.csv alone. The paired differences, the slowest table to rebuild, are checked for the quick
+    study; the larger studies' are made by the same code."""
     import json
 
     import pandas as pd
 
+    import moe_estimation.inference as inference
     from moe_estimation.config import study_preset
-    from moe_estimation.inference import differences_table, failing_table, quantiles_table
-    from moe_estimation.study import rates_table
+    from moe_estimation.results import check_fits_table
+    from moe_estimation.study import TABLES, canonical_order, write_tables
 
-    out = README.parent / "tables" / "quick"
-    cfg = study_preset("quick")
+    out = README.parent / "tables" / preset
+    cfg = study_preset(preset)
     meta = json.loads((out / "config.json").read_text())
     assert meta["study"] == json.loads(json.dumps(cfg.to_dict()))
-    fits = pd.read_csv(out / "fits.csv")
-    for name, make in (("rates.csv", rates_table), ("quantiles.csv", quantiles_table), ("failing.csv", failing_table),
-                       ("differences.csv", differences_table)):
-        made = make(fits, cfg).to_csv(index=False, float_format="%.17g", na_rep="nan")  # as write_csv writes
-        assert (out / name).read_text() == made, name
+    fits, problems = check_fits_table(out / "fits.csv", cfg)
+    assert not problems and len(fits) == len(pd.read_csv(out / "fits.csv"))
+    names = list(TABLES)
+    if preset != "quick":
+        monkeypatch.setattr(inference, "differences_table", lambda fits, cfg: pd.DataFrame())
+        names.remove("differences.csv")
+    write_tables(canonical_order(fits, cfg), cfg, tmp_path)
+    for name in names:
+        assert (out / name).read_text() == (tmp_path / name).read_text(), name
 
 
 def test_readme_robust_tables_are_the_committed_tables():

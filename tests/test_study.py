@@ -33,6 +33,32 @@ def test_cell_numbers_do_not_depend_on_other_cells(tmp_path, reference_study):
     pd.testing.assert_frame_equal(b, _fits(reference_study), check_dtype=False)  # a column all 0 reads as int
 
 
+@pytest.mark.study
+def test_blocks_of_replicates_give_the_fits_of_whole_cells_and_resume_by_block(tmp_path, reference_study):
+    """[grid] block = 2 splits each cell's 3 replicates into tasks of 2 and 1: the same fits as whole cells;
+    a table holding one block of a cell resumes with the other block alone, and a cut block is damage."""
+    cfg = parse_config(dict(REFERENCE, grid=dict(REFERENCE["grid"], block=2)))
+    assert cfg.blocks == 2 and list(cfg.block_replicates(1)) == [2]
+    said = []
+    run_study(cfg, tmp_path / "b", progress=False, log=said.append)
+    pd.testing.assert_frame_equal(_fits(tmp_path / "b"), _fits(reference_study))
+    text = (tmp_path / "b" / "fits.csv").read_text().splitlines(keepends=True)
+    keep = [line for line in text[1:] if not (",exact,2,120,2," in line)]  # drop block 1 of one cell
+    assert len(keep) == len(text) - 2
+    (tmp_path / "b" / "fits.csv").write_text(text[0] + "".join(keep))
+    said.clear()
+    run_study(cfg, tmp_path / "b", progress=False, log=said.append)
+    assert any("resuming: 7 of 8 cell blocks (of 2 replicates)" in line for line in said), said
+    pd.testing.assert_frame_equal(_fits(tmp_path / "b"), _fits(reference_study))
+    cut = [line for line in text[1:] if not (",exact,2,120,1," in line)]  # block 0 of that cell one replicate short
+    (tmp_path / "b" / "fits.csv").write_text(text[0] + "".join(cut))
+    with pytest.raises(ValueError, match=r"damaged blocks: shared-linear exact default n=120 block 0"):
+        run_study(cfg, tmp_path / "b", progress=False, log=said.append)
+    with pytest.raises(ValueError, match=r"grid.block: .* in \[1, replicates = 3\]"):
+        parse_config(dict(REFERENCE, grid=dict(REFERENCE["grid"], block=4)))
+    assert "block" not in parse_config(dict(REFERENCE, grid=dict(REFERENCE["grid"], block=3))).to_dict()
+
+
 def test_resume_refuses_a_different_study(tmp_path, reference_study):
     shutil.copytree(reference_study, tmp_path / "s")
     before = (tmp_path / "s" / "fits.csv").read_bytes()
@@ -131,6 +157,7 @@ GOOD = dict(grid=dict(ns=[100, 200], replicates=2))
         (dict(grid=dict(ns=[100, 200], replicates=2, problems=["mine"]),
               problems=dict(mine=dict(preset="shared-linear", wobble=1))), "problems.mine.wobble: unknown key"),
         (dict(seed=1.5, **GOOD), "seed: expected int"),
+        (dict(GOOD, schedules={"best-of-all": dict(init="random")}), "schedules.best-of-all: the name is reserved"),
         (dict(), "grid: the \\[grid\\] table is required"),
     ],
 )
@@ -155,7 +182,11 @@ def test_user_problem_table_and_presets_resolve():
     cfg = parse_config(dict(grid=dict(ns=[100, 200], replicates=2, problems=["mine"]),
                             problems=dict(mine=dict(preset="shared-linear", noise_var=0.04))))
     assert cfg.problem("mine").noise_var == 0.04
-    for name in ("quick", "full", "robust-quick", "robust", "tiny"):
+    from moe_estimation.cli import STUDY_PRESET_NAMES
+    from moe_estimation.config import STUDY_PRESETS
+
+    assert STUDY_PRESET_NAMES == tuple(STUDY_PRESETS)
+    for name in STUDY_PRESET_NAMES:
         study_preset(name)
     full = study_preset("full")
     assert len(full.ns) >= 12 and full.replicates >= 40 and min(full.ns) == 1000 and max(full.ns) == 100000
