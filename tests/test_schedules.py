@@ -158,7 +158,7 @@ def test_study_pairs_schedules_on_the_same_data(tmp_path):
     at = lambda sched, n: fits[(fits["schedule"] == sched) & (fits["n"] == n)][cols].reset_index(drop=True)
     pd.testing.assert_frame_equal(at("shrinking", 100), at("fixed", 100), rtol=1e-12)
     assert not at("shrinking", 400).equals(at("fixed", 400))
-    assert set(rates["schedule"]) == {"shrinking", "fixed"}
+    assert set(rates["schedule"]) == {"shrinking", "fixed", "best-of-all"}  # and the best of the two per data set
     assert {"identified_key", "identified_value", "spread_value"} <= set(rates["loss"])
     row = rates[(rates["schedule"] == "fixed")].iloc[0]
     assert row["init_rate"] == 0.0 and row["restarts"] == 1
