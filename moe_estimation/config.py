@@ -125,9 +125,14 @@ class StudyConfig:
         """How many tasks each cell's replicates are split into (``[grid] block``: replicates per task)."""
         return 1 if self.block is None else -(-self.replicates // self.block)
 
+    @property
+    def block_size(self) -> int:
+        """Replicates per task: ``[grid] block``, or the whole cell's replicates."""
+        return self.replicates if self.block is None else self.block
+
     def block_replicates(self, index: int) -> range:
         """The replicates of block ``index`` of a cell."""
-        size = self.replicates if self.block is None else self.block
+        size = self.block_size
         return range(index * size, min((index + 1) * size, self.replicates))
 
     def to_dict(self) -> dict:

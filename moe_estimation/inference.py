@@ -94,7 +94,7 @@ def lowest_table(fits: pd.DataFrame) -> pd.DataFrame:
     low = _lowest(fits)
     excess = (fits["objective"] - low) / low
     out = []
-    for (prob, spec, schedule, n), g in fits.assign(_excess=excess, _low=low).groupby(
+    for (prob, spec, schedule, n), g in fits.assign(_excess=excess).groupby(
             ["problem", "specification", "schedule", "n"], sort=False):
         finite = np.isfinite(g["objective"])
         out.append(dict(problem=prob, structure=g["structure"].iloc[0], specification=spec, schedule=schedule,
@@ -119,20 +119,21 @@ def bounds_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
     in each column that applies to it."""
     from .results import parse_params
     from .structures import key_value
+    from .voronoi import voronoi_cells
 
     problems = {name: cfg.problem(name) for name in fits["problem"].unique()}
+    truths = {name: np.concatenate([np.asarray(a) for a in prob.true_key_value()], axis=1)
+              for name, prob in problems.items()}
     out = []
     for (prob_name, spec, schedule, n), g in fits.groupby(["problem", "specification", "schedule", "n"], sort=False):
-        prob = problems[prob_name]
+        prob, truth = problems[prob_name], truths[prob_name]
         counts = dict.fromkeys(BOUND_COLUMNS, 0)
-        tk, tv = (np.asarray(a) for a in prob.true_key_value())
-        truth = np.concatenate([tk, tv], axis=1)
         for row in g.itertuples(index=False):
             if row.bound_coordinates == "none":
                 continue
             p = parse_params(row.params, int(row.num_prompts), prob.atom_dim)
             k, v = (np.asarray(a) for a in key_value(prob, p.atoms))
-            cell = np.argmin(np.linalg.norm(np.concatenate([k, v], 1)[:, None] - truth[None], axis=-1), axis=1)
+            cell = np.asarray(voronoi_cells(np.concatenate([k, v], 1), truth))
             shared = np.bincount(cell, minlength=len(truth))[cell] > 1
             hit = set()
             for name in row.bound_coordinates.split():

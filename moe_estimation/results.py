@@ -378,7 +378,7 @@ def check_fits_table(path: Path, cfg: StudyConfig) -> tuple[pd.DataFrame, list[s
                         "the seed or the fit settings differ from this configuration's)")
     foreign = sorted(set(foreign) | set(other_design))
     # the unit that is fitted, written and resumed: a cell, or with [grid] block a block of its replicates
-    size = cfg.block or cfg.replicates
+    size = cfg.block_size
     parsed["_task"] = [(*c, int(r) // size) for c, r in zip(parsed["_cell"], parsed["replicate"])]
     tasks = {(*c, k) for c in expected for k in range(cfg.blocks)}
     damaged = set(parsed["_task"].iloc[foreign]) & tasks
@@ -408,7 +408,7 @@ def finished_tasks(fits: pd.DataFrame, cfg: StudyConfig) -> set:
     that :func:`check_fits_table` passed); block is 0 when the study fits whole cells."""
     if not len(fits):
         return set()
-    size = cfg.block or cfg.replicates
+    size = cfg.block_size
     counts = fits.groupby([fits[c] for c in CELL] + [fits["replicate"] // size]).size()
     return {(p, s, sc, int(n), int(k)) for (p, s, sc, n, k), m in counts.items()
             if m == len(cfg.block_replicates(int(k)))}

@@ -71,6 +71,14 @@ def _nan_unless_finite(out: dict, *arrays) -> dict:
     return {k: (jnp.where(ok, v, jnp.nan) if jnp.issubdtype(v.dtype, jnp.floating) else v) for k, v in out.items()}
 
 
+def voronoi_cells(atoms, true_atoms, width: int | None = None) -> jax.Array:
+    """The cell of each fitted atom: the index of the nearest true atom (ties to the lower index), on the
+    first ``width`` coordinates (default: all of them). ``(L', D)``, ``(L, D)`` -> ``(L',)``."""
+    width = atoms.shape[-1] if width is None else width
+    dist = jnp.linalg.norm(atoms[:, None, :width] - true_atoms[None, :, :width], axis=-1)  # (L', L)
+    return jnp.argmin(dist, axis=1)  # first minimum: ties go to the lower j
+
+
 def voronoi_parts(
     weights: jax.Array,
     atoms: jax.Array,
@@ -100,8 +108,7 @@ def voronoi_parts(
     weights, atoms, true_weights, true_atoms = _as_measure(weights, atoms, true_weights, true_atoms, split, r)
     L = true_atoms.shape[0]
     split = atoms.shape[-1] if split is None else split
-    dist = jnp.linalg.norm(atoms[:, None, :] - true_atoms[None, :, :], axis=-1)  # (L', L)
-    cell = jnp.argmin(dist, axis=1)  # first minimum: ties go to the lower j
+    cell = voronoi_cells(atoms, true_atoms)
     onehot = jax.nn.one_hot(cell, L, dtype=weights.dtype)  # (L', L)
     counts = onehot.sum(0)
     weight = jnp.sum(jnp.abs(onehot.T @ weights - true_weights))
@@ -207,8 +214,7 @@ def identified_parts(weights, atoms, true_weights, true_atoms, split: int, cells
     cut = atoms.shape[-1] if cells == "atom" else split
     if cut == 0:
         raise ValueError("cells: 'key' needs a key part (split >= 1), got split = 0")
-    dist = jnp.linalg.norm(atoms[:, None, :cut] - true_atoms[None, :, :cut], axis=-1)
-    cell = jnp.argmin(dist, axis=1)
+    cell = voronoi_cells(atoms, true_atoms, cut)
     onehot = jax.nn.one_hot(cell, L, dtype=weights.dtype)  # (L', L)
     W = onehot.T @ weights  # (L,)
     safe_W = jnp.where(W > 0, W, 1.0)
