@@ -72,7 +72,7 @@ def cmd_power(args) -> int:
 
     from .config import load_config, study_preset
     from .inference import power_table
-    from .results import write_csv
+    from .results import fits_file, write_csv
 
     if (args.preset is None) == (args.config is None):
         raise ValueError("power: give exactly one of --preset NAME or --config FILE (the design)")
@@ -80,7 +80,7 @@ def cmd_power(args) -> int:
     cfg = study_preset(args.preset) if args.preset else load_config(args.config)
     fits = None
     if args.results is not None:
-        path = Path(args.results) / "fits.csv"
+        path = fits_file(args.results)
         if not path.is_file():
             raise ValueError(f"--results: {args.results} has no fits.csv; run `moe-estimation study --out {args.results}` "
                              "first, or give --sigma")

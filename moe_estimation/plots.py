@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -31,7 +32,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ._checks import make_out_dir  # noqa: E402
-from .results import RATE_LOSSES, describe_schedule  # noqa: E402
+from .results import RATE_LOSSES, describe_schedule, fits_file  # noqa: E402
 
 LOSS_LABELS = {"own": "own loss (D_2 on p, or D_1,r on (pK, pV))", "key_value": "key/value yardstick D_2 on (k, v)"}
 
@@ -214,10 +215,10 @@ def plot_study(results: str | Path, out: str | Path) -> list[Path]:
     from .inference import with_best_of_all
 
     results, out = Path(results), Path(out)
-    for name in ("fits.csv", "rates.csv"):
-        if not (results / name).is_file():
-            raise ValueError(f"--results: {results} has no {name}; run `moe-estimation study --out {results}` first")
-    fits = with_best_of_all(pd.read_csv(results / "fits.csv"))
+    for path in (fits_file(results), results / "rates.csv"):
+        if not path.is_file():
+            raise ValueError(f"--results: {results} has no {path.name}; run `moe-estimation study --out {results}` first")
+    fits = with_best_of_all(pd.read_csv(fits_file(results)))
     rates = pd.read_csv(results / "rates.csv")
     make_out_dir(out)
     written = []
@@ -281,8 +282,10 @@ def plot_failing(failing: pd.DataFrame, out: Path) -> list[Path]:
                 if ax.lines:
                     ax.legend(fontsize=6.5, loc="upper right")
             axes[i, 0].set_ylabel(f"fraction with {loss} > {gl['threshold'].iloc[0]:g}")
-        fig.suptitle(f"Failing fits: {loss} above {gl['threshold'].iloc[0]:g} (or not finite), exact 95% intervals; "
-                     f"trend in log n over the rate window (Cochran-Armitage)", fontsize=10)
+        title = (f"Failing fits: {loss} above {gl['threshold'].iloc[0]:g} (or not finite), exact 95% intervals; "
+                 "trend in log n over the rate window (Cochran-Armitage)")
+        width = int(11 * fig.get_figwidth())  # characters of 10-point text a line holds
+        fig.suptitle("\n".join(textwrap.wrap(title, width)), fontsize=10)
         fig.tight_layout()
         path = out / f"failing_{loss}.png"
         _save(fig, path)
@@ -400,7 +403,7 @@ def plot_combined(study: Path, transformer: Path | None, out: Path, teacher=None
     from .transformer.teacher import RATE_LOSSES as TEACHER_LOSSES
     from .transformer.teacher import load_runs
 
-    fits = pd.read_csv(study / "fits.csv")
+    fits = pd.read_csv(fits_file(study))
     rates = pd.read_csv(study / "rates.csv")
     problems = [p for p in dict.fromkeys(fits["problem"])]
     if teacher:
@@ -451,9 +454,9 @@ def plot_results(results, out) -> list[Path]:
     dirs = [Path(r) for r in ([results] if isinstance(results, (str, Path)) else results)]
     studies, transformers, teachers = [], [], []
     for d in dirs:
-        if (d / "fits.csv").is_file() and "truth" in pd.read_csv(d / "fits.csv", nrows=0).columns:
+        if fits_file(d).is_file() and "truth" in pd.read_csv(fits_file(d), nrows=0).columns:
             teachers.append(d)
-        elif (d / "fits.csv").is_file():
+        elif fits_file(d).is_file():
             studies.append(d)
         elif (d / "curves.csv").is_file():
             transformers.append(d)
@@ -467,7 +470,7 @@ def plot_results(results, out) -> list[Path]:
         written += plot_curves(d, out)
     if teachers:  # several teacher runs: one design split over its cases, drawn as one (else refused)
         written += plot_teacher(teachers, out)
-    single = [d for d in studies if pd.read_csv(d / "fits.csv", usecols=["schedule"])["schedule"].nunique() == 1]
+    single = [d for d in studies if pd.read_csv(fits_file(d), usecols=["schedule"])["schedule"].nunique() == 1]
     if single and (transformers or teachers):  # the combined figure shows one schedule's rates
         written.append(plot_combined(single[0], transformers[0] if transformers else None, out,
                                      teacher=teachers or None))

@@ -8,7 +8,8 @@ table is written, read back and checked in one way everywhere.
 - :func:`atomic_write`, :func:`write_csv`: a temporary file, flushed to disk, then renamed over the target:
   a reader, or a run killed at any point, sees the old file or the new one, never half of one. Floats are
   written at full precision (they read back exactly) and NaN as ``nan``.
-- :func:`check_fits_table`: what a resume checks before it trusts a ``fits.csv``.
+- :func:`check_fits_table`: what a resume checks before it trusts a ``fits.csv``; :func:`fits_file`: a
+  finished study's fits, ``fits.csv`` or, as committed when large, ``fits.csv.gz``.
 - :class:`CellTable`: a table written one cell at a time and resumed from disk (the study's ``fits.csv``, the
   transformer's ``curves.csv`` and the teacher-student ``fits.csv``).
 - :func:`loss_matrix`, :func:`rate_entries`: from rows of a table to the empirical rates of
@@ -19,6 +20,7 @@ table is written, read back and checked in one way everywhere.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import json
 import os
@@ -309,12 +311,24 @@ def _expected_cells(cfg: StudyConfig) -> dict:
     return out
 
 
+def fits_file(folder: str | Path) -> Path:
+    """The fits table of a study folder: ``fits.csv``, or ``fits.csv.gz`` where only the compressed copy is
+    there (a large committed study); ``fits.csv`` when neither is, so that a message names the usual file.
+    Every reader of a finished study (tables, figures, summaries, power) goes through here; a run that
+    writes (``study``) resumes from ``fits.csv`` only."""
+    folder = Path(folder)
+    plain, packed = folder / "fits.csv", folder / "fits.csv.gz"
+    return packed if packed.is_file() and not plain.is_file() else plain
+
+
 def check_fits_table(path: Path, cfg: StudyConfig) -> tuple[pd.DataFrame, list[str]]:
     """Read a study's ``fits.csv`` and check it against ``cfg``: the columns and their types, complete rows
     (the writer ends every row with a newline, so a table cut mid-row is seen), every row a cell and
     replicate of this study with its schedule as declared, no duplicates, every cell with exactly its
     replicates. Returns the rows of the sound cells and one line per problem found (empty when sound)."""
     raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
     problems: list[str] = []
     if raw and not raw.endswith(b"\n"):
         problems.append("the last row is cut short (no end of line): the cell it belongs to is damaged")

@@ -269,6 +269,10 @@ def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=p
             "tens of percent on the same data: `moe-estimation bench --precision`)"
         )
     out = check_out_dir(out)
+    if (out / "fits.csv.gz").is_file() and not (out / "fits.csv").is_file():
+        raise ValueError(f"--out: {out} holds fits.csv.gz, the compressed copy of a study's fits, and no fits.csv; "
+                         f"unpack it first (`gunzip -k {out / 'fits.csv.gz'}`) to resume the study or rebuild its "
+                         "tables (the tables, figures and summaries read the compressed copy as it is)")
     if tables_only and not (out / "fits.csv").is_file():
         raise ValueError(f"--tables-only: {out} holds no fits.csv yet (nothing to rebuild the tables from)")
     if jax.process_index() != 0:  # process 0 reads, checks and writes the tables; the others fit what it says

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from moe_estimation.results import RATE_LOSSES, describe_schedule
+from moe_estimation.results import RATE_LOSSES, describe_schedule, fits_file
 
 
 def study_table(path: Path) -> str:
     r = pd.read_csv(path / "rates.csv")
-    f = pd.read_csv(path / "fits.csv")
+    f = pd.read_csv(fits_file(path))
     out = ["| problem | spec | loss | mean: slope [95% CI] | median: slope [95% CI] | theory | mean loss at n_max | fits not converged | fits at box bound |",
            "|---|---|---|---|---|---|---|---|---|"]
     for (prob, spec, loss), g in r.groupby(["problem", "specification", "loss"], sort=False):
@@ -58,7 +58,7 @@ def robust_table(path: Path) -> str:
     value and the value spread; levels at the largest n; and which schedule reached the lowest objective
     on each (paired) data set."""
     r = pd.read_csv(path / "rates.csv")
-    f = pd.read_csv(path / "fits.csv")
+    f = pd.read_csv(fits_file(path))
     nmax = f["n"].max()
     val = f[list(RATE_LOSSES["key_value_value_part"])].sum(axis=1)
     f = f.assign(value_part=val)
@@ -89,7 +89,7 @@ def robust_table(path: Path) -> str:
 
 def parts_table(path: Path) -> str:
     """Key and value parts of the yardstick, over-specified, mean and median at the largest n."""
-    f = pd.read_csv(path / "fits.csv")
+    f = pd.read_csv(fits_file(path))
     f = f[f["specification"] == "over"]
     f = f[f["n"] == f["n"].max()]
     part = lambda loss: f[list(RATE_LOSSES[loss])].sum(axis=1)  # the parts as rates.csv defines them
@@ -190,7 +190,7 @@ def precision_table(path: Path) -> str:
 def compare_table(a: Path, b: Path) -> str:
     """Two runs of the same study (say float64 and float32): per cell, the relative difference of the mean
     loss, and per rate, the two slopes."""
-    fa, fb = pd.read_csv(a / "fits.csv"), pd.read_csv(b / "fits.csv")
+    fa, fb = pd.read_csv(fits_file(a)), pd.read_csv(fits_file(b))
     keys = ["problem", "specification", "schedule", "n", "replicate"]
     m = fa.merge(fb, on=keys, suffixes=("_a", "_b"))
     if not len(m):
@@ -298,6 +298,24 @@ def by_key_markdown(path: Path) -> str:
     return "\n".join(out)
 
 
+def spread_markdown(path: Path) -> str:
+    """What converges in an over-specified fit and what does not (docs/maths.md, *The identified part*): per
+    problem and schedule, the slopes of the mean, the median and the 90% quantile of the identified value
+    (the weight-averaged value of each cell) and of the value spread inside cells, cells by key."""
+    r = pd.read_csv(path / "rates.csv")
+    stats = ("mean", "median", "q90")
+    out = ["| problem | schedule | identified value (cells by key): mean / median / 90% quantile slope | "
+           "value spread (cells by key): mean / median / 90% quantile slope |", "|---|---|---|---|"]
+    over = r[(r["specification"] == "over") & (r["loss"] == "identified_value_by_key")]
+    for (prob, sched), _ in over.groupby(["problem", "schedule"], sort=False):
+        if not (r[(r["problem"] == prob) & (r["loss"] == "spread_value_by_key")]["slope"].notna().any()):
+            continue
+        cells = [" / ".join(_slope_cell(r, prob, "over", sched, loss, st) for st in stats)
+                 for loss in ("identified_value_by_key", "spread_value_by_key")]
+        out.append(f"| {prob} | {sched} | {cells[0]} | {cells[1]} |")
+    return "\n".join(out)
+
+
 def bounds_markdown(path: Path) -> str:
     """bounds.csv summed over n: per arm, the fits with a coordinate on the box, and which."""
     b = pd.read_csv(path / "bounds.csv")
@@ -376,7 +394,7 @@ def differences_markdown(path: Path, loss: str = "key_value", axes=("problem", "
     return "\n".join(out)
 
 
-def power_markdown(path: Path, loss: str = "key_value", schedules=None) -> str:
+def power_markdown(path: Path, loss: str = "key_value", schedules=None, problems=None) -> str:
     """A power table (moe-estimation power --out): for each source of scatter and statistic, the power to
     tell -1/2 from -1/4 (either way round; by scaling, also -1/4 from 0), and the coverage of the interval
     at -1/2."""
@@ -384,6 +402,8 @@ def power_markdown(path: Path, loss: str = "key_value", schedules=None) -> str:
     p = p[(p["loss"] == loss) | (p["source"] == "lognormal")]
     if schedules is not None:  # only these schedules' scatter
         p = p[(p["source"] == "lognormal") | p["schedule"].isin(schedules)]
+    if problems is not None:  # only these problems' scatter
+        p = p[(p["source"] == "lognormal") | p["problem"].isin(problems)]
     out = ["| scatter of | sigma of log loss | statistic | power: slope -1/2, interval excludes -1/4 | power: slope -1/4, "
            "interval excludes -1/2 | coverage at -1/2 |", "|---|---|---|---|---|---|"]
     for (source, prob, spec, sched, sigma, st), g in p.groupby(
@@ -410,6 +430,7 @@ def main(args) -> int:
         print(differences_markdown(path), "\n")
         print(control_markdown(path), "\n")
         print(by_key_markdown(path), "\n")
+        print(spread_markdown(path), "\n")
         print(bounds_markdown(path), "\n")
         if pd.read_csv(path / "lowest.csv")["schedule"].nunique() > 1:
             print(lowest_markdown(path), "\n")

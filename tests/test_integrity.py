@@ -122,6 +122,33 @@ def test_fits_of_another_design_are_refused_without_config_json(reference_study,
     assert (out / "fits.csv").read_bytes() == before
 
 
+def test_a_compressed_study_is_read_as_it_is_and_resumed_only_unpacked(reference_study, tmp_path):
+    """A study committed as fits.csv.gz: check_fits_table and every reader take it as it is (the same rows as
+    the plain file); a run into that folder refuses, names the file and how to unpack it, and writes nothing."""
+    import gzip
+
+    from moe_estimation.results import check_fits_table, fits_file
+
+    out = tmp_path / "packed"
+    shutil.copytree(reference_study, out)
+    plain = (out / "fits.csv").read_bytes()
+    assert fits_file(out) == out / "fits.csv"
+    (out / "fits.csv.gz").write_bytes(gzip.compress(plain))
+    assert fits_file(out) == out / "fits.csv"  # the plain file wins where both are there
+    (out / "fits.csv").unlink()
+    assert fits_file(out) == out / "fits.csv.gz"
+    cfg = parse_config(REFERENCE)
+    packed, problems = check_fits_table(fits_file(out), cfg)
+    unpacked, _ = check_fits_table(reference_study / "fits.csv", cfg)
+    assert not problems and packed.equals(unpacked)
+    with pytest.raises(ValueError, match=r"fits.csv.gz.*gunzip -k") as e:
+        run_study(cfg, out, progress=False, log=lambda *a: None)
+    assert str(out) in str(e.value)
+    assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in reference_study.iterdir()
+                                                            if p.name != "fits.csv"] + ["fits.csv.gz"])
+    assert fits_file(tmp_path / "nothing") == tmp_path / "nothing" / "fits.csv"
+
+
 @pytest.mark.study
 def test_repair_recomputes_only_the_damaged_cells(reference_study, tmp_path):
     out = _damaged(reference_study, tmp_path, "duplicated cell")

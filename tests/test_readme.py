@@ -92,11 +92,11 @@ def test_readme_quick_tables_are_the_committed_tables():
     assert _block("restarts-lowest-table").startswith(s.lowest_markdown(tables / "restarts-quick"))
 
 
-@pytest.mark.parametrize("preset", ["quick", "robust-quick", "restarts-quick"])
+@pytest.mark.parametrize("preset", ["quick", "robust-quick", "restarts-quick", "full"])
 def test_committed_study_is_its_preset_and_its_tables_are_its_fits(preset, tmp_path, monkeypatch):
     """tables/<preset> is a run of `study --preset <preset>` (a rerun of the README's command resumes it:
     every row passes the resume check, fingerprint included), and its tables are what its fits give, rebuilt
-    here from fits.csv alone. The paired differences, the slowest table to rebuild, are checked for the quick
+    here from fits.csv alone (tables/full holds it compressed, fits.csv.gz). The paired differences, the slowest table to rebuild, are checked for the quick
     study; the larger studies' are made by the same code."""
     import json
 
@@ -104,15 +104,15 @@ def test_committed_study_is_its_preset_and_its_tables_are_its_fits(preset, tmp_p
 
     import moe_estimation.inference as inference
     from moe_estimation.config import study_preset
-    from moe_estimation.results import check_fits_table
+    from moe_estimation.results import check_fits_table, fits_file
     from moe_estimation.study import TABLES, canonical_order, write_tables
 
     out = README.parent / "tables" / preset
     cfg = study_preset(preset)
     meta = json.loads((out / "config.json").read_text())
     assert meta["study"] == json.loads(json.dumps(cfg.to_dict()))
-    fits, problems = check_fits_table(out / "fits.csv", cfg)
-    assert not problems and len(fits) == len(pd.read_csv(out / "fits.csv"))
+    fits, problems = check_fits_table(fits_file(out), cfg)
+    assert not problems and len(fits) == len(pd.read_csv(fits_file(out)))
     names = list(TABLES)
     if preset != "quick":
         monkeypatch.setattr(inference, "differences_table", lambda fits, cfg: pd.DataFrame())
@@ -120,6 +120,21 @@ def test_committed_study_is_its_preset_and_its_tables_are_its_fits(preset, tmp_p
     write_tables(canonical_order(fits, cfg), cfg, tmp_path)
     for name in names:
         assert (out / name).read_text() == (tmp_path / name).read_text(), name
+
+
+def test_readme_full_tables_are_the_committed_tables():
+    """The full study's section: rates, failing fits, the identified part and the spread, the positive
+    control, paired differences and power, as summarize.py makes them of tables/full and
+    tables/power-full.csv."""
+    s, tables = _summarize(), README.parent / "tables"
+    assert _block("full-table").startswith(s.study_table(tables / "full").split("\n\n")[0])
+    assert _block("full-failing-table").startswith(s.failing_markdown(tables / "full"))
+    assert _block("full-spread-table").startswith(s.spread_markdown(tables / "full"))
+    assert _block("full-control-table").startswith(s.control_markdown(tables / "full"))
+    assert _block("full-differences-table").startswith(s.differences_markdown(tables / "full"))
+    assert _block("full-power-table").startswith(s.power_markdown(tables / "power-full.csv",
+                                                                  problems=("non-shared", "shared-linear")))
+    assert "It has no current results" not in README.read_text()
 
 
 def test_readme_robust_tables_are_the_committed_tables():
@@ -139,18 +154,17 @@ def test_readme_robust_tables_are_the_committed_tables():
 
 
 @pytest.mark.e2e
-def test_committed_figures_are_drawn_from_the_committed_tables(tmp_path):
-    """figures/quick's study figures are what `plot` draws from tables/quick, byte for byte (the transformer
-    and teacher panels come from their own runs; figures/robust-quick is drawn by the same code from
-    tables/robust-quick)."""
+@pytest.mark.parametrize("name", ["quick", "robust-quick", "full"])
+def test_committed_figures_are_drawn_from_the_committed_tables(name, tmp_path):
+    """figures/<name>'s study figures are what `plot` draws from tables/<name>, byte for byte (the
+    transformer and teacher panels of figures/quick come from their own runs)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from moe_estimation.plots import plot_study
 
-    for name in ("quick",):
-        drawn = plot_study(README.parent / "tables" / name, tmp_path / name)
-        assert any(p.name == "failing_key_value.png" for p in drawn)
-        for p in drawn:
-            committed = README.parent / "figures" / name / p.name
-            assert committed.read_bytes() == p.read_bytes(), f"{committed} is not drawn from tables/{name}"
+    drawn = plot_study(README.parent / "tables" / name, tmp_path / name)
+    assert any(p.name == "failing_key_value.png" for p in drawn)
+    for p in drawn:
+        committed = README.parent / "figures" / name / p.name
+        assert committed.read_bytes() == p.read_bytes(), f"{committed} is not drawn from tables/{name}"
