@@ -177,7 +177,9 @@ def quantiles_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
 
 def failing_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
     """One row per (problem, specification, schedule, loss with a declared threshold, n): ``threshold``,
-    ``fits``, ``failing`` (loss above the threshold, or not finite), ``fraction`` with its exact 95%
+    ``fits``, ``failing`` (loss above the threshold, or not finite), ``failing_at_bound`` (of those, the fits
+    with a coordinate on the box: a failing fit that the box stopped, or one found inside it),
+    ``fraction`` with its exact 95%
     interval ``ci_low``, ``ci_high``; and, repeated on the rows of one group, the Cochran-Armitage test of a
     trend in log n over the rate window [n_min, n_max] (``trend_z`` < 0: the fraction falls with n;
     ``trend_p``, two-sided; ``trend_slope``: the change of the fraction per unit of log n) and
@@ -191,6 +193,8 @@ def failing_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
             m = np.array([int((g["n"] == n).sum()) for n in ns])
             fail = ~(values <= threshold)  # NaN fails
             k = np.array([int(fail[(g["n"] == n).to_numpy()].sum()) for n in ns])
+            boxed = fail & (g["bound_coordinates"] != "none").to_numpy()
+            k_box = [int(boxed[(g["n"] == n).to_numpy()].sum()) for n in ns]
             lo, hi = binomial_interval(k, m)
             window = (ns >= cfg.n_min) & (ns <= cfg.n_max)
             if window.sum() >= 2:
@@ -199,7 +203,8 @@ def failing_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
                 trend = Trend(np.nan, np.nan, np.nan)
             for i, n in enumerate(ns):
                 out.append(dict(keys, loss=loss, threshold=float(threshold), n=int(n), fits=int(m[i]),
-                                failing=int(k[i]), fraction=float(k[i] / m[i]), ci_low=float(lo[i]),
+                                failing=int(k[i]), failing_at_bound=k_box[i], fraction=float(k[i] / m[i]),
+                                ci_low=float(lo[i]),
                                 ci_high=float(hi[i]), in_window=bool(window[i]), trend_z=trend.z,
                                 trend_p=trend.p_value, trend_slope=trend.slope))
     return pd.DataFrame(out)

@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ._checks import make_out_dir  # noqa: E402
+from .rates import ols_line  # noqa: E402
 from .results import RATE_LOSSES, describe_schedule, fits_file  # noqa: E402
 
 LOSS_LABELS = {"own": "own loss (D_2 on p, or D_1,r on (pK, pV))", "key_value": "key/value yardstick D_2 on (k, v)"}
@@ -85,7 +86,7 @@ PARTS_PANELS = (
 
 def _slope(ns, y):
     ok = np.isfinite(y) & (y > 0)
-    return np.polyfit(np.log(ns[ok]), np.log(y[ok]), 1)[0] if ok.sum() >= 2 else np.nan
+    return ols_line(np.log(ns[ok]), np.log(y[ok]))[0] if ok.sum() >= 2 else np.nan
 
 
 def _schedule_lines(ax, g: pd.DataFrame, cols, schedules, dotted_cols=None):

@@ -87,9 +87,21 @@ def nan_quantile(x: np.ndarray, q: float, axis: int = -1) -> np.ndarray:
     return np.where(k > 0, out, np.nan)
 
 
+def ols_line(x, y, weights=None) -> tuple[float, float]:
+    """Slope and intercept of the least-squares line of ``y`` on ``x`` (weighted: each squared residual
+    times ``weights``), in closed form from elementwise products and sums: the same bits whatever the BLAS,
+    its threads or the memory layout (a LAPACK least-squares solve, as ``np.polyfit`` makes, can differ in
+    the last bit between runs, and a committed table is compared with its rebuild)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=float)
+    xm, ym = np.sum(w * x) / np.sum(w), np.sum(w * y) / np.sum(w)
+    xc = x - xm
+    slope = np.sum(w * xc * (y - ym)) / np.sum(w * xc * xc)
+    return float(slope), float(ym - slope * xm)
+
+
 def _ols(logn: np.ndarray, logy: np.ndarray) -> tuple[float, float]:
-    slope, intercept = np.polyfit(logn, logy, 1)
-    return float(slope), float(intercept)
+    return ols_line(logn, logy)
 
 
 def _checked(ns, losses, statistic, level, num_bootstrap, seed, name="losses"):
@@ -160,7 +172,7 @@ def _boot_slopes(logn: np.ndarray, losses: np.ndarray, statistic: str, idx: np.n
     stat = np.where(np.isfinite(stat), stat, point[None])
     ly = np.log(stat)
     xc = logn - logn.mean()
-    return (ly - ly.mean(axis=1, keepdims=True)) @ xc / (xc @ xc)
+    return np.sum((ly - ly.mean(axis=1, keepdims=True)) * xc, axis=1) / np.sum(xc * xc)  # as ols_line, per row
 
 
 def _interval(slopes: np.ndarray, level: float) -> tuple[float, float]:
@@ -254,7 +266,7 @@ def trend_test(scores, k, m) -> Trend:
                          f"scores, got shapes {s.shape}, {k.shape}, {m.shape}")
     binomial_interval(k, m)  # the same rules for k and m
     M, p = m.sum(), k.sum() / m.sum()
-    slope = float(np.polyfit(s, k / m, 1, w=np.sqrt(m))[0])
+    slope = ols_line(s, k / m, weights=m)[0]
     if p in (0.0, 1.0):
         return Trend(0.0, 1.0, slope)
     var = p * (1 - p) * (np.sum(m * s**2) - np.sum(m * s) ** 2 / M)

@@ -216,6 +216,42 @@ def compare_table(a: Path, b: Path) -> str:
     return "\n".join(out)
 
 
+def paired_runs_markdown(a: Path, b: Path, loss: str = "key_value") -> str:
+    """Two runs of one grid under different fit settings (a stopping rule, a solver step) on the same data
+    sets: per (problem, specification, schedule), on the fits both hold, how far the objective moved from a
+    to b (relative, b - a over a: negative when b went lower), how many fits changed ``loss`` more than
+    twofold, and the mean and median slopes of ``loss`` in each run on those fits alone."""
+    import numpy as np
+
+    from moe_estimation.rates import empirical_rate, is_composite
+
+    keys = ["problem", "specification", "schedule", "n", "replicate"]
+    fa, fb = (pd.read_csv(fits_file(x)) for x in (a, b))
+    m = fa.merge(fb, on=keys, suffixes=("_a", "_b"))
+    if not len(m):
+        raise ValueError(f"--paired: {a} and {b} share no fit (the same problem, specification, schedule, n and replicate)")
+    col = "loss_" + loss
+    out = [f"| problem | spec | schedule | fits in both | objective, (b - a) / a: median / lowest / highest | {loss} "
+           f"changed more than twofold | mean slope: {a.name} / {b.name} | median slope: {a.name} / {b.name} |",
+           "|---|---|---|---|---|---|---|---|"]
+    for (prob, spec, sched), g in m.groupby(["problem", "specification", "schedule"], sort=False):
+        rel = (g["objective_b"] - g["objective_a"]) / g["objective_a"]
+        ratio = g[col + "_b"] / g[col + "_a"]
+        ns = np.array(sorted(g["n"].unique()))
+        cells = []
+        for st in ("mean", "median"):
+            pair = []
+            for side in ("a", "b"):
+                wide = g.pivot(index="n", columns="replicate", values=f"{col}_{side}").loc[ns]
+                r = empirical_rate(ns, wide.to_numpy(), statistic=st)
+                pair.append(f"{r.slope:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]")
+            tag = " (composite)" if is_composite(g["structure_a"].iloc[0], loss, spec) else ""
+            cells.append(" / ".join(pair) + tag)
+        out.append(f"| {prob} | {spec} | {sched} | {len(g)} | {rel.median():.2g} / {rel.min():.2g} / {rel.max():.2g} | "
+                   f"{int(((ratio > 2) | (ratio < 0.5)).sum())} | {cells[0]} | {cells[1]} |")
+    return "\n".join(out)
+
+
 def teacher_table(paths) -> str:
     """Teacher-student prefix estimation: per (truth, student, specification) the slopes of the prefix
     yardstick (mean and median), its identified key and value parts and the excess risk. ``paths``: one
@@ -450,6 +486,8 @@ def main(args) -> int:
         print(precision_table(Path(args.precision)), "\n")
     if args.compare:
         print(compare_table(*map(Path, args.compare)))
+    if args.paired:
+        print(paired_runs_markdown(*map(Path, args.paired)))
     return 0
 
 
@@ -470,4 +508,7 @@ if __name__ == "__main__":
     p.add_argument("--precision", help="a precision benchmark JSON (moe-estimation bench --precision --json)")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="two output directories of the same study (e.g. float64 and float32): how far apart they are")
+    p.add_argument("--paired", nargs=2, metavar=("A", "B"),
+                   help="two runs of one grid under different fit settings (e.g. tolerances) on the same data sets: "
+                        "how the objective, the yardstick and its slopes moved on the fits both hold")
     sys.exit(main(p.parse_args()))

@@ -165,6 +165,8 @@ def test_tables_are_the_fits_read_again(reference_study):
     for r in f.itertuples():
         v = fits[(fits["specification"] == r.specification) & (fits["n"] == r.n)]["loss_key_value"]
         assert r.failing == int((v > r.threshold).sum()) and r.fits == len(v)
+        boxed = fits[(fits["specification"] == r.specification) & (fits["n"] == r.n)]["bound_coordinates"] != "none"
+        assert r.failing_at_bound == int(((v > r.threshold) & boxed).sum()) <= r.failing
     d = pd.read_csv(reference_study / "differences.csv")
     assert set(d["axis"]) == {"specification"}  # one problem, one schedule: exact against over
     rates = pd.read_csv(reference_study / "rates.csv")

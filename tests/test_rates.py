@@ -23,6 +23,23 @@ def test_exact_power_law_has_zero_width_interval():
     assert rate.ci_low == pytest.approx(-0.25, abs=1e-12) and rate.ci_high == pytest.approx(-0.25, abs=1e-12)
 
 
+def test_ols_line_is_the_least_squares_line_and_the_same_bits_in_any_layout():
+    """ols_line is numpy's least-squares line (weights multiply the squared residuals), and a copy of the data
+    at another address, or a strided view of it, gives the same bits (committed tables are rebuilt and
+    compared as text)."""
+    from moe_estimation.rates import ols_line
+
+    rng = np.random.default_rng(4)
+    x, y, w = rng.normal(size=12), rng.normal(size=12), rng.integers(1, 40, size=12).astype(float)
+    slope, intercept = ols_line(x, y)
+    assert np.allclose([slope, intercept], np.polyfit(x, y, 1), rtol=1e-12, atol=0)
+    assert np.isclose(ols_line(x, y, weights=w)[0], np.polyfit(x, y, 1, w=np.sqrt(w))[0], rtol=1e-12, atol=0)
+    wide = np.zeros((12, 3))
+    wide[:, 1] = y
+    assert ols_line(x, wide[:, 1]) == (slope, intercept) == ols_line(x.copy(), y.copy())
+    assert ols_line([1, 2, 3], [2, 4, 6]) == (2.0, 0.0)
+
+
 def test_bootstrap_is_reproducible():
     rng = np.random.default_rng(1)
     ns = [10, 20, 40]

@@ -89,3 +89,36 @@ def test_power_markdown_keeps_the_problems_asked_for(s, tmp_path):
     assert "non-shared over (random starts)" in table and "shared-linear over" in table
     assert "shared-tanh" not in table and "log-normal" in table
     assert "| 0.90 | 0.80 | 0.95 |" in table
+
+
+def test_paired_runs_markdown_pairs_the_fits_both_runs_hold(s, tmp_path):
+    """Two runs of one grid: only the (n, replicate) fits both hold are paired; the objective's relative move,
+    the twofold changes and each run's slopes are of those fits alone."""
+    import numpy as np
+
+    ns, reps = [1000, 4000, 16000], 6
+    rows = {"a": [], "b": []}
+    rng = np.random.default_rng(0)
+    for n in ns:
+        for r in range(reps):
+            base = dict(problem="non-shared", structure="non-shared", specification="over", schedule="random", n=n,
+                        replicate=r)
+            loss = n ** -0.5 * np.exp(rng.normal(0, 0.1))
+            rows["a"].append(dict(base, objective=1.0, loss_key_value=loss))
+            if r < 4:  # b holds four of the six replicates; one fit of b moves threefold and goes 1e-3 lower
+                moved = 3 * loss if (n, r) == (4000, 1) else loss * 1.01
+                rows["b"].append(dict(base, objective=1.0 - (1e-3 if (n, r) == (4000, 1) else 1e-9),
+                                      loss_key_value=moved))
+    for side in "ab":
+        (tmp_path / side).mkdir()
+        pd.DataFrame(rows[side]).to_csv(tmp_path / side / "fits.csv", index=False)
+    row = s.paired_runs_markdown(tmp_path / "a", tmp_path / "b").splitlines()[2].split(" | ")
+    assert row[3] == "12" and row[5] == "1"
+    assert row[4] == "-1e-09 / -0.001 / -1e-09"
+    mean_a = float(row[6].split(" [")[0])
+    assert mean_a == pytest.approx(-0.5, abs=0.1) and row[6].endswith("(composite)")
+    with pytest.raises(ValueError, match="share no fit"):
+        other = tmp_path / "c"
+        other.mkdir()
+        pd.DataFrame([dict(rows["a"][0], replicate=99)]).to_csv(other / "fits.csv", index=False)
+        s.paired_runs_markdown(tmp_path / "a", other)
