@@ -92,6 +92,7 @@ def test_readme_quick_tables_are_the_committed_tables():
     assert _block("restarts-lowest-table").startswith(s.lowest_markdown(tables / "restarts-quick"))
 
 
+@pytest.mark.study  # rates thousands of fits again: seconds to half a minute each
 @pytest.mark.parametrize("preset", ["quick", "robust-quick", "restarts-quick", "full", "contested-quick",
                                     "robust-non-shared", "tolerance-non-shared"])
 def test_committed_study_is_its_preset_and_its_tables_are_its_fits(preset, tmp_path, monkeypatch):
@@ -167,6 +168,7 @@ def test_readme_contested_tables_are_the_committed_tables():
     for marker, name in (("robust-non-shared-table", "robust-non-shared"), ("tolerance-table", "tolerance-non-shared")):
         assert _block(marker).startswith(s.robust_table(tables / name).split("\n\n")[0])
     assert _block("robust-non-shared-failing-table").startswith(s.failing_markdown(tables / "robust-non-shared"))
+    assert _block("robust-non-shared-power-table").startswith(s.power_markdown(tables / "power-robust-non-shared.csv"))
     assert _block("tolerance-paired-table").startswith(
         s.paired_runs_markdown(tables / "robust-non-shared", tables / "tolerance-non-shared"))
     assert "tables/partial" not in README.read_text()
@@ -176,6 +178,7 @@ def test_readme_robust_tables_are_the_committed_tables():
     s, tables = _summarize(), README.parent / "tables"
     assert _block("robust-table").startswith(s.robust_table(tables / "robust-quick").split("\n\n")[0])
     assert _block("robust-failing-table").startswith(s.failing_markdown(tables / "robust-quick"))
+    assert _block("robust-spread-table").startswith(s.spread_markdown(tables / "robust-quick"))
     assert _block("robust-differences-table").startswith(s.differences_markdown(tables / "robust-quick",
                                                                                 axes=("schedule",)))
     assert _block("robust-power-table").startswith(s.power_markdown(tables / "power-robust-quick.csv",
