@@ -178,8 +178,7 @@ def quantiles_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
 def failing_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
     """One row per (problem, specification, schedule, loss with a declared threshold, n): ``threshold``,
     ``fits``, ``failing`` (loss above the threshold, or not finite), ``failing_at_bound`` (of those, the fits
-    with a coordinate on the box: a failing fit that the box stopped, or one found inside it),
-    ``fraction`` with its exact 95%
+    with some coordinate on the box; the others are interior solutions), ``fraction`` with its exact 95%
     interval ``ci_low``, ``ci_high``; and, repeated on the rows of one group, the Cochran-Armitage test of a
     trend in log n over the rate window [n_min, n_max] (``trend_z`` < 0: the fraction falls with n;
     ``trend_p``, two-sided; ``trend_slope``: the change of the fraction per unit of log n) and

@@ -6,6 +6,9 @@
     python simulations/summarize.py --robust results/robust-quick            # a study over several schedules
     python simulations/summarize.py --teacher results/teacher-quick results/teacher-more   # teacher-student
     python simulations/summarize.py --inference tables/quick --power tables/power-quick.csv   # distributions, power
+    python simulations/summarize.py --paired tables/robust-non-shared tables/tolerance-non-shared   # fit settings
+
+A folder's fits may be compressed (fits.csv.gz, as the large committed studies are); it is read as it is.
 """
 
 from __future__ import annotations
