@@ -28,6 +28,7 @@ from .model import Params as Params
 from .model import predict as predict
 from .model import regression_function as regression_function
 from .model import true_params as true_params
+from .problems import PRESET_NAMES as PRESET_NAMES
 from .problems import PRESETS as PRESETS
 from .problems import Problem as Problem
 from .problems import make_problem as make_problem

@@ -161,8 +161,8 @@ def cmd_bench(args) -> int:
 
 # moe_estimation.config.STUDY_PRESETS' names, spelled out so that --help needs no JAX import (a test checks
 # that the two agree)
-STUDY_PRESET_NAMES = ("quick", "full", "robust-quick", "robust", "restarts-quick", "contested-quick", "contested",
-                      "tiny")
+STUDY_PRESET_NAMES = ("quick", "full", "robust-quick", "nonlinear", "robust", "restarts-quick", "contested-quick",
+                      "contested", "tiny")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "fits.csv, rates.csv and config.json into --out. Resumes from --out.")
     s.add_argument("--preset", choices=STUDY_PRESET_NAMES,
                    help="a named study: quick (CPU: 130 s from an empty compilation cache with 2 workers on a quiet 2-core machine, measured), full (n = 1e3..1e5, 12 sizes, 40 replicates; GPU-sized), "
+                   "nonlinear (shared-nonlinear, a map nonlinear in fact, beside shared-linear on the full study's "
+                   "design; its shared-linear cells are the full study's), "
                    "robust-quick (every structure under four starting-point schedules; CPU, about 10 minutes), robust "
                    "(the same at n = 1e3..1e5 with five schedules; GPU-sized), restarts-quick (random starts, best of 8, "
                    "16 and 32, nested; CPU, about 5 minutes on one core), contested-quick (over-specified non-shared and "

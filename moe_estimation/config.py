@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from .estimator import FitSettings, validate_settings
-from .problems import PRESETS, Problem, make_problem, preset
+from .problems import PRESET_NAMES, PRESETS, Problem, make_problem, preset
 
 SPECIFICATIONS = ("exact", "over")
 DEFAULT_QUANTILES = (0.25, 0.5, 0.75, 0.9)
@@ -175,8 +175,8 @@ def _typed(source: str, key: str, value: Any, kind: type) -> Any:
 def build_problem(name: str, table: dict | None, source: str) -> Problem:
     """A preset, or a ``[problems.name]`` table: ``preset`` (optional), ``seed`` and make_problem arguments."""
     if table is None:
-        if name not in PRESETS:
-            raise _err(source, "grid.problems", f"{name!r} is neither a preset {PRESETS} nor a [problems.{name}] table")
+        if name not in PRESET_NAMES:
+            raise _err(source, "grid.problems", f"{name!r} is neither a preset {PRESET_NAMES} nor a [problems.{name}] table")
         return preset(name)
     if not isinstance(table, dict):
         raise _err(source, f"problems.{name}", f"expected a table of make_problem arguments, got {type(table).__name__}")
@@ -186,7 +186,7 @@ def build_problem(name: str, table: dict | None, source: str) -> Problem:
     fields = {f.name for f in dataclasses.fields(Problem)}
     _check_keys(source, f"problems.{name}.", table, fields)
     if base is not None and not isinstance(base, str):
-        raise _err(source, f"problems.{name}.preset", f"expected a preset name {PRESETS}, got {base!r}")
+        raise _err(source, f"problems.{name}.preset", f"expected a preset name {PRESET_NAMES}, got {base!r}")
     seed = _typed(source, f"problems.{name}.seed", seed, int)
     for key in ("A", "a", "H", "B", "C", "W1", "W2", "true_atoms", "true_biases"):
         if key in table:
@@ -403,12 +403,21 @@ STUDY_PRESETS = {
         fit=dict(max_steps=400),
         schedules=_SCHEDULES,
     ),
+    # A shared map that is nonlinear in fact (shared-nonlinear: W2 != W1) beside shared-linear, on the full
+    # study's design: its shared-linear cells are the full study's (the same seed, data sets and settings).
+    "nonlinear": dict(
+        seed=0,
+        grid=dict(ns=[int(round(x)) for x in np.geomspace(1e3, 1e5, 12)], replicates=40,
+                  problems=["shared-linear", "shared-nonlinear"]),
+        fit=dict(max_steps=600),
+        schedules={"random": _SCHEDULES["random"]},
+    ),
     # GPU-sized robustness study: n = 1e3..1e5, 40 replicates, the peers' two shrinking schedules (n^(-1/4),
-    # n^(-1/12)), two fixed scales and random starts with 16 restarts.
+    # n^(-1/12)), two fixed scales and random starts with 16 restarts; shared-nonlinear among the structures.
     "robust": dict(
         seed=0,
-        grid=dict(ns=[int(round(x)) for x in np.geomspace(1e3, 1e5, 12)], replicates=40, problems=list(PRESETS),
-                  specifications=_OVER_WITH_CONTROL),
+        grid=dict(ns=[int(round(x)) for x in np.geomspace(1e3, 1e5, 12)], replicates=40,
+                  problems=list(PRESET_NAMES), specifications=_OVER_WITH_CONTROL | {"shared-nonlinear": ["over"]}),
         fit=dict(max_steps=600),
         schedules={
             "shrinking": dict(_SCHEDULES["shrinking"], restarts=4),
@@ -463,8 +472,8 @@ STUDY_PRESETS = {
 
 
 def study_preset(name: str) -> StudyConfig:
-    """The named study configuration (:data:`STUDY_PRESETS`): ``quick``, ``full``, ``robust-quick``, ``robust``,
-    ``restarts-quick``, ``contested-quick``, ``contested`` or ``tiny``."""
+    """The named study configuration (:data:`STUDY_PRESETS`): ``quick``, ``full``, ``nonlinear``,
+    ``robust-quick``, ``robust``, ``restarts-quick``, ``contested-quick``, ``contested`` or ``tiny``."""
     if name not in STUDY_PRESETS:
         raise ValueError(f"--preset: expected one of {tuple(STUDY_PRESETS)}, got {name!r}")
     return parse_config(STUDY_PRESETS[name], f"preset {name}")

@@ -367,11 +367,12 @@ def random_pretrained(seed: int, *, d: int = 2, d_v: int = 2, num_experts: int =
     return dict(A=A, a=np.zeros(num_experts), H=rng.normal(size=(num_experts, d_v, d)) * scale)
 
 
-PRESETS = (NON_SHARED, SHARED_LINEAR, "shared-tanh", PROMPT_TUNING)
+PRESETS = (NON_SHARED, SHARED_LINEAR, "shared-tanh", PROMPT_TUNING)  # one truth in (key, value) space
+PRESET_NAMES = PRESETS + ("shared-nonlinear",)  # every name preset() takes
 
 
 def preset(name: str, *, seed: int = 0, noise_var: float = 0.01, dtype: Any = "float64") -> Problem:
-    """A named, identifiable problem; the four presets are comparable.
+    """A named, identifiable problem; the four of :data:`PRESETS` are comparable.
 
     All four share one pre-trained part (d = 2 inputs, d_v = 2 outputs, N = 2 quadratic-gated linear
     experts, drawn from ``seed``), the key map B, the value map C and one map W = W1 = W2, and their L = 2
@@ -380,13 +381,22 @@ def preset(name: str, *, seed: int = 0, noise_var: float = 0.01, dtype: Any = "f
 
     - ``non-shared``: atoms (p^K, p^V) = (q_j, q_j);
     - ``shared-linear``: p_j = W^{-1} q_j, so that W p_j = q_j;
-    - ``shared-tanh`` (shared-nonlinear, s = tanh): p_j = W^{-1} artanh(q_j), so that tanh(W p_j) = q_j;
+    - ``shared-tanh`` (shared-nonlinear, s = tanh): p_j = W^{-1} artanh(q_j), so that tanh(W p_j) = q_j.
+      With W1 = W2 its value is a *linear* function of its key, v = C B^{-1} k for every p: its (key, value)
+      model is shared-linear's in another parameterisation, not a nonlinear map;
     - ``prompt-tuning``: W_K = B W, W_V = C W, B = C = I, p_j = W^{-1} q_j.
+
+    And one more, with the same pre-trained part, B, C and true keys but other true values:
+
+    - ``shared-nonlinear``: k = B tanh(W p), v = C tanh(W2 p) with a second map W2 (drawn after the others,
+      W2 W^{-1} not diagonal), p_j = W^{-1} artanh(q_j): the keys are the presets' ``B q_j`` and the values
+      ``C tanh(W2 p_j)``. Here v = C tanh(W2 W^{-1} artanh(B^{-1} k)) is a nonlinear function of k: the
+      shared structure with a map that is nonlinear in fact.
 
     The estimators are all confined to atoms in [-3, 3] and biases in [-3, 3] (weights exp(b) in [0.05, 20]).
     """
-    if name not in PRESETS:
-        raise ValueError(f"name: unknown preset {name!r}; expected one of {PRESETS}")
+    if name not in PRESET_NAMES:
+        raise ValueError(f"name: unknown preset {name!r}; expected one of {PRESET_NAMES}")
     rng = np.random.default_rng(seed)
     pre = random_pretrained(seed)
     B = _orthogonalish(rng, 2, 2, 1.5)
@@ -403,6 +413,12 @@ def preset(name: str, *, seed: int = 0, noise_var: float = 0.01, dtype: Any = "f
     if name == "shared-tanh":
         return make_problem(
             structure=SHARED_NONLINEAR, activation="tanh", B=B, C=C, W1=W, W2=W,
+            true_atoms=np.arctanh(q) @ Winv.T, **common,
+        )
+    if name == "shared-nonlinear":
+        W2 = _orthogonalish(rng, 2, 2, 1.0)  # drawn after B, C, W: the other presets are unchanged
+        return make_problem(
+            structure=SHARED_NONLINEAR, activation="tanh", B=B, C=C, W1=W, W2=W2,
             true_atoms=np.arctanh(q) @ Winv.T, **common,
         )
     return make_problem(

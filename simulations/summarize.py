@@ -405,9 +405,10 @@ def failing_markdown(path: Path, loss: str = "key_value") -> str:
     return "\n".join(out)
 
 
-def differences_markdown(path: Path, loss: str = "key_value", axes=("problem", "specification", "schedule")) -> str:
+def differences_markdown(path: Path, loss: str = "key_value", axes=("problem", "specification", "schedule"),
+                         reference: str = "non-shared") -> str:
     """The paired slope differences of differences.csv for one loss: every pair against a reference arm
-    (problem: non-shared against each shared structure; specification: exact against over; schedule: each
+    (problem: ``reference`` against each other structure; specification: exact against over; schedule: each
     against the last), mean and median; ``axes``: which comparisons."""
     d = pd.read_csv(path / "differences.csv", keep_default_na=False)
     d = d[(d["loss"] == loss) & d["axis"].isin(axes)]
@@ -416,7 +417,7 @@ def differences_markdown(path: Path, loss: str = "key_value", axes=("problem", "
                  if c and l == loss}
     schedule = d["axis"] == "schedule"
     last = d.loc[schedule, "b"].iloc[-1] if schedule.any() else None  # the study's last schedule
-    keep = ((d["axis"] == "problem") & (d["a"] == "non-shared")) | (d["axis"] == "specification") | (
+    keep = ((d["axis"] == "problem") & (d["a"] == reference)) | (d["axis"] == "specification") | (
         schedule & (d["b"] == last))
     out = ["| compared | held fixed | mean: slope a - slope b [paired 95% CI] | median: slope a - slope b [paired 95% CI] | pairs |",
            "|---|---|---|---|---|"]

@@ -72,3 +72,34 @@ def test_presets_share_true_keys_and_values():
     kv = [np.concatenate(me.preset(n).true_key_value(), axis=1) for n in me.PRESETS]
     for other in kv[1:]:
         np.testing.assert_allclose(other, kv[0], atol=1e-12)
+
+
+def _affine_misfit(problem, grid=9):
+    """How far the values of a shared structure are from an affine function of its keys, over atoms p
+    spread through the box: the root-mean-square residual of the least-squares fit v ~ M k + c, relative to
+    the spread of v."""
+    from moe_estimation.structures import key_value
+
+    t = np.linspace(-1.5, 1.5, grid)
+    p = np.stack(np.meshgrid(t, t), -1).reshape(-1, 2)
+    k, v = (np.asarray(a) for a in key_value(problem, p))
+    X = np.concatenate([k, np.ones((len(k), 1))], 1)
+    coef, *_ = np.linalg.lstsq(X, v, rcond=None)
+    return np.sqrt(np.mean((X @ coef - v) ** 2)) / v.std()
+
+
+def test_shared_tanh_is_linear_in_disguise_and_shared_nonlinear_is_not():
+    """shared-tanh (W1 = W2) gives v = C B^-1 k exactly; shared-nonlinear (W2 W^-1 not diagonal) gives a
+    value that no affine map of the key reproduces, with the presets' true keys and other true values."""
+    tanh, nonlin, lin = me.preset("shared-tanh"), me.preset("shared-nonlinear"), me.preset("shared-linear")
+    assert _affine_misfit(tanh) < 1e-12 and _affine_misfit(lin) < 1e-12
+    assert _affine_misfit(nonlin) > 0.05
+    M = np.asarray(nonlin.W2) @ np.linalg.inv(np.asarray(nonlin.W1))
+    assert np.abs(M - np.diag(np.diag(M))).max() > 0.1  # tanh does not commute with it
+    k_n, v_n = nonlin.true_key_value()
+    k_t, v_t = tanh.true_key_value()
+    np.testing.assert_allclose(k_n, k_t, atol=1e-12)
+    assert np.linalg.norm(np.asarray(v_n) - np.asarray(v_t), axis=1).min() > 0.1  # each true value moved
+    assert "shared-nonlinear" in me.PRESET_NAMES and "shared-nonlinear" not in me.PRESETS
+    for m in ("B", "C", "W1", "A", "H"):  # W2 is drawn after the others: the rest is shared-tanh's
+        np.testing.assert_array_equal(np.asarray(getattr(nonlin, m)), np.asarray(getattr(tanh, m)))

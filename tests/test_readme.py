@@ -94,7 +94,7 @@ def test_readme_quick_tables_are_the_committed_tables():
 
 @pytest.mark.study  # rates thousands of fits again: seconds to half a minute each
 @pytest.mark.parametrize("preset", ["quick", "robust-quick", "restarts-quick", "full", "contested-quick",
-                                    "robust-non-shared", "tolerance-non-shared"])
+                                    "nonlinear", "robust-non-shared", "tolerance-non-shared"])
 def test_committed_study_is_its_preset_and_its_tables_are_its_fits(preset, tmp_path, monkeypatch):
     """tables/<preset> is a run of `study --preset <preset>` (or of `--config simulations/<name>.toml`; a rerun
     of the README's command resumes it: every row passes the resume check, fingerprint included), and its
@@ -157,6 +157,24 @@ def test_readme_full_tables_are_the_committed_tables():
     assert "It has no current results" not in README.read_text()
 
 
+def test_readme_nonlinear_tables_are_the_committed_tables():
+    """The shared map that is nonlinear in fact (tables/nonlinear): its tables in the README, and its
+    shared-linear cells are the full study's, row for row."""
+    import pandas as pd
+
+    s, tables = _summarize(), README.parent / "tables"
+    assert _block("nonlinear-table").startswith(s.study_table(tables / "nonlinear").split("\n\n")[0])
+    assert _block("nonlinear-failing-table").startswith(s.failing_markdown(tables / "nonlinear"))
+    assert _block("nonlinear-spread-table").startswith(s.spread_markdown(tables / "nonlinear"))
+    assert _block("nonlinear-control-table").startswith(s.control_markdown(tables / "nonlinear"))
+    assert _block("nonlinear-differences-table").startswith(
+        s.differences_markdown(tables / "nonlinear", reference="shared-linear"))
+    assert _block("nonlinear-power-table").startswith(s.power_markdown(tables / "power-nonlinear.csv"))
+    nl, full = (pd.read_csv(tables / t / "fits.csv.gz", dtype=str, keep_default_na=False) for t in ("nonlinear", "full"))
+    mine = nl[nl["problem"] == "shared-linear"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(mine, full[full["problem"] == "shared-linear"].reset_index(drop=True))
+
+
 def test_readme_contested_tables_are_the_committed_tables():
     """The contested case at large n (contested-quick), the 40-replicate paired study under three schedules
     (robust-non-shared) and the stopping-rule study beside it (tolerance-non-shared)."""
@@ -192,7 +210,7 @@ def test_readme_robust_tables_are_the_committed_tables():
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("name", ["quick", "robust-quick", "full"])
+@pytest.mark.parametrize("name", ["quick", "robust-quick", "full", "nonlinear"])
 def test_committed_figures_are_drawn_from_the_committed_tables(name, tmp_path):
     """figures/<name>'s study figures are what `plot` draws from tables/<name>, byte for byte (the
     transformer and teacher panels of figures/quick come from their own runs)."""
