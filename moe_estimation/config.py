@@ -365,7 +365,7 @@ def load_config(path: str | Path) -> StudyConfig:
     return parse_config(data, str(path))
 
 
-_OVER_WITH_CONTROL = {name: ["over"] for name in PRESETS} | {"shared-linear": ["exact", "over"]}
+_OVER_WITH_CONTROL = {name: ["over"] for name in PRESET_NAMES} | {"shared-linear": ["exact", "over"]}
 _SCHEDULES = {
     # the peers' schedule: noise 0.5 n^(-1/4), shrinking toward the truth as n grows
     "shrinking": dict(init="near-truth", init_scale=0.5, init_rate=0.25, restarts=2),
@@ -398,7 +398,7 @@ STUDY_PRESETS = {
     # exactly specified too, as a control) under four starting-point schedules, on the same data sets.
     "robust-quick": dict(
         seed=0,
-        grid=dict(ns=[500, 1000, 2000, 4000, 8000], replicates=10, problems=list(PRESETS),
+        grid=dict(ns=[500, 1000, 2000, 4000, 8000], replicates=10, problems=list(PRESET_NAMES),
                   specifications=_OVER_WITH_CONTROL),
         fit=dict(max_steps=400),
         schedules=_SCHEDULES,
@@ -417,7 +417,7 @@ STUDY_PRESETS = {
     "robust": dict(
         seed=0,
         grid=dict(ns=[int(round(x)) for x in np.geomspace(1e3, 1e5, 12)], replicates=40,
-                  problems=list(PRESET_NAMES), specifications=_OVER_WITH_CONTROL | {"shared-nonlinear": ["over"]}),
+                  problems=list(PRESET_NAMES), specifications=_OVER_WITH_CONTROL),
         fit=dict(max_steps=600),
         schedules={
             "shrinking": dict(_SCHEDULES["shrinking"], restarts=4),
