@@ -150,6 +150,31 @@ def test_a_compressed_study_is_read_as_it_is_and_resumed_only_unpacked(reference
 
 
 @pytest.mark.study
+def test_a_finished_study_grows_by_a_problem_without_refitting_its_cells(reference_study, tmp_path):
+    """The README's way to add a problem to a finished study: its fits.csv copied into a new folder without
+    config.json, the larger configuration run there. Every old row is kept byte for byte (its design
+    fingerprint matches), only the new problem's cells are fitted, and they are the cells a fresh run of
+    the larger study makes."""
+    out = tmp_path / "grown"
+    out.mkdir()
+    shutil.copy(reference_study / "fits.csv", out / "fits.csv")
+    old = (reference_study / "fits.csv").read_text().splitlines()
+    grown = dict(REFERENCE, grid=dict(REFERENCE["grid"], problems=["shared-linear", "shared-nonlinear"]))
+    said = []
+    run_study(parse_config(grown), out, progress=False, log=said.append)
+    assert any(f"resuming: {REFERENCE_CELLS} of {2 * REFERENCE_CELLS} cells" in s for s in said), said
+    new = (out / "fits.csv").read_text().splitlines()
+    assert set(old) <= set(new) and len(new) == 2 * len(old) - 1  # one header
+    fresh = tmp_path / "fresh"
+    run_study(parse_config(dict(grown, grid=dict(grown["grid"], problems=["shared-nonlinear"]))), fresh,
+              progress=False, log=lambda *a: None)
+    grown_rows = pd.read_csv(out / "fits.csv", dtype=str, keep_default_na=False)
+    fresh_rows = pd.read_csv(fresh / "fits.csv", dtype=str, keep_default_na=False)
+    added = grown_rows[grown_rows["problem"] == "shared-nonlinear"].drop(columns="seconds").reset_index(drop=True)
+    pd.testing.assert_frame_equal(added, fresh_rows.drop(columns="seconds"))  # every column but the time
+
+
+@pytest.mark.study
 def test_repair_recomputes_only_the_damaged_cells(reference_study, tmp_path):
     out = _damaged(reference_study, tmp_path, "duplicated cell")
     said = []
