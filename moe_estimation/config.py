@@ -390,7 +390,7 @@ STUDY_PRESETS = {
     # GPU-sized: n from 1e3 to 1e5 at 12 sizes, 40 replicates.
     "full": dict(
         seed=0,
-        grid=dict(ns=[int(round(x)) for x in np.geomspace(1e3, 1e5, 12)], replicates=40, problems=list(PRESETS)),
+        grid=dict(ns=[int(round(x)) for x in np.geomspace(1e3, 1e5, 12)], replicates=40, problems=list(PRESET_NAMES)),
         fit=dict(max_steps=600),
         schedules={"random": _SCHEDULES["random"]},
     ),
