@@ -404,7 +404,8 @@ STUDY_PRESETS = {
         schedules=_SCHEDULES,
     ),
     # A shared map that is nonlinear in fact (shared-nonlinear: W2 != W1) beside shared-linear, on the full
-    # study's design: its shared-linear cells are the full study's (the same seed, data sets and settings).
+    # study's design: its cells are the full study's cells of these two structures (the same seed, data sets
+    # and settings), a smaller study for the one comparison.
     "nonlinear": dict(
         seed=0,
         grid=dict(ns=[int(round(x)) for x in np.geomspace(1e3, 1e5, 12)], replicates=40,
