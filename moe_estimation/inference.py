@@ -189,11 +189,12 @@ def failing_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
         for loss, threshold in cfg.fail_thresholds.items():
             values = _loss(g, loss)
             ns = np.array(sorted(g["n"].unique()))
-            m = np.array([int((g["n"] == n).sum()) for n in ns])
+            at_n = [(g["n"] == n).to_numpy() for n in ns]  # each size's rows
             fail = ~(values <= threshold)  # NaN fails
-            k = np.array([int(fail[(g["n"] == n).to_numpy()].sum()) for n in ns])
             boxed = fail & (g["bound_coordinates"] != "none").to_numpy()
-            k_box = [int(boxed[(g["n"] == n).to_numpy()].sum()) for n in ns]
+            m = np.array([int(rows.sum()) for rows in at_n])
+            k = np.array([int(fail[rows].sum()) for rows in at_n])
+            k_box = [int(boxed[rows].sum()) for rows in at_n]
             lo, hi = binomial_interval(k, m)
             window = (ns >= cfg.n_min) & (ns <= cfg.n_max)
             if window.sum() >= 2:

@@ -142,18 +142,25 @@ def _same_table(committed, rebuilt):
         assert same.all(), f"{committed.name}, column {c}: {a[c][~same].head(3).tolist()} vs {b[c][~same].head(3).tolist()}"
 
 
+def _study_section(name, *, power_problems=None, reference="non-shared"):
+    """A study's section of the README (markers ``<name>-table``, ``-failing-``, ``-spread-``, ``-control-``,
+    ``-differences-``, ``-power-table``) is what summarize.py makes of tables/<name> and
+    tables/power-<name>.csv."""
+    s, tables = _summarize(), README.parent / "tables"
+    assert _block(f"{name}-table").startswith(s.study_table(tables / name).split("\n\n")[0])
+    assert _block(f"{name}-failing-table").startswith(s.failing_markdown(tables / name))
+    assert _block(f"{name}-spread-table").startswith(s.spread_markdown(tables / name))
+    assert _block(f"{name}-control-table").startswith(s.control_markdown(tables / name))
+    assert _block(f"{name}-differences-table").startswith(s.differences_markdown(tables / name, reference=reference))
+    assert _block(f"{name}-power-table").startswith(s.power_markdown(tables / f"power-{name}.csv",
+                                                                     problems=power_problems))
+
+
 def test_readme_full_tables_are_the_committed_tables():
     """The full study's section: rates, failing fits, the identified part and the spread, the positive
     control, paired differences and power, as summarize.py makes them of tables/full and
     tables/power-full.csv."""
-    s, tables = _summarize(), README.parent / "tables"
-    assert _block("full-table").startswith(s.study_table(tables / "full").split("\n\n")[0])
-    assert _block("full-failing-table").startswith(s.failing_markdown(tables / "full"))
-    assert _block("full-spread-table").startswith(s.spread_markdown(tables / "full"))
-    assert _block("full-control-table").startswith(s.control_markdown(tables / "full"))
-    assert _block("full-differences-table").startswith(s.differences_markdown(tables / "full"))
-    assert _block("full-power-table").startswith(s.power_markdown(tables / "power-full.csv",
-                                                                  problems=("non-shared", "shared-linear")))
+    _study_section("full", power_problems=("non-shared", "shared-linear"))
     assert "It has no current results" not in README.read_text()
 
 
@@ -162,14 +169,8 @@ def test_readme_nonlinear_tables_are_the_committed_tables():
     of both structures are the full study's, row for row."""
     import pandas as pd
 
-    s, tables = _summarize(), README.parent / "tables"
-    assert _block("nonlinear-table").startswith(s.study_table(tables / "nonlinear").split("\n\n")[0])
-    assert _block("nonlinear-failing-table").startswith(s.failing_markdown(tables / "nonlinear"))
-    assert _block("nonlinear-spread-table").startswith(s.spread_markdown(tables / "nonlinear"))
-    assert _block("nonlinear-control-table").startswith(s.control_markdown(tables / "nonlinear"))
-    assert _block("nonlinear-differences-table").startswith(
-        s.differences_markdown(tables / "nonlinear", reference="shared-linear"))
-    assert _block("nonlinear-power-table").startswith(s.power_markdown(tables / "power-nonlinear.csv"))
+    _study_section("nonlinear", reference="shared-linear")
+    tables = README.parent / "tables"
     nl, full = (pd.read_csv(tables / t / "fits.csv.gz", dtype=str, keep_default_na=False) for t in ("nonlinear", "full"))
     for problem in ("shared-linear", "shared-nonlinear"):
         mine = nl[nl["problem"] == problem].reset_index(drop=True)
