@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from .estimator import FitSettings, validate_settings
-from .problems import PRESET_NAMES, PRESETS, Problem, make_problem, preset
+from .problems import PRESET_NAMES, PRESETS, Problem, make_problem, merge_factor, move_truth, preset
 
 SPECIFICATIONS = ("exact", "over")
 DEFAULT_QUANTILES = (0.25, 0.5, 0.75, 0.9)
@@ -89,9 +89,26 @@ class StudyConfig:
     fail_thresholds: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_FAIL_THRESHOLDS))
     block: int | None = None  # replicates fitted per task (None: a whole cell at once)
 
-    def problem(self, name: str) -> Problem:
-        """The :class:`Problem` called ``name`` (a preset or a ``[problems.name]`` table)."""
-        return build_problem(name, self.problem_tables.get(name), "<config>")
+    def problem(self, name: str, n: int | None = None) -> Problem:
+        """The :class:`Problem` called ``name`` (a preset or a ``[problems.name]`` table); for a truth that
+        moves with n (``moving``), its truth at sample size ``n`` (``n = None``: before it moves, the
+        problem every sample size shares but for the truth)."""
+        return build_problem(name, self.problem_tables.get(name), "<config>", n)
+
+    def moving(self, name: str) -> dict | None:
+        """Problem ``name``'s moving truth ``{beta, c, pair}`` (:func:`moving_truth`), None for a fixed one."""
+        return moving_truth(name, self.problem_tables.get(name), "<config>")
+
+    def family(self, name: str) -> str:
+        """The name problem ``name``'s starting points are drawn under: its table's ``family``, else for a
+        moving truth the preset it moves (so a family's members, and the fixed preset itself, start from the
+        same points on the same data set), else ``name``."""
+        table = self.problem_tables.get(name) or {}
+        if "family" in table:
+            return table["family"]
+        if "moving" in table and isinstance(table.get("preset"), str):
+            return table["preset"]
+        return name
 
     def num_prompts(self, problem: Problem, specification: str) -> int:
         return problem.num_true_prompts + (self.extra_prompts if specification == "over" else 0)
@@ -172,14 +189,61 @@ def _typed(source: str, key: str, value: Any, kind: type) -> Any:
     return value
 
 
-def build_problem(name: str, table: dict | None, source: str) -> Problem:
-    """A preset, or a ``[problems.name]`` table: ``preset`` (optional), ``seed`` and make_problem arguments."""
+MOVING_KEYS = {"beta", "c", "pair"}
+
+
+def moving_truth(name: str, table: dict | None, source: str) -> dict | None:
+    """A problem table's ``moving = { beta, c, pair }`` validated (None for a fixed truth): true prompts
+    ``pair`` (default [0, 1]) brought to ``c n^(-beta)`` times their separation at sample size n
+    (:func:`moe_estimation.problems.move_truth`), beta >= 0 and c > 0."""
+    if not isinstance(table, dict) or "moving" not in table:
+        return None
+    key = f"problems.{name}.moving"
+    spec = table["moving"]
+    if not isinstance(spec, dict):
+        raise _err(source, key, f"expected a table {{ beta = ..., c = ... }}, got {spec!r}")
+    _check_keys(source, key + ".", spec, MOVING_KEYS)
+    if "beta" not in spec or "c" not in spec:
+        raise _err(source, key, "give both beta (the exponent: separation c n^(-beta)) and c (its scale)")
+    beta = _typed(source, key + ".beta", spec["beta"], float)
+    c = _typed(source, key + ".c", spec["c"], float)
+    if not (np.isfinite(beta) and beta >= 0):
+        raise _err(source, key + ".beta", f"must be a finite number >= 0, got {spec['beta']!r}")
+    if not (np.isfinite(c) and c > 0):
+        raise _err(source, key + ".c", f"must be a finite number > 0, got {spec['c']!r}")
+    pair = spec.get("pair", [0, 1])
+    if (not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                               for i in pair) or pair[0] == pair[1]):
+        raise _err(source, key + ".pair", f"expected two distinct indices of true prompts, got {pair!r}")
+    return dict(beta=beta, c=c, pair=list(pair))
+
+
+def build_problem(name: str, table: dict | None, source: str, n: int | None = None) -> Problem:
+    """A preset, or a ``[problems.name]`` table: ``preset`` (optional), ``seed`` and make_problem arguments,
+    and optionally ``moving`` (:func:`moving_truth`; then ``n`` gives the truth at that sample size, and
+    ``n = None`` the table's truth before it moves) and ``family`` (the name the moving truths of one family
+    share: their starting points are drawn under it, so every member of a family starts where the others do)."""
     if table is None:
         if name not in PRESET_NAMES:
             raise _err(source, "grid.problems", f"{name!r} is neither a preset {PRESET_NAMES} nor a [problems.{name}] table")
         return preset(name)
     if not isinstance(table, dict):
         raise _err(source, f"problems.{name}", f"expected a table of make_problem arguments, got {type(table).__name__}")
+    moving = moving_truth(name, table, source)
+    if "family" in table and not (isinstance(table["family"], str) and table["family"]):
+        raise _err(source, f"problems.{name}.family", f"expected a non-empty name, got {table['family']!r}")
+    table = {k: v for k, v in table.items() if k not in ("moving", "family")}
+    prob = _build_fixed(name, table, source)
+    if moving is None or n is None:
+        return prob
+    try:
+        return move_truth(prob, merge_factor(n, moving["beta"], moving["c"]), tuple(moving["pair"]))
+    except ValueError as e:
+        raise _err(source, f"problems.{name}.moving",
+                   f"at n = {n} (separation factor {merge_factor(n, moving['beta'], moving['c']):.3g}): {e}") from None
+
+
+def _build_fixed(name: str, table: dict, source: str) -> Problem:
     table = dict(table)
     base = table.pop("preset", None)
     seed = table.pop("seed", 0)
@@ -343,8 +407,11 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
     for name, table in tables.items():
         if not isinstance(table, dict):
             raise _err(source, f"problems.{name}", f"expected a table of make_problem arguments, got {table!r}")
-    for name in problems:  # every problem builds and validates before any work starts
+    for name in problems:  # every problem builds and validates before any work starts, at every n it moves to
         build_problem(name, tables.get(name), source)
+        if moving_truth(name, tables.get(name), source) is not None:
+            for n in ns:
+                build_problem(name, tables.get(name), source, n)
     return StudyConfig(
         seed=seed, ns=tuple(sorted(ns)), replicates=reps, problems=tuple(problems), specifications=tuple(specs),
         extra_prompts=extra, fit=fit, schedules=schedules, problem_specifications=per_problem, num_bootstrap=nb, n_min=n_min, n_max=n_max,
@@ -376,6 +443,27 @@ _SCHEDULES = {
     # no knowledge of the truth: uniform over the whole box, best of 8
     "random": dict(init="random", init_scale=1.0, restarts=8),
 }
+MERGE_BETAS = (0.0, 0.125, 0.25, 0.375, 0.5)
+
+
+def moving_family(bases, betas=MERGE_BETAS, cs=(1.0, 0.25)) -> tuple[list, dict]:
+    """``(problem names, [problems] tables)`` of a family of truths that move with n for each preset in
+    ``bases``: one problem ``<base>-b<beta>-c<c>`` per (beta, c), whose two true prompts are ``c n^(-beta)``
+    times as far apart as the preset's (:func:`moe_estimation.problems.move_truth`). Every member of one
+    base shares the base's data and starting points; beta = 0 with c = 1 is the preset itself."""
+    names, tables = [], {}
+    for base in bases:
+        for c in cs:
+            for beta in betas:
+                name = f"{base}-b{beta:g}-c{c:g}"
+                names.append(name)
+                tables[name] = dict(preset=base, moving=dict(beta=float(beta), c=float(c)))
+    return names, tables
+
+
+_MINIMAX_QUICK = moving_family(["non-shared", "shared-linear"])
+_MINIMAX = moving_family(["non-shared", "shared-linear", "shared-nonlinear"], cs=(1.0, 0.5, 0.25))
+
 STUDY_PRESETS = {
     # The headline studies start at random over the whole box, best of 8: the schedule that does not know
     # the truth, does not change with n, and reached the lowest objective on most data sets of the
@@ -462,6 +550,26 @@ STUDY_PRESETS = {
         schedules={"random": dict(_SCHEDULES["random"], restarts=16),
                    "random-half": dict(init="random", init_scale=0.5, restarts=8)},
     ),
+    # Truths that move with n (docs/maths.md, *Truths that move with n*): for non-shared and shared-linear, the
+    # presets' two true prompts brought to c n^(-beta) times their separation (beta = 0 .. 1/2, c = 1 and 1/4;
+    # non-shared moves its keys only, shared its whole atom), fitted exactly and over-specified, every member
+    # on the same data sets and starts; minimax.csv holds the worst case over each family. CPU: about an hour
+    # on two cores.
+    "minimax-quick": dict(
+        seed=0,
+        grid=dict(ns=[500, 1000, 2000, 4000, 8000], replicates=16, problems=_MINIMAX_QUICK[0]),
+        fit=dict(max_steps=400),
+        schedules={"random": _SCHEDULES["random"]},
+        problems=_MINIMAX_QUICK[1],
+    ),
+    # GPU-sized: n from 1e3 to 1e5 at 8 sizes, 40 replicates, shared-nonlinear too, c = 1, 1/2, 1/4.
+    "minimax": dict(
+        seed=0,
+        grid=dict(ns=[int(round(x)) for x in np.geomspace(1e3, 1e5, 8)], replicates=40, problems=_MINIMAX[0]),
+        fit=dict(max_steps=600),
+        schedules={"random": _SCHEDULES["random"]},
+        problems=_MINIMAX[1],
+    ),
     # a few seconds: the smoke tests
     "tiny": dict(
         seed=0,
@@ -474,7 +582,8 @@ STUDY_PRESETS = {
 
 def study_preset(name: str) -> StudyConfig:
     """The named study configuration (:data:`STUDY_PRESETS`): ``quick``, ``full``, ``nonlinear``,
-    ``robust-quick``, ``robust``, ``restarts-quick``, ``contested-quick``, ``contested`` or ``tiny``."""
+    ``robust-quick``, ``robust``, ``restarts-quick``, ``contested-quick``, ``contested``, ``minimax-quick``,
+    ``minimax`` or ``tiny``."""
     if name not in STUDY_PRESETS:
         raise ValueError(f"--preset: expected one of {tuple(STUDY_PRESETS)}, got {name!r}")
     return parse_config(STUDY_PRESETS[name], f"preset {name}")

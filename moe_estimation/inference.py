@@ -122,11 +122,14 @@ def bounds_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
     from .voronoi import voronoi_cells
 
     problems = {name: cfg.problem(name) for name in fits["problem"].unique()}
-    truths = {name: np.concatenate([np.asarray(a) for a in prob.true_key_value()], axis=1)
-              for name, prob in problems.items()}
+    truths = {}  # (problem, n) -> the true (key, value) pairs there (a moving truth's depend on n)
     out = []
     for (prob_name, spec, schedule, n), g in fits.groupby(["problem", "specification", "schedule", "n"], sort=False):
-        prob, truth = problems[prob_name], truths[prob_name]
+        prob = problems[prob_name]
+        if (prob_name, n) not in truths:
+            at_n = cfg.problem(prob_name, int(n)) if cfg.moving(prob_name) else prob
+            truths[prob_name, n] = np.concatenate([np.asarray(a) for a in at_n.true_key_value()], axis=1)
+        truth = truths[prob_name, n]
         counts = dict.fromkeys(BOUND_COLUMNS, 0)
         for row in g.itertuples(index=False):
             if row.bound_coordinates == "none":
@@ -375,3 +378,102 @@ def power_table(cfg: StudyConfig, fits: pd.DataFrame | None = None, *, sigmas=()
                 out.append(dict(keys, sigma=sigma, statistic=stat, truth=p.truth, alternative=p.alternative,
                                 power=p.power, coverage=p.coverage, sims=p.sims, **design))
     return pd.DataFrame(out)
+
+
+MINIMAX_LOSSES = ("own", "key_value")
+
+
+def _families(fits: pd.DataFrame, cfg: StudyConfig) -> dict:
+    """family -> its members among the problems of ``fits`` whose truth moves with n (config order)."""
+    out: dict = {}
+    for name in cfg.problems:
+        if cfg.moving(name) is not None and (fits["problem"] == name).any():
+            out.setdefault(cfg.family(name), []).append(name)
+    return out
+
+
+def _member_matrices(fits, members, spec, schedule, loss, ns, R):
+    """``(M, len(ns), R)`` losses of each member (replicate r in column r; NaN where missing or not finite)."""
+    out = np.full((len(members), len(ns), R), np.nan)
+    for i, name in enumerate(members):
+        g = fits[(fits["problem"] == name) & (fits["specification"] == spec) & (fits["schedule"] == schedule)]
+        v = _loss(g, loss)
+        for j, n in enumerate(ns):
+            rows = (g["n"] == n).to_numpy()
+            out[i, j, g["replicate"].to_numpy()[rows]] = v[rows]
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def minimax_tables(fits: pd.DataFrame, cfg: StudyConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The empirical worst case over each family of truths that move with n (docs/maths.md, *Truths that
+    move with n*): ``(minimax, minimax_rates)``.
+
+    ``minimax.csv``: one row per (family, specification, schedule, loss, statistic, n): ``worst``, the largest
+    value of the statistic (the mean, the median or a declared quantile over replicates) among the family's
+    members at that n, the member that attains it (``worst_problem``, its ``worst_beta``, ``worst_c`` and
+    separation factor ``worst_factor`` = c n^-beta), and ``members``. Each member's own statistics are in
+    ``quantiles.csv``. A loss that is exactly zero stays a value; a non-finite fit is left out and counted in
+    ``nonfinite``.
+
+    ``minimax_rates.csv``: per (family, specification, schedule, loss, statistic) the slope of log worst on
+    log n over the rate window, with a 95% bootstrap interval that resamples the replicates of each n
+    jointly for every member (they share their data sets), so the maximum is taken afresh in each resample.
+    Both are empty when no problem's truth moves."""
+    from .rates import _interval, _stat, ols_line
+
+    families = _families(fits, cfg)
+    rows, rates = [], []
+    R = cfg.replicates
+    rng_seed = cfg.seed
+    for family, members in families.items():
+        sub = fits[fits["problem"].isin(members)]
+        structure = sub["structure"].iloc[0]
+        moving = {m: cfg.moving(m) for m in members}
+        for (spec, schedule), g in sub.groupby(["specification", "schedule"], sort=False):
+            present = [m for m in members if (g["problem"] == m).any()]
+            sched = {c: g[c].iloc[0] for c in SCHEDULE_COLUMNS}
+            ns = np.array(sorted(g["n"].unique()))
+            for loss in MINIMAX_LOSSES:
+                mats = _member_matrices(g, present, spec, schedule, loss, ns, R)  # (M, m, R)
+                nonfinite = [int(sum(((g["problem"] == p) & (g["n"] == n)).sum() for p in present)
+                                 - np.isfinite(mats[:, j]).sum()) for j, n in enumerate(ns)]
+                for stat in cfg.statistics:
+                    values = _stat(mats, stat, axis=2)  # (M, m)
+                    for j, n in enumerate(ns):
+                        col = values[:, j]
+                        if not np.any(np.isfinite(col)):
+                            continue
+                        w = int(np.nanargmax(col))
+                        mv = moving[present[w]]
+                        rows.append(dict(family=family, structure=structure, specification=spec, **sched, loss=loss,
+                                         statistic=stat, n=int(n), worst=float(col[w]), worst_problem=present[w],
+                                         worst_beta=mv["beta"], worst_c=mv["c"],
+                                         worst_factor=float(mv["c"] * float(n) ** -mv["beta"]),
+                                         members=int(np.isfinite(col).sum()), nonfinite=nonfinite[j]))
+                    window = (ns >= cfg.n_min) & (ns <= cfg.n_max)
+                    worst = np.nanmax(np.where(np.isfinite(values), values, -np.inf), axis=0)
+                    entry = dict(family=family, structure=structure, specification=spec, **sched, loss=loss,
+                                 statistic=stat, slope=np.nan, ci_low=np.nan, ci_high=np.nan,
+                                 n_min=int(ns[window].min()) if window.any() else 0,
+                                 n_max=int(ns[window].max()) if window.any() else 0,
+                                 members=len(present), replicates=R, note="")
+                    if window.sum() < 2:
+                        entry["note"] = "fewer than two sample sizes in the rate window: no slope"
+                    elif not np.all(worst[window] > 0):
+                        entry["note"] = "a worst case that is zero or missing at some n of the window: no slope"
+                    else:
+                        logn = np.log(ns[window])
+                        entry["slope"] = ols_line(logn, np.log(worst[window]))[0]
+                        rng = np.random.default_rng(rng_seed)
+                        idx = rng.integers(0, R, size=(cfg.num_bootstrap, int(window.sum()), R))
+                        boot = np.take_along_axis(mats[:, window][:, None], idx[None], axis=3)  # (M, B, m, R)
+                        bstat = _stat(boot, stat, axis=3)  # (M, B, m)
+                        bworst = np.nanmax(np.where(np.isfinite(bstat), bstat, -np.inf), axis=0)  # (B, m)
+                        bworst = np.where(bworst > 0, bworst, worst[window][None])
+                        ly = np.log(bworst)
+                        xc = logn - logn.mean()
+                        slopes = np.sum((ly - ly.mean(axis=1, keepdims=True)) * xc, axis=1) / np.sum(xc * xc)
+                        entry["ci_low"], entry["ci_high"] = _interval(slopes, 0.95)
+                    rates.append(entry)
+    return pd.DataFrame(rows), pd.DataFrame(rates)

@@ -12,6 +12,8 @@
   (row 1); the error of the weight sums, of the weight-averaged keys and values, and the spread of keys
   and values inside cells (row 2). A study with several schedules draws these and one
   ``side_by_side_<schedule>.png`` per schedule instead of ``rates_<problem>.png`` and ``side_by_side.png``.
+- ``minimax_<loss>.png`` (a study with truths that move with n, drawn instead of the figures above): the
+  worst case over each family of truths against n, beside every member's curve (``minimax.csv``).
 - ``failing_<loss>.png``: the fraction of fits whose loss exceeds its declared threshold against n, with
   exact 95% intervals and the trend test (``failing.csv``).
 - ``transformer_curves.png``: held-out loss and accuracy against n for the three prefix
@@ -222,6 +224,9 @@ def plot_study(results: str | Path, out: str | Path) -> list[Path]:
     fits = with_best_of_all(pd.read_csv(fits_file(results)))
     rates = pd.read_csv(results / "rates.csv")
     make_out_dir(out)
+    if (results / "minimax.csv").is_file():  # truths that move with n: the worst case over each family
+        return plot_minimax(pd.read_csv(results / "minimax.csv"), pd.read_csv(results / "quantiles.csv"),
+                            pd.read_csv(results / "minimax_rates.csv"), out)
     written = []
     problems = list(dict.fromkeys(fits["problem"]))
     specs = list(dict.fromkeys(fits["specification"]))
@@ -246,6 +251,56 @@ def plot_study(results: str | Path, out: str | Path) -> list[Path]:
         failing = pd.read_csv(results / "failing.csv")
         if len(failing):
             written += plot_failing(failing, out)
+    return written
+
+
+def plot_minimax(minimax: pd.DataFrame, quantiles: pd.DataFrame, rates: pd.DataFrame, out: Path) -> list[Path]:
+    """``minimax_<loss>.png`` for the structure's own loss and the key/value yardstick: one panel a
+    specification (columns) and statistic (rows: mean, 90% quantile); per family (one colour) the worst case
+    over its truths against n (thick, its slope and 95% interval in the legend) and every member's own curve
+    (thin; solid for c = 1, dashed for smaller c), with a slope -1/2 guide through the first worst case."""
+    written = []
+    families = list(dict.fromkeys(minimax["family"]))
+    specs = [s for s in ("exact", "over") if s in set(minimax["specification"])]
+    stats = [s for s in ("mean", "q90") if s in set(minimax["statistic"])]
+    for loss in ("own", "key_value"):
+        fig, axes = plt.subplots(len(stats), len(specs), figsize=(5.4 * len(specs), 4.2 * len(stats)),
+                                 squeeze=False)
+        for i, stat in enumerate(stats):
+            for j, spec in enumerate(specs):
+                ax = axes[i, j]
+                for k, fam in enumerate(families):
+                    w = minimax[(minimax["family"] == fam) & (minimax["specification"] == spec)
+                                & (minimax["loss"] == loss) & (minimax["statistic"] == stat)].sort_values("n")
+                    if not len(w):
+                        continue
+                    r = rates[(rates["family"] == fam) & (rates["specification"] == spec) & (rates["loss"] == loss)
+                              & (rates["statistic"] == stat)]
+                    slope = (f": slope {r['slope'].iloc[0]:.2f} [{r['ci_low'].iloc[0]:.2f}, {r['ci_high'].iloc[0]:.2f}]"
+                             if len(r) and np.isfinite(r["slope"].iloc[0]) else "")
+                    ax.plot(w["n"], w["worst"], "o-", color=f"C{k}", lw=2.2, ms=4, label=f"{fam}, worst case{slope}")
+                    q = quantiles[(quantiles["specification"] == spec) & (quantiles["loss"] == loss)]
+                    col = "mean" if stat == "mean" else stat
+                    for name, g in q[q["problem"].str.startswith(fam + "-b")].groupby("problem", sort=False):  # moving_family's names
+                        g = g.sort_values("n")
+                        ax.plot(g["n"], g[col], "--" if not name.endswith("-c1") else "-", color=f"C{k}", lw=0.7,
+                                alpha=0.55)
+                    ns = w["n"].to_numpy(float)
+                    if k == 0:
+                        ax.plot(ns, w["worst"].iloc[0] * (ns / ns[0]) ** -0.5, ":", color="gray", lw=1,
+                                label="slope -1/2")
+                _log_axes(ax, np.sort(minimax["n"].unique()))
+                ax.set_xlabel("n")
+                ax.set_title(f"{'exactly specified' if spec == 'exact' else 'over-specified'}: {stat} over replicates",
+                             fontsize=9)
+                ax.legend(fontsize=6.5)
+            axes[i, 0].set_ylabel(LOSS_LABELS[loss], fontsize=8)
+        fig.suptitle(f"Truths that move with n: the worst case over each family (thick) and its members (thin; "
+                     "dashed: the smaller c)", fontsize=10)
+        fig.tight_layout()
+        path = out / f"minimax_{loss}.png"
+        _save(fig, path)
+        written.append(path)
     return written
 
 

@@ -424,3 +424,40 @@ def preset(name: str, *, seed: int = 0, noise_var: float = 0.01, dtype: Any = "f
     return make_problem(
         structure=PROMPT_TUNING, B=np.eye(2), C=np.eye(2), W1=B @ W, W2=C @ W, true_atoms=q @ Winv.T, **common
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# truths that move with n
+
+
+def merge_factor(n: int, beta: float, c: float) -> float:
+    """The factor ``c n^(-beta)`` by which :func:`move_truth` scales a pair's separation at sample size n."""
+    return float(c) * float(n) ** (-float(beta))
+
+
+def move_truth(problem: Problem, factor: float, pair: tuple[int, int] = (0, 1)) -> Problem:
+    """The problem with two of its true prompts brought closer: ``factor`` times their separation, about
+    their midpoint, along the line between them (``factor = 1`` gives the problem back unchanged).
+
+    What moves is what the structure shares. A non-shared atom (p^K, p^V) moves its key part only: the two
+    true keys ``B p^K`` come ``factor`` times as close and the values stay where they were. A shared atom p
+    moves as a whole, so its key and its value come close together (for the linear maps both exactly
+    ``factor`` times as close; for a nonlinear map nearly so). Since every structure's key is linear in the
+    moved coordinates where the maps are linear, the presets' non-shared, shared-linear and prompt-tuning
+    truths keep the same true keys as one another at every factor.
+
+    With ``factor = c n^(-beta)`` (:func:`merge_factor`) this is the truth G*_n of a family that moves with
+    the sample size (docs/maths.md, *Truths that move with n*). The result is validated like any problem
+    (distinct atoms, inside the box)."""
+    i, j = (int(x) for x in pair)
+    L = problem.num_true_prompts
+    if not (0 <= i < L and 0 <= j < L and i != j):
+        raise ValueError(f"pair: expected two distinct true prompts among 0..{L - 1}, got {tuple(pair)!r}")
+    if not (np.isfinite(factor) and factor > 0):
+        raise ValueError(f"factor: must be a finite number > 0, got {factor!r}")
+    atoms = np.array(problem.true_atoms, dtype=float)
+    cols = slice(0, problem.key_dim) if problem.structure == NON_SHARED else slice(None)
+    ai, aj = atoms[i, cols].copy(), atoms[j, cols].copy()
+    near, far = (1 + factor) / 2, (1 - factor) / 2  # midpoint +- factor * half the difference (exact at 1)
+    atoms[i, cols], atoms[j, cols] = near * ai + far * aj, far * ai + near * aj
+    return problem.replace(true_atoms=atoms)

@@ -71,7 +71,7 @@ FITS_COLUMNS = (
     + [f"id_{p}" for p in ID_NAMES]
     + [f"idk_{p}" for p in ID_NAMES]
     + ["start_key_value", "objective", "converged", "status", "steps", "at_bound", "bound_coordinates", "seconds",
-       "design", "params"]
+       "design", "params", "true_params"]
 )
 CELL = ["problem", "specification", "schedule", "n"]
 
@@ -279,35 +279,51 @@ _INT_COLUMNS = ("num_prompts", "n", "replicate", "seed", "restarts", "steps")
 _BOOL_COLUMNS = ("converged", "at_bound")
 _FLOAT_COLUMNS = ("init_scale", "init_rate", "seconds")
 _TEXT_COLUMNS = ("problem", "structure", "specification", "schedule", "init", "status", "bound_coordinates", "design",
-                 "params")
+                 "params", "true_params")
+# columns a table written before they existed may lack; check_fits_table fills them from the configuration
+_LATER_COLUMNS = ("true_params",)
 
 
-def cell_design(cfg: StudyConfig, problem, num_prompts: int, schedule: str) -> str:
+def cell_design(cfg: StudyConfig, problem, num_prompts: int, schedule: str, name: str | None = None) -> str:
     """A fingerprint of everything a cell's fits depend on besides n and the replicate: the root seed, the
-    problem (every array and setting of it, the noise variance included) and the estimator's settings
-    (the [fit] table and the schedule). fits.csv writes it on every row, and a resume keeps only rows whose
-    fingerprint is the configuration's: a row fitted under another design is never taken for this one's,
-    with or without config.json."""
+    problem (every array and setting of it, the noise variance included; for a truth that moves with n, the
+    problem before it moves, the declared ``moving`` law and the family its starts are drawn under, given
+    problem ``name``) and the estimator's settings (the [fit] table and the schedule). fits.csv writes it on
+    every row, and a resume keeps only rows whose fingerprint is the configuration's: a row fitted under
+    another design is never taken for this one's, with or without config.json."""
     fields = {}
     for f in dataclasses.fields(problem):
         v = getattr(problem, f.name)
         fields[f.name] = np.asarray(v).tolist() if hasattr(v, "shape") else v
-    text = json.dumps(dict(seed=cfg.seed, problem=fields, dtype=str(problem.dtype),
-                           fit=cfg.fit_settings(num_prompts, schedule)._asdict()), sort_keys=True)
+    design = dict(seed=cfg.seed, problem=fields, dtype=str(problem.dtype),
+                  fit=cfg.fit_settings(num_prompts, schedule)._asdict())
+    if name is not None and (cfg.moving(name) is not None or cfg.family(name) != name):
+        design.update(moving=cfg.moving(name), family=cfg.family(name))  # fixed truths keep their old fingerprint
+    text = json.dumps(design, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def truth_text(problem) -> str:
+    """A problem's true atoms and biases as fits.csv's ``true_params`` text (the layout of ``params``,
+    :func:`format_params`): the truth each fit was scored against, which for a moving truth depends on n."""
+    atoms, biases = np.asarray(problem.true_atoms), np.asarray(problem.true_biases)
+    return " ".join(f"{x:.17g}" for x in np.concatenate([atoms.reshape(-1), biases]))
 
 
 def _expected_cells(cfg: StudyConfig) -> dict:
     """cell -> what its rows must say (structure, num_prompts, schedule columns, design), from the configuration."""
     out = {}
     problems = {name: cfg.problem(name) for name in cfg.problems}
+    truths = {(name, n): truth_text(cfg.problem(name, n) if cfg.moving(name) else problems[name])
+              for name in cfg.problems for n in cfg.ns}
     for prob_name, spec, schedule, n in cells(cfg):
         prob, sc = problems[prob_name], cfg.schedule(schedule)
         num_prompts = cfg.num_prompts(prob, spec)
         out[(prob_name, spec, schedule, n)] = dict(
             structure=prob.structure, num_prompts=num_prompts, seed=cfg.seed,
             init=sc["init"], init_scale=float(sc["init_scale"]), init_rate=float(sc["init_rate"]),
-            restarts=int(sc["restarts"]), design=cell_design(cfg, prob, num_prompts, schedule))
+            restarts=int(sc["restarts"]), design=cell_design(cfg, prob, num_prompts, schedule, prob_name),
+            true_params=truths[prob_name, n])
     return out
 
 
@@ -336,6 +352,12 @@ def check_fits_table(path: Path, cfg: StudyConfig) -> tuple[pd.DataFrame, list[s
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         return pd.DataFrame(columns=FITS_COLUMNS), [f"unreadable as a table ({str(e).splitlines()[0]}): every row dropped"]
+    later = [c for c in _LATER_COLUMNS if c not in df.columns]
+    if later and len(df.columns) + len(later) == len(FITS_COLUMNS):  # written before these columns existed
+        expected = _expected_cells(cfg)
+        for c in later:
+            df[c] = [expected.get((p, s, sc, int(n)) if str(n).isdigit() else None, {}).get(c, "")
+                     for p, s, sc, n in zip(df["problem"], df["specification"], df["schedule"], df["n"])]
     missing = [c for c in FITS_COLUMNS if c not in df.columns]
     extra = [c for c in df.columns if c not in FITS_COLUMNS]
     if missing or extra:

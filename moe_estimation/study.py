@@ -7,7 +7,8 @@ simulated, fitted (restarts inside) and scored in one compiled call. Design choi
   order, or in how many chunks. Replicate r's *data* (inputs and noise) come from ``(root, n, r)`` only
   (:func:`data_keys`): the same data set under every problem, specification and schedule (common random
   numbers; the presets share one regression function, so their comparisons are paired). Its *starts*
-  come from ``(root, problem, specification, n, r)`` (:func:`start_keys`) and not from the schedule: two
+  come from ``(root, problem, specification, n, r)`` (:func:`start_keys`; for a truth that moves with n, the
+  problem's family instead of its name) and not from the schedule: two
   near-truth schedules draw the same noise and differ only in its scale, two random ones the same
   uniform numbers over different regions.
 - Shapes are bucketed: a data set of size n is simulated at the next power of two and masked, so the
@@ -64,6 +65,7 @@ from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation
     describe_schedule,
     format_params,
     loss_matrix,
+    truth_text,
     rate_entries,
     versions,
     write_csv,
@@ -234,13 +236,13 @@ def fit_study_cell(cfg: StudyConfig, prob_name: str, spec: str, schedule: str, n
     function of its arguments (keys from the coordinates, replicate r's the same in any block): the same
     numbers in the lead process or in a worker, whole or in blocks."""
     release_compiled_if_needed()
-    prob = cfg.problem(prob_name)
+    prob = cfg.problem(prob_name, n)  # a moving truth at this n
     settings = cfg.fit_settings(cfg.num_prompts(prob, spec), schedule)
     reps = cfg.block_replicates(block)
     sl = slice(reps.start, reps.stop)
     t0 = time.perf_counter()
     out = run_cell(prob, data_keys(cfg.seed, n, cfg.replicates)[sl],
-                   start_keys(cfg.seed, prob_name, spec, n, cfg.replicates)[sl], n, settings)
+                   start_keys(cfg.seed, cfg.family(prob_name), spec, n, cfg.replicates)[sl], n, settings)
     return (*out, (time.perf_counter() - t0) / len(reps))
 
 
@@ -353,8 +355,8 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
             "start_key_value": start, "objective": res.objective, "converged": res.converged,
             "status": [STATUS_LABELS[int(s)] for s in res.status], "steps": res.steps, "at_bound": res.at_bound,
             "bound_coordinates": bound_coordinates(prob, res.params), "seconds": seconds,
-            "design": cell_design(cfg, prob, settings.num_prompts, schedule),
-            "params": format_params(res.params),
+            "design": cell_design(cfg, prob, settings.num_prompts, schedule, prob_name),
+            "params": format_params(res.params), "true_params": truth_text(cfg.problem(prob_name, n)),
         }
         table.add(rows, write=lead)  # after every task: a killed run resumes from here
         bar.set_description(f"{prob_name} {spec} {schedule} n={n}" + (f" block {block}" if cfg.blocks > 1 else ""))
@@ -370,15 +372,17 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
 
 
 TABLES = ("rates.csv", "quantiles.csv", "failing.csv", "differences.csv", "lowest.csv", "bounds.csv")
+MOVING_TABLES = ("minimax.csv", "minimax_rates.csv")  # a study with truths that move with n writes these too
 
 
 def write_tables(fits: pd.DataFrame, cfg: StudyConfig, out: Path) -> None:
     """Every table a study's fits give (:data:`TABLES`): the rates, and from :mod:`moe_estimation.inference`
     the quantiles, the failing fractions, the paired differences, the schedules' lowest objectives and the
-    coordinates on the box. With several schedules, every table but ``lowest.csv`` has one arm more, the best fit of each data set over
+    coordinates on the box; with truths that move with n, the worst case over each family
+    (:data:`MOVING_TABLES`, :func:`moe_estimation.inference.minimax_tables`). With several schedules, every table but ``lowest.csv`` has one arm more, the best fit of each data set over
     all schedules (``best-of-all``, :func:`moe_estimation.inference.with_best_of_all`)."""
-    from .inference import (bounds_table, differences_table, failing_table, lowest_table, quantiles_table,
-                            with_best_of_all)
+    from .inference import (bounds_table, differences_table, failing_table, lowest_table, minimax_tables,
+                            quantiles_table, with_best_of_all)
 
     arms = with_best_of_all(fits)
     write_csv(out / "rates.csv", rates_table(arms, cfg))
@@ -387,6 +391,10 @@ def write_tables(fits: pd.DataFrame, cfg: StudyConfig, out: Path) -> None:
     write_csv(out / "differences.csv", differences_table(arms, cfg))
     write_csv(out / "lowest.csv", lowest_table(fits))
     write_csv(out / "bounds.csv", bounds_table(arms, cfg))
+    if any(cfg.moving(name) is not None for name in cfg.problems):
+        minimax, minimax_rates = minimax_tables(arms, cfg)
+        write_csv(out / "minimax.csv", minimax)
+        write_csv(out / "minimax_rates.csv", minimax_rates)
 
 
 def canonical_order(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
