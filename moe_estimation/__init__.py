@@ -33,6 +33,8 @@ from .problems import PRESETS as PRESETS
 from .problems import Problem as Problem
 from .problems import make_problem as make_problem
 from .problems import preset as preset
+from .problems import merge_factor as merge_factor
+from .problems import move_truth as move_truth
 from .problems import random_pretrained as random_pretrained
 from .rates import Rate as Rate
 from .rates import RateDifference as RateDifference

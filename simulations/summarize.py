@@ -458,6 +458,31 @@ def power_markdown(path: Path, loss: str = "key_value", schedules=None, problems
     return "\n".join(out)
 
 
+def minimax_markdown(path: Path, loss: str = "key_value") -> str:
+    """Truths that move with n (minimax.csv, minimax_rates.csv, rates.csv): per family and specification, the
+    worst case over the family of the mean loss at the smallest and largest n with the member attaining it,
+    the slope of the worst case (mean and 90% quantile), and beside it the slope of the mean of the fixed
+    truth (beta = 0, c = 1, the preset itself) and of the fastest-merging member at c = 1."""
+    mm, mr, r = (pd.read_csv(path / f) for f in ("minimax.csv", "minimax_rates.csv", "rates.csv"))
+    mm, mr = mm[mm["loss"] == loss], mr[mr["loss"] == loss]
+    out = ["| family | specification | worst mean at n_min (member) | worst mean at n_max (member) | slope of the worst mean | of the worst 90% quantile | fixed truth (beta 0), mean | beta 1/2, c 1, mean |",
+           "|---|---|---|---|---|---|---|---|"]
+    for (fam, spec), g in mm[mm["statistic"] == "mean"].groupby(["family", "specification"], sort=False):
+        g = g.sort_values("n")
+        lo, hi = g.iloc[0], g.iloc[-1]
+        cells = []
+        for stat in ("mean", "q90"):
+            x = mr[(mr["family"] == fam) & (mr["specification"] == spec) & (mr["statistic"] == stat)]
+            cells.append("-" if not len(x) or not pd.notna(x["slope"].iloc[0]) else _ci(x.iloc[0]))
+        sched = g["schedule"].iloc[0]
+        fixed = _slope_cell(r, f"{fam}-b0-c1", spec, sched, loss)
+        fast = _slope_cell(r, f"{fam}-b0.5-c1", spec, sched, loss)
+        member = lambda row: row["worst_problem"].removeprefix(fam + "-")
+        out.append(f"| {fam} | {spec} | {lo['worst']:.3g} at {int(lo['n'])} ({member(lo)}) | {hi['worst']:.3g} at "
+                   f"{int(hi['n'])} ({member(hi)}) | {cells[0]} | {cells[1]} | {fixed} | {fast} |")
+    return "\n".join(out)
+
+
 def main(args) -> int:
     if args.study:
         print(study_table(Path(args.study)), "\n")
@@ -474,6 +499,8 @@ def main(args) -> int:
         print(bounds_markdown(path), "\n")
         if pd.read_csv(path / "lowest.csv")["schedule"].nunique() > 1:
             print(lowest_markdown(path), "\n")
+    if args.minimax:
+        print(minimax_markdown(Path(args.minimax)), "\n")
     if args.power:
         print(power_markdown(Path(args.power)), "\n")
     if args.teacher:
@@ -501,6 +528,8 @@ if __name__ == "__main__":
     p.add_argument("--robust", help="a study over several starting-point schedules (e.g. results/robust-quick)")
     p.add_argument("--inference", help="a study's output directory: its failing fractions, quantile slopes and "
                                        "paired differences (failing.csv, rates.csv, differences.csv)")
+    p.add_argument("--minimax", help="a study with truths that move with n (e.g. tables/minimax-quick): the worst "
+                                     "case over each family (minimax.csv, minimax_rates.csv)")
     p.add_argument("--power", help="a power table (moe-estimation power --out FILE)")
     p.add_argument("--transformer", help="a transformer run's output directory")
     p.add_argument("--teacher", nargs="+", metavar="DIR",

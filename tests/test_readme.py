@@ -226,3 +226,9 @@ def test_committed_figures_are_drawn_from_the_committed_tables(name, tmp_path):
     for p in drawn:
         committed = README.parent / "figures" / name / p.name
         assert committed.read_bytes() == p.read_bytes(), f"{committed} is not drawn from tables/{name}"
+
+
+def test_readme_minimax_table_is_the_committed_table():
+    """The worst case over the moving families in the README is summarize.py --minimax of tables/minimax-quick."""
+    made = _summarize().minimax_markdown(README.parent / "tables" / "minimax-quick")
+    assert _block("minimax-table").startswith(made)
