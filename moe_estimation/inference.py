@@ -420,7 +420,7 @@ def minimax_tables(fits: pd.DataFrame, cfg: StudyConfig) -> tuple[pd.DataFrame, 
     log n over the rate window, with a 95% bootstrap interval that resamples the replicates of each n
     jointly for every member (they share their data sets), so the maximum is taken afresh in each resample.
     Both are empty when no problem's truth moves."""
-    from .rates import _interval, _stat, ols_line
+    from .rates import ols_line, percentile_interval, statistic_of
 
     families = _families(fits, cfg)
     rows, rates = [], []
@@ -439,7 +439,7 @@ def minimax_tables(fits: pd.DataFrame, cfg: StudyConfig) -> tuple[pd.DataFrame, 
                 nonfinite = [int(sum(((g["problem"] == p) & (g["n"] == n)).sum() for p in present)
                                  - np.isfinite(mats[:, j]).sum()) for j, n in enumerate(ns)]
                 for stat in cfg.statistics:
-                    values = _stat(mats, stat, axis=2)  # (M, m)
+                    values = statistic_of(mats, stat, axis=2)  # (M, m)
                     for j, n in enumerate(ns):
                         col = values[:, j]
                         if not np.any(np.isfinite(col)):
@@ -468,12 +468,12 @@ def minimax_tables(fits: pd.DataFrame, cfg: StudyConfig) -> tuple[pd.DataFrame, 
                         rng = np.random.default_rng(rng_seed)
                         idx = rng.integers(0, R, size=(cfg.num_bootstrap, int(window.sum()), R))
                         boot = np.take_along_axis(mats[:, window][:, None], idx[None], axis=3)  # (M, B, m, R)
-                        bstat = _stat(boot, stat, axis=3)  # (M, B, m)
+                        bstat = statistic_of(boot, stat, axis=3)  # (M, B, m)
                         bworst = np.nanmax(np.where(np.isfinite(bstat), bstat, -np.inf), axis=0)  # (B, m)
                         bworst = np.where(bworst > 0, bworst, worst[window][None])
                         ly = np.log(bworst)
                         xc = logn - logn.mean()
                         slopes = np.sum((ly - ly.mean(axis=1, keepdims=True)) * xc, axis=1) / np.sum(xc * xc)
-                        entry["ci_low"], entry["ci_high"] = _interval(slopes, 0.95)
+                        entry["ci_low"], entry["ci_high"] = percentile_interval(slopes, 0.95)
                     rates.append(entry)
     return pd.DataFrame(rows), pd.DataFrame(rates)

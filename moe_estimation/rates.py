@@ -316,3 +316,14 @@ def is_composite(structure: str, loss: str, specification: str) -> bool:
         raise ValueError(f"specification: expected 'exact' or 'over', got {specification!r}")
     return (structure == NON_SHARED and specification == "over"
             and loss in ("own", "key_value", "key_value_key_part", "key_value_value_part"))
+
+
+def statistic_of(x, statistic: str, axis: int) -> np.ndarray:
+    """The statistic (``"mean"``, ``"median"`` or ``"qP"``) of ``x`` along ``axis``, NaN ignored: the one
+    :func:`empirical_rate` takes of each sample size's replicates."""
+    return _stat(np.asarray(x, dtype=float), statistic, axis)
+
+
+def percentile_interval(slopes, level: float = 0.95) -> tuple[float, float]:
+    """The equal-tailed ``level`` interval of bootstrap ``slopes`` (as :func:`empirical_rate` reports)."""
+    return _interval(np.asarray(slopes, dtype=float), level)

@@ -128,7 +128,7 @@ def test_minimax_worst_case_and_its_slope_on_made_up_losses():
                             problems={"a": dict(preset="shared-linear", moving=dict(beta=0.0, c=1.0)),
                                       "b": dict(preset="shared-linear", moving=dict(beta=0.5, c=1.0))}))
     rows = []
-    for name, law in (("a", lambda n: n ** -0.5), ("b", lambda n: 0.05 * n ** 0.0)):
+    for name, law in (("a", lambda n: n ** -0.5), ("b", lambda n: 0.06 * n ** 0.0)):
         for n in cfg.ns:
             for r in range(2):
                 rows.append(dict(problem=name, structure="shared-linear", specification="exact", schedule="default",
@@ -136,10 +136,10 @@ def test_minimax_worst_case_and_its_slope_on_made_up_losses():
                                  loss_own=law(n), loss_key_value=law(n)))
     mm, rates = minimax_tables(pd.DataFrame(rows), cfg)
     mean = mm[(mm["statistic"] == "mean") & (mm["loss"] == "own")].set_index("n")
-    np.testing.assert_allclose(mean["worst"], [0.1, 0.05, 0.05])
+    np.testing.assert_allclose(mean["worst"], [0.1, 0.06, 0.06])
     assert list(mean["worst_problem"]) == ["a", "b", "b"]
     slope = rates[(rates["statistic"] == "mean") & (rates["loss"] == "own")]["slope"].iloc[0]
-    x, y = np.log([100, 400, 1600]), np.log([0.1, 0.05, 0.05])
+    x, y = np.log([100, 400, 1600]), np.log([0.1, 0.06, 0.06])
     assert slope == pytest.approx(np.polyfit(x, y, 1)[0], rel=1e-10)
 
 
