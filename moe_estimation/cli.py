@@ -181,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "16 and 32, nested; CPU, about 5 minutes on one core), contested-quick (over-specified non-shared and "
                    "shared-linear, n to 2.5e5, 100 replicates in blocks of 20; CPU, hours, resumable), contested (the same "
                    "at 9 sizes, 200 replicates; GPU-sized), minimax-quick (truths that move with n: two true "
-                   "prompts c n^-beta apart, beta = 0..1/2, the worst case over each family; CPU, about 30 minutes "
-                   "on two cores), minimax (the same at n = 1e3..1e5; GPU-sized), tiny (seconds, for smoke tests)")
+                   "prompts c n^-beta apart, beta = 0..1/2, the worst case over each family; CPU, 16 minutes on "
+                   "two cores, measured), minimax (the same at n = 1e3..1e5; GPU-sized), tiny (seconds, for smoke tests)")
     s.add_argument("--config", help="a TOML study configuration (see moe_estimation.config for the keys)")
     s.add_argument("--out", required=True, help="output directory; an existing one of the same study is resumed")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")

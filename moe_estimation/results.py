@@ -306,8 +306,9 @@ def cell_design(cfg: StudyConfig, problem, num_prompts: int, schedule: str, name
 def truth_text(problem) -> str:
     """A problem's true atoms and biases as fits.csv's ``true_params`` text (the layout of ``params``,
     :func:`format_params`): the truth each fit was scored against, which for a moving truth depends on n."""
-    atoms, biases = np.asarray(problem.true_atoms), np.asarray(problem.true_biases)
-    return " ".join(f"{x:.17g}" for x in np.concatenate([atoms.reshape(-1), biases]))
+    from .model import Params
+
+    return format_params(Params(atoms=np.asarray(problem.true_atoms)[None], biases=np.asarray(problem.true_biases)[None]))[0]
 
 
 def _expected_cells(cfg: StudyConfig) -> dict:
@@ -352,9 +353,9 @@ def check_fits_table(path: Path, cfg: StudyConfig) -> tuple[pd.DataFrame, list[s
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         return pd.DataFrame(columns=FITS_COLUMNS), [f"unreadable as a table ({str(e).splitlines()[0]}): every row dropped"]
+    expected = _expected_cells(cfg)
     later = [c for c in _LATER_COLUMNS if c not in df.columns]
     if later and len(df.columns) + len(later) == len(FITS_COLUMNS):  # written before these columns existed
-        expected = _expected_cells(cfg)
         for c in later:
             df[c] = [expected.get((p, s, sc, int(n)) if str(n).isdigit() else None, {}).get(c, "")
                      for p, s, sc, n in zip(df["problem"], df["specification"], df["schedule"], df["n"])]
@@ -390,7 +391,6 @@ def check_fits_table(path: Path, cfg: StudyConfig) -> tuple[pd.DataFrame, list[s
         parsed[c] = v
     if bad.any():
         problems.append(f"{int(bad.sum())} row(s) with a missing or malformed value")
-    expected = _expected_cells(cfg)
     parsed = parsed[~bad].copy()
     for c in _INT_COLUMNS:
         parsed[c] = parsed[c].astype(np.int64)
