@@ -162,7 +162,7 @@ def cmd_bench(args) -> int:
 # moe_estimation.config.STUDY_PRESETS' names, spelled out so that --help needs no JAX import (a test checks
 # that the two agree)
 STUDY_PRESET_NAMES = ("quick", "full", "robust-quick", "nonlinear", "robust", "restarts-quick", "contested-quick",
-                      "contested", "minimax-quick", "minimax", "tiny")
+                      "contested", "minimax-quick", "minimax", "geometry", "tiny")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "shared-linear, n to 2.5e5, 100 replicates in blocks of 20; CPU, hours, resumable), contested (the same "
                    "at 9 sizes, 200 replicates; GPU-sized), minimax-quick (truths that move with n: two true "
                    "prompts c n^-beta apart, beta = 0..1/2, the worst case over each family; CPU, 16 minutes on "
-                   "two cores, measured), minimax (the same at n = 1e3..1e5; GPU-sized), tiny (seconds, for smoke tests)")
+                   "two cores, measured), minimax (the same at n = 1e3..1e5; GPU-sized), geometry (several drawn truths and shapes: "
+                   "d, d_v in {2, 4}, three key separations, two noise levels, L' - L in {1, 2}; CPU, hours, resumable), "
+                   "tiny (seconds, for smoke tests)")
     s.add_argument("--config", help="a TOML study configuration (see moe_estimation.config for the keys)")
     s.add_argument("--out", required=True, help="output directory; an existing one of the same study is resumed")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -13,7 +13,7 @@ file, the key and the rule. The layout (all sections optional except ``[grid]``)
     problems = ["shared-linear", "non-shared"] # preset names or names of [problems.*] tables
     specifications = ["exact", "over"]         # L' = L, or L' = L + extra_prompts; or per problem:
     # specifications = { non-shared = ["over"], shared-linear = ["exact", "over"] }
-    extra_prompts = 1
+    extra_prompts = 1                          # L' - L; or per problem: { non-shared = 2 } (the others 1)
 
     [fit]                                      # the fields of moe_estimation.FitSettings
     max_steps = 400
@@ -44,6 +44,9 @@ file, the key and the rule. The layout (all sections optional except ``[grid]``)
     [problems.my-problem]                      # a user-defined problem
     preset = "shared-linear"                   # start from a preset (optional) ...
     noise_var = 0.04                           # ... and change any make_problem argument
+
+    [problems.drawn]                           # or a problem drawn from a seed at a shape and key separation
+    draw = { structure = "non-shared", seed = 1, d = 4, d_v = 2, key_separation = 0.5 }   # (draw_problem)
 """
 
 from __future__ import annotations
@@ -56,7 +59,8 @@ from typing import Any
 import numpy as np
 
 from .estimator import FitSettings, validate_settings
-from .problems import PRESET_NAMES, PRESETS, Problem, make_problem, merge_factor, move_truth, preset
+from .problems import (DRAW_STRUCTURES, PRESET_NAMES, PRESETS, Problem, draw_problem, make_problem, merge_factor,
+                       move_truth, preset)
 
 SPECIFICATIONS = ("exact", "over")
 DEFAULT_QUANTILES = (0.25, 0.5, 0.75, 0.9)
@@ -88,6 +92,7 @@ class StudyConfig:
     quantiles: tuple[float, ...] = DEFAULT_QUANTILES
     fail_thresholds: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_FAIL_THRESHOLDS))
     block: int | None = None  # replicates fitted per task (None: a whole cell at once)
+    problem_extra_prompts: dict = dataclasses.field(default_factory=dict)  # L' - L per problem, where it differs
 
     def problem(self, name: str, n: int | None = None) -> Problem:
         """The :class:`Problem` called ``name`` (a preset or a ``[problems.name]`` table); for a truth that
@@ -110,8 +115,25 @@ class StudyConfig:
             return table["preset"]
         return name
 
-    def num_prompts(self, problem: Problem, specification: str) -> int:
-        return problem.num_true_prompts + (self.extra_prompts if specification == "over" else 0)
+    def pairing(self, name: str) -> tuple:
+        """What problem ``name``'s fits are paired on in ``differences.csv``: two problems with the same value
+        share replicate r's inputs and noise draws (the same input law, d, d_v and noise variance: common random
+        numbers) and, for problems drawn from a seed (``draw``), the same drawn truth, so that a factorial over
+        geometries pairs the structures and L' - L at one truth rather than every two of its truths."""
+        prob = self.problem(name)
+        table = self.problem_tables.get(name) or {}
+        draw = table.get("draw")
+        truth = None if draw is None else tuple(sorted((k, v) for k, v in draw.items() if k != "structure"))
+        return (prob.input_dist, prob.input_scale, prob.d, prob.d_v, prob.noise_var, truth)
+
+    def num_prompts(self, problem: Problem, specification: str, name: str | None = None) -> int:
+        """L' for ``problem`` (called ``name`` in the grid): L exactly specified, L + its extra prompts over."""
+        return problem.num_true_prompts + (self.extra_prompts_of(name) if specification == "over" else 0)
+
+    def extra_prompts_of(self, name: str | None) -> int:
+        """L' - L of problem ``name``'s over-specified fit: ``[grid] extra_prompts``, for this problem if the
+        grid names it, else the study's (1 unless set)."""
+        return self.problem_extra_prompts.get(name, self.extra_prompts)
 
     def specifications_of(self, problem: str) -> tuple[str, ...]:
         """The specifications run for ``problem`` (all of ``specifications`` unless the grid names them)."""
@@ -156,6 +178,8 @@ class StudyConfig:
         d = dataclasses.asdict(self)
         if d["block"] is None:  # a study without blocks reads as it did before they existed (config.json)
             del d["block"]
+        if not d["problem_extra_prompts"]:  # likewise a study with one L' - L for every problem
+            del d["problem_extra_prompts"]
         return d
 
 
@@ -243,14 +267,39 @@ def build_problem(name: str, table: dict | None, source: str, n: int | None = No
                    f"at n = {n} (separation factor {merge_factor(n, moving['beta'], moving['c']):.3g}): {e}") from None
 
 
+DRAW_KEYS = {"structure": str, "seed": int, "d": int, "d_v": int, "key_separation": float, "num_experts": int}
+
+
+def _draw(name: str, spec, source: str) -> dict:
+    """A problem table's ``draw = { structure, seed, d, d_v, key_separation, num_experts }`` validated: the
+    arguments of :func:`moe_estimation.problems.draw_problem` (``structure`` required, the rest defaulted)."""
+    key = f"problems.{name}.draw"
+    if not isinstance(spec, dict):
+        raise _err(source, key, f"expected a table {{ structure = ..., d = ..., d_v = ..., key_separation = ... }}, "
+                                f"got {spec!r}")
+    _check_keys(source, key + ".", spec, DRAW_KEYS)
+    if "structure" not in spec:
+        raise _err(source, key + ".structure", f"required: one of {DRAW_STRUCTURES}")
+    return {k: _typed(source, f"{key}.{k}", v, DRAW_KEYS[k]) for k, v in spec.items()}
+
+
 def _build_fixed(name: str, table: dict, source: str) -> Problem:
     table = dict(table)
     base = table.pop("preset", None)
+    draw = table.pop("draw", None)
+    if draw is not None and "seed" in table:
+        raise _err(source, f"problems.{name}.seed", "a drawn problem takes its seed from draw.seed; give it there")
     seed = table.pop("seed", 0)
     fields = {f.name for f in dataclasses.fields(Problem)}
     _check_keys(source, f"problems.{name}.", table, fields)
     if base is not None and not isinstance(base, str):
         raise _err(source, f"problems.{name}.preset", f"expected a preset name {PRESET_NAMES}, got {base!r}")
+    if draw is not None:
+        if base is not None:
+            raise _err(source, f"problems.{name}.draw", "a problem is either a preset or a draw; give one of them")
+        draw = _draw(name, draw, source)
+        if "structure" in table:
+            raise _err(source, f"problems.{name}.structure", "a drawn problem takes its structure from draw.structure")
     seed = _typed(source, f"problems.{name}.seed", seed, int)
     for key in ("A", "a", "H", "B", "C", "W1", "W2", "true_atoms", "true_biases"):
         if key in table:
@@ -262,9 +311,10 @@ def _build_fixed(name: str, table: dict, source: str) -> Problem:
     try:
         if "bias_bounds" in table:
             table["bias_bounds"] = tuple(table["bias_bounds"])
-        if base is not None:
+        if base is not None or draw is not None:
             noise = table.pop("noise_var", 0.01)
-            prob = preset(base, seed=seed, noise_var=noise)
+            prob = (preset(base, seed=seed, noise_var=noise) if draw is None
+                    else draw_problem(noise_var=noise, **draw))
             return prob.replace(**table) if table else prob
         return make_problem(**table)
     except (ValueError, TypeError) as e:
@@ -338,9 +388,15 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
         specs = [s for s in SPECIFICATIONS if any(s in v for v in per_problem.values())]
     else:
         specs = _spec_list(source, "grid.specifications", specs)
-    extra = _typed(source, "grid.extra_prompts", grid.get("extra_prompts", 1), int)
-    if extra < 1:
-        raise _err(source, "grid.extra_prompts", f"L' - L for the over-specified fit must be >= 1, got {extra}")
+    extra, per_problem_extra = grid.get("extra_prompts", 1), {}
+    if isinstance(extra, dict):  # per problem: { name = L' - L }, the others 1
+        _check_keys(source, "grid.extra_prompts.", extra, problems)
+        per_problem_extra = {name: _typed(source, f"grid.extra_prompts.{name}", v, int) for name, v in extra.items()}
+        extra = 1
+    extra = _typed(source, "grid.extra_prompts", extra, int)
+    for key, value in [("grid.extra_prompts", extra)] + [(f"grid.extra_prompts.{k}", v) for k, v in per_problem_extra.items()]:
+        if value < 1:
+            raise _err(source, key, f"L' - L for the over-specified fit must be >= 1, got {value}")
 
     fit_table = data.get("fit", {})
     if not isinstance(fit_table, dict):
@@ -417,6 +473,7 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
         extra_prompts=extra, fit=fit, schedules=schedules, problem_specifications=per_problem, num_bootstrap=nb, n_min=n_min, n_max=n_max,
         problem_tables={k: v for k, v in tables.items() if k in problems},
         quantiles=tuple(sorted(float(q) for q in quantiles)), fail_thresholds=dict(thresholds), block=block,
+        problem_extra_prompts={k: v for k, v in per_problem_extra.items() if v != extra},
     )
 
 
@@ -461,6 +518,33 @@ def moving_family(bases, betas=MERGE_BETAS, cs=(1.0, 0.25)) -> tuple[list, dict]
     return names, tables
 
 
+def geometry_family(structures=("non-shared", "shared-linear"), ds=(2, 4), d_vs=(2, 4), draws=(0, 1),
+                    separations=(0.5, 1.5, 3.0), noise_vars=(0.01, 0.04), extras=(1, 2)) -> tuple[list, dict, dict, dict]:
+    """A factorial over drawn truths and shapes (:func:`moe_estimation.problems.draw_problem`): one problem
+    per (structure, d, d_v, draw, key separation, noise variance, L' - L), named
+    ``<structure>-d<d>v<d_v>-draw<seed>-sep<separation>-nu<noise>-x<L' - L>``. Returns ``(problem names,
+    [problems] tables, per-problem specifications, per-problem extra prompts)``: the problems with L' - L = 1
+    are fitted exactly (the control) and over-specified, the others over-specified only (an exact fit does not
+    depend on L' - L). At one (d, d_v, draw, separation, noise) the structures share one regression function
+    and every problem of one (d, d_v, noise) one input and noise draw per replicate (common random numbers)."""
+    names, tables, specs, extra = [], {}, {}, {}
+    for structure in structures:
+        for d in ds:
+            for d_v in d_vs:
+                for seed in draws:
+                    for sep in separations:
+                        for nu in noise_vars:
+                            for x in extras:
+                                name = f"{structure}-d{d}v{d_v}-draw{seed}-sep{sep:g}-nu{nu:g}-x{x}"
+                                names.append(name)
+                                tables[name] = dict(draw=dict(structure=structure, seed=seed, d=d, d_v=d_v,
+                                                              key_separation=float(sep)), noise_var=float(nu))
+                                specs[name] = ["exact", "over"] if x == min(extras) else ["over"]
+                                extra[name] = x
+    return names, tables, specs, extra
+
+
+_GEOMETRY = geometry_family()
 _MINIMAX_QUICK = moving_family(["non-shared", "shared-linear"])
 _MINIMAX = moving_family(["non-shared", "shared-linear", "shared-nonlinear"], cs=(1.0, 0.5, 0.25))
 
@@ -570,6 +654,19 @@ STUDY_PRESETS = {
         schedules={"random": _SCHEDULES["random"]},
         problems=_MINIMAX[1],
     ),
+    # More than one truth and shape (docs/maths.md, *More than one truth and shape*): a factorial over d and d_v in
+    # {2, 4}, two random draws of the truth, each at three key separations (0.5, 1.5, 3: the presets' is 3.3),
+    # two noise variances (0.01, 0.04) and L' - L in {1, 2}, non-shared and shared-linear on the same data sets,
+    # the exact fit as each geometry's control; robust-quick's grid (n 500..8000, 10 replicates), random starts
+    # over the whole box, best of 8. CPU, resumable.
+    "geometry": dict(
+        seed=0,
+        grid=dict(ns=[500, 1000, 2000, 4000, 8000], replicates=10, problems=_GEOMETRY[0],
+                  specifications=_GEOMETRY[2], extra_prompts=_GEOMETRY[3]),
+        fit=dict(max_steps=400),
+        schedules={"random": _SCHEDULES["random"]},
+        problems=_GEOMETRY[1],
+    ),
     # a few seconds: the smoke tests
     "tiny": dict(
         seed=0,
@@ -583,7 +680,7 @@ STUDY_PRESETS = {
 def study_preset(name: str) -> StudyConfig:
     """The named study configuration (:data:`STUDY_PRESETS`): ``quick``, ``full``, ``nonlinear``,
     ``robust-quick``, ``robust``, ``restarts-quick``, ``contested-quick``, ``contested``, ``minimax-quick``,
-    ``minimax`` or ``tiny``."""
+    ``minimax``, ``geometry`` or ``tiny``."""
     if name not in STUDY_PRESETS:
         raise ValueError(f"--preset: expected one of {tuple(STUDY_PRESETS)}, got {name!r}")
     return parse_config(STUDY_PRESETS[name], f"preset {name}")

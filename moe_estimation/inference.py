@@ -214,15 +214,19 @@ def failing_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
 
 
 def _arms(fits: pd.DataFrame, cfg: StudyConfig):
-    """Pairs of arms on common data: along one of problem, specification, schedule, the other two fixed."""
+    """Pairs of arms on common data: along one of problem, specification, schedule, the other two fixed; two
+    problems only where they are paired on common data (:meth:`StudyConfig.pairing`)."""
     present = set(map(tuple, fits[ARM].drop_duplicates().to_numpy()))
     order = dict(problem=cfg.problems, specification=cfg.specifications, schedule=cfg.schedule_names + (BEST,))
+    pairing = {name: cfg.pairing(name) for name in cfg.problems}
     for axis in ARM:
         others = [a for a in ARM if a != axis]
         fixed = sorted({tuple(x for a, x in zip(ARM, arm) if a != axis) for arm in present})
         for rest in fixed:
             values = [v for v in order[axis] if _arm(axis, v, others, rest) in present]
             for a, b in combinations(values, 2):
+                if axis == "problem" and pairing[a] != pairing[b]:
+                    continue
                 yield axis, _arm(axis, a, others, rest), _arm(axis, b, others, rest)
 
 

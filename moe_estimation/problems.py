@@ -461,3 +461,58 @@ def move_truth(problem: Problem, factor: float, pair: tuple[int, int] = (0, 1)) 
     near, far = (1 + factor) / 2, (1 - factor) / 2  # midpoint +- factor * half the difference (exact at 1)
     atoms[i, cols], atoms[j, cols] = near * ai + far * aj, far * ai + near * aj
     return problem.replace(true_atoms=atoms)
+
+
+# ------------------------------------------------------------------------------------------------
+# drawn problems: more than one truth and shape
+
+DRAW_STRUCTURES = (NON_SHARED, SHARED_LINEAR)
+
+
+def draw_problem(structure: str, *, seed: int, d: int = 2, d_v: int = 2, key_separation: float = 1.0,
+                 num_experts: int = 2, noise_var: float = 0.01, dtype: Any = "float64") -> Problem:
+    """A problem drawn from ``seed`` at a declared shape and key separation, for studies over geometries.
+
+    Built like :func:`preset`, with other sizes: a pre-trained part of ``num_experts`` quadratic-gated
+    linear experts on ``d`` inputs and ``d_v`` outputs (:func:`random_pretrained`), well-conditioned maps B
+    ``(d, d_p)``, C ``(d_v, d_p)`` and W ``(d_p, d_p)`` with d_p = min(d, d_v) (the largest prompt the values
+    identify), and L = 2 true prompts q_1, q_2 in R^{d_p}: a midpoint m drawn uniformly in the ball of radius
+    0.3 and a direction u uniform on the sphere, q_{1,2} = m +- t u with t chosen so that the true keys
+    B q_1 and B q_2 lie exactly ``key_separation`` apart. Biases b* = (0, 0.3), as the presets'.
+
+    ``structure`` ``non-shared`` takes atoms (q_j, q_j), ``shared-linear`` atoms W^{-1} q_j with W1 = W2 = W:
+    the two have the same true keys B q_j and values C q_j, so at one (seed, d, d_v, key_separation) they
+    share one regression function and, in a study, one data set per replicate. The pre-trained part, the maps,
+    m and u come from ``(seed, d, d_v, num_experts)`` alone, so ``key_separation`` moves the two true prompts
+    along one line and changes nothing else. The draw is refused (``ValueError``) when its truth leaves the
+    box."""
+    if structure not in DRAW_STRUCTURES:
+        raise ValueError(f"structure: a drawn problem is one of {DRAW_STRUCTURES}, got {structure!r}")
+    for name, v, low in (("d", d, 1), ("d_v", d_v, 1), ("num_experts", num_experts, 1), ("seed", seed, 0)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+            raise ValueError(f"{name}: must be an integer >= {low}, got {v!r}")
+    if isinstance(key_separation, bool) or not (isinstance(key_separation, (int, float, np.floating))
+                                                 and np.isfinite(key_separation) and key_separation > 0):
+        raise ValueError(f"key_separation: must be a finite number > 0, got {key_separation!r}")
+    d_p = min(d, d_v)
+    # one stream per (seed, d, d_v): the separation scales the pair's distance and changes nothing else, so
+    # two separations of one draw are the same geometry with its true keys nearer or farther apart
+    rng = np.random.default_rng([int(seed), int(d), int(d_v), int(num_experts)])
+    pre = random_pretrained(int(rng.integers(2**31)), d=d, d_v=d_v, num_experts=num_experts)
+    B = _orthogonalish(rng, d, d_p, 1.5)
+    C = _orthogonalish(rng, d_v, d_p, 1.5)
+    W = _orthogonalish(rng, d_p, d_p, 1.0)
+    u = rng.normal(size=d_p)
+    u /= np.linalg.norm(u)
+    m = rng.normal(size=d_p)
+    m *= 0.3 * rng.uniform() ** (1 / d_p) / np.linalg.norm(m)
+    t = float(key_separation) / (2 * np.linalg.norm(B @ u))
+    q = np.stack([m + t * u, m - t * u])
+    common = dict(true_biases=np.array([0.0, 0.3]), noise_var=noise_var, dtype=dtype, B=B, C=C, **pre)
+    try:
+        if structure == NON_SHARED:
+            return make_problem(structure=NON_SHARED, true_atoms=np.concatenate([q, q], axis=1), **common)
+        return make_problem(structure=SHARED_LINEAR, W1=W, W2=W, true_atoms=q @ np.linalg.inv(W).T, **common)
+    except ValueError as e:
+        raise ValueError(f"key_separation: the draw (seed {seed}, d = {d}, d_v = {d_v}, key separation "
+                         f"{key_separation}) gives no valid truth: {e}") from None

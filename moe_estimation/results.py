@@ -319,7 +319,7 @@ def _expected_cells(cfg: StudyConfig) -> dict:
               for name in cfg.problems for n in cfg.ns}
     for prob_name, spec, schedule, n in cells(cfg):
         prob, sc = problems[prob_name], cfg.schedule(schedule)
-        num_prompts = cfg.num_prompts(prob, spec)
+        num_prompts = cfg.num_prompts(prob, spec, prob_name)
         out[(prob_name, spec, schedule, n)] = dict(
             structure=prob.structure, num_prompts=num_prompts, seed=cfg.seed,
             init=sc["init"], init_scale=float(sc["init_scale"]), init_rate=float(sc["init_rate"]),

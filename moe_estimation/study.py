@@ -237,7 +237,7 @@ def fit_study_cell(cfg: StudyConfig, prob_name: str, spec: str, schedule: str, n
     numbers in the lead process or in a worker, whole or in blocks."""
     release_compiled_if_needed()
     prob = cfg.problem(prob_name, n)  # a moving truth at this n
-    settings = cfg.fit_settings(cfg.num_prompts(prob, spec), schedule)
+    settings = cfg.fit_settings(cfg.num_prompts(prob, spec, prob_name), schedule)
     reps = cfg.block_replicates(block)
     sl = slice(reps.start, reps.stop)
     t0 = time.perf_counter()
@@ -342,7 +342,7 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
         prob_name, spec, schedule, n, block = task
         prob = problems[prob_name]
         res, own, kv, ident, ident_key, start, seconds = result
-        settings = cfg.fit_settings(cfg.num_prompts(prob, spec), schedule)
+        settings = cfg.fit_settings(cfg.num_prompts(prob, spec, prob_name), schedule)
         rows = {
             "problem": prob_name, "structure": prob.structure, "specification": spec,
             "num_prompts": settings.num_prompts, "n": n, "replicate": np.array(cfg.block_replicates(block)), "seed": cfg.seed,
