@@ -1,4 +1,4 @@
-"""The command line: ``moe-estimation study | plot | power | transformer | bench``.
+"""The command line: ``moe-estimation study | inverse-bound | plot | power | transformer | bench``.
 
 Run ``moe-estimation COMMAND --help`` for every option.
 """
@@ -106,6 +106,30 @@ def cmd_power(args) -> int:
     return 0
 
 
+def cmd_inverse(args) -> int:
+    _setup_jax(args)
+    from .inverse import InverseSettings, InverseStudy, run_inverse
+
+    fields = {f: getattr(args, f) for f in ("points", "starts", "penalty", "tolerance", "max_steps")
+              if getattr(args, f) is not None}
+    base = InverseStudy()
+    study = InverseStudy(
+        problems=tuple(args.problem), specifications=tuple(args.specifications), losses=tuple(args.losses),
+        deltas=tuple(args.deltas) if args.deltas else base.deltas, window=args.window,
+        settings=InverseSettings()._replace(**fields), seed=args.seed,
+        le_cam_ns=() if args.no_le_cam else tuple(args.le_cam_ns or base.le_cam_ns),
+        le_cam_cs=tuple(args.le_cam_cs or base.le_cam_cs), le_cam_betas=tuple(args.le_cam_betas or base.le_cam_betas),
+        le_cam_deltas=tuple(args.le_cam_deltas or base.le_cam_deltas))
+    table, summary, lecam = run_inverse(study, args.out, progress=not args.no_progress)
+    for row in summary.itertuples():
+        slope = "no slope" if row.slope != row.slope else f"slope {row.slope:.2f}"
+        print(f"{row.problem} {row.specification} {row.loss}: {slope} over delta <= {row.window:g} "
+              f"({row.points} positive, {row.zeros} at zero); min m/delta^2 {row.m_over_delta2_min:.3g}")
+    print(f"wrote {args.out}/inverse.csv, inverse_summary.csv" + (", le_cam.csv" if len(lecam) else "")
+          + f"; figures: moe-estimation plot --results {args.out} --out FIGURES")
+    return 0
+
+
 def cmd_plot(args) -> int:
     import matplotlib
 
@@ -204,6 +228,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-processes", type=int, help="with --distributed: the number of processes (one per host)")
     s.add_argument("--process-id", type=int, help="with --distributed: this process's rank, 0..num_processes-1")
     s.set_defaults(func=cmd_study)
+
+    iv = sub.add_parser("inverse-bound", help="the inverse bound m(delta), measured without statistics, and the Le Cam table",
+                        description="For each problem, specification and loss: m(delta), the smallest mean squared "
+                                    "distance ||f_G - f_G*||^2 (over inputs drawn from the input law) among measures G "
+                                    "with loss D(G, G*) = delta, by a penalised least-squares fit from many starts "
+                                    "(docs/maths.md, *The inverse bound*). Theory: m of order delta^2 for the shared "
+                                    "structures, m = 0 on the zero set of over-specified non-shared prompts. The Le Cam "
+                                    "table: the same at a truth whose two prompts are c n^-beta apart, with n m / sigma^2 "
+                                    "(bounded: no data set of size n tells the two measures apart). Writes inverse.csv, "
+                                    "inverse_summary.csv, le_cam.csv and config.json; resumes. Deterministic; about 10 "
+                                    "minutes a problem on one core with the defaults.")
+    iv.add_argument("--problem", nargs="+", default=["non-shared", "shared-linear", "shared-nonlinear"], help="preset names (default: "
+                    "non-shared shared-linear shared-nonlinear)")
+    iv.add_argument("--out", required=True, help="output directory; an existing one of the same run is resumed")
+    iv.add_argument("--specifications", nargs="+", default=["exact", "over"], help="exact (L' = L), over (L' = L + 1)")
+    iv.add_argument("--losses", nargs="+", default=["own", "key_value"], help="own (the structure's loss), key_value "
+                    "(D_2 on the key and value atoms)")
+    iv.add_argument("--deltas", type=float, nargs="+", help="the loss values (default: 7 from 1e-3 to 1)")
+    iv.add_argument("--window", type=float, default=1e-2, help="the local slope is fitted over delta <= this (default 1e-2)")
+    iv.add_argument("--starts", type=int, help="starts per delta (default 16)")
+    iv.add_argument("--points", type=int, help="inputs the squared distance is averaged over (default 2048)")
+    iv.add_argument("--penalty", type=float, help="the constraint's penalty (default 1e6)")
+    iv.add_argument("--tolerance", type=float, help="a start is feasible when |D / delta - 1| <= this (default 1e-2)")
+    iv.add_argument("--max-steps", type=int, help="solver steps per penalty stage (default 2000)")
+    iv.add_argument("--seed", type=int, default=0, help="seed of the inputs and the starts")
+    iv.add_argument("--no-le-cam", action="store_true", help="skip the Le Cam table")
+    iv.add_argument("--le-cam-ns", type=int, nargs="+", help="its sample sizes (default 1e3 1e4 1e5 1e6)")
+    iv.add_argument("--le-cam-cs", type=float, nargs="+", help="its scales c (default 1 0.25)")
+    iv.add_argument("--le-cam-betas", type=float, nargs="+", help="its exponents beta (default 0: a fixed truth, and 0.5)")
+    iv.add_argument("--le-cam-deltas", type=float, nargs="+", help="its loss values (default 0.01 0.1 1)")
+    iv.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    iv.set_defaults(func=cmd_inverse)
 
     pl = sub.add_parser("plot", help="draw the figures of finished studies",
                         description="Read the tables in each --results directory (a rate study's fits.csv and "

@@ -16,6 +16,8 @@
   worst case over each family of truths against n, beside every member's curve (``minimax.csv``).
 - ``failing_<loss>.png``: the fraction of fits whose loss exceeds its declared threshold against n, with
   exact 95% intervals and the trend test (``failing.csv``).
+- ``inverse.png`` and ``le_cam.png`` (an ``inverse-bound`` run): m(delta) against delta per loss, and the Le
+  Cam table's n m / sigma^2 against n (:func:`plot_inverse`).
 - ``transformer_curves.png``: held-out loss and accuracy against n for the three prefix
   parameterisations (mean over seeds with the seed range, fitted slopes in the legend).
 - ``combined.png``: the MoE rate panels (key/value yardstick, over-specified) beside the transformer's
@@ -502,28 +504,98 @@ def plot_combined(study: Path, transformer: Path | None, out: Path, teacher=None
     return path
 
 
+def plot_inverse(results: Path, out: Path) -> list[Path]:
+    """``inverse.png``: m(delta) against delta on log-log axes, one panel a loss, one line a (problem,
+    specification), with the slope 2 of m of order delta^2 drawn through each line's smallest delta; an m at
+    zero (at or below the run's zero floor, the zero set) is drawn on the panel's floor with an open marker.
+    ``le_cam.png`` (when the run has a Le Cam table): n m / sigma^2 against n, one panel a problem, one line a
+    (beta, c, delta)."""
+    results = Path(results)
+    table = pd.read_csv(results / "inverse.csv")
+    summary = pd.read_csv(results / "inverse_summary.csv")
+    floors = summary.groupby("problem")["zero_floor"].first()
+    written = []
+    losses = list(dict.fromkeys(table["loss"]))
+    fig, axes = plt.subplots(1, len(losses), figsize=(6 * len(losses), 4.6), squeeze=False)
+    positive = table["m"][table["m"] > table["problem"].map(floors)]
+    low = positive.min() / 30 if len(positive) else 1e-12
+    for ax, loss in zip(axes[0], losses):
+        for i, ((prob, spec), g) in enumerate(table[table["loss"] == loss].groupby(["problem", "specification"], sort=False)):
+            g = g.sort_values("delta")
+            zero = g["m"] <= floors[prob]
+            color = f"C{i}"
+            row = summary[(summary["problem"] == prob) & (summary["specification"] == spec) & (summary["loss"] == loss)]
+            slope = row["slope"].iloc[0] if len(row) else np.nan
+            label = f"{prob} {spec}" + (f": slope {slope:.2f}" if np.isfinite(slope) else "")
+            if zero.all():
+                label += ": m = 0 (zero set)"
+            ax.plot(g["delta"][~zero], g["m"][~zero], "o-", color=color, label=label)
+            ax.plot(g["delta"][zero], np.full(int(zero.sum()), low), "o", mfc="none", color=color)
+            if (~zero).any():
+                d0, m0 = g["delta"][~zero].iloc[0], g["m"][~zero].iloc[0]
+                ax.plot(g["delta"], m0 * (g["delta"] / d0) ** 2, ":", color=color, lw=1)
+        ax.axhline(low, color="0.6", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("delta = D(G, G*)")
+        ax.set_ylabel("m(delta) = min ||f_G - f_G*||^2")
+        ax.set_title(f"{LOSS_LABELS.get(loss, loss)}\n(dotted: slope 2; open markers on the grey line: m = 0)",
+                     fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, Path(out) / "inverse.png")
+    written.append(Path(out) / "inverse.png")
+    lecam_path = results / "le_cam.csv"
+    lecam = pd.read_csv(lecam_path) if lecam_path.is_file() else pd.DataFrame()
+    if len(lecam):
+        probs = list(dict.fromkeys(lecam["problem"]))
+        fig, axes = plt.subplots(1, len(probs), figsize=(6 * len(probs), 4.6), squeeze=False, sharey=True)
+        for ax, prob in zip(axes[0], probs):
+            g = lecam[lecam["problem"] == prob]
+            for i, ((beta, c, delta), h) in enumerate(g.groupby(["beta", "c", "delta"], sort=False)):
+                h = h.sort_values("n")
+                style = "-" if beta > 0 else "--"
+                ax.plot(h["n"], h["snr"].clip(lower=1e-12), "o" + style, color=f"C{i}",
+                        label=f"beta {beta:g}, c {c:g}, D = {delta:g}")
+            ax.axhline(1.0, color="0.5", lw=0.8)
+            _log_axes(ax, sorted(g["n"].unique()))
+            ax.set_ylabel("n ||f_G' - f_G_n||^2 / sigma^2")
+            ax.set_title(f"{prob}: the nearest measure at loss D from the truth G_n\n(below the grey line: no data set "
+                         "of size n tells them apart)", fontsize=9)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        _save(fig, Path(out) / "le_cam.png")
+        written.append(Path(out) / "le_cam.png")
+    return written
+
+
 def plot_results(results, out) -> list[Path]:
     """Every figure for the given result directories (rate studies and/or transformer runs)."""
     from ._checks import check_out_dir, make_out_dir
 
     out = check_out_dir(out)
     dirs = [Path(r) for r in ([results] if isinstance(results, (str, Path)) else results)]
-    studies, transformers, teachers = [], [], []
+    studies, transformers, teachers, inverse = [], [], [], []
     for d in dirs:
-        if fits_file(d).is_file() and "truth" in pd.read_csv(fits_file(d), nrows=0).columns:
+        if (d / "inverse.csv").is_file() and (d / "inverse_summary.csv").is_file():
+            inverse.append(d)
+        elif fits_file(d).is_file() and "truth" in pd.read_csv(fits_file(d), nrows=0).columns:
             teachers.append(d)
         elif fits_file(d).is_file():
             studies.append(d)
         elif (d / "curves.csv").is_file():
             transformers.append(d)
         else:
-            raise ValueError(f"--results: {d} holds neither fits.csv (a study) nor curves.csv (a transformer run)")
+            raise ValueError(f"--results: {d} holds neither fits.csv (a study), curves.csv (a transformer run) nor "
+                             "inverse.csv with inverse_summary.csv (an inverse-bound run)")
     make_out_dir(out)
     written = []
     for d in studies:
         written += plot_study(d, out)
     for d in transformers:
         written += plot_curves(d, out)
+    for d in inverse:
+        written += plot_inverse(d, out)
     if teachers:  # several teacher runs: one design split over its cases, drawn as one (else refused)
         written += plot_teacher(teachers, out)
     single = [d for d in studies if pd.read_csv(fits_file(d), usecols=["schedule"])["schedule"].nunique() == 1]

@@ -86,6 +86,7 @@ def voronoi_parts(
     true_atoms: jax.Array,
     split: int | None = None,
     r: float = 1.0,
+    smooth: float = 0.0,
 ) -> dict[str, jax.Array]:
     """All parts of D_2 and D_{1,r} for fitted ``(weights (L',), atoms (L', D))`` against the truth
     ``(true_weights (L,), true_atoms (L, D))``.
@@ -102,6 +103,11 @@ def voronoi_parts(
     bound)), w_min max_multi^2 <= D_2, so a D_2 at n^(-1/2) puts max_multi at n^(-1/4): slower than the
     parametric rate, the project's positive control (docs/maths.md, *A positive control*).
 
+    ``smooth`` > 0 (or a traced value) replaces every norm ||x|| and absolute value |x| of the losses by the
+    smooth sqrt(x^2 + smooth^2) - smooth (at most ``smooth`` below it, and differentiable at 0), and a squared
+    norm by the sum of squares itself: for optimisation under a constraint on the loss
+    (:mod:`moe_estimation.inverse`), never for scoring; 0 (the default) is the loss itself.
+
     Array-likes (lists) are accepted. A NaN or inf anywhere in the inputs makes every loss NaN. Raises
     ``ValueError`` for shapes that disagree, a ``split`` outside ``[0, D]`` or an ``r`` below 1.
     """
@@ -111,25 +117,35 @@ def voronoi_parts(
     cell = voronoi_cells(atoms, true_atoms)
     onehot = jax.nn.one_hot(cell, L, dtype=weights.dtype)  # (L', L)
     counts = onehot.sum(0)
-    weight = jnp.sum(jnp.abs(onehot.T @ weights - true_weights))
+    if not isinstance(smooth, jax.core.Tracer) and not (isinstance(smooth, (int, float, np.floating))
+                                                         and np.isfinite(smooth) and smooth >= 0):
+        raise ValueError(f"smooth: must be a finite number >= 0, got {smooth!r}")
+    smoothing = isinstance(smooth, jax.core.Tracer) or smooth > 0  # a traced value is taken as > 0
     delta = atoms - true_atoms[cell]
     single = counts[cell] == 1
 
     def norm(x):
-        # sqrt of a sum with a safe zero: no NaN if anyone differentiates through a loss at the truth
         sq = jnp.sum(x**2, axis=-1)
+        if smoothing:
+            return jnp.sqrt(sq + smooth**2) - smooth
+        # sqrt of a sum with a safe zero: no NaN if anyone differentiates through a loss at the truth
         return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
 
+    def square(x):
+        return jnp.sum(x**2, axis=-1) if smoothing else norm(x) ** 2
+
+    diff = onehot.T @ weights - true_weights
+    weight = jnp.sum(jnp.sqrt(diff**2 + smooth**2) - smooth) if smoothing else jnp.sum(jnp.abs(diff))
     n_all, n_k, n_v = norm(delta), norm(delta[:, :split]), norm(delta[:, split:])
     w_single, w_multi = jnp.where(single, weights, 0.0), jnp.where(single, 0.0, weights)
     parts = dict(
         weight=weight,
         single=w_single @ n_all,
-        multi=w_multi @ n_all**2,
+        multi=w_multi @ square(delta),
         key_single=w_single @ n_k,
-        key_multi=w_multi @ n_k**2,
+        key_multi=w_multi @ square(delta[:, :split]),
         value_single=w_single @ n_v,
-        value_multi=w_multi @ n_v**2,
+        value_multi=w_multi @ square(delta[:, split:]),
         max_multi=jnp.max(jnp.where(single, 0.0, n_all)),
         d1r=weight + weights @ (n_k**r + n_v**r),
         num_cells_multi=jnp.sum(counts > 1),
@@ -149,11 +165,12 @@ def d1r_loss(weights, atoms, true_weights, true_atoms, split: int, r: float = 1.
     return voronoi_parts(weights, atoms, true_weights, true_atoms, split=split, r=r)["d1r"]
 
 
-def structure_parts(problem, params: Params, r: float = 1.0) -> dict[str, jax.Array]:
+def structure_parts(problem, params: Params, r: float = 1.0, smooth: float = 0.0) -> dict[str, jax.Array]:
     """:func:`voronoi_parts` on the structure's own atoms (p, or the pair (p^K, p^V) split at d_k)."""
     split = problem.key_dim if problem.structure == NON_SHARED else None
     out = voronoi_parts(
-        jnp.exp(params.biases), params.atoms, jnp.exp(problem.true_biases), problem.true_atoms, split=split, r=r
+        jnp.exp(params.biases), params.atoms, jnp.exp(problem.true_biases), problem.true_atoms, split=split, r=r,
+        smooth=smooth,
     )
     return _nan_unless_finite(out, params.atoms, params.biases)  # a bias of -inf is no finite parameter either
 
@@ -166,21 +183,23 @@ def _key_value_measure(problem, params: Params):
             jnp.concatenate([tk, tv], axis=-1), k.shape[-1])
 
 
-def key_value_parts(problem, params: Params) -> dict[str, jax.Array]:
+def key_value_parts(problem, params: Params, smooth: float = 0.0) -> dict[str, jax.Array]:
     """:func:`voronoi_parts` on the atoms (k_i, v_i), the prefix keys and values, split into key and value."""
     *measure, split = _key_value_measure(problem, params)
-    return _nan_unless_finite(voronoi_parts(*measure, split=split), params.atoms, params.biases)
+    return _nan_unless_finite(voronoi_parts(*measure, split=split, smooth=smooth), params.atoms, params.biases)
 
 
-def voronoi_loss(problem, params: Params, r: float = 1.0) -> jax.Array:
-    """The structure's own loss: D_2 on p (shared structures) or D_{1,r} on (p^K, p^V) (non-shared)."""
-    parts = structure_parts(problem, params, r=r)
+def voronoi_loss(problem, params: Params, r: float = 1.0, smooth: float = 0.0) -> jax.Array:
+    """The structure's own loss: D_2 on p (shared structures) or D_{1,r} on (p^K, p^V) (non-shared).
+    ``smooth``: as in :func:`voronoi_parts` (0: the loss itself)."""
+    parts = structure_parts(problem, params, r=r, smooth=smooth)
     return parts["d1r"] if problem.structure == NON_SHARED else parts["d2"]
 
 
-def key_value_loss(problem, params: Params) -> jax.Array:
-    """The common yardstick: D_2 on the (key, value) atoms, the same formula for every structure."""
-    return key_value_parts(problem, params)["d2"]
+def key_value_loss(problem, params: Params, smooth: float = 0.0) -> jax.Array:
+    """The common yardstick: D_2 on the (key, value) atoms, the same formula for every structure.
+    ``smooth``: as in :func:`voronoi_parts` (0: the loss itself)."""
+    return key_value_parts(problem, params, smooth=smooth)["d2"]
 
 
 IDENTIFIED_NAMES = ("weight", "key", "value", "spread_key", "spread_value")
