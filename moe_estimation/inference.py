@@ -481,3 +481,81 @@ def minimax_tables(fits: pd.DataFrame, cfg: StudyConfig) -> tuple[pd.DataFrame, 
                         entry["ci_low"], entry["ci_high"] = percentile_interval(slopes, 0.95)
                     rates.append(entry)
     return pd.DataFrame(rows), pd.DataFrame(rates)
+
+
+# ------------------------------------------------------------------------------------------------
+# more than one truth and shape: the study's findings against the geometry of each problem
+
+GEOMETRY_FACTORS = ("d", "d_v", "draw", "key_separation", "noise_var", "extra_prompts")
+GEOMETRY_STATISTICS = ("mean", "median", "q90")
+
+
+def problem_geometry(cfg: StudyConfig, name: str) -> dict:
+    """The geometry of problem ``name``: ``d``, ``d_v``, ``draw`` (the seed of a problem drawn with ``draw``,
+    -1 for any other), ``key_separation`` (the smallest distance between two true keys, computed from the truth),
+    ``noise_var`` and ``extra_prompts`` (L' - L of its over-specified fit)."""
+    prob = cfg.problem(name)
+    keys = np.asarray(prob.true_key_value()[0])
+    dist = np.linalg.norm(keys[:, None] - keys[None], axis=-1) + np.diag(np.full(len(keys), np.inf))
+    draw = ((cfg.problem_tables.get(name) or {}).get("draw") or {}).get("seed", -1)
+    # rounded to 10 significant digits: a drawn separation of 0.5 reads 0.5 whatever the last bits of its keys
+    sep = float(f"{dist.min():.10g}") if len(keys) > 1 else np.nan
+    return dict(d=prob.d, d_v=prob.d_v, draw=int(draw), key_separation=sep,
+                noise_var=prob.noise_var, extra_prompts=cfg.extra_prompts_of(name))
+
+
+def geometry_table(rates: pd.DataFrame, failing: pd.DataFrame, cfg: StudyConfig, loss: str = "key_value") -> pd.DataFrame:
+    """``geometry.csv``: one row per (problem, specification, schedule) with the problem's geometry
+    (:func:`problem_geometry`; ``extra_prompts`` is 0 for the exact fit) beside what the study found on ``loss``:
+    the failing fraction at the smallest and the largest n of the rate window (``failing.csv``; its threshold)
+    and the slopes of the mean, the median and the 90% quantile with their intervals (``rates.csv``)."""
+    geo = {name: problem_geometry(cfg, name) for name in cfg.problems}
+    out = []
+    f = failing[(failing["loss"] == loss) & failing["in_window"].astype(bool)] if len(failing) else failing
+    r = rates[rates["loss"] == loss] if len(rates) else rates
+    for (prob, spec, sched), g in f.groupby(ARM, sort=False):
+        g = g.sort_values("n")
+        lo, hi = g.iloc[0], g.iloc[-1]
+        row = dict(problem=prob, structure=lo["structure"], specification=spec, schedule=sched,
+                   **dict(geo[prob], extra_prompts=geo[prob]["extra_prompts"] if spec == "over" else 0),
+                   loss=loss, threshold=float(lo["threshold"]), n_min=int(lo["n"]), n_max=int(hi["n"]),
+                   fits_n_min=int(lo["fits"]), failing_n_min=int(lo["failing"]),
+                   fits_n_max=int(hi["fits"]), failing_n_max=int(hi["failing"]))
+        rr = r[(r["problem"] == prob) & (r["specification"] == spec) & (r["schedule"] == sched)]
+        for stat in GEOMETRY_STATISTICS:
+            x = rr[rr["statistic"] == stat]
+            for col in ("slope", "ci_low", "ci_high"):
+                row[f"{stat}_{col}"] = float(x[col].iloc[0]) if len(x) else np.nan
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def geometry_effects(geometry: pd.DataFrame, factors=GEOMETRY_FACTORS) -> pd.DataFrame:
+    """``geometry_effects.csv``: how the failing fraction and the slopes depend on each factor of the geometry,
+    one row per (structure, specification, schedule, factor, level), pooled over the other factors: ``cells``
+    (problems at that level), the failing fits at the smallest and the largest n with exact 95% intervals of the
+    pooled fraction, and over the cells the median, the smallest and the largest slope of the median loss and of
+    its mean, and how many cells' median-slope interval holds -1/2 (``median_holding_half``) and lies below 0
+    (``median_below_zero``). A factor with one level in the study is left out."""
+    out = []
+    for (structure, spec, sched), g in geometry.groupby(["structure", "specification", "schedule"], sort=False):
+        for factor in factors:
+            if factor not in g or g[factor].nunique() < 2:
+                continue
+            for level, h in g.groupby(factor, sort=True):
+                row = dict(structure=structure, specification=spec, schedule=sched, factor=factor, level=level,
+                           cells=len(h))
+                for end in ("n_min", "n_max"):
+                    k, m = int(h[f"failing_{end}"].sum()), int(h[f"fits_{end}"].sum())
+                    lo, hi = binomial_interval(np.array([k]), np.array([m]))
+                    row.update({f"failing_{end}": k, f"fits_{end}": m, f"fraction_{end}": k / m,
+                                f"ci_low_{end}": float(lo[0]), f"ci_high_{end}": float(hi[0])})
+                for stat in ("median", "mean"):
+                    s = h[f"{stat}_slope"].dropna()
+                    row.update({f"{stat}_slope_median": float(s.median()) if len(s) else np.nan,
+                                f"{stat}_slope_min": float(s.min()) if len(s) else np.nan,
+                                f"{stat}_slope_max": float(s.max()) if len(s) else np.nan})
+                row["median_holding_half"] = int(((h["median_ci_low"] <= -0.5) & (h["median_ci_high"] >= -0.5)).sum())
+                row["median_below_zero"] = int((h["median_ci_high"] < 0).sum())
+                out.append(row)
+    return pd.DataFrame(out)

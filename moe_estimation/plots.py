@@ -14,6 +14,8 @@
   ``side_by_side_<schedule>.png`` per schedule instead of ``rates_<problem>.png`` and ``side_by_side.png``.
 - ``minimax_<loss>.png`` (a study with truths that move with n, drawn instead of the figures above): the
   worst case over each family of truths against n, beside every member's curve (``minimax.csv``).
+- ``geometry.png`` (a study of drawn geometries, drawn instead of the figures above): the failing fraction
+  and the slopes against each factor of the geometry (:func:`plot_geometry`).
 - ``failing_<loss>.png``: the fraction of fits whose loss exceeds its declared threshold against n, with
   exact 95% intervals and the trend test (``failing.csv``).
 - ``inverse.png`` and ``le_cam.png`` (an ``inverse-bound`` run): m(delta) against delta per loss, and the Le
@@ -229,6 +231,8 @@ def plot_study(results: str | Path, out: str | Path) -> list[Path]:
     if (results / "minimax.csv").is_file():  # truths that move with n: the worst case over each family
         return plot_minimax(pd.read_csv(results / "minimax.csv"), pd.read_csv(results / "quantiles.csv"),
                             pd.read_csv(results / "minimax_rates.csv"), out)
+    if (results / "geometry_effects.csv").is_file():  # many drawn geometries: their findings by factor
+        return plot_geometry(pd.read_csv(results / "geometry.csv"), pd.read_csv(results / "geometry_effects.csv"), out)
     written = []
     problems = list(dict.fromkeys(fits["problem"]))
     specs = list(dict.fromkeys(fits["specification"]))
@@ -254,6 +258,57 @@ def plot_study(results: str | Path, out: str | Path) -> list[Path]:
         if len(failing):
             written += plot_failing(failing, out)
     return written
+
+
+GEOMETRY_LABELS = {"d": "d (input dimension)", "d_v": "d_v (output dimension)", "draw": "draw of the truth",
+                   "key_separation": "separation of the true keys", "noise_var": "noise variance",
+                   "extra_prompts": "L' - L"}
+
+
+def plot_geometry(geometry: pd.DataFrame, effects: pd.DataFrame, out: Path) -> list[Path]:
+    """``geometry.png`` (a study of drawn geometries, ``geometry.csv`` and ``geometry_effects.csv``), one column a
+    factor: the pooled failing fraction at the largest n of the window against the factor's level, with its exact
+    95% interval, and at the smallest n dotted (row 1); every cell's slope of the median loss, with the median
+    over cells joined (row 2); one colour a (structure, specification)."""
+    factors = list(dict.fromkeys(effects["factor"]))
+    arms = list(dict.fromkeys(zip(effects["structure"], effects["specification"], effects["schedule"])))
+    fig, axes = plt.subplots(2, len(factors), figsize=(3.4 * len(factors), 7), squeeze=False, sharey="row")
+    for j, factor in enumerate(factors):
+        e = effects[effects["factor"] == factor]
+        levels = sorted(e["level"].unique())
+        x = np.arange(len(levels))
+        for i, (structure, spec, sched) in enumerate(arms):
+            color, off = f"C{i}", (i - (len(arms) - 1) / 2) * 0.08
+            h = e[(e["structure"] == structure) & (e["specification"] == spec) & (e["schedule"] == sched)]
+            h = h.set_index("level").reindex(levels)
+            ax = axes[0, j]
+            ax.errorbar(x + off, h["fraction_n_max"], yerr=[h["fraction_n_max"] - h["ci_low_n_max"],
+                                                            h["ci_high_n_max"] - h["fraction_n_max"]],
+                        fmt="o-", color=color, capsize=2, label=f"{structure} {spec}")
+            ax.plot(x + off, h["fraction_n_min"], ":", color=color)
+            g = geometry[(geometry["structure"] == structure) & (geometry["specification"] == spec)
+                         & (geometry["schedule"] == sched)]
+            ax = axes[1, j]
+            for k, level in enumerate(levels):
+                s = g[g[factor] == level]["median_slope"]
+                ax.plot(np.full(len(s), x[k] + off), s, ".", color=color, alpha=0.4)
+            ax.plot(x + off, h["median_slope_median"], "o-", color=color)
+        for ax in axes[:, j]:
+            ax.set_xticks(x, [f"{v:g}" for v in levels])
+            ax.set_xlabel(GEOMETRY_LABELS.get(factor, factor))
+            ax.grid(True, alpha=0.2)
+        axes[1, j].axhline(-0.5, color="0.5", lw=0.8, ls="--")
+        axes[1, j].axhline(0.0, color="0.7", lw=0.8)
+    threshold = geometry["threshold"].iloc[0]
+    axes[0, 0].set_ylabel(f"failing fraction ({geometry['loss'].iloc[0]} > {threshold:g})\nat n = "
+                          f"{int(geometry['n_max'].iloc[0])} (dotted: n = {int(geometry['n_min'].iloc[0])})")
+    axes[1, 0].set_ylabel("slope of the median loss (dots: cells)")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Findings against the geometry of the truth, pooled over the other factors", fontsize=10)
+    fig.tight_layout()
+    path = Path(out) / "geometry.png"
+    _save(fig, path)
+    return [path]
 
 
 def plot_minimax(minimax: pd.DataFrame, quantiles: pd.DataFrame, rates: pd.DataFrame, out: Path) -> list[Path]:

@@ -373,24 +373,32 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
 
 TABLES = ("rates.csv", "quantiles.csv", "failing.csv", "differences.csv", "lowest.csv", "bounds.csv")
 MOVING_TABLES = ("minimax.csv", "minimax_rates.csv")  # a study with truths that move with n writes these too
+GEOMETRY_TABLES = ("geometry.csv", "geometry_effects.csv")  # and one with problems drawn from a seed, these
 
 
 def write_tables(fits: pd.DataFrame, cfg: StudyConfig, out: Path) -> None:
     """Every table a study's fits give (:data:`TABLES`): the rates, and from :mod:`moe_estimation.inference`
     the quantiles, the failing fractions, the paired differences, the schedules' lowest objectives and the
     coordinates on the box; with truths that move with n, the worst case over each family
-    (:data:`MOVING_TABLES`, :func:`moe_estimation.inference.minimax_tables`). With several schedules, every table but ``lowest.csv`` has one arm more, the best fit of each data set over
+    (:data:`MOVING_TABLES`, :func:`moe_estimation.inference.minimax_tables`); with problems drawn from a seed,
+    the findings against each problem's geometry (:data:`GEOMETRY_TABLES`,
+    :func:`moe_estimation.inference.geometry_table`). With several schedules, every table but ``lowest.csv`` has one arm more, the best fit of each data set over
     all schedules (``best-of-all``, :func:`moe_estimation.inference.with_best_of_all`)."""
-    from .inference import (bounds_table, differences_table, failing_table, lowest_table, minimax_tables,
-                            quantiles_table, with_best_of_all)
+    from .inference import (bounds_table, differences_table, failing_table, geometry_effects, geometry_table,
+                            lowest_table, minimax_tables, quantiles_table, with_best_of_all)
 
     arms = with_best_of_all(fits)
-    write_csv(out / "rates.csv", rates_table(arms, cfg))
+    rates, failing = rates_table(arms, cfg), failing_table(arms, cfg)
+    write_csv(out / "rates.csv", rates)
     write_csv(out / "quantiles.csv", quantiles_table(arms, cfg))
-    write_csv(out / "failing.csv", failing_table(arms, cfg))
+    write_csv(out / "failing.csv", failing)
     write_csv(out / "differences.csv", differences_table(arms, cfg))
     write_csv(out / "lowest.csv", lowest_table(fits))
     write_csv(out / "bounds.csv", bounds_table(arms, cfg))
+    if any("draw" in (cfg.problem_tables.get(name) or {}) for name in cfg.problems):
+        geometry = geometry_table(rates, failing, cfg)
+        write_csv(out / "geometry.csv", geometry)
+        write_csv(out / "geometry_effects.csv", geometry_effects(geometry))
     if any(cfg.moving(name) is not None for name in cfg.problems):
         minimax, minimax_rates = minimax_tables(arms, cfg)
         write_csv(out / "minimax.csv", minimax)

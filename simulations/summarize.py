@@ -35,13 +35,22 @@ def study_table(path: Path) -> str:
         md = g[g["statistic"] == "median"].iloc[0]
         ff = f[(f["problem"] == prob) & (f["specification"] == spec)]
         out.append(f"| {prob} | {spec} | {loss}{' (composite)' if m.get('composite', False) else ''} | {m.slope:.2f} [{m.ci_low:.2f}, {m.ci_high:.2f}] | "
-                   f"{md.slope:.2f} [{md.ci_low:.2f}, {md.ci_high:.2f}] | {m.theory_slope:g} | {m.mean_loss_at_n_max:.3g} | "
+                   f"{md.slope:.2f} [{md.ci_low:.2f}, {md.ci_high:.2f}] | {_theory_text(m)} | {m.mean_loss_at_n_max:.3g} | "
                    f"{int(m.fits_not_converged)}/{len(ff)} | {int(ff['at_bound'].sum())}/{len(ff)} |")
     n = sorted(f["n"].unique())
     out.append("")
     out.append(f"n = {', '.join(str(x) for x in n)}; {f['replicate'].nunique()} replicates; starts: "
                f"{'; '.join(_schedule_text(f[f['schedule'] == s].iloc[0]) for s in f['schedule'].unique())}.")
     return "\n".join(out)
+
+
+def _theory_text(row) -> str:
+    """A rates.csv row's reference slope as the README prints it: the over-specified non-shared fit's 0 is no
+    fixed-truth rate but the reading of the lower bound over truths (docs/maths.md, *Rates and intervals*)."""
+    t = row["theory_slope"]
+    if row["structure"] == "non-shared" and row["specification"] == "over" and t == 0:
+        return "0 (worst-case reading)"
+    return f"{t:g}"
 
 
 def _schedule_text(row) -> str:
@@ -274,7 +283,7 @@ def teacher_table(paths) -> str:
         fits = f[(f["truth"] == truth) & (f["parameterisation"] == kind) & (f["specification"] == spec)]
         out.append(f"| {truth} | {kind} | {spec} | {row('key_value')} | {row('key_value', 'median')} | "
                    f"{row('identified_key')} | {row('identified_value')} | {row('excess_risk')} | "
-                   f"{'-' if pd.isna(theory) else f'{theory:g}'} | {kv.iloc[0]['mean_loss_at_n_max']:.3g} / "
+                   f"{'-' if pd.isna(theory) else ('0 (worst-case reading)' if kind == 'no-share' and spec == 'over' and theory == 0 else f'{theory:g}')} | {kv.iloc[0]['mean_loss_at_n_max']:.3g} / "
                    f"{fits.loc[fits['n'] == fits['n'].max(), 'loss_key_value'].median():.3g} | "
                    f"{int((~fits['converged'].astype(bool)).sum())} of {len(fits)} |")
     ns = sorted(f["n"].unique())
@@ -483,6 +492,78 @@ def minimax_markdown(path: Path, loss: str = "key_value") -> str:
     return "\n".join(out)
 
 
+def inverse_markdown(path: Path) -> str:
+    """An inverse-bound run (inverse.csv, inverse_summary.csv): per problem, specification and loss, m(delta) at
+    each delta (0 where it is at or below the zero floor: the zero set), the local slope and min m / delta^2."""
+    t, s = pd.read_csv(path / "inverse.csv"), pd.read_csv(path / "inverse_summary.csv")
+    deltas = sorted(t["delta"].unique())
+    out = ["| problem | specification | loss | " + " | ".join(f"m at {d:.3g}" for d in deltas)
+           + " | slope over delta <= window | min m / delta^2 over it |", "|" + "---|" * (len(deltas) + 5)]
+    for (prob, spec, loss), g in t.groupby(["problem", "specification", "loss"], sort=False):
+        x = s[(s["problem"] == prob) & (s["specification"] == spec) & (s["loss"] == loss)].iloc[0]
+        by = dict(zip(g["delta"], g["m"]))
+        ms = ["-" if not pd.notna(by.get(d)) else ("0" if by[d] <= x["zero_floor"] else f"{by[d]:.2e}") for d in deltas]
+        slope = f"{x['slope']:.2f}" if pd.notna(x["slope"]) else ("- (zero set)" if x["zeros"] else "-")
+        ratio = f"{x['m_over_delta2_min']:.3g}" if pd.notna(x["m_over_delta2_min"]) else "0"
+        out.append(f"| {prob} | {spec} | {loss} | " + " | ".join(ms) + f" | {slope} | {ratio} |")
+    w = s["window"].iloc[0]
+    out.append(f"\nm at or below the zero floor (1e-16 of the truth's signal) is written 0; window: delta <= {w:g}.")
+    return "\n".join(out)
+
+
+def le_cam_markdown(path: Path) -> str:
+    """The Le Cam table of an inverse-bound run (le_cam.csv): per problem, beta, c and loss value delta, the
+    signal-to-noise ratio n m_n(delta) / sigma^2 of the nearest measure at that loss from the truth G_n, at
+    every n."""
+    t = pd.read_csv(path / "le_cam.csv")
+    ns = sorted(t["n"].unique())
+    out = ["| problem | beta | c | D(G', G_n) | " + " | ".join(f"n = {n:g}" for n in ns) + " |",
+           "|" + "---|" * (len(ns) + 4)]
+    for (prob, beta, c, delta), g in t.groupby(["problem", "beta", "c", "delta"], sort=False):
+        by = dict(zip(g["n"], g["snr"]))
+        out.append(f"| {prob} | {beta:g} | {c:g} | {delta:g} | "
+                   + " | ".join("-" if not pd.notna(by.get(n)) else f"{by[n]:.3g}" for n in ns) + " |")
+    out.append("\nEach entry: n ||f_G' - f_G_n||^2 / sigma^2 for the measure G' nearest to the truth G_n (its two "
+               "prompts c n^-beta as far apart as the preset's) among those at loss D(G', G_n) = delta (the "
+               "structure's own loss, exactly specified). Below 1, no data set of size n tells G' from G_n.")
+    return "\n".join(out)
+
+
+def geometry_markdown(path: Path) -> str:
+    """A study of drawn geometries (geometry.csv, geometry_effects.csv): per specification, factor and level,
+    pooled over the other factors, the failing fits at the smallest and the largest n of the window and the
+    slope of the median loss (its median over cells, with the smallest and the largest), the two structures
+    side by side; and the exact fits' median-slope intervals that hold -1/2."""
+    g, e = pd.read_csv(path / "geometry.csv"), pd.read_csv(path / "geometry_effects.csv")
+    structures = list(dict.fromkeys(e["structure"]))
+    lo, hi = int(g["n_min"].iloc[0]), int(g["n_max"].iloc[0])
+    head = ["specification", "factor", "level"]
+    for s in structures:
+        head += [f"{s}: failing at n = {lo} / {hi}", f"{s}: median slope, median over cells [range]"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cell(row) -> list[str]:
+        if row is None:
+            return ["-", "-"]
+        return [f"{int(row['failing_n_min'])}/{int(row['fits_n_min'])} / {int(row['failing_n_max'])}/{int(row['fits_n_max'])}",
+                f"{row['median_slope_median']:.2f} [{row['median_slope_min']:.2f}, {row['median_slope_max']:.2f}]"]
+
+    for (spec, factor, level), h in e.groupby(["specification", "factor", "level"], sort=False):
+        cells = []
+        for s in structures:
+            x = h[h["structure"] == s]
+            cells += cell(x.iloc[0] if len(x) else None)
+        out.append(f"| {spec} | {factor} | {level:g} | " + " | ".join(cells) + " |")
+    totals = []
+    for (s, spec), h in g.groupby(["structure", "specification"], sort=False):
+        holding = int(((h["median_ci_low"] <= -0.5) & (h["median_ci_high"] >= -0.5)).sum())
+        totals.append(f"{s} {spec}: {int(h['failing_n_min'].sum())}/{int(h['fits_n_min'].sum())} failing at n = {lo}, "
+                      f"{int(h['failing_n_max'].sum())}/{int(h['fits_n_max'].sum())} at n = {hi}; median-slope interval "
+                      f"holds -1/2 in {holding} of {len(h)} cells")
+    out.append("\nAll cells: " + "; ".join(totals) + ".")
+    return "\n".join(out)
+
+
 def main(args) -> int:
     if args.study:
         print(study_table(Path(args.study)), "\n")
@@ -501,6 +582,12 @@ def main(args) -> int:
             print(lowest_markdown(path), "\n")
     if args.minimax:
         print(minimax_markdown(Path(args.minimax)), "\n")
+    if args.geometry:
+        print(geometry_markdown(Path(args.geometry)), "\n")
+    if args.inverse:
+        print(inverse_markdown(Path(args.inverse)), "\n")
+        if (Path(args.inverse) / "le_cam.csv").is_file():
+            print(le_cam_markdown(Path(args.inverse)), "\n")
     if args.power:
         print(power_markdown(Path(args.power)), "\n")
     if args.teacher:
@@ -530,6 +617,9 @@ if __name__ == "__main__":
                                        "paired differences (failing.csv, rates.csv, differences.csv)")
     p.add_argument("--minimax", help="a study with truths that move with n (e.g. tables/minimax-quick): the worst "
                                      "case over each family (minimax.csv, minimax_rates.csv)")
+    p.add_argument("--geometry", help="a study of drawn geometries (e.g. tables/geometry): the failing fractions and "
+                                      "slopes by factor (geometry.csv, geometry_effects.csv)")
+    p.add_argument("--inverse", help="an inverse-bound run (e.g. tables/inverse): m(delta) and the Le Cam table")
     p.add_argument("--power", help="a power table (moe-estimation power --out FILE)")
     p.add_argument("--transformer", help="a transformer run's output directory")
     p.add_argument("--teacher", nargs="+", metavar="DIR",

@@ -132,5 +132,14 @@ def test_a_study_of_drawn_problems_fits_each_its_own_extra_prompts(tmp_path):
     diffs = pd.read_csv(tmp_path / "s" / "differences.csv")
     pairs = {(r.a, r.b, r.specification) for r in diffs[diffs["axis"] == "problem"].itertuples()}
     assert len({p for p in pairs if p[2] == "over"}) == 6 and len({p for p in pairs if p[2] == "exact"}) == 1
+    geo = pd.read_csv(tmp_path / "s" / "geometry.csv")
+    assert len(geo) == 6  # (problem, specification) cells: 4 over-specified, 2 exact
+    assert set(geo["extra_prompts"]) == {0, 1, 2} and set(geo["d_v"]) == {4}
+    np.testing.assert_allclose(geo["key_separation"], 0.5, rtol=1e-12)
+    assert (geo["fits_n_min"] == 3).all() and geo["median_slope"].notna().all()
+    effects = pd.read_csv(tmp_path / "s" / "geometry_effects.csv")
+    over = effects[(effects["specification"] == "over")]
+    assert set(over["factor"]) == {"extra_prompts"}  # the one factor with two levels among the over-specified fits
+    assert (over.groupby("structure")["cells"].sum() == 2).all()
     again = run_study(cfg, tmp_path / "s", progress=False, log=lambda *a: None)
     pd.testing.assert_frame_equal(fits, again)
