@@ -301,8 +301,13 @@ def _build_fixed(name: str, table: dict, source: str) -> Problem:
         if "structure" in table:
             raise _err(source, f"problems.{name}.structure", "a drawn problem takes its structure from draw.structure")
     seed = _typed(source, f"problems.{name}.seed", seed, int)
+    from .problems import has_bool
+
     for key in ("A", "a", "H", "B", "C", "W1", "W2", "true_atoms", "true_biases"):
         if key in table:
+            if has_bool(table[key]):
+                raise _err(source, f"problems.{name}.{key}", f"expected a (nested) array of numbers, got a boolean in "
+                                                             f"{table[key]!r}")
             try:
                 table[key] = np.asarray(table[key], dtype=float)
             except (TypeError, ValueError):
@@ -463,11 +468,19 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
     for name, table in tables.items():
         if not isinstance(table, dict):
             raise _err(source, f"problems.{name}", f"expected a table of make_problem arguments, got {table!r}")
+    from .estimator import check_residuals
+
     for name in problems:  # every problem builds and validates before any work starts, at every n it moves to
-        build_problem(name, tables.get(name), source)
+        prob = build_problem(name, tables.get(name), source)
         if moving_truth(name, tables.get(name), source) is not None:
             for n in ns:
                 build_problem(name, tables.get(name), source, n)
+        over = "over" in (per_problem.get(name) or specs)
+        L = prob.num_true_prompts + (per_problem_extra.get(name, extra) if over else 0)
+        try:  # the smallest n must determine the largest fit of the problem
+            check_residuals(prob, L, min(ns), name=f"grid.ns")
+        except ValueError as e:
+            raise _err(source, "grid.ns", f"for problem {name!r}: " + str(e).split(": ", 1)[1]) from None
     return StudyConfig(
         seed=seed, ns=tuple(sorted(ns)), replicates=reps, problems=tuple(problems), specifications=tuple(specs),
         extra_prompts=extra, fit=fit, schedules=schedules, problem_specifications=per_problem, num_bootstrap=nb, n_min=n_min, n_max=n_max,

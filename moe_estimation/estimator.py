@@ -134,6 +134,17 @@ class FitResult(NamedTuple):
     start: Params
 
 
+def check_residuals(problem, num_prompts: int, n: int, name: str = "n") -> None:
+    """A data set of ``n`` rows gives n d_v residuals; a fit of ``num_prompts`` prompts has
+    num_prompts (atom_dim + 1) parameters. With fewer residuals than parameters the least-squares problem has
+    a continuum of exact solutions and its "converged" would mean nothing: ``ValueError`` naming ``name``."""
+    P = num_prompts * (problem.atom_dim + 1)
+    if n * problem.d_v < P:
+        raise ValueError(f"{name}: a data set of {n} rows gives {n * problem.d_v} residuals (n d_v, d_v = {problem.d_v}), "
+                         f"fewer than the {P} parameters of {num_prompts} prompts ({problem.atom_dim} atom coordinates "
+                         f"and a bias each): the fit is not determined; use n >= {-(-P // problem.d_v)}")
+
+
 def _validate_settings(problem, s: FitSettings) -> None:
     L = problem.num_true_prompts
     if isinstance(s.num_prompts, bool) or not isinstance(s.num_prompts, (int, np.integer)) or s.num_prompts < L:
@@ -392,6 +403,7 @@ def fit_batch(keys, problem, X, Y, num_prompts: int, *, mask=None, **options) ->
         mask = jnp.asarray(raw, X.dtype)
         if bool(jnp.any(mask.sum(axis=1) < 1)):
             raise ValueError("mask: every data set needs n >= 1 unmasked rows")
+    check_residuals(problem, settings.num_prompts, int(jnp.min(mask.sum(axis=1))))
     static, start = split_start(settings)
     return _fit_batch_jit(problem, keys, X, Y, mask, start.astype(X.dtype), static)
 

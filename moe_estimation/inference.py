@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .config import StudyConfig
-from .rates import Trend, binomial_interval, paired_rate_difference, quantile_statistic, trend_test
+from .rates import Trend, binomial_interval, paired_rate_difference, quantile_statistic, statistic_of, trend_test
 from .results import RATE_LOSSES, SCHEDULE_COLUMNS, loss_matrix
 
 ARM = ["problem", "specification", "schedule"]
@@ -240,8 +240,9 @@ def differences_table(fits: pd.DataFrame, cfg: StudyConfig, statistics=None) -> 
     (what differs: problem, specification or schedule), ``a`` and ``b`` (its two values), the fixed
     ``problem``/``specification``/``schedule`` (the differing one left empty), ``slope_a``, ``slope_b``,
     ``difference`` = slope_a - slope_b with its paired 95% bootstrap interval, ``pairs`` (replicates with a
-    positive finite loss in both arms at every n). Over the rate window, with the same bootstrap settings as
-    ``rates.csv``; a loss zero in either arm's every fit has no row."""
+    finite loss in both arms at every n; exact zeros are values and are kept). Over the rate window, with the
+    same bootstrap settings as ``rates.csv``; a statistic that is 0 at some n in either arm (no log) has no
+    row."""
     statistics = statistics or cfg.statistics
     window = fits[(fits["n"] >= cfg.n_min) & (fits["n"] <= cfg.n_max)]
     by_arm = {k: g for k, g in window.groupby(ARM, sort=False)}
@@ -258,11 +259,13 @@ def differences_table(fits: pd.DataFrame, cfg: StudyConfig, statistics=None) -> 
             if not np.array_equal(na, nb) or a.shape != b.shape or len(na) < 2:
                 continue  # not the same grid (no pairing), or fewer than two sizes (no slope)
             a, b = a.copy(), b.copy()
-            bad = ~(np.isfinite(a) & (a > 0) & np.isfinite(b) & (b > 0))
-            a[bad], b[bad] = np.nan, np.nan  # a pair counts only where both arms have a loss with a log
-            if np.any(np.all(bad, axis=1)):
-                continue
+            bad = ~(np.isfinite(a) & np.isfinite(b))
+            a[bad], b[bad] = np.nan, np.nan  # a pair counts only where both arms have a finite loss (zeros kept)
+            if np.any(np.sum(~bad, axis=1) < 2):
+                continue  # a size with fewer than two pairs: no paired interval
             for stat in statistics:
+                if np.any(statistic_of(a, stat, axis=1) <= 0) or np.any(statistic_of(b, stat, axis=1) <= 0):
+                    continue  # a statistic of 0 at some n in either arm: no slope to compare
                 d = paired_rate_difference(na, a, b, statistic=stat, num_bootstrap=cfg.num_bootstrap, seed=cfg.seed)
                 out.append(dict(axis=axis, a=arm_a[ARM.index(axis)], b=arm_b[ARM.index(axis)], **fixed, loss=loss,
                                 statistic=stat, slope_a=d.slope_a, slope_b=d.slope_b, difference=d.difference,

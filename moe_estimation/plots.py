@@ -90,12 +90,18 @@ PARTS_PANELS = (
 )
 
 
-def _slope(ns, y):
-    ok = np.isfinite(y) & (y > 0)
-    return ols_line(np.log(ns[ok]), np.log(y[ok]))[0] if ok.sum() >= 2 else np.nan
+def _slope(ns, y, window=None):
+    """The slope of log y on log n over the rate window ``(n_min, n_max)`` (default: every n), as rates.csv
+    takes it: NaN when y is not positive and finite at every n of the window (a zero has no log)."""
+    lo, hi = window or (-np.inf, np.inf)
+    keep = (ns >= lo) & (ns <= hi)
+    y = np.asarray(y, float)[keep]
+    if keep.sum() < 2 or not np.all(np.isfinite(y) & (y > 0)):
+        return np.nan
+    return ols_line(np.log(ns[keep]), np.log(y))[0]
 
 
-def _schedule_lines(ax, g: pd.DataFrame, cols, schedules, dotted_cols=None):
+def _schedule_lines(ax, g: pd.DataFrame, cols, schedules, dotted_cols=None, window=None):
     for k, sched in enumerate(schedules):
         gs = g[g["schedule"] == sched]
         ns = np.sort(gs["n"].unique()).astype(float)
@@ -105,7 +111,7 @@ def _schedule_lines(ax, g: pd.DataFrame, cols, schedules, dotted_cols=None):
             continue
         color = f"C{k}"
         ax.plot(ns, np.where(mean > 0, mean, np.nan), "o-", color=color, ms=3,
-                label=f"{sched}: slope {_slope(ns, mean):.2f}")
+                label=f"{sched}: slope {_slope(ns, mean, window):.2f}")
         ax.plot(ns, np.where(med > 0, med, np.nan), "--", color=color, lw=1, alpha=0.7)
         if dotted_cols is not None:
             extra = np.array([gs[gs["n"] == n][list(dotted_cols)].sum(axis=1).mean() for n in ns])
@@ -129,15 +135,16 @@ def _log_axes(ax, ns) -> None:
     ax.grid(True, which="both", alpha=0.2)
 
 
-def plot_parts(fits: pd.DataFrame, out: Path) -> list[Path]:
-    """``parts_<problem>_<specification>.png`` for every (problem, specification) of a study."""
+def plot_parts(fits: pd.DataFrame, out: Path, window=None) -> list[Path]:
+    """``parts_<problem>_<specification>.png`` for every (problem, specification) of a study; the slopes in the
+    legends are taken over the rate window ``(n_min, n_max)`` (default: every n), as in rates.csv."""
     schedules = list(dict.fromkeys(fits["schedule"]))
     written = []
     for (prob, spec), g in fits.groupby(["problem", "specification"], sort=False):
         fig, axes = plt.subplots(2, 4, figsize=(18, 7.8))
         for ax, (title, cols) in zip(axes.ravel(), PARTS_PANELS):
             dotted = RATE_LOSSES["spread_key"] if cols == RATE_LOSSES["spread_value"] else None
-            _schedule_lines(ax, g, cols, schedules, dotted)
+            _schedule_lines(ax, g, cols, schedules, dotted, window)
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("n")
             if ax.lines:
@@ -145,8 +152,9 @@ def plot_parts(fits: pd.DataFrame, out: Path) -> list[Path]:
             else:
                 ax.text(0.5, 0.5, "zero in every fit", transform=ax.transAxes, ha="center", color="gray")
         desc = "; ".join(_schedule_text(g[g["schedule"] == s].iloc[0]) for s in schedules)
+        span = "" if window is None else f"; slopes of the mean over n = {window[0]:,}..{window[1]:,}"
         fig.suptitle(f"{prob}, {spec}-specified (L'={int(g['num_prompts'].iloc[0])}): mean (solid) and median (dashed) over "
-                     f"{g['replicate'].nunique()} replicates; {_failures(g)}\n{desc}", fontsize=10)
+                     f"{g['replicate'].nunique()} replicates; {_failures(g)}{span}\n{desc}", fontsize=10)
         fig.tight_layout()
         path = out / f"parts_{prob}_{spec}.png"
         _save(fig, path)
@@ -215,6 +223,17 @@ def _side_by_side(fits, rates, problems, specs, title_suffix=""):
     return fig
 
 
+def _rate_window(results: Path):
+    """The study's rate window ``(n_min, n_max)`` from its config.json (None without one)."""
+    import json
+
+    try:
+        study = json.loads((Path(results) / "config.json").read_text())["study"]
+        return int(study["n_min"]), int(study["n_max"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def plot_study(results: str | Path, out: str | Path) -> list[Path]:
     """Draw every study figure from ``results/fits.csv`` and ``results/rates.csv`` into ``out``; a study with
     several schedules draws its best fit of each data set over all of them as one more schedule
@@ -252,7 +271,7 @@ def plot_study(results: str | Path, out: str | Path) -> list[Path]:
             path = out / f"side_by_side_{sched}.png"
             _save(_side_by_side(f, r, problems, specs, f"\n{_schedule_text(f.iloc[0])}"), path)
             written.append(path)
-    written += plot_parts(fits, out)
+    written += plot_parts(fits, out, _rate_window(results))
     if (results / "failing.csv").is_file():
         failing = pd.read_csv(results / "failing.csv")
         if len(failing):
@@ -643,6 +662,10 @@ def plot_results(results, out) -> list[Path]:
         else:
             raise ValueError(f"--results: {d} holds neither fits.csv (a study), curves.csv (a transformer run) nor "
                              "inverse.csv with inverse_summary.csv (an inverse-bound run)")
+    for kind, found in (("rate studies", studies), ("transformer runs", transformers), ("inverse-bound runs", inverse)):
+        if len(found) > 1:  # their figures have the same names: the second would overwrite the first
+            raise ValueError(f"--results: {found[0]} and {found[1]} are both {kind}, whose figures have the same file "
+                             "names (one would overwrite the other); draw them into separate --out folders")
     make_out_dir(out)
     written = []
     for d in studies:

@@ -136,7 +136,20 @@ jax.tree_util.register_dataclass(
 # validation
 
 
+def has_bool(value: Any) -> bool:
+    """True when ``value`` (a number, a nested list, an array) holds a boolean: True is no number here."""
+    if isinstance(value, (bool, np.bool_)):
+        return True
+    if isinstance(value, np.ndarray):
+        return value.dtype == bool or (value.dtype == object and any(has_bool(v) for v in value.ravel()))
+    if isinstance(value, (list, tuple)):
+        return any(has_bool(v) for v in value)
+    return False
+
+
 def _arr(name: str, value: Any, ndim: int) -> np.ndarray:
+    if has_bool(value):
+        raise ValueError(f"{name}: expected a numeric array, got a boolean in {value!r}")
     try:
         out = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as e:
@@ -243,12 +256,14 @@ def _check_options(dtype, structure, activation, input_dist, noise_var, input_sc
     if input_dist not in INPUT_DISTRIBUTIONS:
         raise ValueError(f"input_dist: expected one of {INPUT_DISTRIBUTIONS}, got {input_dist!r}")
     for name, val in (("noise_var", noise_var), ("input_scale", input_scale), ("atom_bound", atom_bound)):
-        if not (isinstance(val, (int, float, np.floating)) and np.isfinite(val) and val > 0):
+        if isinstance(val, (bool, np.bool_)) or not (isinstance(val, (int, float, np.floating)) and np.isfinite(val) and val > 0):
             raise ValueError(f"{name}: must be a finite number > 0, got {val!r}")
     try:
+        if has_bool(bias_bounds):
+            raise TypeError
         lo, hi = (float(v) for v in bias_bounds)
     except (TypeError, ValueError):
-        raise ValueError(f"bias_bounds: expected a pair (lo, hi), got {bias_bounds!r}") from None
+        raise ValueError(f"bias_bounds: expected a pair of numbers (lo, hi), got {bias_bounds!r}") from None
     if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
         raise ValueError(f"bias_bounds: expected finite lo < hi, got {bias_bounds!r}")
 

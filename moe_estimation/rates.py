@@ -123,9 +123,19 @@ def _checked(ns, losses, statistic, level, num_bootstrap, seed, name="losses"):
     finite = np.isfinite(losses)
     if np.any(finite.sum(axis=1) == 0):
         raise ValueError(f"{name}: every sample size needs at least one finite loss")
-    if np.any(losses[finite] <= 0):
-        raise ValueError(f"{name}: must be > 0 to take logs, got a loss <= 0")
+    if np.any(finite.sum(axis=1) < 2):
+        i = int(np.argmax(finite.sum(axis=1) < 2))
+        raise ValueError(f"{name}: every sample size needs at least two finite losses (replicates) for a bootstrap "
+                         f"interval, got {int(finite[i].sum())} at n = {ns[i]:g} (one replicate resamples to itself: "
+                         "an interval of width zero)")
+    if np.any(losses[finite] < 0):
+        raise ValueError(f"{name}: a loss is >= 0, got {losses[finite].min()}")
     statistic_quantile(statistic)
+    point = _stat(losses, statistic, axis=1)
+    if np.any(point <= 0):
+        zero = [float(n) for n, p in zip(ns, point) if p <= 0]
+        raise ValueError(f"{name}: the {statistic} over replicates is 0 at n = {zero} (its log is -inf): no slope; "
+                         "a zero is a value and is kept, so a statistic of mostly exact zeros has no rate")
     if not (0 < level < 1):
         raise ValueError(f"level: must lie in (0, 1), got {level}")
     if isinstance(num_bootstrap, bool) or not isinstance(num_bootstrap, (int, np.integer)) or num_bootstrap < 1:
@@ -170,15 +180,37 @@ def _boot_slopes(logn: np.ndarray, losses: np.ndarray, statistic: str, idx: np.n
     stat = _stat(boot, statistic, axis=2)  # (B, m); a row resampled to all-NaN falls back to the point value
     point = _stat(losses, statistic, axis=1)
     stat = np.where(np.isfinite(stat), stat, point[None])
-    ly = np.log(stat)
+    zero = np.any(stat <= 0, axis=1)  # a resample whose statistic is 0 at some n (exact zeros drawn): no slope
+    with np.errstate(divide="ignore"):
+        ly = np.log(np.where(zero[:, None], 1.0, stat))
     xc = logn - logn.mean()
-    return np.sum((ly - ly.mean(axis=1, keepdims=True)) * xc, axis=1) / np.sum(xc * xc)  # as ols_line, per row
+    slopes = np.sum((ly - ly.mean(axis=1, keepdims=True)) * xc, axis=1) / np.sum(xc * xc)  # as ols_line, per row
+    return np.where(zero, np.nan, slopes)
 
 
 def _interval(slopes: np.ndarray, level: float) -> tuple[float, float]:
+    """The equal-tailed ``level`` interval of bootstrap slopes. A NaN slope (a resample with no slope: its
+    statistic 0 at some n) is counted in both tails, as -inf below and +inf above: the interval then covers
+    whichever way it would have gone, and is infinite on a side where such resamples exceed that tail."""
     a = (1 - level) / 2
-    lo, hi = np.quantile(slopes, [a, 1 - a])
-    return float(lo), float(hi)
+    undefined = np.isnan(slopes)
+    if not undefined.any():
+        lo, hi = np.quantile(slopes, [a, 1 - a])
+        return float(lo), float(hi)
+    k, B = int(undefined.sum()), slopes.size
+    finite = np.sort(slopes[~undefined])
+    if not finite.size:
+        return float("-inf"), float("inf")
+
+    def at(pos):  # numpy's linear interpolation on the finite slopes, at position pos of their sorted array
+        lo_i = int(np.floor(pos))
+        hi_i = min(lo_i + 1, finite.size - 1)
+        return float(finite[lo_i] + (pos - lo_i) * (finite[hi_i] - finite[lo_i]))
+
+    q_lo, q_hi = a * (B - 1), (1 - a) * (B - 1)  # positions in the sorted B slopes
+    lo = float("-inf") if q_lo < k else at(q_lo - k)  # the k undefined resamples first, as -inf
+    hi = float("inf") if q_hi > B - 1 - k else at(q_hi)  # and last, as +inf
+    return lo, hi
 
 
 class RateDifference(NamedTuple):

@@ -14,7 +14,7 @@ table is written, read back and checked in one way everywhere.
   transformer's ``curves.csv`` and the teacher-student ``fits.csv``).
 - :func:`loss_matrix`, :func:`rate_entries`: from rows of a table to the empirical rates of
   :func:`moe_estimation.rates.empirical_rate`, with one rule for zero, missing and non-finite losses.
-- :class:`StudyLock`: one writer per output directory.
+- :class:`StudyLock`: one writer per output directory; :class:`RunLog`: the append-only log of its runs.
 """
 
 from __future__ import annotations
@@ -233,15 +233,18 @@ def loss_matrix(rows: pd.DataFrame, values, size: str = "n", replicate: str | No
 
 
 def rate_entries(ns, mat, *, num_bootstrap: int, seed: int, statistics=("mean", "median")) -> list[dict]:
-    """One dict per statistic: ``statistic``, ``slope``, ``ci_low``, ``ci_high``, ``note``. A loss that is
-    exactly zero or not finite is left out (a zero has no log; a non-finite fit is counted apart by the
-    caller, never averaged in); a sample size left with no loss at all gives no rate (NaN) and a ``note``
-    saying which. Anything else that fails is a bug, and raises."""
-    from .rates import empirical_rate
+    """One dict per statistic: ``statistic``, ``slope``, ``ci_low``, ``ci_high``, ``note``. A loss that is not
+    finite is left out (a non-finite fit is counted apart by the caller, never averaged in); an exact zero is a
+    value and is kept (the mean of 0, 0 and 1 is 1/3, as the figures draw it). A sample size left with no loss
+    at all, or whose statistic is 0 (the median of a loss that is zero in most fits), gives no rate (NaN) and a
+    ``note`` saying which; one with a single finite loss, a slope without an interval. Anything else that fails
+    is a bug, and raises."""
+    from .rates import empirical_rate, statistic_of
 
     mat = np.array(mat, dtype=float)
-    mat[~np.isfinite(mat) | (mat <= 0)] = np.nan
+    mat[~np.isfinite(mat)] = np.nan
     empty = [int(n) for n, row in zip(ns, mat) if not np.any(np.isfinite(row))]
+    single = [int(n) for n, row in zip(ns, mat) if np.sum(np.isfinite(row)) == 1]
     out = []
     for stat in statistics:
         if len(ns) < 2:  # a study stopped before its second size: its tables are written, without a slope
@@ -251,6 +254,18 @@ def rate_entries(ns, mat, *, num_bootstrap: int, seed: int, statistics=("mean", 
         if empty:
             out.append(dict(statistic=stat, slope=np.nan, ci_low=np.nan, ci_high=np.nan,
                             note=f"no positive finite loss at n = {empty}"))
+            continue
+        point = statistic_of(mat, stat, axis=1)
+        if np.any(point <= 0):
+            out.append(dict(statistic=stat, slope=np.nan, ci_low=np.nan, ci_high=np.nan,
+                            note=f"the {stat} is 0 at n = {[int(n) for n, p in zip(ns, point) if p <= 0]}: no slope"))
+            continue
+        if single:  # one loss at some n: a slope, but its bootstrap would resample that n to itself
+            from .rates import ols_line
+
+            slope = ols_line(np.log(ns), np.log(point))[0]
+            out.append(dict(statistic=stat, slope=slope, ci_low=np.nan, ci_high=np.nan,
+                            note=f"one positive finite loss at n = {single}: no interval"))
             continue
         r = empirical_rate(ns, mat, statistic=stat, num_bootstrap=num_bootstrap, seed=seed)
         out.append(dict(statistic=stat, slope=r.slope, ci_low=r.ci_low, ci_high=r.ci_high, note=""))
@@ -470,6 +485,32 @@ def _cell_of(row) -> tuple | None:
         return (row["problem"], row["specification"], row["schedule"], int(float(row["n"])))
     except (ValueError, TypeError):
         return None
+
+
+class RunLog:
+    """``runs.jsonl`` in a run's folder: one JSON line appended per event (``start``: the versions, platform and
+    devices of this run, and what it found and will do; ``end``: what it fitted), never rewritten, so that a
+    study begun on one machine or version and finished on another says so. ``config.json`` keeps the
+    provenance of the run that began the study."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled = Path(path), enabled
+
+    def append(self, event: str, **fields) -> None:
+        if not self.enabled:
+            return
+        line = json.dumps(dict(event=event, time=time.strftime("%Y-%m-%d %H:%M:%S"), host=platform.node(),
+                               pid=os.getpid(), **fields), default=str)
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> list[dict]:
+        """Every event logged so far (none when there is no log)."""
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
 class StudyLock:

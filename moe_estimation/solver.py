@@ -190,18 +190,40 @@ class _State(NamedTuple):
     status: jax.Array
 
 
+def _check_box(theta0, lower, upper) -> None:
+    """Eager checks of :func:`solve`'s start and box (skipped for traced values)."""
+    if any(isinstance(x, jax.core.Tracer) for x in (theta0, lower, upper)):
+        return
+    t, lo, hi = (jnp.asarray(x) for x in (theta0, lower, upper))
+    if t.ndim != 1 or lo.shape != t.shape or hi.shape != t.shape:
+        raise ValueError(f"Shape mismatch in lower, upper: expected the start's shape {t.shape}, got {lo.shape} and "
+                         f"{hi.shape}")
+    if bool(jnp.any(lo > hi)):
+        i = int(jnp.argmax(lo > hi))
+        raise ValueError(f"lower, upper: every lower bound must be <= its upper bound, got lower[{i}] = {float(lo[i])} > "
+                         f"upper[{i}] = {float(hi[i])}")
+    if not bool(jnp.all(jnp.isfinite(t))):
+        raise ValueError("theta0: the start must be finite, got NaN or inf")
+
+
 def solve(linearize: Callable, theta0: jax.Array, lower: jax.Array, upper: jax.Array,
           settings: SolverSettings = SolverSettings()) -> Solution:
     """Minimise 1/2 ||r(theta)||^2 over the box [lower, upper] from ``theta0`` (assumed inside it).
 
     Args:
       linearize: ``theta -> Normal(F, g, H)`` (see :func:`normal_equations`).
-      theta0: the start, ``(P,)``.
-      lower, upper: the box, ``(P,)`` each.
+      theta0: the start, ``(P,)``; projected onto the box (a start outside it begins at its nearest point).
+      lower, upper: the box, ``(P,)`` each, lower <= upper.
       settings: the stopping rules.
 
-    Returns a :class:`Solution`; traceable and vmappable.
+    Returns a :class:`Solution`; traceable and vmappable. Called with concrete arrays, it raises
+    ``ValueError`` for shapes that disagree, a box with some lower bound above its upper bound, or a
+    non-finite start (under ``jit`` or ``vmap`` these cannot be checked: a box with lower > upper then
+    gives a solution with status ``stalled`` and 0 steps, never a converged one).
     """
+    _check_box(theta0, lower, upper)
+    empty = jnp.any(lower > upper)
+    theta0 = jnp.clip(theta0, lower, upper)
     F0, g0, H0 = linearize(theta0)
     tiny = jnp.finfo(theta0.dtype).tiny
     eps = jnp.finfo(theta0.dtype).eps
@@ -257,7 +279,7 @@ def solve(linearize: Callable, theta0: jax.Array, lower: jax.Array, upper: jax.A
         # a solve that has stopped stays frozen while the rest of its batch runs on
         return jax.tree.map(lambda a, b: jnp.where(s.status == Status.RUNNING, a, b), new, s)
 
-    status0 = jnp.where(gtol_met(theta0, F0, g0, H0), Status.GTOL, Status.RUNNING)
+    status0 = jnp.where(empty, Status.STALLED, jnp.where(gtol_met(theta0, F0, g0, H0), Status.GTOL, Status.RUNNING))
     s0 = _State(theta0, F0, g0, H0, jnp.asarray(1e-3, theta0.dtype), jnp.asarray(2.0, theta0.dtype), jnp.asarray(0),
                 status0)
     s = jax.lax.while_loop(lambda s: s.status == Status.RUNNING, body, s0)

@@ -53,6 +53,7 @@ from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation
     PART_NAMES,
     RATE_LOSSES,
     SCHEDULE_COLUMNS,
+    RunLog,
     StudyLock,
     atomic_write,
     check_same_study,
@@ -306,17 +307,21 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
                              "--repair to drop the damaged cells and recompute only them")
         if damage:
             log(f"repairing {fits_path}: " + "; ".join(damage) + " (dropped, to be recomputed)")
-    meta = dict(
-        resolved, versions=versions(), platform=platform.platform(), device=str(jax.devices()[0]),
-        devices=jax.device_count(), processes=jax.process_count(),
-        x64=bool(jax.config.jax_enable_x64), root_seed=cfg.seed,
-        bucket_sizes={str(n): bucket_size(n) for n in cfg.ns},
-    )
+    provenance = dict(versions=versions(), platform=platform.platform(), device=str(jax.devices()[0]),
+                      devices=jax.device_count(), processes=jax.process_count())
+    meta = dict(resolved, **provenance, x64=bool(jax.config.jax_enable_x64), root_seed=cfg.seed,
+                bucket_sizes={str(n): bucket_size(n) for n in cfg.ns})
     if lead:
+        if cfg_path.is_file():  # a resume: config.json keeps the provenance of the run that began the study
+            first = json.loads(cfg_path.read_text())
+            meta = dict(meta, **{k: first[k] for k in provenance if k in first})
         atomic_write(cfg_path, json.dumps(meta, indent=2))
 
     finished = finished_tasks(table.frame(), cfg)
     todo = [t for t in tasks(cfg) if t not in finished]
+    run_log = RunLog(out / "runs.jsonl", enabled=lead)
+    run_log.append("start", **provenance, tasks_finished_before=len(finished), tasks_to_fit=0 if tables_only else len(todo),
+                   tables_only=tables_only, repair=repair, workers=workers)
     unit = "cells" if cfg.blocks == 1 else f"cell blocks (of {cfg.block} replicates)"
     if jax.process_count() > 1:  # every process must run the same tasks in the same order: process 0 decides
         from jax.experimental import multihost_utils
@@ -368,6 +373,7 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
     if lead:
         table.write(fits)
         write_tables(fits, cfg, out)
+    run_log.append("end", tasks_fitted=len(todo), tasks_finished=len(finished_tasks(fits, cfg)))
     return fits
 
 
@@ -440,7 +446,7 @@ def rates_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
             if not np.any(values != 0):
                 continue
             ns, mat = loss_matrix(g, values, replicate="replicate")
-            last = mat[-1][np.isfinite(mat[-1]) & (mat[-1] > 0)]
+            last = mat[-1][np.isfinite(mat[-1])]  # zeros are values
             for entry in rate_entries(ns, mat, num_bootstrap=cfg.num_bootstrap, seed=cfg.seed,
                                       statistics=cfg.statistics):
                 out.append(dict(

@@ -61,13 +61,18 @@ def _as_measure(weights, atoms, true_weights, true_atoms, split=None, r=None):
         raise ValueError(f"split: must be an integer in [0, {atoms.shape[1]}] (the atom's width), got {split!r}")
     if r is not None and not isinstance(r, jax.core.Tracer) and not (np.isfinite(r) and r >= 1):
         raise ValueError(f"r: D_(1,r) needs a finite r >= 1, got {r!r}")
+    for name, x in (("weights", weights), ("true_weights", true_weights)):  # a mixing measure's weights
+        if not isinstance(x, jax.core.Tracer) and bool(jnp.any(x < 0)):
+            raise ValueError(f"{name}: the weights of a mixing measure must be >= 0 (exp of the biases), got "
+                             f"{float(jnp.min(x))}")
     return weights, atoms, true_weights, true_atoms
 
 
-def _nan_unless_finite(out: dict, *arrays) -> dict:
-    """Every float entry NaN when any input is NaN or inf: a non-finite parameter never scores as a finite
-    (let alone zero) loss."""
-    ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
+def _nan_unless_finite(out: dict, *arrays, weights=()) -> dict:
+    """Every float entry NaN when any input is NaN or inf, or any of ``weights`` negative (under ``jit``,
+    where :func:`_as_measure` cannot refuse it): a non-finite parameter or a negative weight never scores as
+    a finite (let alone zero or negative) loss."""
+    ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays] + [jnp.all(w >= 0) for w in weights]))
     return {k: (jnp.where(ok, v, jnp.nan) if jnp.issubdtype(v.dtype, jnp.floating) else v) for k, v in out.items()}
 
 
@@ -109,7 +114,8 @@ def voronoi_parts(
     (:mod:`moe_estimation.inverse`), never for scoring; 0 (the default) is the loss itself.
 
     Array-likes (lists) are accepted. A NaN or inf anywhere in the inputs makes every loss NaN. Raises
-    ``ValueError`` for shapes that disagree, a ``split`` outside ``[0, D]`` or an ``r`` below 1.
+    ``ValueError`` for shapes that disagree, a negative weight (under ``jit``: every loss NaN), a ``split``
+    outside ``[0, D]`` or an ``r`` below 1.
     """
     weights, atoms, true_weights, true_atoms = _as_measure(weights, atoms, true_weights, true_atoms, split, r)
     L = true_atoms.shape[0]
@@ -152,7 +158,7 @@ def voronoi_parts(
         num_cells_empty=jnp.sum(counts == 0),
     )
     parts["d2"] = weight + parts["single"] + parts["multi"]
-    return _nan_unless_finite(parts, weights, atoms, true_weights, true_atoms)
+    return _nan_unless_finite(parts, weights, atoms, true_weights, true_atoms, weights=(weights, true_weights))
 
 
 def d2_loss(weights, atoms, true_weights, true_atoms) -> jax.Array:
@@ -253,7 +259,7 @@ def identified_parts(weights, atoms, true_weights, true_atoms, split: int, cells
         spread_key=weights @ jnp.sum(dev[:, :split] ** 2, axis=-1),
         spread_value=weights @ jnp.sum(dev[:, split:] ** 2, axis=-1),
     )
-    return _nan_unless_finite(out, weights, atoms, true_weights, true_atoms)
+    return _nan_unless_finite(out, weights, atoms, true_weights, true_atoms, weights=(weights, true_weights))
 
 
 def identified_key_value(problem, params: Params, cells: str = "atom") -> dict[str, jax.Array]:

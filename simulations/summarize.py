@@ -24,23 +24,34 @@ from moe_estimation.results import RATE_LOSSES, describe_schedule, fits_file
 
 
 def study_table(path: Path) -> str:
+    """The own loss and the yardstick of every (problem, specification) and, in a study of several schedules,
+    every schedule (a column then names it; the best-of-all arm last): mean and median slopes, the reference,
+    the mean loss at the largest n, and that arm's fits not converged and on the box."""
     r = pd.read_csv(path / "rates.csv")
     f = pd.read_csv(fits_file(path))
-    out = ["| problem | spec | loss | mean: slope [95% CI] | median: slope [95% CI] | theory | mean loss at n_max | fits not converged | fits at box bound |",
-           "|---|---|---|---|---|---|---|---|---|"]
-    for (prob, spec, loss), g in r.groupby(["problem", "specification", "loss"], sort=False):
+    several = r["schedule"].nunique() > 1
+    out = ["| problem | spec | " + ("schedule | " if several else "") + "loss | mean: slope [95% CI] | median: slope "
+           "[95% CI] | theory | mean loss at n_max | fits not converged | fits at box bound |",
+           "|---|---|" + ("---|" if several else "") + "---|---|---|---|---|---|---|"]
+    if several:
+        from moe_estimation.inference import with_best_of_all
+
+        f = with_best_of_all(f)
+    for (prob, spec, sched, loss), g in r.groupby(["problem", "specification", "schedule", "loss"], sort=False):
         if loss not in ("own", "key_value"):
             continue
         m = g[g["statistic"] == "mean"].iloc[0]
         md = g[g["statistic"] == "median"].iloc[0]
-        ff = f[(f["problem"] == prob) & (f["specification"] == spec)]
-        out.append(f"| {prob} | {spec} | {loss}{' (composite)' if m.get('composite', False) else ''} | {m.slope:.2f} [{m.ci_low:.2f}, {m.ci_high:.2f}] | "
+        ff = f[(f["problem"] == prob) & (f["specification"] == spec) & (f["schedule"] == sched)]
+        out.append(f"| {prob} | {spec} | " + (f"{sched} | " if several else "") + f"{loss}{' (composite)' if m.get('composite', False) else ''} | {m.slope:.2f} [{m.ci_low:.2f}, {m.ci_high:.2f}] | "
                    f"{md.slope:.2f} [{md.ci_low:.2f}, {md.ci_high:.2f}] | {_theory_text(m)} | {m.mean_loss_at_n_max:.3g} | "
                    f"{int(m.fits_not_converged)}/{len(ff)} | {int(ff['at_bound'].sum())}/{len(ff)} |")
     n = sorted(f["n"].unique())
     out.append("")
+    schedules = [s for s in f["schedule"].unique() if s != "best-of-all"]
     out.append(f"n = {', '.join(str(x) for x in n)}; {f['replicate'].nunique()} replicates; starts: "
-               f"{'; '.join(_schedule_text(f[f['schedule'] == s].iloc[0]) for s in f['schedule'].unique())}.")
+               f"{'; '.join(_schedule_text(f[f['schedule'] == s].iloc[0]) for s in schedules)}"
+               + ("; best-of-all: each data set's lowest objective over them" if several else "") + ".")
     return "\n".join(out)
 
 

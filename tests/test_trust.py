@@ -1,0 +1,187 @@
+"""Numbers that looked fine and were not: each case as it was found, and what it does now."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import moe_estimation as me
+from moe_estimation.config import parse_config
+from moe_estimation.rates import _interval, empirical_rate
+from moe_estimation.results import RunLog, rate_entries
+from moe_estimation.solver import Normal, Status, solve
+from moe_estimation.study import run_study
+
+from conftest import REFERENCE, ROOT
+
+sys.path.insert(0, str(ROOT / "simulations"))
+import summarize  # noqa: E402
+
+
+# -- the solver's start and box
+
+
+def _quadratic(target):
+    return lambda t: Normal(0.5 * jnp.sum((t - target) ** 2), t - target, jnp.eye(t.shape[0]))
+
+
+def test_a_start_outside_the_box_is_projected_not_reported_converged():
+    """It returned "converged" (gtol, 0 steps) at the start itself; now it starts at the box's nearest point."""
+    lin = _quadratic(jnp.array([0.5, 0.5]))
+    sol = solve(lin, jnp.array([5.0, -5.0]), jnp.zeros(2), jnp.ones(2))
+    np.testing.assert_allclose(sol.value, [0.5, 0.5], atol=1e-8)
+    assert me.is_converged(int(sol.status)) and int(sol.steps) >= 1
+
+
+def test_a_box_with_lower_above_upper_is_refused_and_never_converges_under_jit():
+    lin = _quadratic(jnp.zeros(2))
+    with pytest.raises(ValueError, match=r"lower\[1\] = 2.0 > upper\[1\] = 1.0"):
+        solve(lin, jnp.zeros(2), jnp.array([0.0, 2.0]), jnp.array([1.0, 1.0]))
+    with pytest.raises(ValueError, match="theta0: the start must be finite"):
+        solve(lin, jnp.array([jnp.nan, 0.0]), jnp.zeros(2), jnp.ones(2))
+    sol = jax.jit(lambda lo, hi: solve(lin, jnp.zeros(2), lo, hi))(jnp.array([0.0, 2.0]), jnp.array([1.0, 1.0]))
+    assert Status(int(sol.status)) == Status.STALLED and int(sol.steps) == 0
+
+
+# -- losses of measures with negative weights
+
+
+def test_negative_weights_are_refused_and_score_nan_under_jit():
+    """d2_loss returned a negative loss for a negative weight."""
+    atoms, true = jnp.zeros((2, 2)), jnp.ones((2, 2))
+    with pytest.raises(ValueError, match="weights: the weights of a mixing measure must be >= 0"):
+        me.d2_loss(jnp.array([-1.0, 1.0]), atoms, jnp.ones(2), true)
+    with pytest.raises(ValueError, match="true_weights"):
+        me.d2_loss(jnp.ones(2), atoms, jnp.array([1.0, -0.5]), true)
+    out = jax.jit(me.d2_loss)(jnp.array([-1.0, 1.0]), atoms, jnp.ones(2), true)
+    assert np.isnan(float(out))
+
+
+# -- rates: one replicate, zeros
+
+
+def test_one_replicate_per_size_gives_no_interval():
+    """empirical_rate gave a zero-width "95% interval" from one replicate per n."""
+    ns = [100, 200, 400]
+    with pytest.raises(ValueError, match="at least two finite losses .* got 1 at n = 100"):
+        empirical_rate(ns, [[1.0], [0.7], [0.5]])
+    (entry,) = rate_entries(np.array(ns), np.array([[1.0, np.nan], [0.7, 0.6], [0.5, 0.4]]), num_bootstrap=200, seed=0,
+                            statistics=("mean",))
+    assert np.isfinite(entry["slope"]) and np.isnan(entry["ci_low"]) and "one positive finite loss at n = [100]" in entry["note"]
+
+
+def test_exact_zeros_are_values_in_the_rates_as_in_the_figures():
+    """rates.csv left exact zeros out of its means: a loss zero in some fits was averaged over the others, and
+    its slope could change sign. The mean of (0, 0, 3) is 1."""
+    ns = np.array([100, 1000])
+    mat = np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 3.0]])  # mean 1 and 1: slope 0 (leaving the zeros out gave +0.48)
+    mean, median = rate_entries(ns, mat, num_bootstrap=400, seed=0, statistics=("mean", "median"))
+    assert mean["slope"] == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(median["slope"]) and "the median is 0 at n = [1000]" in median["note"]
+    assert mean["ci_low"] == -np.inf  # resamples drawing only the zeros at n = 1000 have no slope: counted in both tails
+    with pytest.raises(ValueError, match="the median over replicates is 0 at n"):
+        empirical_rate(ns, mat, statistic="median")
+    with pytest.raises(ValueError, match="a loss is >= 0"):
+        empirical_rate(ns, [[1.0, 1.0], [-1.0, 1.0]])
+
+
+def test_undefined_bootstrap_slopes_widen_the_interval_on_both_sides():
+    slopes = np.linspace(-1, 1, 1000)
+    assert _interval(slopes, 0.95) == pytest.approx(tuple(np.quantile(slopes, [0.025, 0.975])))
+    few = slopes.copy()
+    few[:10] = np.nan  # 1%: inside either tail's 2.5%, the interval stays finite and wider than the finite slopes'
+    lo, hi = _interval(few, 0.95)
+    finite = few[~np.isnan(few)]
+    assert np.isfinite(lo) and np.isfinite(hi)
+    assert lo <= np.quantile(finite, 0.025) and hi >= np.quantile(finite, 0.975)
+    many = slopes.copy()
+    many[:100] = np.nan
+    assert _interval(many, 0.95) == (-np.inf, np.inf)
+
+
+# -- too few residuals, booleans where numbers belong
+
+
+def test_fewer_residuals_than_parameters_are_refused():
+    """A fit of 3 rows (6 residuals) for 9 parameters came back "converged"; a grid of n = 1, 2, 3 was rated."""
+    prob = me.preset("shared-linear")
+    with pytest.raises(ValueError, match="6 residuals .* fewer than the 9 parameters"):
+        me.fit(jax.random.key(0), prob, jnp.zeros((3, 2)), jnp.zeros((3, 2)), num_prompts=3)
+    with pytest.raises(ValueError, match=r"grid\.ns: for problem 'shared-linear'.*use n >= 5"):
+        parse_config(dict(REFERENCE, grid=dict(REFERENCE["grid"], ns=[1, 2, 3])))
+
+
+@pytest.mark.parametrize("table, key", [
+    (dict(preset="shared-linear", noise_var=True), "noise_var"),
+    (dict(preset="shared-linear", true_biases=[True, 0.3]), "true_biases"),
+    (dict(preset="shared-linear", bias_bounds=[-3, True]), "bias_bounds"),
+])
+def test_a_boolean_is_no_number(table, key):
+    with pytest.raises(ValueError, match=f"problems.a.*{key}"):
+        parse_config(dict(REFERENCE, grid=dict(REFERENCE["grid"], problems=["a"]), problems={"a": table}))
+
+
+# -- provenance, summaries, figures
+
+
+def test_a_resume_keeps_the_first_runs_provenance_and_logs_every_run(reference_study, tmp_path):
+    """Every resume rewrote config.json's versions, platform and device: a study begun on one machine and
+    finished on another read as one run of the last."""
+    out = tmp_path / "study"
+    shutil.copytree(reference_study, out)
+    meta = json.loads((out / "config.json").read_text())
+    meta["platform"] = "the machine that began it"
+    (out / "config.json").write_text(json.dumps(meta))
+    before = len(RunLog(out / "runs.jsonl").read())
+    run_study(parse_config(REFERENCE), out, progress=False, log=lambda *a: None)
+    assert json.loads((out / "config.json").read_text())["platform"] == "the machine that began it"
+    events = RunLog(out / "runs.jsonl").read()[before:]
+    assert [e["event"] for e in events] == ["start", "end"]
+    assert events[0]["platform"] != "the machine that began it" and events[0]["tasks_to_fit"] == 0
+    assert events[1]["tasks_fitted"] == 0 and "versions" in events[0]
+
+
+def test_study_table_shows_every_schedule(tmp_path):
+    """summarize --study printed the first schedule's rows under a caption naming both."""
+    table = summarize.study_table(ROOT / "tables" / "restarts-quick")
+    for sched in ("random-8", "random-16", "random-32", "best-of-all"):
+        assert f"| {sched} |" in table
+    f = pd.read_csv(ROOT / "tables" / "restarts-quick" / "fits.csv")
+    per_arm = len(f) // (f["schedule"].nunique() * f["problem"].nunique())  # the fits of one problem and schedule
+    assert f"/{per_arm} |" in table and f"/{2 * per_arm} |" not in table
+
+
+def test_two_studies_are_not_drawn_into_one_folder(tmp_path):
+    """plot --results A B overwrote A's figures with B's (same file names) without a word."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        shutil.copytree(ROOT / "tables" / "quick", d)
+    with pytest.raises(ValueError, match="both rate studies.*separate --out"):
+        me_plots().plot_results([a, b], tmp_path / "fig")
+    assert not (tmp_path / "fig").exists()
+
+
+def test_parts_legend_slopes_follow_the_rate_window():
+    """The parts figures' legend slopes ignored the configuration's rate window."""
+    from moe_estimation.plots import _slope
+
+    ns = np.array([100.0, 1000.0, 10000.0])
+    y = np.array([1.0, 0.1, 1.0])
+    assert _slope(ns, y, (100, 1000)) == pytest.approx(-1.0)
+    assert _slope(ns, y) == pytest.approx(0.0)
+    assert np.isnan(_slope(ns, np.array([1.0, 0.0, 1.0])))
+
+
+def me_plots():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from moe_estimation import plots
+
+    return plots
