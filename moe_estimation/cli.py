@@ -1,4 +1,4 @@
-"""The command line: ``moe-estimation study | inverse-bound | plot | power | transformer | bench``.
+"""The command line: ``moe-estimation study | inverse-bound | summarize | presets | plot | power | transformer | bench``.
 
 Run ``moe-estimation COMMAND --help`` for every option.
 """
@@ -51,8 +51,20 @@ def cmd_study(args) -> int:
 
     if (args.preset is None) == (args.config is None):
         raise ValueError("study: give exactly one of --preset NAME or --config FILE")
+    if args.out is None and not (args.show_config or args.dry_run):
+        raise ValueError("study: --out is required (the folder the study writes, or resumes)")
     _setup_jax(args)  # first: jax.distributed.initialize() must precede anything that touches a device
     cfg = study_preset(args.preset) if args.preset else load_config(args.config)
+    if args.show_config:  # the resolved configuration, every default filled in; nothing is run
+        import json
+
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    if args.dry_run:
+        from .study import dry_run
+
+        print(dry_run(cfg, workers=parse_workers(args.workers)))
+        return 0
     from .study import run_study
 
     import jax
@@ -62,7 +74,39 @@ def cmd_study(args) -> int:
                      repair=args.repair, wait=args.wait, log=print if lead else (lambda *a: None),
                      workers=1 if args.distributed else parse_workers(args.workers))
     if lead:
-        print(f"wrote {len(fits)} fits to {Path(args.out) / 'fits.csv'}, rates to {Path(args.out) / 'rates.csv'}")
+        from .summary import study_summary
+
+        print(study_summary(Path(args.out), fits))
+    return 0
+
+
+def cmd_summarize(args) -> int:
+    from .summary import summarize
+
+    text = "\n\n".join(summarize(Path(d)) for d in args.results)
+    if args.out:
+        from .results import atomic_write
+
+        atomic_write(Path(args.out), text + "\n")
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_presets(args) -> int:
+    _setup_jax(args)
+    from .config import STUDY_PRESETS, study_preset
+
+    print("study presets (moe-estimation study --preset NAME; --show-config prints one resolved, --dry-run times it):")
+    for name in STUDY_PRESETS:
+        cfg = study_preset(name)
+        cells = sum(len(cfg.specifications_of(p)) for p in cfg.problems) * len(cfg.schedules) * len(cfg.ns)
+        fits = cells * cfg.replicates
+        print(f"  {name:16s} {len(cfg.problems):4d} problems, n = {min(cfg.ns)}..{max(cfg.ns)} ({len(cfg.ns)} sizes), "
+              f"{cfg.replicates} replicates, {len(cfg.schedules)} schedule(s): {cells} cells, {fits} fits")
+    print("transformer presets (moe-estimation transformer --preset NAME): quick, standard, tiny (learning curves); "
+          "teacher-quick, teacher-more, teacher, teacher-noise, teacher-starts, teacher-tiny (teacher-student)")
     return 0
 
 
@@ -190,7 +234,10 @@ STUDY_PRESET_NAMES = ("quick", "full", "robust-quick", "nonlinear", "robust", "r
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="moe-estimation", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"moe-estimation {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("study", help="run (or resume) a Monte Carlo rate study",
@@ -210,7 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "d, d_v in {2, 4}, three key separations, two noise levels, L' - L in {1, 2}; CPU, hours, resumable), "
                    "tiny (seconds, for smoke tests)")
     s.add_argument("--config", help="a TOML study configuration (see moe_estimation.config for the keys)")
-    s.add_argument("--out", required=True, help="output directory; an existing one of the same study is resumed")
+    s.add_argument("--out", help="output directory; an existing one of the same study is resumed")
+    s.add_argument("--show-config", action="store_true", help="print the resolved configuration (every default "
+                   "filled in) as JSON and stop: nothing is run or written")
+    s.add_argument("--dry-run", action="store_true", help="print the cells and fits the study would run and an "
+                   "estimate of its time from one timed fit of its costliest shape (a first run also pays compilation), "
+                   "and stop: nothing is written")
     s.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     s.add_argument("--tables-only", action="store_true",
                    help="fit nothing: rebuild rates.csv from the cells already in --out (a study stopped part-way)")
@@ -260,6 +312,19 @@ def build_parser() -> argparse.ArgumentParser:
     iv.add_argument("--le-cam-deltas", type=float, nargs="+", help="its loss values (default 0.01 0.1 1)")
     iv.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     iv.set_defaults(func=cmd_inverse)
+
+    sm = sub.add_parser("summarize", help="the summary tables of finished runs, in markdown",
+                        description="For each folder: a study's rates (every schedule, and their best of all), "
+                                    "failing fractions and, as they apply, paired differences, positive control, "
+                                    "spread, lowest objectives, worst case over moving truths or findings by geometry; "
+                                    "a transformer, teacher or inverse-bound run's own tables.")
+    sm.add_argument("results", nargs="+", help="run folders (a study's, a transformer's, a teacher's, an inverse-bound's)")
+    sm.add_argument("--out", help="write the markdown to this file instead of printing it")
+    sm.set_defaults(func=cmd_summarize)
+
+    pr = sub.add_parser("presets", help="list the named studies and transformer runs",
+                        description="Every study preset with its problems, sizes, replicates, schedules, cells and fits.")
+    pr.set_defaults(func=cmd_presets)
 
     pl = sub.add_parser("plot", help="draw the figures of finished studies",
                         description="Read the tables in each --results directory (a rate study's fits.csv and "

@@ -60,6 +60,7 @@ from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation
     CellTable,
     cell_design,
     cells,
+    cells as cells_of,
     check_fits_table,
     finished_tasks,
     tasks,
@@ -245,6 +246,55 @@ def fit_study_cell(cfg: StudyConfig, prob_name: str, spec: str, schedule: str, n
     out = run_cell(prob, data_keys(cfg.seed, n, cfg.replicates)[sl],
                    start_keys(cfg.seed, cfg.family(prob_name), spec, n, cfg.replicates)[sl], n, settings)
     return (*out, (time.perf_counter() - t0) / len(reps))
+
+
+def _task_cost(cfg: StudyConfig, task) -> float:
+    """A task's work in units of residual-by-parameter products per solver step (rows padded to the bucket)."""
+    prob_name, spec, schedule, n, block = task
+    prob = cfg.problem(prob_name)
+    L = cfg.num_prompts(prob, spec, prob_name)
+    return (bucket_size(n) * prob.d_v * L * (prob.atom_dim + 1) * cfg.schedule(schedule)["restarts"]
+            * len(cfg.block_replicates(block)))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else (f"{seconds / 60:.0f} minutes" if seconds < 7200
+                                                     else f"{seconds / 3600:.1f} hours")
+
+
+def dry_run(cfg: StudyConfig, workers: int | str = 1) -> str:
+    """What ``study --dry-run`` prints: the study's cells and fits, and an estimate of its time on this machine,
+    from one replicate of its costliest task timed twice (the first run compiles; the second is the estimate's
+    unit), every other task scaled by its rows, output dimension, parameters, restarts and replicates. Fits of
+    one shape take more or fewer solver steps than the timed one, so the estimate is a rough one (within a
+    factor of two or so); nothing is written."""
+    all_tasks = list(tasks(cfg))
+    costs = [_task_cost(cfg, t) for t in all_tasks]
+    top = all_tasks[int(np.argmax(costs))]
+    prob_name, spec, schedule, n, block = top
+    prob = cfg.problem(prob_name, n)
+    settings = cfg.fit_settings(cfg.num_prompts(prob, spec, prob_name), schedule)
+    dk = data_keys(cfg.seed, n, cfg.replicates)[:1]
+    sk = start_keys(cfg.seed, cfg.family(prob_name), spec, n, cfg.replicates)[:1]
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        run_cell(prob, dk, sk, n, settings)
+        times.append(time.perf_counter() - t0)
+    unit = times[1] / (costs[int(np.argmax(costs))] / len(cfg.block_replicates(block)))
+    total = unit * sum(costs)
+    cells = len(list(cells_of(cfg)))
+    fits = cells * cfg.replicates
+    n_workers = resolve_workers(workers)
+    lines = [f"{len(cfg.problems)} problems, {len(cfg.schedules)} schedule(s), n = {', '.join(map(str, cfg.ns))}, "
+             f"{cfg.replicates} replicates: {cells} cells, {fits} fits, {len(all_tasks)} tasks",
+             f"timed: one fit of the costliest task ({prob_name} {spec} {schedule} n = {n}): {times[1]:.2f} s "
+             f"({times[0]:.1f} s the first time, compiling)",
+             f"estimate: about {_duration(total)} of fitting in one process"
+             + (f", about {_duration(total / (0.75 * n_workers))} with {n_workers} workers (measured: two workers give "
+                "about 1.5 times one process's throughput on two cores)" if n_workers > 1 else "")
+             + "; a first run compiles each shape once more (seconds to a minute each)"]
+    return "\n".join(lines)
 
 
 def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=print,

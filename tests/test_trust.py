@@ -185,3 +185,38 @@ def me_plots():
     from moe_estimation import plots
 
     return plots
+
+
+# -- the commands a researcher reaches for
+
+
+def test_version_presets_show_config_and_dry_run(capsys):
+    from moe_estimation import __version__
+    from moe_estimation.cli import main
+    from moe_estimation.config import STUDY_PRESETS, study_preset
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert __version__ in capsys.readouterr().out
+    assert main(["presets"]) == 0
+    listed = capsys.readouterr().out
+    assert all(f"  {name} " in listed for name in STUDY_PRESETS)
+    assert main(["study", "--preset", "tiny", "--show-config"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(study_preset("tiny").to_dict()))
+    assert main(["study", "--preset", "tiny", "--dry-run", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "8 cells, 16 fits" in out and "estimate: about" in out
+    assert main(["study", "--preset", "tiny"]) == 2
+    assert "--out is required" in capsys.readouterr().err
+
+
+def test_summarize_command_prints_every_table_a_folder_gives(capsys, tmp_path):
+    from moe_estimation.cli import main
+
+    assert main(["summarize", str(ROOT / "tables" / "quick"), str(ROOT / "tables" / "transformer-quick")]) == 0
+    out = capsys.readouterr().out
+    assert summarize.study_table(ROOT / "tables" / "quick") in out
+    assert summarize.failing_markdown(ROOT / "tables" / "quick") in out
+    assert summarize.transformer_table(ROOT / "tables" / "transformer-quick") in out
+    assert main(["summarize", str(tmp_path)]) == 2
+    assert "holds no run's tables" in capsys.readouterr().err
