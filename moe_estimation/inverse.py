@@ -137,11 +137,12 @@ def _fresh_starts(problem, key, delta, num_prompts: int, count: int):
     ])
 
 
-def shrink(problem, theta, ratio: float, num_prompts: int) -> np.ndarray:
-    """The measure ``theta`` (flat) brought ``ratio`` of the way from the truth: each fitted atom's offset from
-    the true atom of its Voronoi cell, and each cell's weight error, scaled by ``ratio``, the weights inside a
-    cell keeping their proportions. Near the truth its loss scales by about ``ratio`` (the squared parts by
-    ratio^2), and a measure of the zero set of over-specified non-shared prompts (equal keys, values spread
+def shrink(problem, theta, ratio: float, num_prompts: int, multi_power: float = 1.0) -> np.ndarray:
+    """The measure ``theta`` (flat) brought toward the truth so that its loss scales by about ``ratio``: each
+    cell's weight error and each fitted atom's offset from the true atom of its Voronoi cell scaled by
+    ``ratio``, the offsets of atoms in a cell holding several by ``ratio ** multi_power`` (1/2 for D_2, whose
+    multi-atom cells count squared distances; 1 for D_{1,1}), the weights inside a cell keeping their
+    proportions. A measure of the zero set of over-specified non-shared prompts (equal keys, values spread
     about their weighted mean) stays in it. The start of the next, smaller delta."""
     from .voronoi import voronoi_cells
 
@@ -150,7 +151,9 @@ def shrink(problem, theta, ratio: float, num_prompts: int) -> np.ndarray:
     true_atoms, true_w = np.asarray(problem.true_atoms), np.exp(np.asarray(problem.true_biases))
     cell = np.asarray(voronoi_cells(p.atoms, problem.true_atoms))
     W = np.bincount(cell, weights=w, minlength=len(true_w))
-    new_atoms = true_atoms[cell] + ratio * (atoms - true_atoms[cell])
+    several = np.bincount(cell, minlength=len(true_w))[cell] > 1
+    scale = np.where(several, ratio ** multi_power, ratio)[:, None]
+    new_atoms = true_atoms[cell] + scale * (atoms - true_atoms[cell])
     new_w = w * (true_w[cell] + ratio * (W[cell] - true_w[cell])) / W[cell]
     lower, upper = (np.asarray(a) for a in box(problem, num_prompts, atoms.dtype))
     return np.clip(np.concatenate([new_atoms.ravel(), np.log(new_w)]), lower, upper)
@@ -206,7 +209,8 @@ def inverse_bound(problem, deltas, *, num_prompts: int | None = None, loss: str 
     The deltas are solved from the largest down. The largest starts from ``settings.starts`` fresh points (half
     uniform over the box, half near the truth); each smaller one from half as many fresh points and, for the
     other half, the previous delta's best ends brought toward the truth by the ratio of the two deltas
-    (:func:`shrink`), nearly feasible already: a minimiser found at one scale is carried down the grid."""
+    (:func:`shrink`, the multi-atom cells' offsets by the square root of that ratio for a D_2), nearly feasible
+    already: a minimiser found at one scale is carried down the grid."""
     check_inverse_settings(settings)
     _loss_fn(loss)
     L = problem.num_true_prompts
@@ -227,7 +231,9 @@ def inverse_bound(problem, deltas, *, num_prompts: int | None = None, loss: str 
             starts = np.asarray(_fresh_starts(problem, jax.random.fold_in(key, i), d, num_prompts, S))
         else:
             theta_p, score_p, delta_p = previous
-            carried = [shrink(problem, theta_p[j], delta / delta_p, num_prompts) for j in np.argsort(score_p)[: S // 2]]
+            power = 1.0 if loss == "own" and problem.structure == "non-shared" else 0.5  # D_{1,1} or D_2
+            carried = [shrink(problem, theta_p[j], delta / delta_p, num_prompts, power)
+                       for j in np.argsort(score_p)[: S // 2]]
             fresh = np.asarray(_fresh_starts(problem, jax.random.fold_in(key, i), d, num_prompts, S - len(carried)))
             starts = np.concatenate([np.stack(carried), fresh])
         theta, m, D, status = (np.asarray(a) for a in _solve_delta(
@@ -270,7 +276,7 @@ def signal_scale(problem, points: int = 2048, seed: int = 0) -> float:
 INVERSE_COLUMNS = ["problem", "structure", "specification", "num_prompts", "loss", "delta", "achieved", "m",
                    "m_over_delta2", "feasible", "converged", "starts", "params"]
 LE_CAM_COLUMNS = ["problem", "structure", "loss", "beta", "c", "n", "separation_factor", "noise_var", "delta",
-                  "achieved", "m", "snr", "feasible", "converged", "starts"]
+                  "achieved", "m", "snr", "feasible", "converged", "starts", "params", "true_params"]
 SUMMARY_COLUMNS = ["problem", "structure", "specification", "loss", "window", "slope", "points", "zeros",
                    "m_over_delta2_min", "m_over_delta2_at_smallest", "zero_floor", "note"]
 
@@ -368,6 +374,11 @@ def inverse_summary(table, study: InverseStudy, floors: dict):
     return pd.DataFrame(out, columns=SUMMARY_COLUMNS)
 
 
+def _texts(params) -> list[str]:
+    """Each minimiser's flat parameters (atoms row by row, then biases) as text at full precision."""
+    return [" ".join(f"{x:.17g}" for x in th) for th in params]
+
+
 def run_inverse(study: InverseStudy, out, *, log=print, progress: bool = True):
     """Compute the inverse bound (and the Le Cam table) of ``study`` into directory ``out``: ``inverse.csv`` (one
     row per problem, specification, loss and delta), ``inverse_summary.csv`` (:func:`inverse_summary`),
@@ -412,8 +423,7 @@ def run_inverse(study: InverseStudy, out, *, log=print, progress: bool = True):
             main.add(dict(problem=prob_name, structure=prob.structure, specification=spec, num_prompts=L, loss=loss,
                           delta=list(study.deltas), achieved=res.achieved, m=res.m,
                           m_over_delta2=res.m / np.asarray(study.deltas) ** 2, feasible=res.feasible,
-                          converged=res.converged, starts=study.settings.starts,
-                          params=[" ".join(f"{x:.17g}" for x in th) for th in res.params]))
+                          converged=res.converged, starts=study.settings.starts, params=_texts(res.params)))
             bar.update(1)
         cache = {}
         for prob_name, beta, c, n in lc_todo:
@@ -427,7 +437,9 @@ def run_inverse(study: InverseStudy, out, *, log=print, progress: bool = True):
             lecam.add(dict(problem=prob_name, structure=prob.structure, loss="own", beta=float(beta), c=float(c), n=int(n),
                            separation_factor=factor, noise_var=prob.noise_var, delta=list(study.le_cam_deltas),
                            achieved=res.achieved, m=res.m, snr=n * res.m / prob.noise_var, feasible=res.feasible,
-                           converged=res.converged, starts=study.settings.starts))
+                           converged=res.converged, starts=study.settings.starts, params=_texts(res.params),
+                           true_params=" ".join(f"{x:.17g}" for x in np.asarray(flatten_params(true_params(
+                               move_truth(prob, factor)))))))
             bar.update(1)
         bar.close()
         table = main.frame()
