@@ -213,7 +213,7 @@ def failing_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _arms(fits: pd.DataFrame, cfg: StudyConfig):
+def paired_arms(fits: pd.DataFrame, cfg: StudyConfig):
     """Pairs of arms on common data: along one of problem, specification, schedule, the other two fixed; two
     problems only where they are paired on common data (:meth:`StudyConfig.pairing`)."""
     present = set(map(tuple, fits[ARM].drop_duplicates().to_numpy()))
@@ -247,7 +247,7 @@ def differences_table(fits: pd.DataFrame, cfg: StudyConfig, statistics=None) -> 
     window = fits[(fits["n"] >= cfg.n_min) & (fits["n"] <= cfg.n_max)]
     by_arm = {k: g for k, g in window.groupby(ARM, sort=False)}
     out = []
-    for axis, arm_a, arm_b in _arms(window, cfg):
+    for axis, arm_a, arm_b in paired_arms(window, cfg):
         ga, gb = by_arm[arm_a], by_arm[arm_b]
         fixed = {a: (v if a != axis else "") for a, v in zip(ARM, arm_a)}
         for loss in RATE_LOSSES:

@@ -123,25 +123,25 @@ def _checked(ns, losses, statistic, level, num_bootstrap, seed, name="losses"):
     finite = np.isfinite(losses)
     if np.any(finite.sum(axis=1) == 0):
         raise ValueError(f"{name}: every sample size needs at least one finite loss")
-    if np.any(finite.sum(axis=1) < 2):
-        i = int(np.argmax(finite.sum(axis=1) < 2))
-        raise ValueError(f"{name}: every sample size needs at least two finite losses (replicates) for a bootstrap "
-                         f"interval, got {int(finite[i].sum())} at n = {ns[i]:g} (one replicate resamples to itself: "
-                         "an interval of width zero)")
     if np.any(losses[finite] < 0):
-        raise ValueError(f"{name}: a loss is >= 0, got {losses[finite].min()}")
+        raise ValueError(f"{name}: every loss must be >= 0 (zeros are values and are kept), got {losses[finite].min()}")
     statistic_quantile(statistic)
-    point = _stat(losses, statistic, axis=1)
-    if np.any(point <= 0):
-        zero = [float(n) for n, p in zip(ns, point) if p <= 0]
-        raise ValueError(f"{name}: the {statistic} over replicates is 0 at n = {zero} (its log is -inf): no slope; "
-                         "a zero is a value and is kept, so a statistic of mostly exact zeros has no rate")
     if not (0 < level < 1):
         raise ValueError(f"level: must lie in (0, 1), got {level}")
     if isinstance(num_bootstrap, bool) or not isinstance(num_bootstrap, (int, np.integer)) or num_bootstrap < 1:
         raise ValueError(f"num_bootstrap: must be an integer >= 1, got {num_bootstrap!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: must be an integer >= 0 (the bootstrap's generator seed), got {seed!r}")
+    if np.any(finite.sum(axis=1) < 2):
+        i = int(np.argmax(finite.sum(axis=1) < 2))
+        raise ValueError(f"{name}: every sample size needs at least two finite losses (replicates) for a bootstrap "
+                         f"interval, got {int(finite[i].sum())} at n = {ns[i]:g} (one replicate resamples to itself: "
+                         "an interval of width zero)")
+    point = _stat(losses, statistic, axis=1)
+    if np.any(point <= 0):
+        zero = [float(n) for n, p in zip(ns, point) if p <= 0]
+        raise ValueError(f"{name}: the {statistic} over replicates is 0 at n = {zero} (its log is -inf): no slope; "
+                         "a zero is a value and is kept, so a statistic of mostly exact zeros has no rate")
     return ns, losses
 
 

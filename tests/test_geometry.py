@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from moe_estimation.config import geometry_family, parse_config, study_preset
-from moe_estimation.inference import _arms
+from moe_estimation.inference import paired_arms
 from moe_estimation.problems import draw_problem
 from moe_estimation.study import run_study
 
@@ -105,14 +105,14 @@ def test_differences_pair_problems_only_on_common_data():
                                                   noise_vars=(0.01,), extras=(1,))
     cfg = parse_config(_config(tables, names, specifications={n: ["over"] for n in names}))
     rows = pd.DataFrame([dict(problem=p, specification="over", schedule="default") for p in cfg.problems])
-    pairs = [(a[0], b[0]) for axis, a, b in _arms(rows, cfg) if axis == "problem"]
+    pairs = [(a[0], b[0]) for axis, a, b in paired_arms(rows, cfg) if axis == "problem"]
     assert len(pairs) == 4  # non-shared against shared-linear at each of four (d, separation)
     for a, b in pairs:
         assert a.replace("non-shared", "shared-linear") == b
     presets = parse_config(dict(REFERENCE, grid=dict(REFERENCE["grid"], problems=["non-shared", "shared-linear",
                                                                                     "shared-nonlinear"])))
     rows = pd.DataFrame([dict(problem=p, specification="over", schedule="default") for p in presets.problems])
-    assert sum(axis == "problem" for axis, *_ in _arms(rows, presets)) == 3
+    assert sum(axis == "problem" for axis, *_ in paired_arms(rows, presets)) == 3
 
 
 @pytest.mark.study

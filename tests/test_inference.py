@@ -82,7 +82,7 @@ def test_paired_difference_cancels_the_common_data():
     assert d.ci_high - d.ci_low > 0.2
     with pytest.raises(ValueError, match="losses_b: must have the shape of losses_a"):
         paired_rate_difference(NS, a, b[:, :5])
-    with pytest.raises(ValueError, match="losses_b: must be > 0"):
+    with pytest.raises(ValueError, match="losses_b: every loss must be >= 0"):
         paired_rate_difference(NS, a, -b)
 
 

@@ -349,7 +349,7 @@ BAD_API = [
     (lambda: me.empirical_rate([100, 200], [[0.1, np.inf], [0.05, 0.04]]), ValueError, "finite"),
     (lambda: me.empirical_rate([100, 200], [[0.1], [0.05]], num_bootstrap=0), ValueError, "num_bootstrap"),
     (lambda: me.empirical_rate([100, 200], [[0.1], [0.05]], seed=-5), ValueError, "seed"),
-    (lambda: me.empirical_rate([100, 200], [[0.1], [-0.05]]), ValueError, "> 0"),
+    (lambda: me.empirical_rate([100, 200], [[0.1], [-0.05]]), ValueError, ">= 0"),
     (lambda: me.fit(jax.random.key(0), me.preset("shared-linear"), np.zeros((10, 2)), np.zeros((10, 2)), 2,
                     init_rate=-1.0), ValueError, "init_rate"),
     (lambda: me.fit(jax.random.key(0), me.preset("shared-linear"), np.zeros((10, 2)), np.zeros((10, 2)), 2,

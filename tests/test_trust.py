@@ -13,7 +13,7 @@ import pytest
 
 import moe_estimation as me
 from moe_estimation.config import parse_config
-from moe_estimation.rates import _interval, empirical_rate
+from moe_estimation.rates import empirical_rate, percentile_interval
 from moe_estimation.results import RunLog, rate_entries
 from moe_estimation.solver import Normal, Status, solve
 from moe_estimation.study import run_study
@@ -66,7 +66,7 @@ def test_negative_weights_are_refused_and_score_nan_under_jit():
 # -- rates: one replicate, zeros
 
 
-def test_one_replicate_per_size_gives_no_interval():
+def test_one_replicate_per_size_gives_nopercentile_interval():
     """empirical_rate gave a zero-width "95% interval" from one replicate per n."""
     ns = [100, 200, 400]
     with pytest.raises(ValueError, match="at least two finite losses .* got 1 at n = 100"):
@@ -87,22 +87,22 @@ def test_exact_zeros_are_values_in_the_rates_as_in_the_figures():
     assert mean["ci_low"] == -np.inf  # resamples drawing only the zeros at n = 1000 have no slope: counted in both tails
     with pytest.raises(ValueError, match="the median over replicates is 0 at n"):
         empirical_rate(ns, mat, statistic="median")
-    with pytest.raises(ValueError, match="a loss is >= 0"):
+    with pytest.raises(ValueError, match="every loss must be >= 0"):
         empirical_rate(ns, [[1.0, 1.0], [-1.0, 1.0]])
 
 
 def test_undefined_bootstrap_slopes_widen_the_interval_on_both_sides():
     slopes = np.linspace(-1, 1, 1000)
-    assert _interval(slopes, 0.95) == pytest.approx(tuple(np.quantile(slopes, [0.025, 0.975])))
+    assert percentile_interval(slopes, 0.95) == pytest.approx(tuple(np.quantile(slopes, [0.025, 0.975])))
     few = slopes.copy()
     few[:10] = np.nan  # 1%: inside either tail's 2.5%, the interval stays finite and wider than the finite slopes'
-    lo, hi = _interval(few, 0.95)
+    lo, hi = percentile_interval(few, 0.95)
     finite = few[~np.isnan(few)]
     assert np.isfinite(lo) and np.isfinite(hi)
     assert lo <= np.quantile(finite, 0.025) and hi >= np.quantile(finite, 0.975)
     many = slopes.copy()
     many[:100] = np.nan
-    assert _interval(many, 0.95) == (-np.inf, np.inf)
+    assert percentile_interval(many, 0.95) == (-np.inf, np.inf)
 
 
 # -- too few residuals, booleans where numbers belong
