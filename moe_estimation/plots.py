@@ -90,7 +90,7 @@ PARTS_PANELS = (
 )
 
 
-def _slope(ns, y, window=None):
+def window_slope(ns, y, window=None):
     """The slope of log y on log n over the rate window ``(n_min, n_max)`` (default: every n), as rates.csv
     takes it: NaN when y is not positive and finite at every n of the window (a zero has no log)."""
     lo, hi = window or (-np.inf, np.inf)
@@ -111,7 +111,7 @@ def _schedule_lines(ax, g: pd.DataFrame, cols, schedules, dotted_cols=None, wind
             continue
         color = f"C{k}"
         ax.plot(ns, np.where(mean > 0, mean, np.nan), "o-", color=color, ms=3,
-                label=f"{sched}: slope {_slope(ns, mean, window):.2f}")
+                label=f"{sched}: slope {window_slope(ns, mean, window):.2f}")
         ax.plot(ns, np.where(med > 0, med, np.nan), "--", color=color, lw=1, alpha=0.7)
         if dotted_cols is not None:
             extra = np.array([gs[gs["n"] == n][list(dotted_cols)].sum(axis=1).mean() for n in ns])

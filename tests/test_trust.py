@@ -66,7 +66,7 @@ def test_negative_weights_are_refused_and_score_nan_under_jit():
 # -- rates: one replicate, zeros
 
 
-def test_one_replicate_per_size_gives_nopercentile_interval():
+def test_one_replicate_per_size_gives_no_interval():
     """empirical_rate gave a zero-width "95% interval" from one replicate per n."""
     ns = [100, 200, 400]
     with pytest.raises(ValueError, match="at least two finite losses .* got 1 at n = 100"):
@@ -169,13 +169,13 @@ def test_two_studies_are_not_drawn_into_one_folder(tmp_path):
 
 def test_parts_legend_slopes_follow_the_rate_window():
     """The parts figures' legend slopes ignored the configuration's rate window."""
-    from moe_estimation.plots import _slope
+    from moe_estimation.plots import window_slope
 
     ns = np.array([100.0, 1000.0, 10000.0])
     y = np.array([1.0, 0.1, 1.0])
-    assert _slope(ns, y, (100, 1000)) == pytest.approx(-1.0)
-    assert _slope(ns, y) == pytest.approx(0.0)
-    assert np.isnan(_slope(ns, np.array([1.0, 0.0, 1.0])))
+    assert window_slope(ns, y, (100, 1000)) == pytest.approx(-1.0)
+    assert window_slope(ns, y) == pytest.approx(0.0)
+    assert np.isnan(window_slope(ns, np.array([1.0, 0.0, 1.0])))
 
 
 def me_plots():
