@@ -191,13 +191,12 @@ def me_plots():
 
 
 def test_version_presets_show_config_and_dry_run(capsys):
-    from moe_estimation import __version__
     from moe_estimation.cli import main
     from moe_estimation.config import STUDY_PRESETS, study_preset
 
     with pytest.raises(SystemExit):
         main(["--version"])
-    assert __version__ in capsys.readouterr().out
+    assert me.__version__ in capsys.readouterr().out
     assert main(["presets"]) == 0
     listed = capsys.readouterr().out
     assert all(f"  {name} " in listed for name in STUDY_PRESETS)
