@@ -627,8 +627,8 @@ def study_summary(path: Path, fits: pd.DataFrame) -> str:
     the tables are."""
     path = Path(path)
     bad = int((~fits["converged"].astype(bool)).sum())
-    out = [f"{len(fits)} fits in {fits_file(path)}: {bad} not converged, {int(fits['at_bound'].astype(bool).sum())} with "
-           "a coordinate on the box"]
+    out = [f"wrote {len(fits)} fits to {fits_file(path)}: {bad} not converged, {int(fits['at_bound'].astype(bool).sum())} "
+           "with a coordinate on the box"]
     rates = pd.read_csv(path / "rates.csv") if (path / "rates.csv").is_file() else pd.DataFrame()
     if len(rates) and not (path / "geometry.csv").is_file():
         r = rates[(rates["statistic"] == "mean") & rates["loss"].isin(["own", "key_value"])]
