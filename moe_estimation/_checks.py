@@ -64,3 +64,30 @@ def make_out_dir(path, arg: str = "--out"):
     except OSError as e:
         raise ValueError(f"{arg}: cannot create {path} ({e.strerror})") from None
     return path
+
+
+def memory_bytes() -> int | None:
+    """The memory a computation here may use: the default device's (an accelerator's own), or this machine's
+    physical memory on a CPU; None where neither can be read."""
+    import os
+
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        return int(stats["bytes_limit"]) if "bytes_limit" in stats else None
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(need: float, name: str, value, what: str) -> None:
+    """Refuse work that cannot fit: ``need`` bytes (an estimate of the largest array set it holds at once)
+    above 80% of :func:`memory_bytes`. The message names the argument ``name``, its ``value`` and ``what``
+    needs the memory, before anything is computed or written."""
+    have = memory_bytes()
+    if have is not None and need > 0.8 * have:
+        raise ValueError(f"{name}: {value} needs about {need / 2**30:.3g} GiB for {what}, more than this machine's "
+                         f"{have / 2**30:.3g} GiB of memory allows; use smaller sizes")

@@ -51,6 +51,11 @@ def cmd_study(args) -> int:
 
     if (args.preset is None) == (args.config is None):
         raise ValueError("study: give exactly one of --preset NAME or --config FILE")
+    for flag, value in (("--coordinator", args.coordinator), ("--num-processes", args.num_processes),
+                        ("--process-id", args.process_id)):
+        if value is not None and not args.distributed:
+            raise ValueError(f"{flag}: applies only with --distributed (several JAX processes), got {flag} {value} "
+                             "without it")
     if args.out is None and not (args.show_config or args.dry_run):
         raise ValueError("study: --out is required (the folder the study writes, or resumes)")
     _setup_jax(args)  # first: jax.distributed.initialize() must precede anything that touches a device
@@ -128,7 +133,10 @@ def cmd_power(args) -> int:
         if not path.is_file():
             raise ValueError(f"--results: {args.results} has no fits.csv; run `moe-estimation study --out {args.results}` "
                              "first, or give --sigma")
-        fits = pd.read_csv(path)
+        try:
+            fits = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError, OSError) as e:
+            raise ValueError(f"--results: {path} is not a readable fits table ({str(e).splitlines()[0]})") from None
     sigmas = args.sigma if args.sigma is not None else ([] if fits is not None else [0.3, 0.6, 1.0])
     for s in sigmas:
         if not (np.isfinite(s) and s > 0):
@@ -156,6 +164,10 @@ def cmd_inverse(args) -> int:
 
     fields = {f: getattr(args, f) for f in ("points", "starts", "penalty", "tolerance", "max_steps")
               if getattr(args, f) is not None}
+    if args.no_le_cam:
+        for flag in ("le_cam_ns", "le_cam_cs", "le_cam_betas", "le_cam_deltas"):
+            if getattr(args, flag):
+                raise ValueError(f"--{flag.replace('_', '-')}: sets the Le Cam table, which --no-le-cam leaves out")
     base = InverseStudy()
     study = InverseStudy(
         problems=tuple(args.problem), specifications=tuple(args.specifications), losses=tuple(args.losses),
@@ -206,6 +218,10 @@ def cmd_bench(args) -> int:
     _setup_jax(args)
     from .bench import run_bench, run_precision_bench, run_step_bench
 
+    if args.steps is not None and not args.step:
+        raise ValueError(f"--steps: applies only with --step (LM steps per fit of the step benchmark), got --steps "
+                         f"{args.steps} without it")
+    args.steps = 20 if args.steps is None else args.steps
     if args.fits < 1 or args.large_fits < 1 or args.steps < 1 or any(n < 1 for n in args.sizes):
         raise ValueError("bench: --sizes, --fits, --large-fits and --steps must be >= 1")
     if sum(map(bool, (args.step, args.precision, args.workers))) > 1:
@@ -399,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: run one study (16 over-specified non-shared fits in 4 cells) in this process and in N pinned "
                         "single-threaded worker processes (default: one per core), in one run; report both times and "
                         "check the tables agree")
-    b.add_argument("--steps", type=int, default=20, help="with --step: LM steps per fit (default 20)")
+    b.add_argument("--steps", type=int, help="with --step: LM steps per fit (default 20)")
     b.add_argument("--json", help="also write the records as JSON to this path")
     b.set_defaults(func=cmd_bench)
     return p

@@ -52,6 +52,7 @@ file, the key and the rule. The layout (all sections optional except ``[grid]``)
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ from .problems import (DRAW_STRUCTURES, PRESET_NAMES, PRESETS, Problem, draw_pro
                        move_truth, preset)
 
 SPECIFICATIONS = ("exact", "over")
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 DEFAULT_QUANTILES = (0.25, 0.5, 0.75, 0.9)
 # A fit fails when its key/value yardstick exceeds 0.5: above the 90% quantile of every exactly specified
 # fit at n = 500 in the quick study, and below the spread-out fits of the over-specified non-shared ones.
@@ -335,6 +337,9 @@ def _spec_list(source: str, key: str, specs) -> list:
 def _schedule(source: str, name: str, table) -> dict:
     """One starting-point schedule: a name and the keys of :data:`SCHEDULE_KEYS` (defaults filled in)."""
     where = f"schedules.{name}" if name != "default" else "fit"
+    if not SAFE_NAME.fullmatch(name):  # a schedule's name becomes part of file names (side_by_side_<schedule>.png)
+        raise _err(source, where, f"{name!r} is not safe as part of a file name: use letters, digits, '.', '_' and '-', "
+                   "not starting with '.' or '-'")
     if not isinstance(table, dict):
         raise _err(source, where, "expected a table of init, init_scale, init_rate, restarts")
     _check_keys(source, f"{where}.", table, SCHEDULE_KEYS)
@@ -382,6 +387,10 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
         raise _err(source, "grid.problems", "expected a non-empty list of problem names")
     if len(set(problems)) != len(problems):
         raise _err(source, "grid.problems", f"problem names must be distinct, got {problems!r}")
+    for name in problems:  # names become parts of file names (rates_<problem>.png): letters, digits, . _ - only
+        if not SAFE_NAME.fullmatch(name):
+            raise _err(source, "grid.problems", f"{name!r} is not safe as part of a file name: use letters, digits, "
+                       "'.', '_' and '-', not starting with '.' or '-'")
     specs = grid.get("specifications", list(SPECIFICATIONS))
     per_problem = {}
     if isinstance(specs, dict):
@@ -499,6 +508,8 @@ def load_config(path: str | Path) -> StudyConfig:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: not valid TOML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a text file (TOML is UTF-8 text: {e.reason} at byte {e.start})") from None
     return parse_config(data, str(path))
 
 

@@ -7,7 +7,7 @@ import zlib
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_n
+from ._checks import check_memory, check_n
 from .model import predict, true_params
 
 
@@ -49,6 +49,9 @@ def simulate(key: jax.Array, problem, n: int) -> tuple[jax.Array, jax.Array]:
     under ``jit`` or ``vmap`` the check is skipped, and a fit of such data reports status ``nonfinite``).
     """
     n = check_n(n)
+    # X, the noise, the gating scores and Y of every row, twice over for the intermediates
+    check_memory(2 * 8 * n * (2 * problem.d + 2 * problem.d_v + problem.num_experts + problem.num_true_prompts + 4),
+                 "n", n, "its rows")
     X, Y = _simulate_jit(problem, key, n)
     # checked eagerly; under jit or vmap the value is not known here, and a fit of it reports `nonfinite`
     if not isinstance(Y, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(Y))):

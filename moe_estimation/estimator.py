@@ -379,6 +379,10 @@ def fit_batch(keys, problem, X, Y, num_prompts: int, *, mask=None, **options) ->
     """
     settings = FitSettings(num_prompts=num_prompts, **options)
     _validate_settings(problem, settings)
+    if not (hasattr(keys, "dtype") and (jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
+                                        or (keys.dtype == jnp.uint32 and jnp.ndim(keys) >= 2))):
+        raise ValueError(f"keys: expected JAX PRNG keys (jax.random.split(jax.random.key(seed), R); for fit, one "
+                         f"jax.random.key(seed)), got {type(keys).__name__} {keys!r:.60}")
     if problem.dtype != jnp.float64:
         warnings.warn(
             f"fitting in {problem.dtype}: fits stall short of the float64 optimum, and over-specified "
@@ -426,5 +430,8 @@ def fit(key, problem, X, Y, num_prompts: int, **options) -> FitResult:
     inf in the data, L' < L, or bad options.
     """
     check_data(problem, X, Y)
+    if not (hasattr(key, "dtype") and (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+                                       or (key.dtype == jnp.uint32 and jnp.shape(key) == (2,)))):
+        raise ValueError(f"key: expected a JAX PRNG key (jax.random.key(seed)), got {type(key).__name__} {key!r:.60}")
     out = fit_batch(jnp.asarray(key)[None], problem, jnp.asarray(X)[None], jnp.asarray(Y)[None], num_prompts, **options)
     return jax.tree.map(lambda a: a[0], out)

@@ -373,9 +373,15 @@ def _orthogonalish(rng: np.random.Generator, rows: int, cols: int, scale: float 
     return scale * (m @ q2[: min(rows, cols), :])
 
 
+def _check_seed(seed) -> None:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: must be an integer >= 0, got {seed!r}")
+
+
 def random_pretrained(seed: int, *, d: int = 2, d_v: int = 2, num_experts: int = 2, scale: float = 1.0) -> dict:
     """Draw a pre-trained part (A, a, H) from a seed: symmetric A_j with entries ~ N(0, scale^2 / 4),
     a_j = 0, H_j with entries ~ N(0, scale^2). Returns a dict of numpy arrays for :func:`make_problem`."""
+    _check_seed(seed)
     rng = np.random.default_rng(seed)
     M = rng.normal(size=(num_experts, d, d)) * scale / 2
     A = (M + np.swapaxes(M, 1, 2)) / 2
@@ -412,6 +418,7 @@ def preset(name: str, *, seed: int = 0, noise_var: float = 0.01, dtype: Any = "f
     """
     if name not in PRESET_NAMES:
         raise ValueError(f"name: unknown preset {name!r}; expected one of {PRESET_NAMES}")
+    _check_seed(seed)
     rng = np.random.default_rng(seed)
     pre = random_pretrained(seed)
     B = _orthogonalish(rng, 2, 2, 1.5)

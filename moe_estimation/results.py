@@ -132,7 +132,12 @@ def check_same_study(out: Path, study: dict, what: str = "study", reread=(), log
     cfg_path = out / "config.json"
     if not cfg_path.exists():
         return
-    old, new = json.loads(cfg_path.read_text()).get("study"), json.loads(json.dumps(study))
+    try:
+        old = json.loads(cfg_path.read_text()).get("study")
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise ValueError(f"--out: {cfg_path} is not a {what}'s config.json (not a JSON object: {str(e).splitlines()[0]}); "
+                         "choose a new --out, or delete the file if the folder is this run's") from None
+    new = json.loads(json.dumps(study))
     if not isinstance(old, dict) or {k: v for k, v in old.items() if k not in reread} != {
             k: v for k, v in new.items() if k not in reread}:
         raise ValueError(f"--out: {out} holds a different {what} (its config.json differs); choose a new --out or "
@@ -366,7 +371,7 @@ def check_fits_table(path: Path, cfg: StudyConfig) -> tuple[pd.DataFrame, list[s
         problems.append("the last row is cut short (no end of line): the cell it belongs to is damaged")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         return pd.DataFrame(columns=FITS_COLUMNS), [f"unreadable as a table ({str(e).splitlines()[0]}): every row dropped"]
     expected = _expected_cells(cfg)
     later = [c for c in _LATER_COLUMNS if c not in df.columns]
@@ -542,6 +547,7 @@ class StudyLock:
 
     def __enter__(self):
         me = dict(pid=os.getpid(), host=platform.node(), started=time.strftime("%Y-%m-%d %H:%M:%S"))
+        told = False
         while True:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -557,6 +563,13 @@ class StudyLock:
                         f"--out: {self.path.parent} is being written by process {owner.get('pid')} on "
                         f"{owner.get('host')} since {owner.get('started')}; wait for it (or pass --wait), or, if "
                         f"that process is gone, delete {self.path}") from None
+                if not told:  # say once what is awaited, and, for another host's lock, what this run cannot check
+                    other = owner.get("host") != platform.node()
+                    self.log(f"waiting for process {owner.get('pid')} on {owner.get('host')} (writing {self.path.parent} "
+                             f"since {owner.get('started')})" + (
+                                 "; it runs on another host, whose process cannot be checked from here: if that run "
+                                 f"is gone, delete {self.path}" if other else ""))
+                    told = True
                 time.sleep(self.poll)
                 continue
             with os.fdopen(fd, "w") as f:

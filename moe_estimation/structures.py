@@ -48,7 +48,12 @@ def atom_dim(structure: str, d_k: int, d_k2: int, d_p: int) -> int:
 
 
 def key_value(problem, atoms: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Map atoms ``(L, atom_dim)`` to prefix keys ``(L, d)`` and prefix values ``(L, d_v)``."""
+    """Map atoms ``(L, atom_dim)`` to prefix keys ``(L, d)`` and prefix values ``(L, d_v)``. ``ValueError`` for
+    atoms of another width (another structure's, say): the shapes are known even under ``jit``."""
+    width = problem.B.shape[1] + problem.C.shape[1] if problem.structure == NON_SHARED else problem.W1.shape[1]
+    if jnp.shape(atoms)[-1:] != (width,):
+        raise ValueError(f"Shape mismatch in atoms: a {problem.structure} problem's atoms have {width} coordinates, got "
+                         f"shape {jnp.shape(atoms)}: parameters of another structure or problem?")
     if problem.structure == NON_SHARED:
         d_k = problem.B.shape[1]
         pk, pv = atoms[..., :d_k], atoms[..., d_k:]

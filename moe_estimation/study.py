@@ -200,6 +200,27 @@ def run_cell(problem, dkeys, skeys, n: int, settings: FitSettings, max_elements:
     return jax.tree.map(lambda *a: np.concatenate(a), *outs)
 
 
+def check_study_memory(cfg: StudyConfig) -> None:
+    """Refuse a study whose largest fit cannot fit in memory (:func:`moe_estimation._checks.check_memory`),
+    before anything is written: one data set of the largest n, padded to its bucket, with its per-row arrays
+    and, where the rows are not summed in blocks, the Jacobian of one restart."""
+    from ._checks import check_memory
+    from .solver import resolve_blocking
+
+    n = max(cfg.ns)
+    rows = bucket_size(n)
+    worst = 0.0
+    for name in cfg.problems:
+        prob = cfg.problem(name)
+        for spec in cfg.specifications_of(name):
+            L = cfg.num_prompts(prob, spec, name)
+            P = L * (prob.atom_dim + 1)
+            blocked = resolve_blocking(cfg.fit.get("blocking", "auto"), rows)
+            per_row = 2 * prob.d + 4 * prob.d_v + L + 8 + (0 if blocked else 2 * prob.d_v * P)
+            worst = max(worst, 8.0 * rows * per_row)
+    check_memory(worst, "grid.ns", f"n = {n} ({rows} rows padded)", "one data set and its fit")
+
+
 def memory_mappings() -> tuple[int, int] | None:
     """(memory mappings of this process, the system's limit) on Linux; None where that cannot be read."""
     try:
@@ -322,6 +343,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=p
             "tens of percent on the same data: `moe-estimation bench --precision`)"
         )
     out = check_out_dir(out)
+    check_study_memory(cfg)
     if (out / "fits.csv.gz").is_file() and not (out / "fits.csv").is_file():
         raise ValueError(f"--out: {out} holds fits.csv.gz, the compressed copy of a study's fits, and no fits.csv; "
                          f"unpack it first (`gunzip -k {out / 'fits.csv.gz'}`) to resume the study or rebuild its "

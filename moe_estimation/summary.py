@@ -580,7 +580,14 @@ def run_kind(path: Path) -> str:
     if (path / "inverse.csv").is_file() and (path / "inverse_summary.csv").is_file():
         return "inverse"
     if fits_file(path).is_file():
-        return "teacher" if "truth" in pd.read_csv(fits_file(path), nrows=0).columns else "study"
+        if not (path / "rates.csv").is_file():
+            raise ValueError(f"summarize: {path} holds fits but no rates.csv: rebuild its tables first "
+                             f"(`moe-estimation study ... --out {path} --tables-only`)")
+        try:
+            columns = pd.read_csv(fits_file(path), nrows=0).columns
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError, OSError) as e:
+            raise ValueError(f"summarize: {fits_file(path)} is not a readable table ({str(e).splitlines()[0]})") from None
+        return "teacher" if "truth" in columns else "study"
     if (path / "curves.csv").is_file():
         return "transformer"
     raise ValueError(f"summarize: {path} holds no run's tables (fits.csv or fits.csv.gz of a study or a teacher run, "

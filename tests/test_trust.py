@@ -219,3 +219,113 @@ def test_summarize_command_prints_every_table_a_folder_gives(capsys, tmp_path):
     assert summarize.transformer_table(ROOT / "tables" / "transformer-quick") in out
     assert main(["summarize", str(tmp_path)]) == 2
     assert "holds no run's tables" in capsys.readouterr().err
+
+
+# -- the fault battery: every door answers with one line naming the argument or the file, exit 2, nothing written
+
+BAD_FILES = {
+    "empty.toml": "", "notoml.toml": "[[[ not toml", "binary.toml": b"\xff\xfe\x00garbage",
+    "slash.toml": "[grid]\nns = [100, 200]\nreplicates = 2\nproblems = ['a/b']\n[problems.'a/b']\npreset = 'shared-linear'\n",
+    "dots.toml": "[grid]\nns = [100, 200]\nreplicates = 2\nproblems = ['../x']\n[problems.'../x']\npreset = 'shared-linear'\n",
+    "sched.toml": "[grid]\nns = [100, 200]\nreplicates = 2\n[schedules.'x/y']\ninit = 'random'\n",
+    "shape.toml": "[grid]\nns = [100, 200]\nreplicates = 2\nproblems = ['a']\n[problems.a]\npreset = 'non-shared'\n"
+                  "true_atoms = [[0.1, 0.2], [0.3, 0.4]]\n",
+    "huge.toml": "[grid]\nns = [100, 10000000000]\nreplicates = 2\n",
+    "tiny.toml": "[grid]\nns = [2, 3]\nreplicates = 2\n",
+    "truth.toml": "[grid]\nns = [100, 200]\nreplicates = 2\nproblems = ['a']\n[problems.a]\npreset = 'shared-linear'\n"
+                  "noise_var = true\n",
+}
+CLI_BATTERY = [
+    (["study", "--config", "{d}/empty.toml", "--out", "{d}/o"], "grid: the [grid] table is required"),
+    (["study", "--config", "{d}/notoml.toml", "--out", "{d}/o"], "notoml.toml: not valid TOML"),
+    (["study", "--config", "{d}/binary.toml", "--out", "{d}/o"], "binary.toml: not a text file"),
+    (["study", "--config", "{d}/slash.toml", "--out", "{d}/o"], "'a/b' is not safe as part of a file name"),
+    (["study", "--config", "{d}/dots.toml", "--out", "{d}/o"], "'../x' is not safe"),
+    (["study", "--config", "{d}/sched.toml", "--out", "{d}/o"], "schedules.x/y: 'x/y' is not safe"),
+    (["study", "--config", "{d}/shape.toml", "--out", "{d}/o"], "problems.a: Shape mismatch in true_atoms"),
+    (["study", "--config", "{d}/huge.toml", "--out", "{d}/o"], "grid.ns: n = 10000000000"),
+    (["study", "--config", "{d}/tiny.toml", "--out", "{d}/o"], "grid.ns: for problem"),
+    (["study", "--config", "{d}/truth.toml", "--out", "{d}/o"], "problems.a: noise_var"),
+    (["study", "--preset", "tiny", "--out", "{d}/badjson"], "badjson/config.json is not a study's config.json"),
+    (["study", "--preset", "tiny", "--out", "{d}/emptyfits"], "emptyfits/fits.csv is damaged"),
+    (["study", "--preset", "tiny", "--out", "{d}/garbfits"], "garbfits/fits.csv is damaged"),
+    (["study", "--preset", "tiny"], "--out is required"),
+    (["study", "--preset", "tiny", "--out", "{d}/o", "--coordinator", "h:1"], "--coordinator: applies only with --distributed"),
+    (["study", "--preset", "tiny", "--out", "{d}/o", "--num-processes", "2"], "--num-processes: applies only"),
+    (["study", "--preset", "tiny", "--out", "{d}/o", "--process-id", "1"], "--process-id: applies only"),
+    (["study", "--preset", "tiny", "--out", "{d}/o", "--workers", "zero"], "--workers: must be an integer"),
+    (["summarize", "{d}/garbfits"], "holds fits but no rates.csv"),
+    (["summarize", "{d}"], "holds no run's tables"),
+    (["power", "--preset", "tiny", "--results", "{d}/garbfits2"], "is not a readable fits table"),
+    (["power", "--preset", "tiny", "--sims", "0"], "--sims"),
+    (["inverse-bound", "--out", "{d}/o", "--starts", "1"], "starts: need at least 2"),
+    (["inverse-bound", "--out", "{d}/o", "--points", "-5"], "points: must be an integer >= 1"),
+    (["inverse-bound", "--out", "{d}/o", "--problem", "nope"], "--problem: expected distinct preset names"),
+    (["inverse-bound", "--out", "{d}/o", "--deltas", "0.1", "-1"], "--deltas"),
+    (["inverse-bound", "--out", "{d}/o", "--no-le-cam", "--le-cam-ns", "100"], "--le-cam-ns: sets the Le Cam table"),
+    (["bench", "--steps", "5"], "--steps: applies only with --step"),
+    (["bench", "--fits", "0"], "--fits"),
+    (["transformer", "--preset", "tiny", "--out", "{d}/o", "--workers", "0"], "workers: must be an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize("i", range(len(CLI_BATTERY)))
+def test_fault_battery_command_line_more_doors(tmp_path, capsys, i):
+    from moe_estimation.cli import main
+
+    for name, text in BAD_FILES.items():
+        (tmp_path / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+    for folder, fits in (("badjson", None), ("emptyfits", b""), ("garbfits", b"\x00\xff garbage\n"), ("garbfits2", b"\xff\xfe")):
+        (tmp_path / folder).mkdir()
+        if fits is None:
+            (tmp_path / folder / "config.json").write_text("{not json")
+        else:
+            (tmp_path / folder / "fits.csv").write_bytes(fits)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    args, word = CLI_BATTERY[i]
+    assert main([a.format(d=tmp_path) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert word in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+API_BATTERY = [
+    (lambda: me.key_value_loss(me.preset("shared-linear"), me.true_params(me.preset("non-shared"))), "Shape mismatch in atoms"),
+    (lambda: me.predict(me.preset("shared-linear"), me.true_params(me.preset("non-shared")), jnp.zeros((3, 2))),
+     "another structure"),
+    (lambda: me.identified_key_value(me.preset("non-shared"), me.true_params(me.preset("shared-linear"))), "Shape mismatch"),
+    (lambda: me.fit(0, me.preset("shared-linear"), jnp.zeros((10, 2)), jnp.zeros((10, 2)), 2), "key: expected a JAX PRNG key"),
+    (lambda: me.fit_batch(np.zeros(1), me.preset("shared-linear"), jnp.zeros((1, 10, 2)), jnp.zeros((1, 10, 2)), 2),
+     "keys: expected JAX PRNG keys"),
+    (lambda: me.simulate(jax.random.key(0), me.preset("shared-linear"), 10**12), "n: 1000000000000 needs about"),
+    (lambda: me.preset("shared-linear", seed=-3), "seed: must be an integer >= 0"),
+    (lambda: me.random_pretrained(seed=-1), "seed: must be an integer >= 0"),
+    (lambda: solve(_quadratic(jnp.zeros(2)), jnp.zeros(2), jnp.zeros(3), jnp.ones(3)), "Shape mismatch in lower, upper"),
+    (lambda: me.voronoi_parts([1.0], [[0.0]], [1.0], [[0.0]], smooth=-1.0), "smooth"),
+    (lambda: me.make_problem(**me.random_pretrained(0), B=np.eye(2), C=np.eye(2), W1=np.eye(2), W2=np.eye(2),
+                             true_atoms=[[0.1, 0.2]], true_biases=[0.0], noise_var=True), "noise_var"),
+    (lambda: me.make_problem(**me.random_pretrained(0), B=np.eye(2), C=np.eye(2), W1=np.eye(2), W2=np.eye(2),
+                             true_atoms=[[0.1, True]], true_biases=[0.0]), "true_atoms: expected a numeric array"),
+]
+
+
+@pytest.mark.parametrize("i", range(len(API_BATTERY)))
+def test_fault_battery_api_more(i):
+    call, word = API_BATTERY[i]
+    with pytest.raises(ValueError, match=word):
+        call()
+
+
+def test_a_wait_on_another_hosts_lock_says_what_it_waits_for(tmp_path):
+    """--wait on a lock held by another host waited without a word: its process cannot be checked from here."""
+    import threading
+
+    from moe_estimation.results import StudyLock
+
+    lock = tmp_path / ".lock"
+    lock.write_text(json.dumps(dict(pid=1, host="another-host", started="then")))
+    said = []
+    threading.Timer(0.5, lambda: lock.unlink()).start()
+    with StudyLock(tmp_path, wait=True, log=said.append, poll=0.05):
+        pass
+    assert len(said) == 1 and "another-host" in said[0] and "cannot be checked from here" in said[0]
