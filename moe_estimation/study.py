@@ -312,8 +312,8 @@ def dry_run(cfg: StudyConfig, workers: int | str = 1) -> str:
              f"timed: one fit of the costliest task ({prob_name} {spec} {schedule} n = {n}): {times[1]:.2f} s "
              f"({times[0]:.1f} s the first time, compiling)",
              f"estimate: about {_duration(total)} of fitting in one process"
-             + (f", about {_duration(total / (0.75 * n_workers))} with {n_workers} workers (measured: two workers give "
-                "about 1.5 times one process's throughput on two cores)" if n_workers > 1 else "")
+             + (f"; {n_workers} workers take less, by a factor `moe-estimation bench --workers` measures on this "
+                "machine" if n_workers > 1 else "")
              + "; a first run compiles each shape once more (seconds to a minute each)"]
     return "\n".join(lines)
 

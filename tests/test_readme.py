@@ -78,6 +78,16 @@ def _block(marker: str) -> str:
     return README.read_text().split(f"<!-- {marker} -->\n", 1)[1]
 
 
+def test_readme_benchmark_tables_are_the_committed_benchmarks():
+    """The step and workers tables are what summarize.py makes of the committed benchmark records."""
+    s = _summarize()
+    bench = README.parent / "benchmarks"
+    step = s.step_table(bench / "cpu-step.json").split("\n\n", 1)[1]
+    assert _block("step-table").startswith(step)
+    workers = s.workers_table(bench / "cpu-workers.json")
+    assert "\n".join(line.strip() for line in _block("workers-table").splitlines()[: workers.count("\n") + 1]) == workers
+
+
 def test_readme_quick_tables_are_the_committed_tables():
     """The quick study's tables in the README (rates, failing fits and quantile slopes, paired differences,
     power) are what summarize.py makes of tables/quick and tables/power-quick.csv."""
