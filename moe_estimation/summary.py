@@ -563,6 +563,20 @@ def geometry_markdown(path: Path) -> str:
             x = h[h["structure"] == s]
             cells += cell(x.iloc[0] if len(x) else None)
         out.append(f"| {spec} | {factor} | {level:g} | " + " | ".join(cells) + " |")
+    # the two factors that matter, crossed: the key separation and L' - L, pooled over the rest
+    out += ["", "| specification | key separation | L' - L | " + " | ".join(head[3:]) + " |", "|" + "---|" * len(head)]
+    for (spec, sep, x), h in g.groupby(["specification", "key_separation", "extra_prompts"], sort=True):
+        cells = []
+        for s in structures:
+            k = h[h["structure"] == s]
+            if not len(k):
+                cells += ["-", "-"]
+                continue
+            sl = k["median_slope"].dropna()
+            cells += [f"{int(k['failing_n_min'].sum())}/{int(k['fits_n_min'].sum())} / "
+                      f"{int(k['failing_n_max'].sum())}/{int(k['fits_n_max'].sum())}",
+                      f"{sl.median():.2f} [{sl.min():.2f}, {sl.max():.2f}]"]
+        out.append(f"| {spec} | {sep:g} | {int(x)} | " + " | ".join(cells) + " |")
     totals = []
     for (s, spec), h in g.groupby(["structure", "specification"], sort=False):
         holding = int(((h["median_ci_low"] <= -0.5) & (h["median_ci_high"] >= -0.5)).sum())

@@ -1,4 +1,4 @@
-"""The README quickstart runs as written."""
+"""The README: its quickstart runs as written, its commands are CI's, and every table in it is its committed table."""
 
 import re
 import tomllib
@@ -42,23 +42,24 @@ def test_readme_names_the_developer_test_command():
     assert "--strict-markers" in ini["addopts"] and "--durations=15" in ini["addopts"]
 
 
-def _summarize():
+def _module(name: str):
+    """simulations/<name>.py as a module."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("summarize", README.parent / "simulations" / "summarize.py")
+    spec = importlib.util.spec_from_file_location(name, README.parent / "simulations" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-@pytest.mark.parametrize("marker, tables", [("transformer-table", "transformer-standard"),
-                                            ("transformer-quick-table", "transformer-quick")])
-def test_readme_transformer_tables_are_the_committed_tables(marker, tables):
-    """The learning-curve tables in the README are what summarize.py makes of the committed tables."""
-    text = README.read_text()
-    block = text.split(f"<!-- {marker} -->\n", 1)[1]
-    made = _summarize().transformer_table(README.parent / "tables" / tables)
-    assert block.startswith(made), f"README's {marker} differs from summarize.py --transformer tables/{tables}"
+def test_every_readme_table_is_its_committed_table():
+    """Every table of the README is what its table maker gives from the committed tables and benchmark records
+    (simulations/readme_tables.py: one block a maker, between <!-- NAME --> and <!-- /NAME -->; running it
+    without --check rewrites them). A README number that is not its table's fails here."""
+    module = _module("readme_tables")
+    bad = module.differing(README.read_text())
+    assert not bad, f"README blocks differ from their committed tables (python simulations/readme_tables.py): {bad}"
+    assert len(module.blocks()) >= 40
 
 
 def test_committed_transformer_tables_belong_to_their_presets():
@@ -74,36 +75,8 @@ def test_committed_transformer_tables_belong_to_their_presets():
         assert meta["study"] == plain_dict(TRANSFORMER_PRESETS[preset]), preset
 
 
-def _block(marker: str) -> str:
-    return README.read_text().split(f"<!-- {marker} -->\n", 1)[1]
-
-
-def test_readme_benchmark_tables_are_the_committed_benchmarks():
-    """The step and workers tables are what summarize.py makes of the committed benchmark records."""
-    s = _summarize()
-    bench = README.parent / "benchmarks"
-    step = s.step_table(bench / "cpu-step.json").split("\n\n", 1)[1]
-    assert _block("step-table").startswith(step)
-    workers = s.workers_table(bench / "cpu-workers.json")
-    assert "\n".join(line.strip() for line in _block("workers-table").splitlines()[: workers.count("\n") + 1]) == workers
-
-
-def test_readme_quick_tables_are_the_committed_tables():
-    """The quick study's tables in the README (rates, failing fits and quantile slopes, paired differences,
-    power) are what summarize.py makes of tables/quick and tables/power-quick.csv."""
-    s, tables = _summarize(), README.parent / "tables"
-    assert _block("quick-table").startswith(s.study_table(tables / "quick").split("\n\n")[0])
-    assert _block("quick-failing-table").startswith(s.failing_markdown(tables / "quick"))
-    assert _block("quick-differences-table").startswith(s.differences_markdown(tables / "quick"))
-    assert _block("quick-power-table").startswith(s.power_markdown(tables / "power-quick.csv"))
-    assert _block("quick-control-table").startswith(s.control_markdown(tables / "quick"))
-    assert _block("quick-bounds-table").startswith(s.bounds_markdown(tables / "quick"))
-    assert _block("restarts-failing-table").startswith(s.failing_markdown(tables / "restarts-quick"))
-    assert _block("restarts-lowest-table").startswith(s.lowest_markdown(tables / "restarts-quick"))
-
-
 @pytest.mark.study  # rates thousands of fits again: seconds to half a minute each
-@pytest.mark.parametrize("preset", ["quick", "robust-quick", "restarts-quick", "full", "contested-quick",
+@pytest.mark.parametrize("preset", ["quick", "robust-quick", "restarts-quick", "full", "contested-quick", "geometry",
                                     "nonlinear", "robust-non-shared", "tolerance-non-shared"])
 def test_committed_study_is_its_preset_and_its_tables_are_its_fits(preset, tmp_path, monkeypatch):
     """tables/<preset> is a run of `study --preset <preset>` (or of `--config simulations/<name>.toml`; a rerun
@@ -152,71 +125,21 @@ def _same_table(committed, rebuilt):
         assert same.all(), f"{committed.name}, column {c}: {a[c][~same].head(3).tolist()} vs {b[c][~same].head(3).tolist()}"
 
 
-def _study_section(name, *, power_problems=None, reference="non-shared"):
-    """A study's section of the README (markers ``<name>-table``, ``-failing-``, ``-spread-``, ``-control-``,
-    ``-differences-``, ``-power-table``) is what summarize.py makes of tables/<name> and
-    tables/power-<name>.csv."""
-    s, tables = _summarize(), README.parent / "tables"
-    assert _block(f"{name}-table").startswith(s.study_table(tables / name).split("\n\n")[0])
-    assert _block(f"{name}-failing-table").startswith(s.failing_markdown(tables / name))
-    assert _block(f"{name}-spread-table").startswith(s.spread_markdown(tables / name))
-    assert _block(f"{name}-control-table").startswith(s.control_markdown(tables / name))
-    assert _block(f"{name}-differences-table").startswith(s.differences_markdown(tables / name, reference=reference))
-    assert _block(f"{name}-power-table").startswith(s.power_markdown(tables / f"power-{name}.csv",
-                                                                     problems=power_problems))
+def test_readme_sections_are_of_the_current_studies():
+    """What the block check cannot see: the sections name no stale folder, the nonlinear study's cells of both
+    structures are the full study's row for row, and the robustness study is its preset's."""
+    import json
 
-
-def test_readme_full_tables_are_the_committed_tables():
-    """The full study's section: rates, failing fits, the identified part and the spread, the positive
-    control, paired differences and power, as summarize.py makes them of tables/full and
-    tables/power-full.csv."""
-    _study_section("full", power_problems=("non-shared", "shared-linear"))
-    assert "It has no current results" not in README.read_text()
-
-
-def test_readme_nonlinear_tables_are_the_committed_tables():
-    """The shared map that is nonlinear in fact (tables/nonlinear): its tables in the README, and its cells
-    of both structures are the full study's, row for row."""
     import pandas as pd
 
-    _study_section("nonlinear", reference="shared-linear")
-    tables = README.parent / "tables"
+    from moe_estimation.config import study_preset
+
+    text, tables = README.read_text(), README.parent / "tables"
+    assert "It has no current results" not in text and "tables/partial" not in text
     nl, full = (pd.read_csv(tables / t / "fits.csv.gz", dtype=str, keep_default_na=False) for t in ("nonlinear", "full"))
     for problem in ("shared-linear", "shared-nonlinear"):
         mine = nl[nl["problem"] == problem].reset_index(drop=True)
         pd.testing.assert_frame_equal(mine, full[full["problem"] == problem].reset_index(drop=True))
-
-
-def test_readme_contested_tables_are_the_committed_tables():
-    """The contested case at large n (contested-quick), the 40-replicate paired study under three schedules
-    (robust-non-shared) and the stopping-rule study beside it (tolerance-non-shared)."""
-    s, tables = _summarize(), README.parent / "tables"
-    assert _block("contested-failing-table").startswith(s.failing_markdown(tables / "contested-quick"))
-    assert _block("contested-spread-table").startswith(s.spread_markdown(tables / "contested-quick"))
-    assert _block("contested-differences-table").startswith(s.differences_markdown(tables / "contested-quick"))
-    assert _block("contested-power-table").startswith(s.power_markdown(tables / "power-contested-quick.csv"))
-    for marker, name in (("robust-non-shared-table", "robust-non-shared"), ("tolerance-table", "tolerance-non-shared")):
-        assert _block(marker).startswith(s.robust_table(tables / name).split("\n\n")[0])
-    assert _block("robust-non-shared-failing-table").startswith(s.failing_markdown(tables / "robust-non-shared"))
-    assert _block("robust-non-shared-power-table").startswith(s.power_markdown(tables / "power-robust-non-shared.csv"))
-    assert _block("tolerance-paired-table").startswith(
-        s.paired_runs_markdown(tables / "robust-non-shared", tables / "tolerance-non-shared"))
-    assert "tables/partial" not in README.read_text()
-
-
-def test_readme_robust_tables_are_the_committed_tables():
-    s, tables = _summarize(), README.parent / "tables"
-    assert _block("robust-table").startswith(s.robust_table(tables / "robust-quick").split("\n\n")[0])
-    assert _block("robust-failing-table").startswith(s.failing_markdown(tables / "robust-quick"))
-    assert _block("robust-spread-table").startswith(s.spread_markdown(tables / "robust-quick"))
-    assert _block("robust-differences-table").startswith(s.differences_markdown(tables / "robust-quick",
-                                                                                axes=("schedule",)))
-    assert _block("robust-power-table").startswith(s.power_markdown(tables / "power-robust-quick.csv",
-                                                                    schedules=("shrinking", "random")))
-    import json
-
-    from moe_estimation.config import study_preset
-
     meta = json.loads((tables / "robust-quick" / "config.json").read_text())
     assert meta["study"] == json.loads(json.dumps(study_preset("robust-quick").to_dict()))
 
@@ -238,7 +161,3 @@ def test_committed_figures_are_drawn_from_the_committed_tables(name, tmp_path):
         assert committed.read_bytes() == p.read_bytes(), f"{committed} is not drawn from tables/{name}"
 
 
-def test_readme_minimax_table_is_the_committed_table():
-    """The worst case over the moving families in the README is summarize.py --minimax of tables/minimax-quick."""
-    made = _summarize().minimax_markdown(README.parent / "tables" / "minimax-quick")
-    assert _block("minimax-table").startswith(made)
