@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from .estimator import FitSettings, validate_settings
+from .estimator import FitSettings, check_residuals, validate_settings
 from .problems import (DRAW_STRUCTURES, PRESET_NAMES, PRESETS, Problem, draw_problem, make_problem, merge_factor,
                        move_truth, preset)
 
@@ -477,8 +477,6 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
     for name, table in tables.items():
         if not isinstance(table, dict):
             raise _err(source, f"problems.{name}", f"expected a table of make_problem arguments, got {table!r}")
-    from .estimator import check_residuals
-
     for name in problems:  # every problem builds and validates before any work starts, at every n it moves to
         prob = build_problem(name, tables.get(name), source)
         if moving_truth(name, tables.get(name), source) is not None:

@@ -427,7 +427,7 @@ def minimax_tables(fits: pd.DataFrame, cfg: StudyConfig) -> tuple[pd.DataFrame, 
     log n over the rate window, with a 95% bootstrap interval that resamples the replicates of each n
     jointly for every member (they share their data sets), so the maximum is taken afresh in each resample.
     Both are empty when no problem's truth moves."""
-    from .rates import ols_line, percentile_interval, statistic_of
+    from .rates import ols_line, percentile_interval
 
     families = _families(fits, cfg)
     rows, rates = [], []

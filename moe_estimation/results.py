@@ -125,7 +125,24 @@ def plain_dict(study) -> dict:
     return json.loads(json.dumps({k: (v._asdict() if hasattr(v, "_asdict") else v) for k, v in study._asdict().items()}))
 
 
-def check_same_study(out: Path, study: dict, what: str = "study", reread=(), log=print) -> None:
+def differing_settings(old, new, prefix: str = "", limit: int = 6) -> list[str]:
+    """``key: old -> new`` for each setting that differs between two plain configuration dicts (nested keys
+    joined by dots; at most ``limit`` listed, then how many more)."""
+    out: list[str] = []
+
+    def walk(a, b, path):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in list(a) + [k for k in b if k not in a]:
+                walk(a.get(k, "(absent)"), b.get(k, "(absent)"), f"{path}.{k}" if path else str(k))
+        elif a != b:
+            show = lambda x: (s if len(s := json.dumps(x)) <= 60 else s[:57] + "...")
+            out.append(f"{path}: {show(a)} -> {show(b)}")
+
+    walk(old, new, prefix)
+    return out[:limit] + ([f"and {len(out) - limit} more"] if len(out) > limit else [])
+
+
+def check_same_study(out: Path, study: dict, what: str = "study", reread=(), log=print, fingerprinted: bool = False) -> None:
     """Refuse an ``out`` whose ``config.json`` was written for another study (``study``: its plain dict).
     The keys named in ``reread`` say how finished fits are read into tables, not how they are made: when
     only they differ, the study goes on (its tables are rebuilt from the fits) and ``log`` says so."""
@@ -138,10 +155,15 @@ def check_same_study(out: Path, study: dict, what: str = "study", reread=(), log
         raise ValueError(f"--out: {cfg_path} is not a {what}'s config.json (not a JSON object: {str(e).splitlines()[0]}); "
                          "choose a new --out, or delete the file if the folder is this run's") from None
     new = json.loads(json.dumps(study))
-    if not isinstance(old, dict) or {k: v for k, v in old.items() if k not in reread} != {
-            k: v for k, v in new.items() if k not in reread}:
-        raise ValueError(f"--out: {out} holds a different {what} (its config.json differs); choose a new --out or "
-                         "delete it")
+    if not isinstance(old, dict):
+        raise ValueError(f"--out: {cfg_path} records no {what}; choose a new --out, or delete the file")
+    differ = differing_settings({k: v for k, v in old.items() if k not in reread},
+                                {k: v for k, v in new.items() if k not in reread})
+    if differ:
+        advice = ("Choose a new --out; or move its config.json away and rerun with --repair: the fits whose design "
+                  "is this one's are kept (every fit row carries its fingerprint), the others dropped and fitted anew"
+                  if fingerprinted else "Choose a new --out, or delete it")
+        raise ValueError(f"--out: {out} holds a different {what}: {'; '.join(differ)}. {advice}")
     changed = [k for k in reread if old.get(k) != new.get(k)]
     if changed:
         log(f"{out}: the settings {changed} differ from config.json's; the fits are kept and every table is "
@@ -244,7 +266,7 @@ def rate_entries(ns, mat, *, num_bootstrap: int, seed: int, statistics=("mean", 
     at all, or whose statistic is 0 (the median of a loss that is zero in most fits), gives no rate (NaN) and a
     ``note`` saying which; one with a single finite loss, a slope without an interval. Anything else that fails
     is a bug, and raises."""
-    from .rates import empirical_rate, statistic_of
+    from .rates import empirical_rate, ols_line, statistic_of
 
     mat = np.array(mat, dtype=float)
     mat[~np.isfinite(mat)] = np.nan
@@ -266,8 +288,6 @@ def rate_entries(ns, mat, *, num_bootstrap: int, seed: int, statistics=("mean", 
                             note=f"the {stat} is 0 at n = {[int(n) for n, p in zip(ns, point) if p <= 0]}: no slope"))
             continue
         if single:  # one loss at some n: a slope, but its bootstrap would resample that n to itself
-            from .rates import ols_line
-
             slope = ols_line(np.log(ns), np.log(point))[0]
             out.append(dict(statistic=stat, slope=slope, ci_low=np.nan, ci_high=np.nan,
                             note=f"one positive finite loss at n = {single}: no interval"))

@@ -368,7 +368,7 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
     cfg_path = out / "config.json"
     lead = jax.process_index() == 0  # only process 0 reads and writes --out (it need not be a shared disk)
     if lead:
-        check_same_study(out, resolved["study"], reread=RATE_FIELDS, log=log)
+        check_same_study(out, resolved["study"], reread=RATE_FIELDS, log=log, fingerprinted=True)
     fits_path = out / "fits.csv"
     table = CellTable(fits_path, FITS_COLUMNS, CELL, cfg.replicates, check=lambda path: check_fits_table(path, cfg))
     if lead:

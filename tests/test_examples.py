@@ -1,4 +1,4 @@
-"""The example notebook runs, at tiny sizes: every code cell in order, in one namespace."""
+"""The example notebook runs, at tiny sizes, in a Jupyter kernel as a user's would (the `notebook` extra)."""
 
 import json
 import os
@@ -11,19 +11,21 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "first_study.ipynb
 
 @pytest.mark.e2e
 def test_example_notebook_runs(monkeypatch, tmp_path):
-    monkeypatch.setenv("MOE_ESTIMATION_NOTEBOOK_TINY", "1")
-    monkeypatch.chdir(tmp_path)
-    import matplotlib
+    """Every cell in order in an IPython kernel (nbclient, as `jupyter-execute` runs it), then one probe cell
+    that reports what the notebook made."""
+    import nbformat
+    from nbclient import NotebookClient
 
-    matplotlib.use("Agg")
-    cells = [c for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "code"]
-    assert len(cells) >= 5
-    namespace: dict = {}
-    for i, cell in enumerate(cells):
-        exec(compile("".join(cell["source"]), f"{NOTEBOOK.name} cell {i}", "exec"), namespace)
-    assert len(namespace["fits"]) == 2 * 2 * 2 * 2
-    assert (namespace["out"] / "figures" / "parts_non-shared_over.png").exists()
-    assert os.environ["MOE_ESTIMATION_NOTEBOOK_TINY"] == "1"
+    monkeypatch.setenv("MOE_ESTIMATION_NOTEBOOK_TINY", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    assert sum(c.cell_type == "code" for c in nb.cells) >= 5
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "import json; print(json.dumps(dict(fits=len(fits), figure=(out / 'figures' / 'parts_non-shared_over.png')"
+        ".exists(), tiny=TINY)))"))
+    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    probe = json.loads(nb.cells[-1].outputs[-1]["text"])
+    assert probe == dict(fits=2 * 2 * 2 * 2, figure=True, tiny=True)
 
 
 @pytest.mark.e2e

@@ -329,3 +329,24 @@ def test_a_wait_on_another_hosts_lock_says_what_it_waits_for(tmp_path):
     with StudyLock(tmp_path, wait=True, log=said.append, poll=0.05):
         pass
     assert len(said) == 1 and "another-host" in said[0] and "cannot be checked from here" in said[0]
+
+
+def test_a_study_of_another_design_is_refused_naming_what_differs(reference_study, tmp_path, capsys):
+    """The refusal said "its config.json differs" and not which setting, nor what to do."""
+    from moe_estimation.cli import main
+
+    out = tmp_path / "study"
+    shutil.copytree(reference_study, out)
+    toml = tmp_path / "other.toml"
+    from conftest import reference_toml
+
+    reference_toml(toml)
+    toml.write_text(toml.read_text().replace("max_steps = 15", "max_steps = 30"))
+    assert main(["study", "--config", str(toml), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "fit.max_steps: 15 -> 30" in err and "--repair" in err
+    (out / "config.json").unlink()  # as the message says: the fits of the other design are found by their fingerprint
+    assert main(["study", "--config", str(toml), "--out", str(out), "--no-progress"]) == 2
+    assert "damaged" in capsys.readouterr().err
+    assert main(["study", "--config", str(toml), "--out", str(out), "--no-progress", "--repair"]) == 0
+    assert (pd.read_csv(out / "fits.csv")["design"].nunique()) == 2  # exact and over: this design's, refitted
