@@ -680,7 +680,8 @@ STUDY_PRESETS = {
     # {2, 4}, two random draws of the truth, each at three key separations (0.5, 1.5, 3: the presets' is 3.3),
     # two noise variances (0.01, 0.04) and L' - L in {1, 2}, non-shared and shared-linear on the same data sets,
     # the exact fit as each geometry's control; robust-quick's grid (n 500..8000, 10 replicates), random starts
-    # over the whole box, best of 8. CPU, resumable.
+    # over the whole box, best of 8. CPU: 83 minutes on two cores, measured (another process beside it for a
+    # third of that time); resumable.
     "geometry": dict(
         seed=0,
         grid=dict(ns=[500, 1000, 2000, 4000, 8000], replicates=10, problems=_GEOMETRY[0],
