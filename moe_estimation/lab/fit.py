@@ -1,0 +1,164 @@
+"""One estimator for every assembly (docs/maths.md, *The lab*).
+
+Least squares minimises (1/2) sum_i ||Y_i - f(X_i)||^2 by Gauss-Newton; the Gaussian likelihood minimises the
+negative log-likelihood sum_i -log p(Y_i | X_i) with the outer product of the per-sample scores as its model
+Hessian (Fisher scoring in its empirical form, positive semi-definite by construction). Both go through the
+project's box-constrained Levenberg-Marquardt solver (:func:`moe_estimation.solver.solve`), with every
+derivative by forward- or reverse-mode autodiff of the one-sample functions of :mod:`moe_estimation.lab.model`,
+so a new gate or expert needs no derivative written by hand. The starting-point schedules, restarts, statuses
+and the best-of-restarts rule are the package's (:mod:`moe_estimation.estimator`).
+
+The reported ``objective`` is per row: the mean squared residual (1/n) sum_i ||Y_i - f(X_i)||^2 for least
+squares, as in the prefix study, and the mean negative log-likelihood for the Gaussian likelihood.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..estimator import INITS
+from ..solver import Normal, SolverSettings, Status, batch_map, is_converged, normal_equations, solve
+from .model import Assembly, Mixture, log_density, mean
+
+
+class LabFitSettings(NamedTuple):
+    """num_components: K'. restarts, init (``random``: uniform over the fraction ``init_scale`` of the box;
+    ``near-truth``: truth + Gaussian noise of sd ``init_scale``, extra components split from true ones), and the
+    solver's stopping rules (as :class:`moe_estimation.FitSettings`)."""
+
+    num_components: int
+    restarts: int = 8
+    init: str = "random"
+    init_scale: float = 0.5
+    max_steps: int = 400
+    ftol: float = 1e-8
+    xtol: float = 1e-8
+    gtol: float = 1e-8
+    batching: str = "auto"
+
+
+def check_settings(s: LabFitSettings) -> None:
+    for name in ("num_components", "restarts", "max_steps"):
+        v = getattr(s, name)
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
+    if s.init not in INITS:
+        raise ValueError(f"init: expected one of {INITS}, got {s.init!r}")
+    for name in ("init_scale", "ftol", "xtol", "gtol"):
+        v = getattr(s, name)
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
+            raise ValueError(f"{name}: must be a finite number >= 0, got {v!r}")
+    if s.init == "random" and not 0 < s.init_scale <= 1:
+        raise ValueError(f"init_scale: with init='random' it is the fraction of the box, in (0, 1], got {s.init_scale!r}")
+
+
+def linearization(model: Assembly, K: int, X, Y, w):
+    """``theta -> Normal(F, g, H)`` for one data set (rows weighted by ``w``: 1 a real row, 0 padding)."""
+    if model.likelihood == "least-squares":
+        f = jax.vmap(mean, in_axes=(None, None, 0))
+
+        def residual_jacobian(data, theta):
+            X, Y, w = data
+
+            def r(t):
+                return (f(model, model.unflatten(t, K), X) - Y) * w[:, None]
+
+            res, jvp = jax.linearize(r, theta)
+            return res, jax.vmap(jvp)(jnp.eye(theta.shape[0], dtype=theta.dtype))
+
+        return normal_equations(residual_jacobian, (X, Y, w))
+
+    def nll(t, x, y):
+        return -log_density(model, model.unflatten(t, K), x, y)
+
+    per_row = jax.vmap(jax.value_and_grad(nll), in_axes=(None, 0, 0))
+
+    def linearize(theta):
+        values, grads = per_row(theta, X, Y)
+        values, grads = values * w, grads * w[:, None]
+        return Normal(jnp.sum(values), jnp.sum(grads, axis=0), grads.T @ grads)
+
+    return linearize
+
+
+def objective(model: Assembly, F, n):
+    """The per-row objective from the solver's F (1/2 RSS, or the summed NLL)."""
+    return 2 * F / n if model.likelihood == "least-squares" else F / n
+
+
+def start(key, model: Assembly, s: LabFitSettings, truth: Mixture | None, dtype) -> jax.Array:
+    """One flat starting point of the schedule, in the box."""
+    K = s.num_components
+    lo, hi = (jnp.asarray(a, dtype) for a in model.box(K))
+    if s.init == "random":
+        half = (hi - lo) / 2
+        mid = (hi + lo) / 2
+        return mid + s.init_scale * half * jax.random.uniform(key, lo.shape, dtype, -1.0, 1.0)
+    Kt = truth.gate.shape[0]
+    assign = np.arange(K) % Kt
+    share = np.bincount(assign, minlength=Kt)[assign]
+    gate = truth.gate[assign]
+    gate = gate.at[:, -1].set(model.gate.split_bias(gate[:, -1], jnp.asarray(share, dtype)))
+    base = model.flatten(Mixture(gate, truth.expert[assign], truth.log_var[assign]))
+    return jnp.clip(base + s.init_scale * jax.random.normal(key, base.shape, dtype), lo, hi)
+
+
+class LabFit(NamedTuple):
+    """The best restart: ``params`` (a :class:`Mixture`), ``objective`` (per row), ``converged``, ``status``,
+    ``steps``, ``restart_objectives``; fields gain a leading axis when batched."""
+
+    params: Mixture
+    objective: jax.Array
+    converged: jax.Array
+    status: jax.Array
+    steps: jax.Array
+    restart_objectives: jax.Array
+
+
+def fit_dataset(key, model: Assembly, s: LabFitSettings, X, Y, w, truth: Mixture | None = None) -> LabFit:
+    """Every restart of ``s`` on one data set; the best by objective. Traceable."""
+    K = s.num_components
+    lo, hi = (jnp.asarray(a, X.dtype) for a in model.box(K))
+    starts = jax.vmap(lambda r: start(jax.random.fold_in(key, r), model, s, truth, X.dtype))(jnp.arange(s.restarts))
+    lin = linearization(model, K, X, Y, w)
+    solver = SolverSettings(max_steps=s.max_steps, ftol=s.ftol, xtol=s.xtol, gtol=s.gtol)
+    sol = batch_map(lambda t0: solve(lin, t0, lo, hi, solver), starts, s.batching)
+    obj = objective(model, sol.objective, jnp.sum(w))
+    rank = jnp.where(jnp.isfinite(obj), obj, jnp.inf)
+    best = jnp.argmin(rank)
+    theta = sol.value[best]
+    finite = jnp.isfinite(obj[best]) & jnp.all(jnp.isfinite(theta))
+    code = jnp.where(finite, sol.status[best], Status.NONFINITE)
+    return LabFit(model.unflatten(theta, K), obj[best], is_converged(code), code, sol.steps[best], obj)
+
+
+@partial(jax.jit, static_argnames=("model", "s"))
+def _fit_batch(keys, model, s, X, Y, w, truth):
+    return batch_map(lambda a: fit_dataset(a[0], model, s, a[1], a[2], a[3], truth), (keys, X, Y, w), s.batching)
+
+
+def fit(key, model: Assembly, X, Y, num_components: int, *, truth: Mixture | None = None, **options) -> LabFit:
+    """Fit K' = ``num_components`` components to one data set X ``(n, d)``, Y ``(n, d_out)`` (least squares or
+    maximum likelihood, as ``model.likelihood`` says). ``options``: the fields of :class:`LabFitSettings`;
+    ``truth`` is needed by near-truth starts only."""
+    s = LabFitSettings(num_components=num_components, **options)
+    check_settings(s)
+    X, Y = jnp.asarray(X, jnp.float64), jnp.asarray(Y, jnp.float64)
+    if X.ndim != 2 or X.shape[1] != model.d or Y.shape != (X.shape[0], model.d_out):
+        raise ValueError(f"Shape mismatch in X, Y: expected (n, {model.d}) and (n, {model.d_out}), got {X.shape} and {Y.shape}")
+    if s.init == "near-truth" and truth is None:
+        raise ValueError("truth: near-truth starts need the true mixture; pass truth=... or init='random'")
+    if not (bool(jnp.all(jnp.isfinite(X))) and bool(jnp.all(jnp.isfinite(Y)))):
+        raise ValueError("X, Y: contain NaN or inf")
+    if X.shape[0] * model.d_out < model.num_params(s.num_components):
+        raise ValueError(f"n: {X.shape[0]} rows give fewer residuals than the {model.num_params(s.num_components)} "
+                         "parameters: the fit is not determined")
+    truth = truth if truth is not None else Mixture(*(jnp.zeros((1, k)) for k in (model.gate_size, model.expert_size)),
+                                                    jnp.zeros(1))
+    out = _fit_batch(jnp.asarray(key)[None], model, s, X[None], Y[None], jnp.ones((1, X.shape[0])), truth)
+    return jax.tree.map(lambda a: a[0], out)

@@ -1,0 +1,65 @@
+"""Voronoi losses declared as data (docs/maths.md, *The lab*).
+
+A loss between a fitted mixture and the truth is declared by: which blocks of a component make its atom
+(``gate``: the part :meth:`Gate.atom` names of the gate's canonical parameters (:meth:`Gate.canonical`: a
+softmax's are identified only up to a common shift), the slopes w_k without the bias; ``expert``: the expert's
+parameters; ``variance``: exp(log_var), the Gaussian likelihood's), the weight of an atom (the gate's
+:meth:`Gate.atom_weight`: exp(b) for softmax and Laplace gates, sigmoid(b) for sigmoid ones), and the kind:
+
+- ``d2``: the weight-sum term, plus w ||Delta|| in cells holding one fitted atom and w ||Delta||^2 in cells
+  holding several (the exponents by cell size of the over-specified theory);
+- ``d1r``: the weight-sum term plus w (||Delta_first||^r + ||Delta_rest||^r), the atom cut after its first
+  block (the non-shared prefix model's D_{1,r}, with the key block first).
+
+The cells, the weight-sum term and every part are :func:`moe_estimation.voronoi.voronoi_parts`', so a loss
+declared here is the same number as the prefix model's loss on the same atoms (a test checks D_2 and D_{1,1}
+against the prefix presets to 1e-12).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from ..voronoi import voronoi_parts
+from .model import Assembly, Mixture
+
+BLOCKS = ("gate", "expert", "variance")
+KINDS = ("d2", "d1r")
+
+
+@dataclasses.dataclass(frozen=True)
+class VoronoiLoss:
+    """A Voronoi loss from parts (module docstring): ``blocks`` in atom order, ``kind`` ``d2`` or ``d1r`` (with
+    exponent ``r``)."""
+
+    blocks: tuple = ("gate", "expert")
+    kind: str = "d2"
+    r: float = 1.0
+
+    def __post_init__(self):
+        if not self.blocks or any(b not in BLOCKS for b in self.blocks) or len(set(self.blocks)) < len(self.blocks):
+            raise ValueError(f"blocks: expected distinct names from {BLOCKS}, got {self.blocks!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind: expected one of {KINDS}, got {self.kind!r}")
+        if self.kind == "d1r" and len(self.blocks) < 2:
+            raise ValueError("blocks: a d1r loss cuts the atom after its first block; give at least two")
+
+    def atoms(self, model: Assembly, m: Mixture) -> tuple[jnp.ndarray, jnp.ndarray, int]:
+        """(weights (K,), atoms (K, D), the width of the first block)."""
+        gate = model.gate.canonical(m.gate)
+        pieces = {"gate": model.gate.atom(gate), "expert": m.expert, "variance": jnp.exp(m.log_var)[:, None]}
+        chosen = [pieces[b] for b in self.blocks]
+        return model.gate.atom_weight(gate), jnp.concatenate(chosen, axis=1), chosen[0].shape[1]
+
+    def parts(self, model: Assembly, fitted: Mixture, truth: Mixture) -> dict:
+        """Every part of the loss (:func:`moe_estimation.voronoi.voronoi_parts`), and ``loss`` itself."""
+        w, a, first = self.atoms(model, fitted)
+        tw, ta, _ = self.atoms(model, truth)
+        out = voronoi_parts(w, a, tw, ta, split=first if self.kind == "d1r" else None, r=self.r)
+        out["loss"] = out["d1r"] if self.kind == "d1r" else out["d2"]
+        return out
+
+    def __call__(self, model: Assembly, fitted: Mixture, truth: Mixture):
+        return self.parts(model, fitted, truth)["loss"]

@@ -1,0 +1,156 @@
+"""A mixture of experts assembled from parts, its data and its likelihood (docs/maths.md, *The lab*).
+
+:class:`Assembly` holds the parts (a gate, an expert, a likelihood, an input law) and the sizes (d, d_out);
+:class:`Mixture` a measure of K components (gate parameters, expert parameters and, for the Gaussian
+likelihood, log-variances), a pytree. Every function is written for one input and batched with ``vmap``:
+
+- :func:`mean` f(x) = sum_k pi_k(x) h_k(x), the regression function;
+- :func:`log_density` log p(y | x) = log sum_k pi_k(x) N(y; h_k(x), sigma_k^2 I) (gates that do not sum to one,
+  sigmoid ones, are normalised here: a conditional density needs sum_k pi_k = 1);
+- :func:`simulate_rows` data from a true mixture: least squares draws Y = f(X) + N(0, noise_var I); the
+  Gaussian likelihood draws a component k with probability pi_k(X) and Y ~ N(h_k(X), sigma_k^2 I).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .parts import Expert, Gate, InputLaw
+
+LIKELIHOODS = ("least-squares", "gaussian")
+
+
+class Mixture(NamedTuple):
+    """K components: ``gate`` ``(K, gate size)``, ``expert`` ``(K, expert size)``, ``log_var`` ``(K,)`` (the
+    Gaussian likelihood's per-expert log-variances; ignored by least squares)."""
+
+    gate: jax.Array
+    expert: jax.Array
+    log_var: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Assembly:
+    """A model from parts. ``noise_var``: the known noise variance of least squares (data are simulated with it);
+    ``bound``: the estimator's box, every gate and expert parameter in [-bound, bound] and the log-variances in
+    [log 1e-4, log 1e2]."""
+
+    gate: Gate
+    expert: Expert
+    input: InputLaw
+    d_out: int = 1
+    likelihood: str = "least-squares"
+    noise_var: float = 0.01
+    bound: float = 10.0
+
+    def __post_init__(self):
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood: expected one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if self.likelihood == "gaussian" and not self.gate.sums_to_one:
+            raise ValueError(f"gate: the Gaussian likelihood is a mixture density and needs weights that sum to one; the "
+                             f"{self.gate.name} gate's do not (use softmax with reference 'pinned', or normalised-sigmoid)")
+        if isinstance(self.d_out, bool) or not isinstance(self.d_out, (int, np.integer)) or self.d_out < 1:
+            raise ValueError(f"d_out: must be an integer >= 1, got {self.d_out!r}")
+        for name in ("noise_var", "bound"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
+                raise ValueError(f"{name}: must be a finite number > 0, got {v!r}")
+
+    @property
+    def d(self) -> int:
+        return self.input.d
+
+    @property
+    def gate_size(self) -> int:
+        return self.gate.size(self.d)
+
+    @property
+    def expert_size(self) -> int:
+        return self.expert.size(self.d, self.d_out)
+
+    def num_params(self, K: int) -> int:
+        return K * (self.gate_size + self.expert_size + (1 if self.likelihood == "gaussian" else 0))
+
+    def flatten(self, m: Mixture) -> jax.Array:
+        parts = [m.gate.ravel(), m.expert.ravel()] + ([m.log_var] if self.likelihood == "gaussian" else [])
+        return jnp.concatenate(parts)
+
+    def unflatten(self, theta: jax.Array, K: int) -> Mixture:
+        g, e = K * self.gate_size, K * self.expert_size
+        log_var = theta[g + e:] if self.likelihood == "gaussian" else jnp.zeros(K, theta.dtype)
+        return Mixture(theta[:g].reshape(K, self.gate_size), theta[g:g + e].reshape(K, self.expert_size), log_var)
+
+    def box(self, K: int) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) of the flat parameters of K components."""
+        glo, ghi = self.gate.box(self.d, self.bound, K)
+        elo, ehi = self.expert.box(self.d, self.d_out, self.bound, K)
+        lo, hi = [glo.ravel(), elo.ravel()], [ghi.ravel(), ehi.ravel()]
+        if self.likelihood == "gaussian":
+            lo.append(np.full(K, np.log(1e-4)))
+            hi.append(np.full(K, np.log(1e2)))
+        return np.concatenate(lo), np.concatenate(hi)
+
+    def check(self, m: Mixture, name: str = "truth") -> Mixture:
+        """A mixture's arrays as float64 of the right shapes, inside the box (``ValueError`` naming ``name``)."""
+        gate, expert, log_var = (np.asarray(a, dtype=float) for a in (m.gate, m.expert, m.log_var))
+        K = gate.shape[0] if gate.ndim == 2 else -1
+        for part, arr, size in (("gate", gate, self.gate_size), ("expert", expert, self.expert_size)):
+            if arr.ndim != 2 or arr.shape != (K, size):
+                raise ValueError(f"Shape mismatch in {name}.{part}: expected (K, {size}) for the {getattr(self, part).name} "
+                                 f"{part} on d = {self.d}, d_out = {self.d_out}, got {arr.shape}")
+        if log_var.shape != (K,):
+            raise ValueError(f"Shape mismatch in {name}.log_var: expected ({K},), got {log_var.shape}")
+        lo, hi = self.box(K)
+        theta = np.asarray(self.flatten(Mixture(gate, expert, log_var)))
+        if not np.all(np.isfinite(theta)) or np.any(theta < lo) or np.any(theta > hi):
+            raise ValueError(f"{name}: every parameter must be finite and inside the box (|gate|, |expert| <= "
+                             f"{self.bound}; log_var in [log 1e-4, log 1e2])")
+        return Mixture(jnp.asarray(gate), jnp.asarray(expert), jnp.asarray(log_var))
+
+
+
+def mean(model: Assembly, m: Mixture, x: jax.Array) -> jax.Array:
+    """f(x) = sum_k pi_k(x) h_k(x), ``(d_out,)``."""
+    return model.gate.weights(m.gate, x) @ model.expert.outputs(m.expert, x, model.d_out)
+
+
+def log_density(model: Assembly, m: Mixture, x: jax.Array, y: jax.Array) -> jax.Array:
+    """log p(y | x) of the Gaussian mixture of experts (the gate's weights sum to one: :class:`Assembly` checks)."""
+    pi = model.gate.weights(m.gate, x)
+    h = model.expert.outputs(m.expert, x, model.d_out)  # (K, d_out)
+    var = jnp.exp(m.log_var)
+    comp = -0.5 * jnp.sum((y - h) ** 2, axis=-1) / var - 0.5 * model.d_out * jnp.log(2 * jnp.pi * var)
+    return jax.nn.logsumexp(comp + jnp.log(pi))
+
+
+def simulate_rows(model: Assembly, truth: Mixture, key: jax.Array, rows: int) -> tuple[jax.Array, jax.Array]:
+    """``rows`` samples; row i from ``(key, i)`` alone (a padded data set holds the same first rows)."""
+
+    def one(i):
+        kx, kc, ke = jax.random.split(jax.random.fold_in(key, i), 3)
+        x = model.input.row(kx, truth.expert.dtype)
+        eps = jax.random.normal(ke, (model.d_out,), truth.expert.dtype)
+        if model.likelihood == "least-squares":
+            return x, mean(model, truth, x) + jnp.sqrt(model.noise_var) * eps
+        k = jax.random.categorical(kc, jnp.log(model.gate.weights(truth.gate, x)))
+        h = model.expert.outputs(truth.expert, x, model.d_out)[k]
+        return x, h + jnp.exp(0.5 * truth.log_var[k]) * eps
+
+    return jax.vmap(one)(jnp.arange(rows))
+
+
+def simulate(key: jax.Array, model: Assembly, truth: Mixture, n: int) -> tuple[jax.Array, jax.Array]:
+    """n samples (X ``(n, d)``, Y ``(n, d_out)``) from the true mixture ``truth`` (checked against the model)."""
+    from .._checks import check_n
+
+    n = check_n(n)
+    truth = model.check(truth)
+    return _simulate_jit(model, truth, key, n)
+
+
+_simulate_jit = jax.jit(simulate_rows, static_argnums=(0, 3))

@@ -1,0 +1,298 @@
+"""The parts a mixture of experts is assembled from: gates, experts, input laws (docs/maths.md, *The lab*).
+
+A mixture of K components maps an input x in R^d to
+
+    f(x) = sum_k pi_k(x; g_k) h(x; e_k)          (least squares: Y = f(X) + noise)
+    p(y | x) = sum_k pi_k(x; g_k) N(y; h(x; e_k), sigma_k^2 I)      (the Gaussian mixture of experts)
+
+with a gate ``pi`` (its parameters g_k per component) and an expert ``h`` (its parameters e_k). A part is a
+small frozen class with one job: it declares how many parameters a component has, computes its values for
+one input (callers batch with ``vmap``), declares the box the estimator keeps its parameters in, and for a
+gate, the weight each component carries in a Voronoi loss (:mod:`moe_estimation.lab.losses`). A new gate or
+expert is one subclass; nothing else in the package changes (a test defines one in its own file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+# ------------------------------------------------------------------------------------------------
+# gates: (K, gate_size) parameters and an input -> K mixture weights
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """A gate: ``size(d)`` parameters a component, ``weights(theta (K, size), x (d,)) -> (K,)`` the mixture
+    weights at x, ``atom_weight(theta) -> (K,)`` each component's weight in a Voronoi loss, ``atom(theta)`` the
+    part of a component's atom that the loss measures, and its ``box`` for K components. ``sums_to_one``: the
+    weights of the K components sum to one at every x (a conditional density needs it)."""
+
+    name = "gate"
+    sums_to_one = False
+
+    def size(self, d: int) -> int:
+        raise NotImplementedError
+
+    def weights(self, theta: jax.Array, x: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    def atom_weight(self, theta: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    def atom(self, theta: jax.Array) -> jax.Array:
+        return theta[..., :-1]
+
+    def canonical(self, theta: jax.Array) -> jax.Array:
+        """The representative of ``theta`` (K, size) that a Voronoi loss compares: itself, unless the gate leaves a
+        direction of its parameters unidentified (a softmax without an extra reference)."""
+        return theta
+
+    def split_bias(self, bias: jax.Array, share) -> jax.Array:
+        """The bias of one of ``share`` components that split a true one's weight equally (a start of an
+        over-specified fit): exp-weighted gates subtract log(share)."""
+        return bias - jnp.log(share)
+
+    def box(self, d: int, bound: float, K: int) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper), each ``(K, size)``."""
+        size = self.size(d)
+        return np.full((K, size), -bound), np.full((K, size), bound)
+
+
+REFERENCES = ("pinned", "extra", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftmaxGate(Gate):
+    """pi_k(x) = softmax_k(w_k^T x + b_k). A softmax is unchanged when every score moves by one affine function
+    of x, so something must pin that direction down, the ``reference``:
+
+    - ``pinned`` (the default): the last component's (w, b) are fixed at 0 (its box is the point 0): the K
+      scores, one of them 0; the weights sum to one;
+    - ``extra``: one more score fixed at 0 whose component outputs 0, as the frozen experts pin the prefix
+      model's scores (the prefix model with one frozen expert of output 0); the K weights sum to less than one;
+    - ``none``: no reference: the parameters are identified only up to that shift, and a Voronoi loss of them
+      means little.
+
+    Parameters (w_k, b_k); Voronoi weight exp(b_k); the loss measures w_k."""
+
+    reference: str = "pinned"
+    name = "softmax"
+
+    def __post_init__(self):
+        if self.reference not in REFERENCES:
+            raise ValueError(f"reference: expected one of {REFERENCES}, got {self.reference!r}")
+
+    @property
+    def sums_to_one(self):
+        return self.reference != "extra"
+
+    def size(self, d):
+        return d + 1
+
+    def weights(self, theta, x):
+        scores = theta[:, :-1] @ x + theta[:, -1]
+        if self.reference == "extra":
+            return jax.nn.softmax(jnp.concatenate([scores, jnp.zeros(1, scores.dtype)]))[:-1]
+        return jax.nn.softmax(scores)
+
+    def atom_weight(self, theta):
+        return jnp.exp(theta[..., -1])
+
+    def box(self, d, bound, K):
+        lo, hi = super().box(d, bound, K)
+        if self.reference == "pinned":
+            lo[-1], hi[-1] = 0.0, 0.0
+        return lo, hi
+
+    def canonical(self, theta):
+        """Without an extra reference, (w_k, b_k) and (w_k + t, b_k + s) give one gate for every (t, s), and with
+        a pinned component the same gate has K parameterisations (any component can be the pinned one). The
+        representative: the biases shifted to logsumexp_k b_k = 0 (the weights exp(b_k) then sum to one) and the
+        slopes to sum_k exp(b_k) w_k = 0; it does not depend on the order of the components."""
+        if self.reference == "extra":
+            return theta
+        b = theta[:, -1] - jax.nn.logsumexp(theta[:, -1])
+        w = theta[:, :-1] - jnp.exp(b) @ theta[:, :-1]
+        return jnp.concatenate([w, b[:, None]], axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SigmoidGate(Gate):
+    """pi_k(x) = sigmoid(w_k^T x + b_k), each component on its own (the weights need not sum to one; Nguyen et al.
+    2024's sigmoid gating). Parameters (w_k, b_k); Voronoi weight sigmoid(b_k)."""
+
+    name = "sigmoid"
+
+    def size(self, d):
+        return d + 1
+
+    def weights(self, theta, x):
+        return jax.nn.sigmoid(theta[:, :-1] @ x + theta[:, -1])
+
+    def atom_weight(self, theta):
+        return jax.nn.sigmoid(theta[..., -1])
+
+    def split_bias(self, bias, share):
+        p = jax.nn.sigmoid(bias) / share
+        return jnp.log(p) - jnp.log1p(-p)
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalisedSigmoidGate(Gate):
+    """pi_k(x) = sigmoid(w_k^T x + b_k) / sum_j sigmoid(w_j^T x + b_j): sigmoid scores, normalised to sum to
+    one (the DeepSeekMoE-style router). Parameters (w_k, b_k); Voronoi weight sigmoid(b_k)."""
+
+    name = "normalised-sigmoid"
+    sums_to_one = True
+
+    def size(self, d):
+        return d + 1
+
+    def weights(self, theta, x):
+        s = jax.nn.sigmoid(theta[:, :-1] @ x + theta[:, -1])
+        return s / jnp.sum(s)
+
+    def atom_weight(self, theta):
+        return jax.nn.sigmoid(theta[..., -1])
+
+    def split_bias(self, bias, share):
+        p = jax.nn.sigmoid(bias) / share
+        return jnp.log(p) - jnp.log1p(-p)
+
+
+@dataclasses.dataclass(frozen=True)
+class LaplaceGate(Gate):
+    """pi_k(x) = softmax_k(-||W_k - x|| + b_k) (the Laplace gate of FuseMoE), with a reference score fixed at
+    -||x|| (the component at W = 0 with bias 0, outputting 0) to pin the common shift of the biases. Parameters
+    (W_k, b_k); Voronoi weight exp(b_k); the loss measures W_k."""
+
+    name = "laplace"
+
+    def size(self, d):
+        return d + 1
+
+    def weights(self, theta, x):
+        dist = jnp.sqrt(jnp.sum((theta[:, :-1] - x) ** 2, axis=-1) + 1e-12)
+        ref = -jnp.sqrt(jnp.sum(x**2) + 1e-12)
+        scores = jnp.concatenate([-dist + theta[:, -1], ref[None]])
+        return jax.nn.softmax(scores)[:-1]
+
+    def atom_weight(self, theta):
+        return jnp.exp(theta[..., -1])
+
+
+GATES = {cls.name: cls for cls in (SoftmaxGate, SigmoidGate, NormalisedSigmoidGate, LaplaceGate)}
+
+
+# ------------------------------------------------------------------------------------------------
+# experts: (K, expert_size) parameters and an input -> (K, d_out) expert outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class Expert:
+    """An expert: ``size(d, d_out)`` parameters a component and ``outputs(theta (K, size), x (d,)) -> (K, d_out)``."""
+
+    name = "expert"
+
+    def size(self, d: int, d_out: int) -> int:
+        raise NotImplementedError
+
+    def outputs(self, theta: jax.Array, x: jax.Array, d_out: int) -> jax.Array:
+        raise NotImplementedError
+
+    def box(self, d: int, d_out: int, bound: float, K: int) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper), each ``(K, size)``."""
+        size = self.size(d, d_out)
+        return np.full((K, size), -bound), np.full((K, size), bound)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConstantExpert(Expert):
+    """h(x) = a_k, a constant in R^{d_out} (the prefix model's new experts)."""
+
+    name = "constant"
+
+    def size(self, d, d_out):
+        return d_out
+
+    def outputs(self, theta, x, d_out):
+        return theta
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearExpert(Expert):
+    """h(x) = A_k x + c_k, A_k in R^{d_out x d} (row-major in the parameters, then c_k)."""
+
+    name = "linear"
+
+    def size(self, d, d_out):
+        return d_out * d + d_out
+
+    def outputs(self, theta, x, d_out):
+        K, d = theta.shape[0], x.shape[0]
+        A = theta[:, : d_out * d].reshape(K, d_out, d)
+        return A @ x + theta[:, d_out * d:]
+
+
+ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh}
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationExpert(Expert):
+    """h(x) = a_k act(b_k^T x + c_k), a_k in R^{d_out}, b_k in R^d, c_k scalar, act one of :data:`ACTIVATIONS`
+    (ReLU, GELU, sigmoid, tanh): the one-neuron experts of the nonlinear-expert rate papers."""
+
+    activation: str = "relu"
+    name = "activation"
+
+    def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {tuple(ACTIVATIONS)}, got {self.activation!r}")
+
+    def size(self, d, d_out):
+        return d_out + d + 1
+
+    def outputs(self, theta, x, d_out):
+        a, b, c = theta[:, :d_out], theta[:, d_out:-1], theta[:, -1]
+        return a * ACTIVATIONS[self.activation](b @ x + c)[:, None]
+
+
+EXPERTS = {"constant": ConstantExpert, "linear": LinearExpert} | {
+    act: (lambda a=act: ActivationExpert(activation=a)) for act in ACTIVATIONS}
+
+
+# ------------------------------------------------------------------------------------------------
+# input laws
+
+
+@dataclasses.dataclass(frozen=True)
+class InputLaw:
+    """Where x comes from: ``uniform`` on [low, high]^d, or ``normal`` (mean 0, sd ``scale``) clipped at three
+    standard deviations. ``sample(key, rows)`` draws row i from ``(key, i)`` alone (a longer draw extends a
+    shorter one, as the study's data are padded)."""
+
+    law: str = "uniform"
+    d: int = 1
+    low: float = -1.0
+    high: float = 1.0
+    scale: float = 1.0
+
+    def __post_init__(self):
+        if self.law not in ("uniform", "normal"):
+            raise ValueError(f"input.law: expected 'uniform' or 'normal', got {self.law!r}")
+        if isinstance(self.d, bool) or not isinstance(self.d, (int, np.integer)) or self.d < 1:
+            raise ValueError(f"input.d: must be an integer >= 1, got {self.d!r}")
+        if self.law == "uniform" and not (np.isfinite(self.low) and np.isfinite(self.high) and self.low < self.high):
+            raise ValueError(f"input.low, input.high: expected finite low < high, got {self.low!r}, {self.high!r}")
+        if self.law == "normal" and not (np.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"input.scale: must be a finite number > 0, got {self.scale!r}")
+
+    def row(self, key: jax.Array, dtype) -> jax.Array:
+        if self.law == "uniform":
+            return jax.random.uniform(key, (self.d,), dtype, self.low, self.high)
+        return self.scale * jnp.clip(jax.random.normal(key, (self.d,), dtype), -3.0, 3.0)
