@@ -143,26 +143,16 @@ class SigmoidGate(Gate):
 
 
 @dataclasses.dataclass(frozen=True)
-class NormalisedSigmoidGate(Gate):
+class NormalisedSigmoidGate(SigmoidGate):
     """pi_k(x) = sigmoid(w_k^T x + b_k) / sum_j sigmoid(w_j^T x + b_j): sigmoid scores, normalised to sum to
-    one (the DeepSeekMoE-style router). Parameters (w_k, b_k); Voronoi weight sigmoid(b_k)."""
+    one (the DeepSeekMoE-style router). Parameters, Voronoi weight and split as the sigmoid gate's."""
 
     name = "normalised-sigmoid"
     sums_to_one = True
 
-    def size(self, d):
-        return d + 1
-
     def weights(self, theta, x):
-        s = jax.nn.sigmoid(theta[:, :-1] @ x + theta[:, -1])
+        s = super().weights(theta, x)
         return s / jnp.sum(s)
-
-    def atom_weight(self, theta):
-        return jax.nn.sigmoid(theta[..., -1])
-
-    def split_bias(self, bias, share):
-        p = jax.nn.sigmoid(bias) / share
-        return jnp.log(p) - jnp.log1p(-p)
 
 
 @dataclasses.dataclass(frozen=True)
