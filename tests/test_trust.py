@@ -331,6 +331,7 @@ def test_a_wait_on_another_hosts_lock_says_what_it_waits_for(tmp_path):
     assert len(said) == 1 and "another-host" in said[0] and "cannot be checked from here" in said[0]
 
 
+@pytest.mark.study
 def test_a_study_of_another_design_is_refused_naming_what_differs(reference_study, tmp_path, capsys):
     """The refusal said "its config.json differs" and not which setting, nor what to do."""
     from moe_estimation.cli import main
