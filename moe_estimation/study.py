@@ -60,7 +60,6 @@ from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation
     CellTable,
     cell_design,
     cells,
-    cells as cells_of,
     check_fits_table,
     finished_tasks,
     tasks,
@@ -289,10 +288,11 @@ def dry_run(cfg: StudyConfig, workers: int | str = 1) -> str:
     unit), every other task scaled by its rows, output dimension, parameters, restarts and replicates. Fits of
     one shape take more or fewer solver steps than the timed one, so the estimate is a rough one (within a
     factor of two or so); nothing is written."""
+    check_study_memory(cfg)
     all_tasks = list(tasks(cfg))
     costs = [_task_cost(cfg, t) for t in all_tasks]
-    top = all_tasks[int(np.argmax(costs))]
-    prob_name, spec, schedule, n, block = top
+    top = int(np.argmax(costs))
+    prob_name, spec, schedule, n, block = all_tasks[top]
     prob = cfg.problem(prob_name, n)
     settings = cfg.fit_settings(cfg.num_prompts(prob, spec, prob_name), schedule)
     dk = data_keys(cfg.seed, n, cfg.replicates)[:1]
@@ -302,13 +302,12 @@ def dry_run(cfg: StudyConfig, workers: int | str = 1) -> str:
         t0 = time.perf_counter()
         run_cell(prob, dk, sk, n, settings)
         times.append(time.perf_counter() - t0)
-    unit = times[1] / (costs[int(np.argmax(costs))] / len(cfg.block_replicates(block)))
+    unit = times[1] / (costs[top] / len(cfg.block_replicates(block)))  # seconds per unit of cost, one replicate
     total = unit * sum(costs)
-    cells = len(list(cells_of(cfg)))
-    fits = cells * cfg.replicates
+    n_cells = len(list(cells(cfg)))
     n_workers = resolve_workers(workers)
     lines = [f"{len(cfg.problems)} problems, {len(cfg.schedules)} schedule(s), n = {', '.join(map(str, cfg.ns))}, "
-             f"{cfg.replicates} replicates: {cells} cells, {fits} fits, {len(all_tasks)} tasks",
+             f"{cfg.replicates} replicates: {n_cells} cells, {n_cells * cfg.replicates} fits, {len(all_tasks)} tasks",
              f"timed: one fit of the costliest task ({prob_name} {spec} {schedule} n = {n}): {times[1]:.2f} s "
              f"({times[0]:.1f} s the first time, compiling)",
              f"estimate: about {_duration(total)} of fitting in one process"
