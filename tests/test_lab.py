@@ -159,3 +159,40 @@ def test_softmax_canonical_parameters_do_not_depend_on_the_shift_or_the_pinned_c
 def test_lab_refuses_bad_parts_and_arguments(make, word):
     with pytest.raises(ValueError, match=word):
         make()
+
+
+def _gaussian_moe(n=2000):
+    model = lab.Assembly(gate=lab.SoftmaxGate(), expert=lab.LinearExpert(), input=lab.InputLaw(d=1), likelihood="gaussian")
+    truth = model.check(lab.Mixture(gate=[[2.0, 0.5], [0.0, 0.0]], expert=[[1.0, 0.5], [-1.0, 0.0]],
+                                    log_var=[np.log(0.1), np.log(0.2)]))
+    return model, truth, *lab.simulate(jax.random.key(2), model, truth, n)
+
+
+@pytest.mark.study  # five compilations (the iteration count is static)
+def test_em_never_lowers_the_likelihood():
+    """Each EM iteration raises the log-likelihood (the mean NLL after 1, 2, ... iterations from one start)."""
+    model, truth, X, Y = _gaussian_moe(500)
+    nll = [float(lab.em(jax.random.key(1), model, X, Y, 2, restarts=1, init_scale=0.3, max_steps=k, tol=0.0).objective)
+           for k in (1, 2, 4, 8, 16)]
+    assert all(b <= a + 1e-12 for a, b in zip(nll, nll[1:])), nll
+
+
+@pytest.mark.statistical
+def test_em_and_the_direct_fit_reach_one_maximum_exactly_specified():
+    """From the same starts on the same data, EM and the direct maximum-likelihood fit end at one likelihood
+    (to 1e-6 relative) and near one measure."""
+    model, truth, X, Y = _gaussian_moe(4000)
+    direct = lab.fit(jax.random.key(1), model, X, Y, 2, init_scale=0.3)
+    em = lab.em(jax.random.key(1), model, X, Y, 2, init_scale=0.3, max_steps=500, tol=1e-10)
+    assert bool(em.converged) and float(em.objective) == pytest.approx(float(direct.objective), rel=1e-6)
+    loss = lab.VoronoiLoss(blocks=("gate", "expert", "variance"))
+    assert float(loss(model, em.params, direct.params)) < 0.01
+
+
+def test_em_refuses_models_it_is_not_for():
+    model = lab.Assembly(gate=lab.SigmoidGate(), expert=lab.LinearExpert(), input=lab.InputLaw(d=1))
+    with pytest.raises(ValueError, match="model: EM here is for the Gaussian likelihood"):
+        lab.em(jax.random.key(0), model, np.zeros((20, 1)), np.zeros((20, 1)), 2)
+    gm, *_ = _gaussian_moe(10)
+    with pytest.raises(ValueError, match="gate_steps"):
+        lab.em(jax.random.key(0), gm, np.zeros((20, 1)), np.zeros((20, 1)), 2, gate_steps=0)

@@ -13,6 +13,7 @@ reference score, constant experts); porting them onto these parts, and running l
 study runner, are the work still open.
 """
 
+from .em import em as em
 from .fit import LabFit as LabFit
 from .fit import LabFitSettings as LabFitSettings
 from .fit import fit as fit

@@ -1,0 +1,142 @@
+"""EM for the softmax-gated Gaussian mixture of linear experts: what the field runs (docs/maths.md, *The lab*).
+
+For p(y | x) = sum_k pi_k(x; g) N(y; A_k x + c_k, sigma_k^2 I), one iteration from the current parameters:
+
+- E-step: responsibilities r_ik = pi_k(x_i) N(y_i; h_k(x_i), sigma_k^2 I) / p(y_i | x_i);
+- M-step, experts and variances in closed form: (A_k, c_k) by least squares weighted by r_ik, and
+  sigma_k^2 = sum_i r_ik ||y_i - h_k(x_i)||^2 / (d_out sum_i r_ik);
+- M-step, gate: the weighted multinomial log-likelihood sum_ik r_ik log pi_k(x_i) raised by ``gate_steps``
+  damped Newton steps of the project's solver (its exact Hessian, positive semi-definite for a softmax; the
+  pinned component's parameters held at 0 by the box).
+
+The log-likelihood never falls from one iteration to the next (up to the gate's inexact M-step, which only
+raises its part); the iterations stop when it rises by less than ``tol`` relative, or after ``max_iter``.
+Experts and variances are clipped to the box after their update, as the direct fit's are held in it. The
+result is a :class:`moe_estimation.lab.fit.LabFit` with the mean negative log-likelihood as its objective and
+the EM iterations as its steps, so that EM and the direct maximum-likelihood fit of :func:`moe_estimation.lab.fit`
+compare on the same data and starts.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..solver import Normal, SolverSettings, Status, batch_map, is_converged, solve
+from .fit import LabFit, LabFitSettings, check_settings, start
+from .model import Assembly, Mixture, log_density
+from .parts import LinearExpert, SoftmaxGate
+
+
+def check_em_model(model: Assembly) -> None:
+    if model.likelihood != "gaussian" or not isinstance(model.gate, SoftmaxGate) or model.gate.reference == "extra" \
+            or not isinstance(model.expert, LinearExpert):
+        raise ValueError("model: EM here is for the Gaussian likelihood with a softmax gate (reference 'pinned' or "
+                         f"'none') and linear experts, got {model.likelihood} with a {model.gate.name} gate and "
+                         f"{model.expert.name} experts")
+
+
+def _iteration(model: Assembly, K: int, X, Y, w, gate_steps: int, theta):
+    lo, hi = (jnp.asarray(a, X.dtype) for a in model.box(K))
+    m = model.unflatten(theta, K)
+    # E-step
+    def comps(x, y):
+        pi = model.gate.weights(m.gate, x)
+        h = model.expert.outputs(m.expert, x, model.d_out)
+        var = jnp.exp(m.log_var)
+        return jnp.log(pi) - 0.5 * jnp.sum((y - h) ** 2, -1) / var - 0.5 * model.d_out * jnp.log(2 * jnp.pi * var)
+
+    logc = jax.vmap(comps)(X, Y)  # (n, K)
+    r = jnp.exp(logc - jax.nn.logsumexp(logc, axis=1, keepdims=True)) * w[:, None]
+    # M-step: experts and variances
+    Xt = jnp.concatenate([X, jnp.ones((X.shape[0], 1), X.dtype)], axis=1)  # (n, d + 1)
+
+    def expert(rk):
+        G = (Xt * rk[:, None]).T @ Xt + 1e-10 * jnp.eye(Xt.shape[1], dtype=X.dtype)
+        coef = jnp.linalg.solve(G, (Xt * rk[:, None]).T @ Y)  # (d + 1, d_out)
+        resid = jnp.sum((Y - Xt @ coef) ** 2, axis=1)
+        var = jnp.sum(rk * resid) / (model.d_out * jnp.maximum(jnp.sum(rk), 1e-300))
+        return jnp.concatenate([coef[:-1].T.ravel(), coef[-1]]), jnp.log(jnp.maximum(var, 1e-300))
+
+    expert_params, log_var = jax.vmap(expert, in_axes=1)(r)
+    # M-step: the gate, by damped Newton steps on -sum_ik r_ik log pi_k(x_i)
+    g0 = m.gate.ravel()
+    glo, ghi = lo[: g0.size], hi[: g0.size]
+
+    def gate_loss(g):
+        logpi = jax.vmap(lambda x: jnp.log(model.gate.weights(g.reshape(K, -1), x)))(X)
+        return -jnp.sum(r * logpi)
+
+    def linearize(g):
+        value, grad = jax.value_and_grad(gate_loss)(g)
+        return Normal(value, grad, jax.hessian(gate_loss)(g))
+
+    gate = solve(linearize, g0, glo, ghi, SolverSettings(max_steps=gate_steps, ftol=0.0, xtol=0.0, gtol=0.0)).value
+    new = jnp.concatenate([gate, expert_params.ravel(), log_var])
+    return jnp.clip(new, lo, hi)
+
+
+def _nll(model, K, X, Y, w, theta):
+    ll = jax.vmap(log_density, in_axes=(None, None, 0, 0))(model, model.unflatten(theta, K), X, Y)
+    return -jnp.sum(ll * w) / jnp.sum(w)
+
+
+def em_dataset(key, model: Assembly, s: LabFitSettings, X, Y, w, truth: Mixture, tol: float, gate_steps: int) -> LabFit:
+    """Every restart of ``s`` by EM (``s.max_steps`` iterations at most) on one data set; the best by mean NLL."""
+    K = s.num_components
+    starts = jax.vmap(lambda r: start(jax.random.fold_in(key, r), model, s, truth, X.dtype))(jnp.arange(s.restarts))
+
+    def run(theta0):
+        def cond(state):
+            _, f, f_old, it = state
+            return (it < s.max_steps) & ~((it > 0) & (f_old - f <= tol * jnp.abs(f_old)))
+
+        def body(state):
+            theta, f, _, it = state
+            new = _iteration(model, K, X, Y, w, gate_steps, theta)
+            return new, _nll(model, K, X, Y, w, new), f, it + 1
+
+        f0 = _nll(model, K, X, Y, w, theta0)
+        theta, f, f_old, it = jax.lax.while_loop(cond, body, (theta0, f0, jnp.inf, jnp.asarray(0)))
+        status = jnp.where(f_old - f <= tol * jnp.abs(f_old), Status.FTOL, Status.MAX_STEPS)
+        return theta, f, status, it
+
+    theta, f, status, steps = batch_map(run, starts, s.batching)
+    rank = jnp.where(jnp.isfinite(f), f, jnp.inf)
+    best = jnp.argmin(rank)
+    finite = jnp.isfinite(f[best]) & jnp.all(jnp.isfinite(theta[best]))
+    code = jnp.where(finite, status[best], Status.NONFINITE)
+    return LabFit(model.unflatten(theta[best], K), f[best], is_converged(code), code, steps[best], f)
+
+
+@partial(jax.jit, static_argnames=("model", "s", "gate_steps"))
+def _em_batch(keys, model, s, X, Y, w, truth, tol, gate_steps):
+    return batch_map(lambda a: em_dataset(a[0], model, s, a[1], a[2], a[3], truth, tol, gate_steps), (keys, X, Y, w),
+                     s.batching)
+
+
+def em(key, model: Assembly, X, Y, num_components: int, *, truth: Mixture | None = None, tol: float = 1e-8,
+       gate_steps: int = 5, **options) -> LabFit:
+    """EM for K' = ``num_components`` components on one data set (module docstring). ``options``: the fields of
+    :class:`moe_estimation.lab.LabFitSettings`, ``max_steps`` being the EM iterations; the same starts as
+    :func:`moe_estimation.lab.fit` draws from the same key."""
+    check_em_model(model)
+    s = LabFitSettings(num_components=num_components, **options)
+    check_settings(s)
+    if not (np.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol: must be a finite number >= 0, got {tol!r}")
+    if isinstance(gate_steps, bool) or not isinstance(gate_steps, (int, np.integer)) or gate_steps < 1:
+        raise ValueError(f"gate_steps: must be an integer >= 1, got {gate_steps!r}")
+    X, Y = jnp.asarray(X, jnp.float64), jnp.asarray(Y, jnp.float64)
+    if X.ndim != 2 or X.shape[1] != model.d or Y.shape != (X.shape[0], model.d_out):
+        raise ValueError(f"Shape mismatch in X, Y: expected (n, {model.d}) and (n, {model.d_out}), got {X.shape} and {Y.shape}")
+    if s.init == "near-truth" and truth is None:
+        raise ValueError("truth: near-truth starts need the true mixture; pass truth=... or init='random'")
+    truth = truth if truth is not None else Mixture(*(jnp.zeros((1, k)) for k in (model.gate_size, model.expert_size)),
+                                                    jnp.zeros(1))
+    out = _em_batch(jnp.asarray(key)[None], model, s, X[None], Y[None], jnp.ones((1, X.shape[0])), truth,
+                    jnp.asarray(tol), gate_steps)
+    return jax.tree.map(lambda a: a[0], out)
