@@ -59,6 +59,12 @@ def cmd_study(args) -> int:
     if args.out is None and not (args.show_config or args.dry_run):
         raise ValueError("study: --out is required (the folder the study writes, or resumes)")
     _setup_jax(args)  # first: jax.distributed.initialize() must precede anything that touches a device
+    if args.config:
+        from .config import read_toml
+
+        data = read_toml(args.config)
+        if "model" in data:  # a study of an assembly of parts (moe_estimation.lab)
+            return _lab_study(args, data)
     cfg = study_preset(args.preset) if args.preset else load_config(args.config)
     if args.show_config:  # the resolved configuration, every default filled in; nothing is run
         import json
@@ -82,6 +88,24 @@ def cmd_study(args) -> int:
         from .summary import study_summary
 
         print(study_summary(Path(args.out), fits))
+    return 0
+
+
+def _lab_study(args, data) -> int:
+    from .lab.study import parse_lab_config, run_lab_study
+
+    study = parse_lab_config(data, str(args.config))
+    if args.show_config:
+        import json
+
+        print(json.dumps(study.table, indent=2))
+        return 0
+    for flag in ("dry_run", "repair", "wait", "distributed"):
+        if getattr(args, flag):
+            raise ValueError(f"--{flag.replace('_', '-')}: not available for a lab study (a configuration with [model])")
+    fits = run_lab_study(study, args.out, progress=not args.no_progress, workers=parse_workers(args.workers),
+                         tables_only=args.tables_only)
+    print(f"wrote {len(fits)} fits to {Path(args.out) / 'fits.csv'} and rates to {Path(args.out) / 'rates.csv'}")
     return 0
 
 

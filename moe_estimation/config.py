@@ -497,18 +497,22 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
     )
 
 
-def load_config(path: str | Path) -> StudyConfig:
-    """Read and validate a TOML study configuration."""
+def read_toml(path: str | Path) -> dict:
+    """A configuration file's contents (``ValueError`` naming the file when it is missing, not text or not TOML)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: configuration file not found")
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: not valid TOML ({e})") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not a text file (TOML is UTF-8 text: {e.reason} at byte {e.start})") from None
-    return parse_config(data, str(path))
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read and validate a TOML study configuration."""
+    return parse_config(read_toml(path), str(path))
 
 
 _OVER_WITH_CONTROL = {name: ["over"] for name in PRESET_NAMES} | {"shared-linear": ["exact", "over"]}

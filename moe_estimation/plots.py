@@ -578,6 +578,30 @@ def plot_combined(study: Path, transformer: Path | None, out: Path, teacher=None
     return path
 
 
+def plot_lab(results: Path, out: Path) -> list[Path]:
+    """``lab_<loss>.png`` for a lab study (moe_estimation.lab): one panel a specification, each loss's mean,
+    median, interquartile band and 90% quantile over replicates against n, with the fitted slope."""
+    results = Path(results)
+    fits, rates = pd.read_csv(results / "fits.csv"), pd.read_csv(results / "rates.csv")
+    written = []
+    for loss in [c[len("loss_"):] for c in fits.columns if c.startswith("loss_")]:
+        specs = list(dict.fromkeys(fits["specification"]))
+        fig, axes = plt.subplots(1, len(specs), figsize=(5.2 * len(specs), 4.2), squeeze=False)
+        for ax, spec in zip(axes[0], specs):
+            g = fits[fits["specification"] == spec]
+            r = rates[(rates["specification"] == spec)]
+            _panel(ax, g, r, loss, losses={loss: (f"loss_{loss}",)})
+            ax.set_title(f"{spec} (K' = {int(g['num_components'].iloc[0])}), {g['estimator'].iloc[0]} fit; "
+                         f"{_failures(g)}", fontsize=9)
+            ax.set_xlabel("n")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = Path(out) / f"lab_{loss}.png"
+        _save(fig, path)
+        written.append(path)
+    return written
+
+
 def plot_inverse(results: Path, out: Path) -> list[Path]:
     """``inverse.png``: m(delta) against delta on log-log axes, one panel a loss, one line a (problem,
     specification), with the slope 2 of m of order delta^2 drawn through each line's smallest delta; an m at
@@ -649,10 +673,12 @@ def plot_results(results, out) -> list[Path]:
 
     out = check_out_dir(out)
     dirs = [Path(r) for r in ([results] if isinstance(results, (str, Path)) else results)]
-    studies, transformers, teachers, inverse = [], [], [], []
+    studies, transformers, teachers, inverse, labs = [], [], [], [], []
     for d in dirs:
         if (d / "inverse.csv").is_file() and (d / "inverse_summary.csv").is_file():
             inverse.append(d)
+        elif (d / "fits.csv").is_file() and "num_components" in pd.read_csv(d / "fits.csv", nrows=0).columns:
+            labs.append(d)
         elif fits_file(d).is_file() and "truth" in pd.read_csv(fits_file(d), nrows=0).columns:
             teachers.append(d)
         elif fits_file(d).is_file():
@@ -662,7 +688,8 @@ def plot_results(results, out) -> list[Path]:
         else:
             raise ValueError(f"--results: {d} holds neither fits.csv (a study), curves.csv (a transformer run) nor "
                              "inverse.csv with inverse_summary.csv (an inverse-bound run)")
-    for kind, found in (("rate studies", studies), ("transformer runs", transformers), ("inverse-bound runs", inverse)):
+    for kind, found in (("rate studies", studies), ("transformer runs", transformers), ("inverse-bound runs", inverse),
+                        ("lab studies", labs)):
         if len(found) > 1:  # their figures have the same names: the second would overwrite the first
             raise ValueError(f"--results: {found[0]} and {found[1]} are both {kind}, whose figures have the same file "
                              "names (one would overwrite the other); draw them into separate --out folders")
@@ -674,6 +701,8 @@ def plot_results(results, out) -> list[Path]:
         written += plot_curves(d, out)
     for d in inverse:
         written += plot_inverse(d, out)
+    for d in labs:
+        written += plot_lab(d, out)
     if teachers:  # several teacher runs: one design split over its cases, drawn as one (else refused)
         written += plot_teacher(teachers, out)
     single = [d for d in studies if pd.read_csv(fits_file(d), usecols=["schedule"])["schedule"].nunique() == 1]

@@ -196,3 +196,68 @@ def test_em_refuses_models_it_is_not_for():
     gm, *_ = _gaussian_moe(10)
     with pytest.raises(ValueError, match="gate_steps"):
         lab.em(jax.random.key(0), gm, np.zeros((20, 1)), np.zeros((20, 1)), 2, gate_steps=0)
+
+
+LAB_TOML = """seed = 1
+[model]
+gate = "sigmoid"
+expert = "linear"
+input = {{ law = "uniform", low = -1.0, high = 1.0, d = 1 }}
+[truth]
+gate = [[3.0, 1.0], [-3.0, 0.0]]
+expert = [[1.0, 0.0], [-1.0, 0.5]]
+[grid]
+ns = [100, 200]
+replicates = 2
+[fit]
+restarts = 1
+max_steps = {steps}
+[rates]
+num_bootstrap = 100
+"""
+
+
+@pytest.mark.study
+def test_a_lab_study_runs_from_a_configuration_resumes_and_draws(tmp_path, capsys):
+    """A configuration with [model] is a lab study: `study --config` fits it cell by cell into fits.csv, rates it,
+    resumes it (nothing refitted, the same tables), refuses it under another design, and `plot` draws it."""
+    import pandas as pd
+
+    from moe_estimation.cli import main
+
+    conf = tmp_path / "lab.toml"
+    conf.write_text(LAB_TOML.format(steps=20))
+    out = tmp_path / "lab"
+    assert main(["study", "--config", str(conf), "--out", str(out), "--no-progress", "--workers", "1"]) == 0
+    fits = pd.read_csv(out / "fits.csv")
+    assert len(fits) == 2 * 2 * 2 and set(fits["num_components"]) == {2, 3}
+    rates = pd.read_csv(out / "rates.csv")
+    assert set(rates["loss"]) == {"voronoi"} and set(rates["specification"]) == {"exact", "over"}
+    assert main(["study", "--config", str(conf), "--out", str(out), "--no-progress", "--workers", "1"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "fits.csv"), fits)
+    capsys.readouterr()
+    conf.write_text(LAB_TOML.format(steps=30))
+    assert main(["study", "--config", str(conf), "--out", str(out), "--no-progress"]) == 2
+    assert "fit.max_steps: 20 -> 30" in capsys.readouterr().err
+    assert main(["plot", "--results", str(out), "--out", str(tmp_path / "fig")]) == 0
+    assert (tmp_path / "fig" / "lab_voronoi.png").is_file()
+
+
+@pytest.mark.parametrize("change, word", [
+    (("gate = \"sigmoid\"", "gate = \"tanh\""), "model.gate: expected one of"),
+    (("expert = \"linear\"", "expert = \"quadratic\""), "model.expert"),
+    (("gate = [[3.0, 1.0], [-3.0, 0.0]]", "gate = [[3.0], [-3.0]]"), "truth: Shape mismatch in truth.gate"),
+    (("replicates = 2", "replicates = 1"), "grid.replicates"),
+    (("ns = [100, 200]", "ns = [2, 200]"), "grid.ns: n = 2 gives fewer residuals"),
+    (("restarts = 1", "restarts = 1\nestimator = \"em\""), "fit: model: EM here is for the Gaussian likelihood"),
+    (("restarts = 1", "restarts = 1\nspeed = 2"), "fit.speed: unknown key"),
+    (("[grid]", "[loss.v]\nblocks = [\"gate\", \"variance\"]\n[grid]"), "loss.v.blocks: 'variance'"),
+])
+def test_lab_configuration_errors_name_the_key(tmp_path, change, word):
+    from moe_estimation.config import read_toml
+    from moe_estimation.lab.study import parse_lab_config
+
+    conf = tmp_path / "lab.toml"
+    conf.write_text(LAB_TOML.format(steps=20).replace(*change))
+    with pytest.raises(ValueError, match=word):
+        parse_lab_config(read_toml(conf), str(conf))

@@ -161,3 +161,13 @@ def test_committed_figures_are_drawn_from_the_committed_tables(name, tmp_path):
         assert committed.read_bytes() == p.read_bytes(), f"{committed} is not drawn from tables/{name}"
 
 
+
+
+@pytest.mark.e2e
+def test_readme_lab_example_runs():
+    import numpy as np
+
+    block = re.search(r"<!-- lab-example -->\n```python\n(.*?)```", README.read_text(), flags=re.S).group(1)
+    namespace: dict = {}
+    exec(compile(block, "README lab example", "exec"), namespace)
+    assert all(np.isfinite(float(namespace[k].objective)) for k in ("direct", "em"))

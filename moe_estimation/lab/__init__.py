@@ -8,9 +8,11 @@ for every assembly and Voronoi losses declared as data (docs/maths.md, *The lab*
     fitted = lab.fit(jax.random.key(1), model, X, Y, num_components=3)
     lab.VoronoiLoss()(model, fitted.params, model.check(truth))
 
-The prefix-tuning problems of the rest of the package are one assembly among these (a softmax gate with a
-reference score, constant experts); porting them onto these parts, and running lab studies through the
-study runner, are the work still open.
+A Monte Carlo rate study of an assembly runs from a configuration file with a ``[model]`` table
+(:mod:`moe_estimation.lab.study`; ``moe-estimation study --config simulations/lab-gaussian-moe.toml``). The
+prefix-tuning problems of the rest of the package are one assembly among these (a softmax gate with an extra
+reference score, constant experts; a test shows it to machine precision); porting them onto these parts and
+one runner for every study are the work still open.
 """
 
 from .em import em as em

@@ -1,0 +1,335 @@
+"""A Monte Carlo rate study of any assembly, from a configuration file (docs/maths.md, *The lab*).
+
+    seed = 0
+    [model]
+    gate = "sigmoid"            # softmax (pinned reference) | softmax-extra | softmax-free | sigmoid
+                                # | normalised-sigmoid | laplace
+    expert = "relu"             # constant | linear | relu | gelu | sigmoid | tanh
+    likelihood = "least-squares"  # or "gaussian" (maximum likelihood, per-expert variances)
+    input = { law = "uniform", low = -1.0, high = 1.0, d = 1 }
+    d_out = 1
+    noise_var = 0.01            # least squares: the known noise variance the data are simulated with
+    [truth]                     # K true components
+    gate = [[2.0, 0.5], [-2.0, 0.0]]
+    expert = [[1.0, 1.0, 0.0], [-1.0, 1.0, 0.5]]
+    log_var = [0.0, 0.0]        # the Gaussian likelihood's; ignored by least squares
+    [loss.voronoi]              # one or more losses, each a VoronoiLoss declaration
+    blocks = ["gate", "expert"]
+    kind = "d2"
+    [grid]
+    ns = [500, 1000, 2000, 4000]
+    replicates = 8
+    specifications = ["exact", "over"]
+    extra_components = 1
+    [fit]                       # the fields of LabFitSettings (init, init_scale, restarts, max_steps, ...)
+    estimator = "direct"        # or "em" (the Gaussian likelihood's softmax and linear experts)
+    [rates]
+    num_bootstrap = 2000
+
+``moe-estimation study --config FILE --out DIR`` runs it (a configuration with a ``[model]`` table is a lab
+study). It is made of the project's pieces: keys from coordinates (replicate r's data from (n, r), its starts
+from (specification, n, r)), one task a cell of (specification, n), fitted in worker processes on a CPU
+(:func:`moe_estimation.workers.run_cells`), a ``fits.csv`` written after every cell and resumed, one writer a
+folder (:class:`moe_estimation.results.StudyLock`), config.json checked on resume, ``runs.jsonl`` appended, and
+``rates.csv`` by the rate code of every study (:func:`moe_estimation.results.rate_entries`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .._checks import make_out_dir
+from ..data import fold_key
+from ..results import CellTable, RunLog, StudyLock, atomic_write, check_same_study, loss_matrix, rate_entries, versions, write_csv
+from ..solver import STATUS_LABELS
+from ..workers import resolve_workers, run_cells
+from .em import check_em_model, em_dataset
+from .fit import LabFitSettings, check_settings, fit_dataset
+from .losses import VoronoiLoss
+from .model import Assembly, Mixture, simulate_rows
+from .parts import ACTIVATIONS, ActivationExpert, ConstantExpert, InputLaw, LaplaceGate, LinearExpert, \
+    NormalisedSigmoidGate, SigmoidGate, SoftmaxGate
+
+GATE_NAMES = {"softmax": lambda: SoftmaxGate("pinned"), "softmax-extra": lambda: SoftmaxGate("extra"),
+              "softmax-free": lambda: SoftmaxGate("none"), "sigmoid": SigmoidGate,
+              "normalised-sigmoid": NormalisedSigmoidGate, "laplace": LaplaceGate}
+EXPERT_NAMES = {"constant": ConstantExpert, "linear": LinearExpert} | {
+    a: (lambda a=a: ActivationExpert(activation=a)) for a in ACTIVATIONS}
+ESTIMATORS = ("direct", "em")
+LAB_CELL = ["specification", "n"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LabStudy:
+    """A resolved lab study (module docstring): the assembly and its truth, the losses, the grid, the fit and the
+    rate settings. ``table`` is the configuration as read (config.json's record)."""
+
+    model: Assembly
+    truth: Mixture
+    losses: dict
+    seed: int
+    ns: tuple
+    replicates: int
+    specifications: tuple
+    extra_components: int
+    fit: dict
+    estimator: str
+    num_bootstrap: int
+    n_min: int
+    n_max: int
+    table: dict
+
+    def settings(self, spec: str) -> LabFitSettings:
+        K = self.truth.gate.shape[0] + (self.extra_components if spec == "over" else 0)
+        return LabFitSettings(num_components=K, **self.fit)
+
+
+def _err(source, key, rule):
+    return ValueError(f"{source}: {key}: {rule}")
+
+
+def _get(source, table, key, kind, default=None, where=""):
+    v = table.get(key, default)
+    if kind is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if isinstance(v, bool) and kind is not bool or not isinstance(v, kind):
+        raise _err(source, f"{where}{key}", f"expected {kind.__name__}, got {v!r}")
+    return v
+
+
+def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
+    """Validate a lab configuration (the parsed TOML); every error names the file, the key and the rule."""
+    allowed = {"seed", "model", "truth", "loss", "grid", "fit", "rates"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise _err(source, unknown[0], f"unknown key in a lab study; allowed keys are {sorted(allowed)}")
+    seed = _get(source, data, "seed", int, 0)
+    if not 0 <= seed < 2**32:
+        raise _err(source, "seed", f"must be an integer in [0, 2^32), got {seed}")
+    m = data.get("model")
+    if not isinstance(m, dict):
+        raise _err(source, "model", "expected a table [model] with gate, expert, likelihood and input")
+    unknown = sorted(set(m) - {"gate", "expert", "likelihood", "input", "d_out", "noise_var", "bound"})
+    if unknown:
+        raise _err(source, f"model.{unknown[0]}", "unknown key")
+    gate = _get(source, m, "gate", str, "softmax", "model.")
+    expert = _get(source, m, "expert", str, "linear", "model.")
+    if gate not in GATE_NAMES:
+        raise _err(source, "model.gate", f"expected one of {tuple(GATE_NAMES)}, got {gate!r}")
+    if expert not in EXPERT_NAMES:
+        raise _err(source, "model.expert", f"expected one of {tuple(EXPERT_NAMES)}, got {expert!r}")
+    inp = m.get("input", {})
+    if not isinstance(inp, dict) or set(inp) - {"law", "d", "low", "high", "scale"}:
+        raise _err(source, "model.input", f"expected a table {{ law, d, low, high, scale }}, got {inp!r}")
+    try:
+        law = InputLaw(**{k: (float(v) if k in ("low", "high", "scale") and not isinstance(v, bool) else v)
+                          for k, v in inp.items()})
+        model = Assembly(gate=GATE_NAMES[gate](), expert=EXPERT_NAMES[expert](), input=law,
+                         d_out=_get(source, m, "d_out", int, 1, "model."),
+                         likelihood=_get(source, m, "likelihood", str, "least-squares", "model."),
+                         noise_var=_get(source, m, "noise_var", float, 0.01, "model."),
+                         bound=_get(source, m, "bound", float, 10.0, "model."))
+    except (ValueError, TypeError) as e:
+        raise _err(source, "model", str(e)) from None
+    t = data.get("truth")
+    if not isinstance(t, dict) or "gate" not in t or "expert" not in t:
+        raise _err(source, "truth", "expected a table [truth] with gate and expert (and log_var for the Gaussian likelihood)")
+    unknown = sorted(set(t) - {"gate", "expert", "log_var"})
+    if unknown:
+        raise _err(source, f"truth.{unknown[0]}", "unknown key")
+    try:
+        K = len(t["gate"])
+        truth = model.check(Mixture(gate=np.asarray(t["gate"], float), expert=np.asarray(t["expert"], float),
+                                    log_var=np.asarray(t.get("log_var", [0.0] * K), float)))
+    except (ValueError, TypeError) as e:
+        raise _err(source, "truth", str(e)) from None
+    losses = data.get("loss", {"voronoi": {"blocks": ["gate", "expert"], "kind": "d2"}})
+    if not isinstance(losses, dict) or not losses:
+        raise _err(source, "loss", "expected one or more tables [loss.NAME] with blocks and kind")
+    declared = {}
+    for name, spec in losses.items():
+        if not isinstance(spec, dict) or set(spec) - {"blocks", "kind", "r"}:
+            raise _err(source, f"loss.{name}", f"expected a table {{ blocks, kind, r }}, got {spec!r}")
+        try:
+            declared[name] = VoronoiLoss(blocks=tuple(spec.get("blocks", ("gate", "expert"))),
+                                         kind=spec.get("kind", "d2"), r=float(spec.get("r", 1.0)))
+        except (ValueError, TypeError) as e:
+            raise _err(source, f"loss.{name}", str(e)) from None
+        if "variance" in declared[name].blocks and model.likelihood != "gaussian":
+            raise _err(source, f"loss.{name}.blocks", "'variance' is a block of the Gaussian likelihood's mixtures only")
+    g = data.get("grid")
+    if not isinstance(g, dict):
+        raise _err(source, "grid", "the [grid] table is required (ns, replicates)")
+    unknown = sorted(set(g) - {"ns", "replicates", "specifications", "extra_components"})
+    if unknown:
+        raise _err(source, f"grid.{unknown[0]}", "unknown key")
+    ns = g.get("ns")
+    if not isinstance(ns, list) or len(ns) < 2 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in ns) \
+            or len(set(ns)) < len(ns):
+        raise _err(source, "grid.ns", f"expected at least two distinct integers >= 1, got {ns!r}")
+    reps = _get(source, g, "replicates", int, 8, "grid.")
+    if reps < 2:
+        raise _err(source, "grid.replicates", f"need at least 2 for a bootstrap interval, got {reps}")
+    specs = g.get("specifications", ["exact", "over"])
+    if not isinstance(specs, list) or not specs or any(s not in ("exact", "over") for s in specs) or len(set(specs)) < len(specs):
+        raise _err(source, "grid.specifications", f"expected distinct names from ('exact', 'over'), got {specs!r}")
+    extra = _get(source, g, "extra_components", int, 1, "grid.")
+    if extra < 1:
+        raise _err(source, "grid.extra_components", f"must be >= 1, got {extra}")
+    f = dict(data.get("fit", {}))
+    estimator = f.pop("estimator", "direct")
+    if estimator not in ESTIMATORS:
+        raise _err(source, "fit.estimator", f"expected one of {ESTIMATORS}, got {estimator!r}")
+    fields = set(LabFitSettings._fields) - {"num_components"}
+    unknown = sorted(set(f) - fields)
+    if unknown:
+        raise _err(source, f"fit.{unknown[0]}", f"unknown key; allowed keys are {sorted(fields | {'estimator'})}")
+    try:
+        check_settings(LabFitSettings(num_components=K, **f))
+        if estimator == "em":
+            check_em_model(model)
+    except (ValueError, TypeError) as e:
+        raise _err(source, "fit", str(e)) from None
+    if f.get("init") == "near-truth" and "init_scale" not in f:
+        f["init_scale"] = 0.5
+    r = data.get("rates", {})
+    if not isinstance(r, dict) or set(r) - {"num_bootstrap", "n_min", "n_max"}:
+        raise _err(source, "rates", "expected a table with num_bootstrap, n_min, n_max")
+    nb = _get(source, r, "num_bootstrap", int, 2000, "rates.")
+    if nb < 100:
+        raise _err(source, "rates.num_bootstrap", f"must be >= 100, got {nb}")
+    n_min, n_max = _get(source, r, "n_min", int, min(ns), "rates."), _get(source, r, "n_max", int, max(ns), "rates.")
+    if sum(n_min <= n <= n_max for n in ns) < 2:
+        raise _err(source, "rates.n_min", f"the window [{n_min}, {n_max}] must hold at least two of grid.ns")
+    for spec in specs:
+        Kp = K + (extra if spec == "over" else 0)
+        if min(ns) * model.d_out < model.num_params(Kp):
+            raise _err(source, "grid.ns", f"n = {min(ns)} gives fewer residuals than the {model.num_params(Kp)} "
+                                          f"parameters of {Kp} components")
+    return LabStudy(model=model, truth=truth, losses=declared, seed=seed, ns=tuple(sorted(ns)), replicates=reps,
+                    specifications=tuple(s for s in ("exact", "over") if s in specs), extra_components=extra,
+                    fit=f, estimator=estimator, num_bootstrap=nb, n_min=n_min, n_max=n_max,
+                    table=json.loads(json.dumps(data)))
+
+
+def _bucket(n: int) -> int:
+    return max(64, 1 << (int(n) - 1).bit_length())
+
+
+def lab_cell(study: LabStudy, spec: str, n: int):
+    """One cell, every replicate: simulate (data keys from (seed, n, r)), fit (start keys from (seed, spec, n, r))
+    and score; numpy arrays with a leading replicate axis and the seconds a fit. A pure function of its arguments
+    (the same numbers in any process or order)."""
+    s = study.settings(spec)
+    rows = _bucket(n)
+    reps = jnp.arange(study.replicates)
+    dkeys = jax.vmap(lambda r: jax.random.fold_in(fold_key(jax.random.key(study.seed), "data", n), r))(reps)
+    skeys = jax.vmap(lambda r: jax.random.fold_in(fold_key(jax.random.key(study.seed), "start", spec, n), r))(reps)
+    t0 = time.perf_counter()
+    res = _cell(study.model, s, study.estimator, study.truth, dkeys, skeys, n, rows)
+    res = jax.device_get(res)
+    seconds = (time.perf_counter() - t0) / study.replicates
+    scores = {name: np.asarray(jax.vmap(lambda p: loss(study.model, p, study.truth))(res.params))
+              for name, loss in study.losses.items()}
+    return res, scores, seconds
+
+
+def _cell_impl(model, s, estimator, truth, dkeys, skeys, n, rows):
+    def one(keys):
+        dk, sk = keys
+        X, Y = simulate_rows(model, truth, dk, rows)
+        w = (jnp.arange(rows) < n).astype(X.dtype)
+        if estimator == "em":
+            return em_dataset(sk, model, s, X, Y, w, truth, 1e-8, 5)
+        return fit_dataset(sk, model, s, X, Y, w, truth)
+
+    return jax.lax.map(one, (dkeys, skeys))
+
+
+_cell = jax.jit(_cell_impl, static_argnames=("model", "s", "estimator", "rows"))
+
+LAB_COLUMNS = ["specification", "num_components", "n", "replicate", "seed", "estimator", "init", "init_scale",
+               "restarts", "objective", "converged", "status", "steps", "seconds", "params"]
+
+
+def _columns(study: LabStudy) -> list[str]:
+    return LAB_COLUMNS[:9] + [f"loss_{name}" for name in study.losses] + LAB_COLUMNS[9:]
+
+
+def run_lab_study(study: LabStudy, out, *, progress: bool = True, log=print, workers=1, tables_only: bool = False
+                  ) -> pd.DataFrame:
+    """Run (or resume) a lab study into ``out``: ``fits.csv`` after every cell, ``rates.csv``, ``config.json`` and
+    ``runs.jsonl`` (module docstring). Returns the fits."""
+    from tqdm.auto import tqdm
+
+    if not jax.config.jax_enable_x64:
+        raise ValueError("run_lab_study: estimation runs in float64; call jax.config.update('jax_enable_x64', True) first")
+    out = make_out_dir(out)
+    workers = resolve_workers(workers)
+    with StudyLock(out, log=log):
+        check_same_study(out, study.table, what="lab study", log=log)
+        if not (out / "config.json").is_file():
+            atomic_write(out / "config.json", json.dumps(dict(study=study.table, versions=versions(),
+                                                              platform=platform.platform()), indent=2))
+        table = CellTable(out / "fits.csv", _columns(study), LAB_CELL, study.replicates)
+        finished = table.load()
+        if table.problems:
+            raise ValueError(f"{out / 'fits.csv'} is damaged: " + "; ".join(table.problems) + ". Nothing was changed")
+        todo = [] if tables_only else [(spec, n) for spec in study.specifications for n in sorted(study.ns, reverse=True)
+                                       if (spec, n) not in {(s, int(m)) for s, m in finished}]
+        run_log = RunLog(out / "runs.jsonl")
+        run_log.append("start", versions=versions(), platform=platform.platform(), cells_finished_before=len(finished),
+                       cells_to_fit=len(todo), tables_only=tables_only, workers=workers)
+        bar = tqdm(total=len(todo), disable=not progress, unit="cell")
+
+        def add(task, result):
+            (_, spec, n), (res, scores, seconds) = task, result
+            s = study.settings(spec)
+            theta = np.asarray(jax.vmap(study.model.flatten)(res.params))
+            table.add({"specification": spec, "num_components": s.num_components, "n": n,
+                       "replicate": np.arange(study.replicates), "seed": study.seed, "estimator": study.estimator,
+                       "init": s.init, "init_scale": float(s.init_scale), "restarts": s.restarts,
+                       **{f"loss_{k}": v for k, v in scores.items()}, "objective": res.objective,
+                       "converged": res.converged, "status": [STATUS_LABELS[int(c)] for c in res.status],
+                       "steps": res.steps, "seconds": seconds,
+                       "params": [" ".join(f"{x:.17g}" for x in t) for t in theta]})
+            bar.set_description(f"{spec} n={n}")
+            bar.update(1)
+
+        run_cells(lab_cell, [(study, *t) for t in todo], add, workers=workers)
+        bar.close()
+        fits = table.frame()
+        order = {s: i for i, s in enumerate(study.specifications)}
+        fits = fits.assign(_s=fits["specification"].map(order)).sort_values(["_s", "n", "replicate"]).drop(columns="_s")
+        fits = fits.reset_index(drop=True)
+        table.write(fits)
+        write_csv(out / "rates.csv", lab_rates(fits, study))
+        run_log.append("end", cells_fitted=len(todo))
+        return fits
+
+
+def lab_rates(fits: pd.DataFrame, study: LabStudy) -> pd.DataFrame:
+    """One row per (specification, loss, statistic): the slope over the rate window with its bootstrap interval,
+    as every study's rates (:func:`moe_estimation.results.rate_entries`), and the fits not converged."""
+    out = []
+    window = fits[(fits["n"] >= study.n_min) & (fits["n"] <= study.n_max)]
+    for spec, g in window.groupby("specification", sort=False):
+        for name in study.losses:
+            ns, mat = loss_matrix(g, f"loss_{name}", replicate="replicate")
+            for e in rate_entries(ns, mat, num_bootstrap=study.num_bootstrap, seed=study.seed):
+                out.append(dict(specification=spec, num_components=int(g["num_components"].iloc[0]), loss=name,
+                                statistic=e["statistic"], slope=e["slope"], ci_low=e["ci_low"], ci_high=e["ci_high"],
+                                theory_slope=np.nan,  # the lab declares no theory for an assembly (yet)
+                                n_min=int(ns.min()), n_max=int(ns.max()), replicates=study.replicates,
+                                fits_not_converged=int((~g["converged"].astype(bool)).sum()),
+                                mean_loss_at_n_max=float(np.nanmean(mat[-1])), note=e["note"]))
+    return pd.DataFrame(out)
