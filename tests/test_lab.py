@@ -261,3 +261,23 @@ def test_lab_configuration_errors_name_the_key(tmp_path, change, word):
     conf.write_text(LAB_TOML.format(steps=20).replace(*change))
     with pytest.raises(ValueError, match=word):
         parse_lab_config(read_toml(conf), str(conf))
+
+
+def test_input_laws_grid_and_mixture():
+    grid = lab.Assembly(gate=lab.SigmoidGate(), expert=lab.ConstantExpert(),
+                        input=lab.InputLaw(law="grid", d=2, low=-1.0, high=1.0, points=3))
+    truth = grid.check(lab.Mixture(gate=[[1.0, 0.0, 0.0]], expert=[[0.5]], log_var=[0.0]))
+    X, _ = lab.simulate(jax.random.key(0), grid, truth, 10)
+    np.testing.assert_allclose(X[:4], [[-1, -1], [0, -1], [1, -1], [-1, 0]])
+    np.testing.assert_allclose(X[9], X[0])  # the 3 x 3 grid again
+    mix = lab.InputLaw(law="mixture", d=1, means=[[-2.0], [2.0]], weights=[0.25, 0.75], scale=0.1)
+    model = lab.Assembly(gate=lab.SigmoidGate(), expert=lab.ConstantExpert(), input=mix)
+    X, _ = lab.simulate(jax.random.key(0), model, model.check(lab.Mixture(gate=[[1.0, 0.0]], expert=[[0.5]],
+                                                                          log_var=[0.0])), 4000)
+    assert float(jnp.mean(X[:, 0] > 0)) == pytest.approx(0.75, abs=0.03)
+    assert float(jnp.max(jnp.abs(jnp.abs(X) - 2.0))) <= 0.3 + 1e-12  # within 3 sd of a mean
+    for bad, word in ((dict(law="grid", points=1), "input.points"), (dict(law="mixture", means=[[0.0]], weights=[0.5]),
+                      "input.weights"), (dict(law="mixture", d=2, means=[[0.0]], weights=[1.0]), "input.means"),
+                      (dict(law="triangle"), "input.law")):
+        with pytest.raises(ValueError, match=word):
+            lab.InputLaw(**bad)

@@ -133,7 +133,7 @@ def simulate_rows(model: Assembly, truth: Mixture, key: jax.Array, rows: int) ->
 
     def one(i):
         kx, kc, ke = jax.random.split(jax.random.fold_in(key, i), 3)
-        x = model.input.row(kx, truth.expert.dtype)
+        x = model.input.row(kx, truth.expert.dtype, i)
         eps = jax.random.normal(ke, (model.d_out,), truth.expert.dtype)
         if model.likelihood == "least-squares":
             return x, mean(model, truth, x) + jnp.sqrt(model.noise_var) * eps

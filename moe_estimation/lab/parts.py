@@ -260,29 +260,61 @@ EXPERTS = {"constant": ConstantExpert, "linear": LinearExpert} | {
 # input laws
 
 
+INPUT_LAWS = ("uniform", "normal", "grid", "mixture")
+
+
 @dataclasses.dataclass(frozen=True)
 class InputLaw:
-    """Where x comes from: ``uniform`` on [low, high]^d, or ``normal`` (mean 0, sd ``scale``) clipped at three
-    standard deviations. ``sample(key, rows)`` draws row i from ``(key, i)`` alone (a longer draw extends a
-    shorter one, as the study's data are padded)."""
+    """Where x comes from (row i from ``(key, i)`` alone: a longer draw extends a shorter one, as the study's
+    padded data sets need):
+
+    - ``uniform`` on [low, high]^d;
+    - ``normal``: mean 0, sd ``scale``, clipped at three standard deviations;
+    - ``grid``: a fixed design, ``points`` equally spaced values a coordinate on [low, high], row i the grid's
+      point i mod points^d (no randomness);
+    - ``mixture``: a Gaussian mixture, component j with probability ``weights[j]`` and mean ``means[j]``
+      (d-vectors), sd ``scale``, clipped at three standard deviations about its mean."""
 
     law: str = "uniform"
     d: int = 1
     low: float = -1.0
     high: float = 1.0
     scale: float = 1.0
+    points: int = 16
+    means: tuple = ()
+    weights: tuple = ()
 
     def __post_init__(self):
-        if self.law not in ("uniform", "normal"):
-            raise ValueError(f"input.law: expected 'uniform' or 'normal', got {self.law!r}")
+        if self.law not in INPUT_LAWS:
+            raise ValueError(f"input.law: expected one of {INPUT_LAWS}, got {self.law!r}")
         if isinstance(self.d, bool) or not isinstance(self.d, (int, np.integer)) or self.d < 1:
             raise ValueError(f"input.d: must be an integer >= 1, got {self.d!r}")
-        if self.law == "uniform" and not (np.isfinite(self.low) and np.isfinite(self.high) and self.low < self.high):
+        if self.law in ("uniform", "grid") and not (np.isfinite(self.low) and np.isfinite(self.high) and self.low < self.high):
             raise ValueError(f"input.low, input.high: expected finite low < high, got {self.low!r}, {self.high!r}")
-        if self.law == "normal" and not (np.isfinite(self.scale) and self.scale > 0):
+        if self.law in ("normal", "mixture") and not (np.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"input.scale: must be a finite number > 0, got {self.scale!r}")
+        if self.law == "grid" and (isinstance(self.points, bool) or not isinstance(self.points, (int, np.integer))
+                                   or self.points < 2):
+            raise ValueError(f"input.points: must be an integer >= 2, got {self.points!r}")
+        if self.law == "mixture":
+            means, weights = np.asarray(self.means, float), np.asarray(self.weights, float)
+            if means.ndim != 2 or means.shape[1] != self.d or not len(means) or not np.all(np.isfinite(means)):
+                raise ValueError(f"input.means: expected a list of finite {self.d}-vectors, got {self.means!r}")
+            if weights.shape != (len(means),) or np.any(weights <= 0) or not np.isclose(weights.sum(), 1.0):
+                raise ValueError(f"input.weights: expected {len(means)} positive weights summing to 1, got {self.weights!r}")
+            object.__setattr__(self, "means", tuple(map(tuple, means.tolist())))
+            object.__setattr__(self, "weights", tuple(weights.tolist()))
 
-    def row(self, key: jax.Array, dtype) -> jax.Array:
+    def row(self, key: jax.Array, dtype, index=None) -> jax.Array:
+        """One input (``index``: the row's number, which a fixed grid uses instead of the key)."""
         if self.law == "uniform":
             return jax.random.uniform(key, (self.d,), dtype, self.low, self.high)
-        return self.scale * jnp.clip(jax.random.normal(key, (self.d,), dtype), -3.0, 3.0)
+        if self.law == "grid":
+            digits = (index // self.points ** jnp.arange(self.d)) % self.points
+            return (self.low + (self.high - self.low) * digits / (self.points - 1)).astype(dtype)
+        z = self.scale * jnp.clip(jax.random.normal(key, (self.d,), dtype), -3.0, 3.0)
+        if self.law == "normal":
+            return z
+        kc = jax.random.fold_in(key, 1)
+        j = jax.random.categorical(kc, jnp.log(jnp.asarray(self.weights, dtype)))
+        return jnp.asarray(self.means, dtype)[j] + z

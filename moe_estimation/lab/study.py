@@ -128,8 +128,9 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
     if expert not in EXPERT_NAMES:
         raise _err(source, "model.expert", f"expected one of {tuple(EXPERT_NAMES)}, got {expert!r}")
     inp = m.get("input", {})
-    if not isinstance(inp, dict) or set(inp) - {"law", "d", "low", "high", "scale"}:
-        raise _err(source, "model.input", f"expected a table {{ law, d, low, high, scale }}, got {inp!r}")
+    if not isinstance(inp, dict) or set(inp) - {"law", "d", "low", "high", "scale", "points", "means", "weights"}:
+        raise _err(source, "model.input", f"expected a table {{ law, d, low, high, scale, points, means, weights }}, "
+                                          f"got {inp!r}")
     try:
         law = InputLaw(**{k: (float(v) if k in ("low", "high", "scale") and not isinstance(v, bool) else v)
                           for k, v in inp.items()})
