@@ -35,19 +35,25 @@ the measure to within delta at any rate. At beta = 0 (a fixed truth) the ratio g
 from __future__ import annotations
 
 import dataclasses
+import json
+import platform
 from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 
+from ._checks import make_out_dir
 from .data import fold_key, simulate_rows
 from .estimator import FitSettings, box, flatten_params, initial_params, prepare_data, residuals_and_jacobian, unflatten_params
 from .model import predict, true_params
-from .problems import merge_factor, move_truth
+from .problems import PRESET_NAMES, merge_factor, move_truth, preset
+from .results import CellTable, StudyLock, atomic_write, check_same_study, versions, write_csv
 from .solver import Normal, SolverSettings, is_converged, normal_equations, solve
-from .voronoi import key_value_loss, voronoi_loss
+from .rates import ols_line
+from .voronoi import key_value_loss, voronoi_cells, voronoi_loss
 
 INVERSE_LOSSES = ("own", "key_value")
 
@@ -144,8 +150,6 @@ def shrink(problem, theta, ratio: float, num_prompts: int, multi_power: float = 
     multi-atom cells count squared distances; 1 for D_{1,1}), the weights inside a cell keeping their
     proportions. A measure of the zero set of over-specified non-shared prompts (equal keys, values spread
     about their weighted mean) stays in it. The start of the next, smaller delta."""
-    from .voronoi import voronoi_cells
-
     p = unflatten_params(jnp.asarray(theta), num_prompts, problem.atom_dim)
     atoms, w = np.asarray(p.atoms), np.exp(np.asarray(p.biases))
     true_atoms, true_w = np.asarray(problem.true_atoms), np.exp(np.asarray(problem.true_biases))
@@ -254,8 +258,6 @@ def inverse_bound(problem, deltas, *, num_prompts: int | None = None, loss: str 
 def inverse_slope(deltas, m, floor: float) -> float:
     """The OLS slope of log m on log delta over the deltas whose m is above ``floor`` (NaN with fewer than two):
     2 where m is of order delta^2."""
-    from .rates import ols_line
-
     deltas, m = np.asarray(deltas, float), np.asarray(m, float)
     keep = np.isfinite(m) & (m > floor)
     if keep.sum() < 2:
@@ -313,8 +315,6 @@ class InverseStudy:
 
 def check_inverse_study(study: InverseStudy) -> InverseStudy:
     """Validate every field (``ValueError`` naming it, the value and the rule); returns the study."""
-    from .problems import PRESET_NAMES
-
     check_inverse_settings(study.settings)
     if not study.problems or any(p not in PRESET_NAMES for p in study.problems) or len(set(study.problems)) < len(study.problems):
         raise ValueError(f"--problem: expected distinct preset names from {PRESET_NAMES}, got {list(study.problems)}")
@@ -351,8 +351,6 @@ def inverse_summary(table, study: InverseStudy, floors: dict):
     ``study.window`` whose m is above the zero floor (theory: 2 for the shared structures, by m of order
     delta^2), how many of those deltas have m at zero (the zero set), and the smallest m / delta^2 over the
     window (bounded away from 0 when m >= c delta^2)."""
-    import pandas as pd
-
     out = []
     for (prob, spec, loss), g in table.groupby(["problem", "specification", "loss"], sort=False):
         g = g[g["delta"] <= study.window].sort_values("delta")
@@ -385,15 +383,7 @@ def run_inverse(study: InverseStudy, out, *, log=print, progress: bool = True):
     ``le_cam.csv`` (one row per problem, beta, c, n and delta) and ``config.json``. Each (problem,
     specification, loss) and each Le Cam truth is written when done; a run started again on the same ``out``
     resumes, and refuses an ``out`` made with other settings. Returns ``(inverse, summary, le_cam)``."""
-    import json
-    import platform
-
-    import pandas as pd
     from tqdm.auto import tqdm
-
-    from ._checks import make_out_dir
-    from .problems import preset
-    from .results import CellTable, StudyLock, atomic_write, check_same_study, versions, write_csv
 
     check_inverse_study(study)
     if not jax.config.jax_enable_x64:

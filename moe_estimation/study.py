@@ -40,11 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ._checks import check_out_dir, make_out_dir
+from ._checks import check_memory, check_out_dir, make_out_dir
 from .config import RATE_FIELDS, StudyConfig
 from .data import fold_key, simulate_rows
 from .estimator import FitSettings, bound_coordinates, fit_dataset, split_start
-from .solver import STATUS_LABELS, batch_map
+from .solver import STATUS_LABELS, batch_map, resolve_blocking
 from .rates import is_composite, theory_slope
 from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation.study.FITS_COLUMNS and so on)
     CELL,
@@ -203,9 +203,6 @@ def check_study_memory(cfg: StudyConfig) -> None:
     """Refuse a study whose largest fit cannot fit in memory (:func:`moe_estimation._checks.check_memory`),
     before anything is written: one data set of the largest n, padded to its bucket, with its per-row arrays
     and, where the rows are not summed in blocks, the Jacobian of one restart."""
-    from ._checks import check_memory
-    from .solver import resolve_blocking
-
     n = max(cfg.ns)
     rows = bucket_size(n)
     worst = 0.0
