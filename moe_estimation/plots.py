@@ -650,18 +650,22 @@ def plot_inverse(results: Path, out: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(probs), figsize=(6 * len(probs), 4.6), squeeze=False, sharey=True)
         for ax, prob in zip(axes[0], probs):
             g = lecam[lecam["problem"] == prob]
-            for i, ((beta, c, delta), h) in enumerate(g.groupby(["beta", "c", "delta"], sort=False)):
+            deltas = sorted(g["delta"].unique())
+            cs = sorted(g["c"].unique(), reverse=True)
+            for (beta, c, delta), h in g.groupby(["beta", "c", "delta"], sort=False):
                 h = h.sort_values("n")
-                style = "-" if beta > 0 else "--"
-                ax.plot(h["n"], h["snr"].clip(lower=1e-12), "o" + style, color=f"C{i}",
-                        label=f"beta {beta:g}, c {c:g}, D = {delta:g}")
+                # colour: the loss value; line: solid for the moving truth, dashed for the fixed one; marker: c
+                ax.plot(h["n"], h["snr"].clip(lower=1e-12), ("osD^v"[cs.index(c) % 5]) + ("-" if beta > 0 else "--"),
+                        color=f"C{deltas.index(delta)}", label=f"beta {beta:g}, c {c:g}, D = {delta:g}")
             ax.axhline(1.0, color="0.5", lw=0.8)
             _log_axes(ax, sorted(g["n"].unique()))
             ax.set_ylabel("n ||f_G' - f_G_n||^2 / sigma^2")
             ax.set_title(f"{prob}: the nearest measure at loss D from the truth G_n\n(below the grey line: no data set "
                          "of size n tells them apart)", fontsize=9)
-            ax.legend(fontsize=7)
-        fig.tight_layout()
+        # one legend under the panels: every panel draws the same (beta, c, D) lines
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, 0.04 + 0.035 * -(-len(labels) // 6), 1, 1))
         _save(fig, Path(out) / "le_cam.png")
         written.append(Path(out) / "le_cam.png")
     return written
