@@ -1,6 +1,7 @@
 """The lab: parts, one estimator for every assembly, losses as data; the prefix model as one assembly."""
 
 import dataclasses
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -281,3 +282,136 @@ def test_input_laws_grid_and_mixture():
                       (dict(law="triangle"), "input.law")):
         with pytest.raises(ValueError, match=word):
             lab.InputLaw(**bad)
+
+
+def test_the_gaussian_gate_is_the_posterior_of_its_input_mixture():
+    """pi_k(x) = exp(b_k) N(x; c_k, s_k) / sum_j (...): by hand at one x, summing to one, unchanged by a common
+    shift of the biases (and so is its canonical form, whose Voronoi weights are the mixture weights)."""
+    gate = lab.GaussianGate()
+    theta = jnp.array([[0.5, np.log(0.04), 0.2], [-1.0, np.log(0.25), -0.3], [1.0, np.log(1.0), 0.0]])
+    x = jnp.array([0.3])
+    dens = [np.exp(b) * np.exp(-0.5 * (0.3 - c) ** 2 / np.exp(ls)) / np.sqrt(2 * np.pi * np.exp(ls))
+            for c, ls, b in np.asarray(theta)]
+    np.testing.assert_allclose(gate.weights(theta, x), np.array(dens) / sum(dens), rtol=1e-12)
+    shifted = theta.at[:, -1].add(1.7)
+    np.testing.assert_allclose(gate.weights(shifted, x), gate.weights(theta, x), rtol=1e-12)
+    np.testing.assert_allclose(gate.canonical(shifted), gate.canonical(theta), atol=1e-12)
+    w = gate.atom_weight(gate.canonical(theta))
+    assert float(jnp.sum(w)) == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(gate.atom(theta)[:, 1], [0.04, 0.25, 1.0], rtol=1e-12)  # variances, not their logs
+    lo, hi = gate.box(1, 10.0, 3)
+    assert lo[0, 1] == pytest.approx(np.log(1e-4)) and hi[0, 1] == pytest.approx(np.log(1e2)) and hi[0, 0] == 10.0
+
+
+def test_a_gaussian_gate_is_not_identified_by_the_conditional_density_but_is_by_the_joint_one():
+    """Two Gaussian gates with other means, variances and biases give the same weights at every x (the scores
+    differ by a linear function whose slope (c_1 - c_2) / s both share), so p(y | x) cannot tell them apart; the
+    joint density p(x, y) can."""
+    cond = lab.Assembly(gate=lab.GaussianGate(), expert=lab.LinearExpert(), likelihood="gaussian", input=lab.InputLaw(d=1))
+    joint = lab.Assembly(gate=lab.GaussianGate(), expert=lab.LinearExpert(), likelihood="joint-gaussian",
+                         input=lab.InputLaw("gate", d=1))
+    a = lab.Mixture(gate=jnp.array([[-0.5, np.log(0.09), 0.0], [0.5, np.log(0.09), 0.0]]),
+                    expert=jnp.array([[1.0, 0.0], [-1.0, 1.0]]), log_var=jnp.log(jnp.array([0.05, 0.05])))
+    # c scaled by 2 about 0 and s by 2: the slope (c_1 - c_2) / s and the intercept (c_2^2 - c_1^2) / (2 s) stay
+    b = a._replace(gate=jnp.array([[-1.0, np.log(0.18), 0.0], [1.0, np.log(0.18), 0.0]]))
+    xs, ys = jnp.linspace(-2, 2, 41)[:, None], jnp.linspace(-2, 2, 41)[:, None]
+    dens = jax.vmap(lab.log_density, in_axes=(None, None, 0, 0))
+    np.testing.assert_allclose(dens(cond, a, xs, ys), dens(cond, b, xs, ys), rtol=1e-12, atol=1e-12)
+    assert float(jnp.max(jnp.abs(dens(joint, a, xs, ys) - dens(joint, b, xs, ys)))) > 0.1
+    assert float(lab.VoronoiLoss(blocks=("gate", "expert", "variance"))(cond, a, b)) > 0.5
+    with pytest.raises(ValueError, match="input.law: 'gate'"):
+        lab.Assembly(gate=lab.GaussianGate(), expert=lab.LinearExpert(), likelihood="joint-gaussian", input=lab.InputLaw(d=1))
+    with pytest.raises(ValueError, match="needs the gaussian gate"):
+        lab.Assembly(gate=lab.SoftmaxGate(), expert=lab.LinearExpert(), likelihood="joint-gaussian",
+                     input=lab.InputLaw("gate", d=1))
+
+
+@pytest.mark.statistical
+def test_a_gaussian_gated_mixture_of_experts_is_fitted_by_its_joint_likelihood():
+    """The Gaussian-gated mixture of linear experts, exactly specified, n = 4000, x from the gate's own mixture:
+    the direct maximum-likelihood fit of the joint density from random starts reaches at least the truth's
+    likelihood and ends near the truth (D_2 on gate, expert and variance)."""
+    model = lab.Assembly(gate=lab.GaussianGate(), expert=lab.LinearExpert(), likelihood="joint-gaussian",
+                         input=lab.InputLaw("gate", d=1))
+    truth = model.check(lab.Mixture(gate=[[-0.5, np.log(0.09), 0.0], [0.5, np.log(0.09), 0.0]],
+                                    expert=[[1.0, 0.0], [-1.0, 1.0]], log_var=np.log([0.05, 0.05])))
+    X, Y = lab.simulate(jax.random.key(3), model, truth, 4000)
+    assert abs(float(jnp.mean(X))) < 0.05 and float(jnp.std(X)) == pytest.approx(np.sqrt(0.09 + 0.25), rel=0.05)
+    fit = lab.fit(jax.random.key(4), model, X, Y, num_components=2, restarts=4, init_scale=0.5)
+    truth_nll = -float(jnp.mean(jax.vmap(lab.log_density, in_axes=(None, None, 0, 0))(model, truth, X, Y)))
+    assert bool(fit.converged) and float(fit.objective) <= truth_nll + 1e-9
+    loss = lab.VoronoiLoss(blocks=("gate", "expert", "variance"))
+    assert float(loss(model, fit.params, truth)) < 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class HalfTanhGate(lab.Gate):
+    """Another gate defined here, outside the package, to be registered for configurations:
+    pi_k(x) = (1 + tanh(w_k^T x + b_k)) / 4."""
+
+    name = "half-tanh"
+
+    def size(self, d):
+        return d + 1
+
+    def weights(self, theta, x):
+        return 0.25 * (1 + jnp.tanh(theta[:, :-1] @ x + theta[:, -1]))
+
+    def atom_weight(self, theta):
+        return 0.25 * (1 + jnp.tanh(theta[..., -1]))
+
+
+lab.register_gate("half-tanh", HalfTanhGate, replace=True)  # at import, so that worker processes know it too
+
+
+@pytest.mark.study
+def test_a_gate_registered_outside_the_package_runs_a_study_with_its_theory_and_re_rates(tmp_path, capsys):
+    """A gate defined and registered in this file runs a whole lab study from a configuration; the theory slope
+    declared under [rates] reaches rates.csv; changing only [rates] re-rates the finished study without refitting."""
+    import pandas as pd
+
+    from moe_estimation.cli import main
+
+    conf = tmp_path / "lab.toml"
+    text = LAB_TOML.format(steps=20).replace('gate = "sigmoid"', 'gate = "half-tanh"')
+    conf.write_text(text.replace("num_bootstrap = 100", "num_bootstrap = 100\ntheory = { voronoi = -0.5 }"))
+    out = tmp_path / "lab"
+    assert main(["study", "--config", str(conf), "--out", str(out), "--no-progress", "--workers", "1"]) == 0
+    fits, rates = pd.read_csv(out / "fits.csv"), pd.read_csv(out / "rates.csv")
+    assert np.all(np.isfinite(fits["loss_voronoi"])) and set(rates["theory_slope"]) == {-0.5}
+    conf.write_text(text.replace("num_bootstrap = 100", "num_bootstrap = 100\ntheory = { voronoi = { over = -0.25 } }"))
+    capsys.readouterr()
+    assert main(["study", "--config", str(conf), "--out", str(out), "--no-progress", "--workers", "1"]) == 0
+    assert "the fits are kept" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(pd.read_csv(out / "fits.csv"), fits)
+    again = pd.read_csv(out / "rates.csv")
+    assert set(again[again["specification"] == "over"]["theory_slope"]) == {-0.25}
+    assert again[again["specification"] == "exact"]["theory_slope"].isna().all()
+    with pytest.raises(ValueError, match="name: a gate named 'half-tanh' exists already"):
+        lab.register_gate("half-tanh", HalfTanhGate)
+
+
+@pytest.mark.parametrize("theory, word", [
+    ("theory = { voronoi = 0.5 }", "rates.theory.voronoi: expected a finite slope <= 0"),
+    ("theory = { voronoi = { middle = -0.5 } }", "rates.theory.voronoi.middle: expected the specifications"),
+    ("theory = { yardstick = -0.5 }", "rates.theory: expected a table of the declared losses"),
+    ("theory = { voronoi = true }", "rates.theory.voronoi: expected a finite slope"),
+])
+def test_lab_theory_slopes_are_checked(tmp_path, theory, word):
+    from moe_estimation.config import read_toml
+    from moe_estimation.lab.study import parse_lab_config
+
+    conf = tmp_path / "lab.toml"
+    conf.write_text(LAB_TOML.format(steps=20).replace("num_bootstrap = 100", f"num_bootstrap = 100\n{theory}"))
+    with pytest.raises(ValueError, match=word):
+        parse_lab_config(read_toml(conf), str(conf))
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "simulations").glob("lab-*.toml")),
+                         ids=lambda p: p.name)
+def test_every_lab_example_configuration_is_valid(path):
+    from moe_estimation.config import read_toml
+    from moe_estimation.lab.study import parse_lab_config
+
+    study = parse_lab_config(read_toml(path), str(path))
+    assert study.model.check(study.truth) is not None

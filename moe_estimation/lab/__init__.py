@@ -32,9 +32,12 @@ from .parts import ActivationExpert as ActivationExpert
 from .parts import ConstantExpert as ConstantExpert
 from .parts import Expert as Expert
 from .parts import Gate as Gate
+from .parts import GaussianGate as GaussianGate
 from .parts import InputLaw as InputLaw
 from .parts import LaplaceGate as LaplaceGate
 from .parts import LinearExpert as LinearExpert
 from .parts import NormalisedSigmoidGate as NormalisedSigmoidGate
 from .parts import SigmoidGate as SigmoidGate
 from .parts import SoftmaxGate as SoftmaxGate
+from .study import register_expert as register_expert
+from .study import register_gate as register_gate

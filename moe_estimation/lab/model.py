@@ -5,10 +5,19 @@
 likelihood, log-variances), a pytree. Every function is written for one input and batched with ``vmap``:
 
 - :func:`mean` f(x) = sum_k pi_k(x) h_k(x), the regression function;
-- :func:`log_density` log p(y | x) = log sum_k pi_k(x) N(y; h_k(x), sigma_k^2 I) (gates that do not sum to one,
-  sigmoid ones, are normalised here: a conditional density needs sum_k pi_k = 1);
+- :func:`log_density` log p(y | x) = log sum_k pi_k(x) N(y; h_k(x), sigma_k^2 I) (the gate's weights sum to one:
+  :class:`Assembly` checks); for the joint likelihood of the Gaussian-gated model, log p(x, y) =
+  log sum_k pi_k N(x; c_k, diag(s_k)) N(y; h_k(x), sigma_k^2 I), pi = softmax(b);
 - :func:`simulate_rows` data from a true mixture: least squares draws Y = f(X) + N(0, noise_var I); the
-  Gaussian likelihood draws a component k with probability pi_k(X) and Y ~ N(h_k(X), sigma_k^2 I).
+  Gaussian likelihood draws a component k with probability pi_k(X) and Y ~ N(h_k(X), sigma_k^2 I); the joint
+  likelihood draws k with probability pi_k, X ~ N(c_k, diag(s_k)) and Y ~ N(h_k(X), sigma_k^2 I) (the input law
+  is ``gate``: X comes from the gate's own mixture).
+
+Why a joint likelihood: in p(y | x) a Gaussian gate enters only through the differences of its log-scores,
+quadratic functions of x, so (c_k, s_k, b_k) are not identified by the conditional density (with equal
+variances two components' scores differ by a linear function, whose slope (c_1 - c_2) / s is all the data
+tell); the density of x as well pins them down, which is why the Gaussian-gated literature maximises the joint
+likelihood.
 """
 
 from __future__ import annotations
@@ -20,14 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .parts import Expert, Gate, InputLaw
+from .parts import LOG_VAR_BOX, Expert, GaussianGate, Gate, InputLaw
 
-LIKELIHOODS = ("least-squares", "gaussian")
+LIKELIHOODS = ("least-squares", "gaussian", "joint-gaussian")
 
 
 class Mixture(NamedTuple):
     """K components: ``gate`` ``(K, gate size)``, ``expert`` ``(K, expert size)``, ``log_var`` ``(K,)`` (the
-    Gaussian likelihood's per-expert log-variances; ignored by least squares)."""
+    Gaussian likelihoods' per-expert log-variances; ignored by least squares)."""
 
     gate: jax.Array
     expert: jax.Array
@@ -54,12 +63,23 @@ class Assembly:
         if self.likelihood == "gaussian" and not self.gate.sums_to_one:
             raise ValueError(f"gate: the Gaussian likelihood is a mixture density and needs weights that sum to one; the "
                              f"{self.gate.name} gate's do not (use softmax with reference 'pinned', or normalised-sigmoid)")
+        if self.likelihood == "joint-gaussian" and not isinstance(self.gate, GaussianGate):
+            raise ValueError(f"gate: the joint likelihood models x by the gate's own mixture and needs the gaussian gate, "
+                             f"got {self.gate.name}")
+        if (self.likelihood == "joint-gaussian") != (self.input.law == "gate"):
+            raise ValueError(f"input.law: 'gate' (x from the gate's own mixture) goes with the joint likelihood and only "
+                             f"with it, got law {self.input.law!r} with likelihood {self.likelihood!r}")
         if isinstance(self.d_out, bool) or not isinstance(self.d_out, (int, np.integer)) or self.d_out < 1:
             raise ValueError(f"d_out: must be an integer >= 1, got {self.d_out!r}")
         for name in ("noise_var", "bound"):
             v = getattr(self, name)
             if isinstance(v, bool) or not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
                 raise ValueError(f"{name}: must be a finite number > 0, got {v!r}")
+
+    @property
+    def has_variances(self) -> bool:
+        """Whether the components carry log-variances (the Gaussian likelihoods; not least squares)."""
+        return self.likelihood != "least-squares"
 
     @property
     def d(self) -> int:
@@ -74,15 +94,15 @@ class Assembly:
         return self.expert.size(self.d, self.d_out)
 
     def num_params(self, K: int) -> int:
-        return K * (self.gate_size + self.expert_size + (1 if self.likelihood == "gaussian" else 0))
+        return K * (self.gate_size + self.expert_size + (1 if self.has_variances else 0))
 
     def flatten(self, m: Mixture) -> jax.Array:
-        parts = [m.gate.ravel(), m.expert.ravel()] + ([m.log_var] if self.likelihood == "gaussian" else [])
+        parts = [m.gate.ravel(), m.expert.ravel()] + ([m.log_var] if self.has_variances else [])
         return jnp.concatenate(parts)
 
     def unflatten(self, theta: jax.Array, K: int) -> Mixture:
         g, e = K * self.gate_size, K * self.expert_size
-        log_var = theta[g + e:] if self.likelihood == "gaussian" else jnp.zeros(K, theta.dtype)
+        log_var = theta[g + e:] if self.has_variances else jnp.zeros(K, theta.dtype)
         return Mixture(theta[:g].reshape(K, self.gate_size), theta[g:g + e].reshape(K, self.expert_size), log_var)
 
     def box(self, K: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,9 +110,9 @@ class Assembly:
         glo, ghi = self.gate.box(self.d, self.bound, K)
         elo, ehi = self.expert.box(self.d, self.d_out, self.bound, K)
         lo, hi = [glo.ravel(), elo.ravel()], [ghi.ravel(), ehi.ravel()]
-        if self.likelihood == "gaussian":
-            lo.append(np.full(K, np.log(1e-4)))
-            hi.append(np.full(K, np.log(1e2)))
+        if self.has_variances:
+            lo.append(np.full(K, LOG_VAR_BOX[0]))
+            hi.append(np.full(K, LOG_VAR_BOX[1]))
         return np.concatenate(lo), np.concatenate(hi)
 
     def check(self, m: Mixture, name: str = "truth") -> Mixture:
@@ -109,7 +129,7 @@ class Assembly:
         theta = np.asarray(self.flatten(Mixture(gate, expert, log_var)))
         if not np.all(np.isfinite(theta)) or np.any(theta < lo) or np.any(theta > hi):
             raise ValueError(f"{name}: every parameter must be finite and inside the box (|gate|, |expert| <= "
-                             f"{self.bound}; log_var in [log 1e-4, log 1e2])")
+                             f"{self.bound}; log_var and a Gaussian gate's log-variances in [log 1e-4, log 1e2])")
         return Mixture(jnp.asarray(gate), jnp.asarray(expert), jnp.asarray(log_var))
 
 
@@ -120,12 +140,14 @@ def mean(model: Assembly, m: Mixture, x: jax.Array) -> jax.Array:
 
 
 def log_density(model: Assembly, m: Mixture, x: jax.Array, y: jax.Array) -> jax.Array:
-    """log p(y | x) of the Gaussian mixture of experts (the gate's weights sum to one: :class:`Assembly` checks)."""
-    pi = model.gate.weights(m.gate, x)
+    """log p(y | x) of the Gaussian mixture of experts (the gate's weights sum to one: :class:`Assembly` checks);
+    log p(x, y) for the joint likelihood (module docstring)."""
     h = model.expert.outputs(m.expert, x, model.d_out)  # (K, d_out)
     var = jnp.exp(m.log_var)
     comp = -0.5 * jnp.sum((y - h) ** 2, axis=-1) / var - 0.5 * model.d_out * jnp.log(2 * jnp.pi * var)
-    return jax.nn.logsumexp(comp + jnp.log(pi))
+    if model.likelihood == "joint-gaussian":
+        return jax.nn.logsumexp(comp + model.gate.log_joint_scores(m.gate, x))
+    return jax.nn.logsumexp(comp + jnp.log(model.gate.weights(m.gate, x)))
 
 
 def simulate_rows(model: Assembly, truth: Mixture, key: jax.Array, rows: int) -> tuple[jax.Array, jax.Array]:
@@ -133,8 +155,13 @@ def simulate_rows(model: Assembly, truth: Mixture, key: jax.Array, rows: int) ->
 
     def one(i):
         kx, kc, ke = jax.random.split(jax.random.fold_in(key, i), 3)
-        x = model.input.row(kx, truth.expert.dtype, i)
         eps = jax.random.normal(ke, (model.d_out,), truth.expert.dtype)
+        if model.likelihood == "joint-gaussian":  # k from softmax(b), then x from its Gaussian
+            k = jax.random.categorical(kc, truth.gate[:, -1])
+            x = model.gate.draw_input(truth.gate[k], kx, truth.expert.dtype)
+            h = model.expert.outputs(truth.expert, x, model.d_out)[k]
+            return x, h + jnp.exp(0.5 * truth.log_var[k]) * eps
+        x = model.input.row(kx, truth.expert.dtype, i)
         if model.likelihood == "least-squares":
             return x, mean(model, truth, x) + jnp.sqrt(model.noise_var) * eps
         k = jax.random.categorical(kc, jnp.log(model.gate.weights(truth.gate, x)))

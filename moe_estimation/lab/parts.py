@@ -176,7 +176,57 @@ class LaplaceGate(Gate):
         return jnp.exp(theta[..., -1])
 
 
-GATES = {cls.name: cls for cls in (SoftmaxGate, SigmoidGate, NormalisedSigmoidGate, LaplaceGate)}
+LOG_VAR_BOX = (float(np.log(1e-4)), float(np.log(1e2)))  # the box of every log-variance the lab estimates
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianGate(Gate):
+    """pi_k(x) = exp(b_k) N(x; c_k, diag(s_k)) / sum_j exp(b_j) N(x; c_j, diag(s_j)): the Gaussian density gate of
+    the Gaussian-gated mixture of experts (the posterior of the component given x when x comes from the mixture
+    sum_k pi_k N(c_k, diag(s_k)) with pi = softmax(b)). Parameters (c_k, log s_k, b_k): a mean, a diagonal
+    log-variance and a bias, 2d + 1 a component. The gate is unchanged when every b_k moves by one constant; the
+    canonical representative has logsumexp_k b_k = 0, so that the Voronoi weight exp(b_k) is the mixture weight
+    pi_k. The loss measures (c_k, s_k), the variances themselves (not their logs)."""
+
+    name = "gaussian"
+    sums_to_one = True
+
+    def size(self, d):
+        return 2 * d + 1
+
+    def log_joint_scores(self, theta, x):
+        """log pi_k + log N(x; c_k, diag(s_k)), pi = softmax(b): the log-density of (component k, x) in the
+        gate's own mixture (the joint likelihood's)."""
+        d = x.shape[0]
+        c, log_s, b = theta[:, :d], theta[:, d:2 * d], theta[:, -1]
+        log_pdf = -0.5 * jnp.sum((x - c) ** 2 / jnp.exp(log_s) + log_s + jnp.log(2 * jnp.pi), axis=-1)
+        return jax.nn.log_softmax(b) + log_pdf
+
+    def weights(self, theta, x):
+        return jax.nn.softmax(self.log_joint_scores(theta, x))
+
+    def draw_input(self, component, key, dtype):
+        """x ~ N(c, diag(s)) for one component's parameters (c, log s, b)."""
+        d = (component.shape[0] - 1) // 2
+        return component[:d] + jnp.exp(0.5 * component[d:2 * d]) * jax.random.normal(key, (d,), dtype)
+
+    def atom_weight(self, theta):
+        return jnp.exp(theta[..., -1])
+
+    def atom(self, theta):
+        d = (theta.shape[-1] - 1) // 2
+        return jnp.concatenate([theta[..., :d], jnp.exp(theta[..., d:2 * d])], axis=-1)
+
+    def canonical(self, theta):
+        return theta.at[:, -1].add(-jax.nn.logsumexp(theta[:, -1]))
+
+    def box(self, d, bound, K):
+        lo, hi = super().box(d, bound, K)
+        lo[:, d:2 * d], hi[:, d:2 * d] = LOG_VAR_BOX
+        return lo, hi
+
+
+GATES = {cls.name: cls for cls in (SoftmaxGate, SigmoidGate, NormalisedSigmoidGate, LaplaceGate, GaussianGate)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -260,7 +310,7 @@ EXPERTS = {"constant": ConstantExpert, "linear": LinearExpert} | {
 # input laws
 
 
-INPUT_LAWS = ("uniform", "normal", "grid", "mixture")
+INPUT_LAWS = ("uniform", "normal", "grid", "mixture", "gate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,7 +323,9 @@ class InputLaw:
     - ``grid``: a fixed design, ``points`` equally spaced values a coordinate on [low, high], row i the grid's
       point i mod points^d (no randomness);
     - ``mixture``: a Gaussian mixture, component j with probability ``weights[j]`` and mean ``means[j]``
-      (d-vectors), sd ``scale``, clipped at three standard deviations about its mean."""
+      (d-vectors), sd ``scale``, clipped at three standard deviations about its mean;
+    - ``gate``: the Gaussian gate's own mixture of the true measure (the joint likelihood's; drawn by
+      :func:`moe_estimation.lab.simulate_rows`, which knows the truth)."""
 
     law: str = "uniform"
     d: int = 1
@@ -307,6 +359,8 @@ class InputLaw:
 
     def row(self, key: jax.Array, dtype, index=None) -> jax.Array:
         """One input (``index``: the row's number, which a fixed grid uses instead of the key)."""
+        if self.law == "gate":
+            raise ValueError("input.law: 'gate' draws x from the true gate's mixture; simulate_rows does, knowing the truth")
         if self.law == "uniform":
             return jax.random.uniform(key, (self.d,), dtype, self.low, self.high)
         if self.law == "grid":

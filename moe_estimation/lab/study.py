@@ -3,9 +3,10 @@
     seed = 0
     [model]
     gate = "sigmoid"            # softmax (pinned reference) | softmax-extra | softmax-free | sigmoid
-                                # | normalised-sigmoid | laplace
+                                # | normalised-sigmoid | laplace | gaussian
     expert = "relu"             # constant | linear | relu | gelu | sigmoid | tanh
-    likelihood = "least-squares"  # or "gaussian" (maximum likelihood, per-expert variances)
+    likelihood = "least-squares"  # or "gaussian" (maximum likelihood, per-expert variances), or "joint-gaussian"
+                                  # (the gaussian gate's joint likelihood of (x, y), with input law "gate")
     input = { law = "uniform", low = -1.0, high = 1.0, d = 1 }
     d_out = 1
     noise_var = 0.01            # least squares: the known noise variance the data are simulated with
@@ -23,8 +24,10 @@
     extra_components = 1
     [fit]                       # the fields of LabFitSettings (init, init_scale, restarts, max_steps, ...)
     estimator = "direct"        # or "em" (the Gaussian likelihood's softmax and linear experts)
-    [rates]
+    [rates]                     # how fits are rated: changing it re-rates a finished study without refitting
     num_bootstrap = 2000
+    theory = { voronoi = -0.5 } # optional: the slope a theorem gives each loss (or { exact = .., over = .. }),
+                                # written to rates.csv and drawn on the figure beside the measured one
 
 ``moe-estimation study --config FILE --out DIR`` runs it (a configuration with a ``[model]`` table is a lab
 study). It is made of the project's pieces: keys from coordinates (replicate r's data from (n, r), its starts
@@ -56,15 +59,37 @@ from .em import check_em_model, em_dataset
 from .fit import LabFitSettings, check_settings, fit_dataset
 from .losses import VoronoiLoss
 from .model import Assembly, Mixture, simulate_rows
-from .parts import ACTIVATIONS, ActivationExpert, ConstantExpert, InputLaw, LaplaceGate, LinearExpert, \
+from .parts import ACTIVATIONS, ActivationExpert, ConstantExpert, GaussianGate, InputLaw, LaplaceGate, LinearExpert, \
     NormalisedSigmoidGate, SigmoidGate, SoftmaxGate
 
 GATE_NAMES = {"softmax": lambda: SoftmaxGate("pinned"), "softmax-extra": lambda: SoftmaxGate("extra"),
               "softmax-free": lambda: SoftmaxGate("none"), "sigmoid": SigmoidGate,
-              "normalised-sigmoid": NormalisedSigmoidGate, "laplace": LaplaceGate}
+              "normalised-sigmoid": NormalisedSigmoidGate, "laplace": LaplaceGate, "gaussian": GaussianGate}
 EXPERT_NAMES = {"constant": ConstantExpert, "linear": LinearExpert} | {
     a: (lambda a=a: ActivationExpert(activation=a)) for a in ACTIVATIONS}
 ESTIMATORS = ("direct", "em")
+
+
+def _register(kind: str, names: dict, name, factory, replace: bool) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name: a {kind}'s name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise ValueError(f"factory: must be callable (a class or a function of no arguments), got {factory!r}")
+    if name in names and not replace:
+        raise ValueError(f"name: a {kind} named {name!r} exists already; pass replace=True to replace it")
+    names[name] = factory
+
+
+def register_gate(name: str, factory, *, replace: bool = False) -> None:
+    """Make ``model.gate = name`` in a lab configuration build ``factory()`` (a :class:`moe_estimation.lab.Gate`).
+    A gate defined in your own module joins the configurations this way without touching the package; register
+    it at that module's import, so that worker processes (``--workers``) that import it know it too."""
+    _register("gate", GATE_NAMES, name, factory, replace)
+
+
+def register_expert(name: str, factory, *, replace: bool = False) -> None:
+    """As :func:`register_gate`, for ``model.expert = name`` (a :class:`moe_estimation.lab.Expert`)."""
+    _register("expert", EXPERT_NAMES, name, factory, replace)
 LAB_CELL = ["specification", "n"]
 
 
@@ -76,6 +101,7 @@ class LabStudy:
     model: Assembly
     truth: Mixture
     losses: dict
+    theory: dict
     seed: int
     ns: tuple
     replicates: int
@@ -104,6 +130,20 @@ def _get(source, table, key, kind, default=None, where=""):
     if isinstance(v, bool) and kind is not bool or not isinstance(v, kind):
         raise _err(source, f"{where}{key}", f"expected {kind.__name__}, got {v!r}")
     return v
+
+
+def _theory(source, key, value) -> dict:
+    """A loss's declared theory slope: a number for every specification, or a table {exact = .., over = ..}."""
+    if value is None:
+        return {}
+    table = value if isinstance(value, dict) else {"exact": value, "over": value}
+    for spec, v in table.items():
+        if spec not in ("exact", "over"):
+            raise _err(source, f"{key}.{spec}", "expected the specifications 'exact' and/or 'over'")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v > 0:
+            raise _err(source, key if not isinstance(value, dict) else f"{key}.{spec}",
+                       f"expected a finite slope <= 0 (the log-log slope the theory gives the loss), got {v!r}")
+    return {spec: float(v) for spec, v in table.items()}
 
 
 def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
@@ -165,8 +205,8 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
                                          kind=spec.get("kind", "d2"), r=float(spec.get("r", 1.0)))
         except (ValueError, TypeError) as e:
             raise _err(source, f"loss.{name}", str(e)) from None
-        if "variance" in declared[name].blocks and model.likelihood != "gaussian":
-            raise _err(source, f"loss.{name}.blocks", "'variance' is a block of the Gaussian likelihood's mixtures only")
+        if "variance" in declared[name].blocks and not model.has_variances:
+            raise _err(source, f"loss.{name}.blocks", "'variance' is a block of the Gaussian likelihoods' mixtures only")
     g = data.get("grid")
     if not isinstance(g, dict):
         raise _err(source, "grid", "the [grid] table is required (ns, replicates)")
@@ -203,8 +243,13 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
     if f.get("init") == "near-truth" and "init_scale" not in f:
         f["init_scale"] = 0.5
     r = data.get("rates", {})
-    if not isinstance(r, dict) or set(r) - {"num_bootstrap", "n_min", "n_max"}:
-        raise _err(source, "rates", "expected a table with num_bootstrap, n_min, n_max")
+    if not isinstance(r, dict) or set(r) - {"num_bootstrap", "n_min", "n_max", "theory"}:
+        raise _err(source, "rates", "expected a table with num_bootstrap, n_min, n_max, theory")
+    th = r.get("theory", {})
+    if not isinstance(th, dict) or set(th) - set(declared):
+        raise _err(source, "rates.theory", f"expected a table of the declared losses {sorted(declared)}, each a slope or "
+                                           f"{{ exact = .., over = .. }}, got {th!r}")
+    theory = {name: _theory(source, f"rates.theory.{name}", th.get(name)) for name in declared}
     nb = _get(source, r, "num_bootstrap", int, 2000, "rates.")
     if nb < 100:
         raise _err(source, "rates.num_bootstrap", f"must be >= 100, got {nb}")
@@ -216,7 +261,7 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
         if min(ns) * model.d_out < model.num_params(Kp):
             raise _err(source, "grid.ns", f"n = {min(ns)} gives fewer residuals than the {model.num_params(Kp)} "
                                           f"parameters of {Kp} components")
-    return LabStudy(model=model, truth=truth, losses=declared, seed=seed, ns=tuple(sorted(ns)), replicates=reps,
+    return LabStudy(model=model, truth=truth, losses=declared, theory=theory, seed=seed, ns=tuple(sorted(ns)), replicates=reps,
                     specifications=tuple(s for s in ("exact", "over") if s in specs), extra_components=extra,
                     fit=f, estimator=estimator, num_bootstrap=nb, n_min=n_min, n_max=n_max,
                     table=json.loads(json.dumps(data)))
@@ -277,10 +322,12 @@ def run_lab_study(study: LabStudy, out, *, progress: bool = True, log=print, wor
     out = make_out_dir(out)
     workers = resolve_workers(workers)
     with StudyLock(out, log=log):
-        check_same_study(out, study.table, what="lab study", log=log)
-        if not (out / "config.json").is_file():
-            atomic_write(out / "config.json", json.dumps(dict(study=study.table, versions=versions(),
-                                                              platform=platform.platform()), indent=2))
+        check_same_study(out, study.table, what="lab study", reread=("rates",), log=log)
+        meta = dict(study=study.table, versions=versions(), platform=platform.platform())
+        if (out / "config.json").is_file():  # a resume (or a re-rating): keep the provenance of the first run
+            first = json.loads((out / "config.json").read_text())
+            meta = dict(meta, **{k: first[k] for k in ("versions", "platform") if k in first})
+        atomic_write(out / "config.json", json.dumps(meta, indent=2))
         table = CellTable(out / "fits.csv", _columns(study), LAB_CELL, study.replicates)
         finished = table.load()
         if table.problems:
@@ -329,7 +376,7 @@ def lab_rates(fits: pd.DataFrame, study: LabStudy) -> pd.DataFrame:
             for e in rate_entries(ns, mat, num_bootstrap=study.num_bootstrap, seed=study.seed):
                 out.append(dict(specification=spec, num_components=int(g["num_components"].iloc[0]), loss=name,
                                 statistic=e["statistic"], slope=e["slope"], ci_low=e["ci_low"], ci_high=e["ci_high"],
-                                theory_slope=np.nan,  # the lab declares no theory for an assembly (yet)
+                                theory_slope=study.theory[name].get(spec, np.nan),  # as the configuration declares
                                 n_min=int(ns.min()), n_max=int(ns.max()), replicates=study.replicates,
                                 fits_not_converged=int((~g["converged"].astype(bool)).sum()),
                                 mean_loss_at_n_max=float(np.nanmean(mat[-1])), note=e["note"]))
