@@ -591,7 +591,8 @@ def plot_lab(results: Path, out: Path) -> list[Path]:
             g = fits[fits["specification"] == spec]
             r = rates[(rates["specification"] == spec)]
             _panel(ax, g, r, loss, losses={loss: (f"loss_{loss}",)})
-            ax.set_title(f"{spec} (K' = {int(g['num_components'].iloc[0])}), {g['estimator'].iloc[0]} fit; "
+            shared = f", K1' = {int(g['num_shared'].iloc[0])} shared" if "num_shared" in g else ""
+            ax.set_title(f"{spec} (K' = {int(g['num_components'].iloc[0])}{shared}), {g['estimator'].iloc[0]} fit; "
                          f"{_failures(g)}", fontsize=9)
             ax.set_xlabel("n")
             ax.legend(fontsize=7)

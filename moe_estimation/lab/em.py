@@ -33,10 +33,10 @@ from .parts import LinearExpert, SoftmaxGate
 
 def check_em_model(model: Assembly) -> None:
     if model.likelihood != "gaussian" or not isinstance(model.gate, SoftmaxGate) or model.gate.reference == "extra" \
-            or not isinstance(model.expert, LinearExpert):
+            or not isinstance(model.expert, LinearExpert) or model.shared is not None:
         raise ValueError("model: EM here is for the Gaussian likelihood with a softmax gate (reference 'pinned' or "
-                         f"'none') and linear experts, got {model.likelihood} with a {model.gate.name} gate and "
-                         f"{model.expert.name} experts")
+                         f"'none') and linear experts, no shared ones, got {model.likelihood} with a {model.gate.name} gate and "
+                         f"{model.expert.name} experts" + (f" and shared {model.shared.name} experts" if model.shared else ""))
 
 
 def _iteration(model: Assembly, K: int, X, Y, w, gate_steps: int, theta):

@@ -27,11 +27,12 @@ from .model import Assembly, Mixture, log_density, mean
 
 
 class LabFitSettings(NamedTuple):
-    """num_components: K'. restarts, init (``random``: uniform over the fraction ``init_scale`` of the box;
+    """num_components: K' (routed); num_shared: K1', the shared experts (0 unless the assembly has some). restarts, init (``random``: uniform over the fraction ``init_scale`` of the box;
     ``near-truth``: truth + Gaussian noise of sd ``init_scale``, extra components split from true ones), and the
     solver's stopping rules (as :class:`moe_estimation.FitSettings`)."""
 
     num_components: int
+    num_shared: int = 0
     restarts: int = 8
     init: str = "random"
     init_scale: float = 0.5
@@ -53,11 +54,22 @@ def check_settings(s: LabFitSettings) -> None:
         v = getattr(s, name)
         if isinstance(v, bool) or not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
             raise ValueError(f"{name}: must be a finite number >= 0, got {v!r}")
+    if isinstance(s.num_shared, bool) or not isinstance(s.num_shared, (int, np.integer)) or s.num_shared < 0:
+        raise ValueError(f"num_shared: must be an integer >= 0, got {s.num_shared!r}")
     if s.init == "random" and not 0 < s.init_scale <= 1:
         raise ValueError(f"init_scale: with init='random' it is the fraction of the box, in (0, 1], got {s.init_scale!r}")
 
 
-def linearization(model: Assembly, K: int, X, Y, w):
+def check_shared(model: Assembly, s: LabFitSettings) -> None:
+    """The settings' shared experts agree with the assembly's."""
+    if model.shared is None and s.num_shared:
+        raise ValueError(f"num_shared: the model has no shared experts, got {s.num_shared}")
+    if model.shared is not None and s.num_shared < 1:
+        raise ValueError(f"num_shared: the model has shared experts ({model.shared.name}); fit at least 1, got "
+                         f"{s.num_shared}")
+
+
+def linearization(model: Assembly, K: int, X, Y, w, K1: int = 0):
     """``theta -> Normal(F, g, H)`` for one data set (rows weighted by ``w``: 1 a real row, 0 padding)."""
     if model.likelihood == "least-squares":
         f = jax.vmap(mean, in_axes=(None, None, 0))
@@ -66,7 +78,7 @@ def linearization(model: Assembly, K: int, X, Y, w):
             X, Y, w = data
 
             def r(t):
-                return (f(model, model.unflatten(t, K), X) - Y) * w[:, None]
+                return (f(model, model.unflatten(t, K, K1), X) - Y) * w[:, None]
 
             res, jvp = jax.linearize(r, theta)
             return res, jax.vmap(jvp)(jnp.eye(theta.shape[0], dtype=theta.dtype))
@@ -74,7 +86,7 @@ def linearization(model: Assembly, K: int, X, Y, w):
         return normal_equations(residual_jacobian, (X, Y, w))
 
     def nll(t, x, y):
-        return -log_density(model, model.unflatten(t, K), x, y)
+        return -log_density(model, model.unflatten(t, K, K1), x, y)
 
     per_row = jax.vmap(jax.value_and_grad(nll), in_axes=(None, 0, 0))
 
@@ -93,8 +105,8 @@ def objective(model: Assembly, F, n):
 
 def start(key, model: Assembly, s: LabFitSettings, truth: Mixture | None, dtype) -> jax.Array:
     """One flat starting point of the schedule, in the box."""
-    K = s.num_components
-    lo, hi = (jnp.asarray(a, dtype) for a in model.box(K))
+    K, K1 = s.num_components, s.num_shared
+    lo, hi = (jnp.asarray(a, dtype) for a in model.box(K, K1))
     if s.init == "random":
         half = (hi - lo) / 2
         mid = (hi + lo) / 2
@@ -104,7 +116,13 @@ def start(key, model: Assembly, s: LabFitSettings, truth: Mixture | None, dtype)
     share = np.bincount(assign, minlength=Kt)[assign]
     gate = truth.gate[assign]
     gate = gate.at[:, -1].set(model.gate.split_bias(gate[:, -1], jnp.asarray(share, dtype)))
-    base = model.flatten(Mixture(gate, truth.expert[assign], truth.log_var[assign]))
+    m = Mixture(gate, truth.expert[assign], truth.log_var[assign])
+    if model.shared is not None:  # the shared components split the same way (their logits shifted to a last 0)
+        a1 = np.arange(K1) % truth.shared_logit.shape[0]
+        logit = truth.shared_logit[a1] - jnp.log(jnp.asarray(np.bincount(a1)[a1], dtype))
+        m = m._replace(shared_logit=logit - logit[-1], shared_expert=truth.shared_expert[a1],
+                       shared_log_var=truth.shared_log_var[a1])
+    base = model.flatten(m)
     return jnp.clip(base + s.init_scale * jax.random.normal(key, base.shape, dtype), lo, hi)
 
 
@@ -122,10 +140,10 @@ class LabFit(NamedTuple):
 
 def fit_dataset(key, model: Assembly, s: LabFitSettings, X, Y, w, truth: Mixture | None = None) -> LabFit:
     """Every restart of ``s`` on one data set; the best by objective. Traceable."""
-    K = s.num_components
-    lo, hi = (jnp.asarray(a, X.dtype) for a in model.box(K))
+    K, K1 = s.num_components, s.num_shared
+    lo, hi = (jnp.asarray(a, X.dtype) for a in model.box(K, K1))
     starts = jax.vmap(lambda r: start(jax.random.fold_in(key, r), model, s, truth, X.dtype))(jnp.arange(s.restarts))
-    lin = linearization(model, K, X, Y, w)
+    lin = linearization(model, K, X, Y, w, K1)
     solver = SolverSettings(max_steps=s.max_steps, ftol=s.ftol, xtol=s.xtol, gtol=s.gtol)
     sol = batch_map(lambda t0: solve(lin, t0, lo, hi, solver), starts, s.batching)
     obj = objective(model, sol.objective, jnp.sum(w))
@@ -134,7 +152,7 @@ def fit_dataset(key, model: Assembly, s: LabFitSettings, X, Y, w, truth: Mixture
     theta = sol.value[best]
     finite = jnp.isfinite(obj[best]) & jnp.all(jnp.isfinite(theta))
     code = jnp.where(finite, sol.status[best], Status.NONFINITE)
-    return LabFit(model.unflatten(theta, K), obj[best], is_converged(code), code, sol.steps[best], obj)
+    return LabFit(model.unflatten(theta, K, K1), obj[best], is_converged(code), code, sol.steps[best], obj)
 
 
 @partial(jax.jit, static_argnames=("model", "s"))
@@ -144,10 +162,11 @@ def _fit_batch(keys, model, s, X, Y, w, truth):
 
 def fit(key, model: Assembly, X, Y, num_components: int, *, truth: Mixture | None = None, **options) -> LabFit:
     """Fit K' = ``num_components`` components to one data set X ``(n, d)``, Y ``(n, d_out)`` (least squares or
-    maximum likelihood, as ``model.likelihood`` says). ``options``: the fields of :class:`LabFitSettings`;
-    ``truth`` is needed by near-truth starts only."""
+    maximum likelihood, as ``model.likelihood`` says). ``options``: the fields of :class:`LabFitSettings`
+    (``num_shared``: K1', for an assembly with shared experts); ``truth`` is needed by near-truth starts only."""
     s = LabFitSettings(num_components=num_components, **options)
     check_settings(s)
+    check_shared(model, s)
     X, Y = jnp.asarray(X, jnp.float64), jnp.asarray(Y, jnp.float64)
     if X.ndim != 2 or X.shape[1] != model.d or Y.shape != (X.shape[0], model.d_out):
         raise ValueError(f"Shape mismatch in X, Y: expected (n, {model.d}) and (n, {model.d_out}), got {X.shape} and {Y.shape}")
@@ -155,9 +174,11 @@ def fit(key, model: Assembly, X, Y, num_components: int, *, truth: Mixture | Non
         raise ValueError("truth: near-truth starts need the true mixture; pass truth=... or init='random'")
     if not (bool(jnp.all(jnp.isfinite(X))) and bool(jnp.all(jnp.isfinite(Y)))):
         raise ValueError("X, Y: contain NaN or inf")
-    if X.shape[0] * model.d_out < model.num_params(s.num_components):
-        raise ValueError(f"n: {X.shape[0]} rows give fewer residuals than the {model.num_params(s.num_components)} "
-                         "parameters: the fit is not determined")
+    P = model.num_params(s.num_components, s.num_shared)
+    if X.shape[0] * model.d_out < P:
+        raise ValueError(f"n: {X.shape[0]} rows give fewer residuals than the {P} parameters: the fit is not determined")
+    if truth is not None:
+        truth = model.check(truth)
     truth = truth if truth is not None else Mixture(*(jnp.zeros((1, k)) for k in (model.gate_size, model.expert_size)),
                                                     jnp.zeros(1))
     out = _fit_batch(jnp.asarray(key)[None], model, s, X[None], Y[None], jnp.ones((1, X.shape[0])), truth)

@@ -14,12 +14,18 @@ parameters; ``variance``: exp(log_var), the Gaussian likelihood's), the weight o
 The cells, the weight-sum term and every part are :func:`moe_estimation.voronoi.voronoi_parts`', so a loss
 declared here is the same number as the prefix model's loss on the same atoms (a test checks D_2 and D_{1,1}
 against the prefix presets to 1e-12).
+
+With shared experts (:class:`moe_estimation.lab.Assembly` ``shared``), ``part`` says which components the loss
+measures: ``routed`` (the default), ``shared`` (atoms from the shared experts' blocks, ``expert`` and
+``variance``; weights omega = softmax(shared_logit); a ``gate`` block is skipped, a shared expert has no gate),
+or ``both``: the sum of the two, each with its own cells and weight-sum term (the DeepSeekMoE losses' form).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 from ..voronoi import voronoi_parts
@@ -27,16 +33,18 @@ from .model import Assembly, Mixture
 
 BLOCKS = ("gate", "expert", "variance")
 KINDS = ("d2", "d1r")
+PARTS = ("routed", "shared", "both")
 
 
 @dataclasses.dataclass(frozen=True)
 class VoronoiLoss:
     """A Voronoi loss from parts (module docstring): ``blocks`` in atom order, ``kind`` ``d2`` or ``d1r`` (with
-    exponent ``r``)."""
+    exponent ``r``), ``part`` routed, shared or both."""
 
     blocks: tuple = ("gate", "expert")
     kind: str = "d2"
     r: float = 1.0
+    part: str = "routed"
 
     def __post_init__(self):
         if not self.blocks or any(b not in BLOCKS for b in self.blocks) or len(set(self.blocks)) < len(self.blocks):
@@ -45,6 +53,13 @@ class VoronoiLoss:
             raise ValueError(f"kind: expected one of {KINDS}, got {self.kind!r}")
         if self.kind == "d1r" and len(self.blocks) < 2:
             raise ValueError("blocks: a d1r loss cuts the atom after its first block; give at least two")
+        if self.part not in PARTS:
+            raise ValueError(f"part: expected one of {PARTS}, got {self.part!r}")
+        if self.part != "routed" and self.blocks == ("gate",):
+            raise ValueError("blocks: a shared expert has no gate; a loss of the shared part needs 'expert' or 'variance'")
+        if self.part != "routed" and self.kind == "d1r" and len([b for b in self.blocks if b != "gate"]) < 2:
+            raise ValueError("blocks: a d1r loss of the shared part cuts its atom after the first of 'expert' and "
+                             "'variance'; give both")
 
     def atoms(self, model: Assembly, m: Mixture) -> tuple[jnp.ndarray, jnp.ndarray, int]:
         """(weights (K,), atoms (K, D), the width of the first block)."""
@@ -53,13 +68,31 @@ class VoronoiLoss:
         chosen = [pieces[b] for b in self.blocks]
         return model.gate.atom_weight(gate), jnp.concatenate(chosen, axis=1), chosen[0].shape[1]
 
-    def parts(self, model: Assembly, fitted: Mixture, truth: Mixture) -> dict:
-        """Every part of the loss (:func:`moe_estimation.voronoi.voronoi_parts`), and ``loss`` itself."""
-        w, a, first = self.atoms(model, fitted)
-        tw, ta, _ = self.atoms(model, truth)
+    def shared_atoms(self, model: Assembly, m: Mixture) -> tuple[jnp.ndarray, jnp.ndarray, int]:
+        """(weights omega (K1,), atoms (K1, D), the width of the first block) of the shared components."""
+        pieces = {"expert": m.shared_expert, "variance": jnp.exp(m.shared_log_var)[:, None]}
+        chosen = [pieces[b] for b in self.blocks if b != "gate"]
+        return jax.nn.softmax(m.shared_logit), jnp.concatenate(chosen, axis=1), chosen[0].shape[1]
+
+    def _one(self, atoms, model, fitted, truth) -> dict:
+        w, a, first = atoms(model, fitted)
+        tw, ta, _ = atoms(model, truth)
         out = voronoi_parts(w, a, tw, ta, split=first if self.kind == "d1r" else None, r=self.r)
         out["loss"] = out["d1r"] if self.kind == "d1r" else out["d2"]
         return out
+
+    def parts(self, model: Assembly, fitted: Mixture, truth: Mixture) -> dict:
+        """Every part of the loss (:func:`moe_estimation.voronoi.voronoi_parts`), and ``loss`` itself; for
+        ``part = "both"``, ``loss`` (the sum), ``routed`` and ``shared`` (each one's parts)."""
+        if self.part != "routed" and model.shared is None:
+            raise ValueError(f"part: {self.part!r} measures shared experts, and the model has none")
+        if self.part == "routed":
+            return self._one(self.atoms, model, fitted, truth)
+        if self.part == "shared":
+            return self._one(self.shared_atoms, model, fitted, truth)
+        routed = self._one(self.atoms, model, fitted, truth)
+        shared = self._one(self.shared_atoms, model, fitted, truth)
+        return {"loss": routed["loss"] + shared["loss"], "routed": routed, "shared": shared}
 
     def __call__(self, model: Assembly, fitted: Mixture, truth: Mixture):
         return self.parts(model, fitted, truth)["loss"]

@@ -35,19 +35,35 @@ LIKELIHOODS = ("least-squares", "gaussian", "joint-gaussian")
 
 
 class Mixture(NamedTuple):
-    """K components: ``gate`` ``(K, gate size)``, ``expert`` ``(K, expert size)``, ``log_var`` ``(K,)`` (the
-    Gaussian likelihoods' per-expert log-variances; ignored by least squares)."""
+    """K routed components: ``gate`` ``(K, gate size)``, ``expert`` ``(K, expert size)``, ``log_var`` ``(K,)``
+    (the Gaussian likelihoods' per-expert log-variances; ignored by least squares); and, for an assembly with
+    shared experts, K1 shared components: ``shared_logit`` ``(K1,)`` (their weights are softmax(shared_logit);
+    the last logit is pinned at 0 by the box), ``shared_expert`` ``(K1, shared expert size)``,
+    ``shared_log_var`` ``(K1,)``. Without shared experts the last three stay ``None``."""
 
     gate: jax.Array
     expert: jax.Array
     log_var: jax.Array
+    shared_logit: jax.Array | None = None
+    shared_expert: jax.Array | None = None
+    shared_log_var: jax.Array | None = None
+
+    @property
+    def num_shared(self) -> int:
+        return 0 if self.shared_logit is None else int(np.shape(self.shared_logit)[-1])
 
 
 @dataclasses.dataclass(frozen=True)
 class Assembly:
     """A model from parts. ``noise_var``: the known noise variance of least squares (data are simulated with it);
     ``bound``: the estimator's box, every gate and expert parameter in [-bound, bound] and the log-variances in
-    [log 1e-4, log 1e2]."""
+    [log 1e-4, log 1e2].
+
+    ``shared``: an expert part for shared experts beside the routed ones (None: none), with the fixed weight
+    ``share`` of the shared part: f(x) = share sum_i omega_i h1(x; kappa_i) + (1 - share) sum_k pi_k(x) h(x; e_k),
+    omega = softmax(shared_logit) (the DeepSeekMoE-style model; the split is declared, never estimated), and for
+    the Gaussian likelihood p(y | x) = share sum_i omega_i N(y; h1_i, tau_i) + (1 - share) sum_k pi_k N(y; h_k,
+    sigma_k^2)."""
 
     gate: Gate
     expert: Expert
@@ -56,6 +72,8 @@ class Assembly:
     likelihood: str = "least-squares"
     noise_var: float = 0.01
     bound: float = 10.0
+    shared: Expert | None = None
+    share: float = 0.5
 
     def __post_init__(self):
         if self.likelihood not in LIKELIHOODS:
@@ -71,6 +89,13 @@ class Assembly:
                              f"with it, got law {self.input.law!r} with likelihood {self.likelihood!r}")
         if isinstance(self.d_out, bool) or not isinstance(self.d_out, (int, np.integer)) or self.d_out < 1:
             raise ValueError(f"d_out: must be an integer >= 1, got {self.d_out!r}")
+        if self.shared is not None:
+            if not isinstance(self.shared, Expert):
+                raise ValueError(f"shared: expected an expert part (or None), got {self.shared!r}")
+            if isinstance(self.share, bool) or not (isinstance(self.share, (int, float)) and 0 < self.share < 1):
+                raise ValueError(f"share: the shared part's fixed weight must be a number in (0, 1), got {self.share!r}")
+            if self.likelihood == "joint-gaussian":
+                raise ValueError("shared: the joint likelihood of the Gaussian-gated model has no shared experts here")
         for name in ("noise_var", "bound"):
             v = getattr(self, name)
             if isinstance(v, bool) or not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
@@ -93,26 +118,52 @@ class Assembly:
     def expert_size(self) -> int:
         return self.expert.size(self.d, self.d_out)
 
-    def num_params(self, K: int) -> int:
-        return K * (self.gate_size + self.expert_size + (1 if self.has_variances else 0))
+    @property
+    def shared_size(self) -> int:
+        return 0 if self.shared is None else self.shared.size(self.d, self.d_out)
+
+    def num_params(self, K: int, K1: int = 0) -> int:
+        v = 1 if self.has_variances else 0
+        return K * (self.gate_size + self.expert_size + v) + K1 * (1 + self.shared_size + v)
 
     def flatten(self, m: Mixture) -> jax.Array:
         parts = [m.gate.ravel(), m.expert.ravel()] + ([m.log_var] if self.has_variances else [])
+        if self.shared is not None:
+            parts += [m.shared_logit, m.shared_expert.ravel()] + ([m.shared_log_var] if self.has_variances else [])
         return jnp.concatenate(parts)
 
-    def unflatten(self, theta: jax.Array, K: int) -> Mixture:
+    def unflatten(self, theta: jax.Array, K: int, K1: int = 0) -> Mixture:
+        """The flat parameters of :meth:`flatten` as a :class:`Mixture` of K routed and K1 shared components."""
         g, e = K * self.gate_size, K * self.expert_size
-        log_var = theta[g + e:] if self.has_variances else jnp.zeros(K, theta.dtype)
-        return Mixture(theta[:g].reshape(K, self.gate_size), theta[g:g + e].reshape(K, self.expert_size), log_var)
+        v = K if self.has_variances else 0
+        log_var = theta[g + e:g + e + v] if self.has_variances else jnp.zeros(K, theta.dtype)
+        m = Mixture(theta[:g].reshape(K, self.gate_size), theta[g:g + e].reshape(K, self.expert_size), log_var)
+        if self.shared is None:
+            return m
+        rest = theta[g + e + v:]
+        se = K1 * self.shared_size
+        slv = rest[K1 + se:K1 + se + K1] if self.has_variances else jnp.zeros(K1, theta.dtype)
+        return m._replace(shared_logit=rest[:K1], shared_expert=rest[K1:K1 + se].reshape(K1, self.shared_size),
+                          shared_log_var=slv)
 
-    def box(self, K: int) -> tuple[np.ndarray, np.ndarray]:
-        """(lower, upper) of the flat parameters of K components."""
+    def box(self, K: int, K1: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) of the flat parameters of K routed and K1 shared components (the last shared logit
+        pinned at 0: the shared weights softmax(logit) are unchanged by a common shift)."""
         glo, ghi = self.gate.box(self.d, self.bound, K)
         elo, ehi = self.expert.box(self.d, self.d_out, self.bound, K)
         lo, hi = [glo.ravel(), elo.ravel()], [ghi.ravel(), ehi.ravel()]
         if self.has_variances:
             lo.append(np.full(K, LOG_VAR_BOX[0]))
             hi.append(np.full(K, LOG_VAR_BOX[1]))
+        if self.shared is not None:
+            llo, lhi = np.full(K1, -self.bound), np.full(K1, self.bound)
+            llo[-1:], lhi[-1:] = 0.0, 0.0
+            slo, shi = self.shared.box(self.d, self.d_out, self.bound, K1)
+            lo += [llo, slo.ravel()]
+            hi += [lhi, shi.ravel()]
+            if self.has_variances:
+                lo.append(np.full(K1, LOG_VAR_BOX[0]))
+                hi.append(np.full(K1, LOG_VAR_BOX[1]))
         return np.concatenate(lo), np.concatenate(hi)
 
     def check(self, m: Mixture, name: str = "truth") -> Mixture:
@@ -125,18 +176,42 @@ class Assembly:
                                  f"{part} on d = {self.d}, d_out = {self.d_out}, got {arr.shape}")
         if log_var.shape != (K,):
             raise ValueError(f"Shape mismatch in {name}.log_var: expected ({K},), got {log_var.shape}")
-        lo, hi = self.box(K)
-        theta = np.asarray(self.flatten(Mixture(gate, expert, log_var)))
+        out = Mixture(gate, expert, log_var)
+        K1 = 0
+        if self.shared is None:
+            if m.shared_logit is not None or m.shared_expert is not None:
+                raise ValueError(f"{name}: has shared components, but the model has no shared experts (shared=None)")
+        else:
+            if m.shared_logit is None or m.shared_expert is None:
+                raise ValueError(f"{name}: the model has shared experts; give shared_logit (K1,) and shared_expert")
+            logit, sexp = np.asarray(m.shared_logit, float), np.asarray(m.shared_expert, float)
+            K1 = logit.shape[0] if logit.ndim == 1 and logit.shape[0] >= 1 else -1
+            if K1 < 1:
+                raise ValueError(f"Shape mismatch in {name}.shared_logit: expected (K1,) with K1 >= 1, got {logit.shape}")
+            if sexp.shape != (K1, self.shared_size):
+                raise ValueError(f"Shape mismatch in {name}.shared_expert: expected ({K1}, {self.shared_size}) for the "
+                                 f"{self.shared.name} expert, got {sexp.shape}")
+            slv = np.asarray(m.shared_log_var if m.shared_log_var is not None else np.zeros(K1), float)
+            if slv.shape != (K1,):
+                raise ValueError(f"Shape mismatch in {name}.shared_log_var: expected ({K1},), got {slv.shape}")
+            out = out._replace(shared_logit=logit - logit[-1], shared_expert=sexp, shared_log_var=slv)
+        lo, hi = self.box(K, K1)
+        theta = np.asarray(self.flatten(out))
         if not np.all(np.isfinite(theta)) or np.any(theta < lo) or np.any(theta > hi):
-            raise ValueError(f"{name}: every parameter must be finite and inside the box (|gate|, |expert| <= "
-                             f"{self.bound}; log_var and a Gaussian gate's log-variances in [log 1e-4, log 1e2])")
-        return Mixture(jnp.asarray(gate), jnp.asarray(expert), jnp.asarray(log_var))
+            raise ValueError(f"{name}: every parameter must be finite and inside the box (|gate|, |expert|, "
+                             f"|shared_logit| <= {self.bound}; log-variances in [log 1e-4, log 1e2])")
+        return jax.tree.map(jnp.asarray, out)
 
 
 
 def mean(model: Assembly, m: Mixture, x: jax.Array) -> jax.Array:
-    """f(x) = sum_k pi_k(x) h_k(x), ``(d_out,)``."""
-    return model.gate.weights(m.gate, x) @ model.expert.outputs(m.expert, x, model.d_out)
+    """f(x) = sum_k pi_k(x) h_k(x), ``(d_out,)`` (with shared experts, share sum_i omega_i h1_i(x) + (1 - share)
+    times that)."""
+    routed = model.gate.weights(m.gate, x) @ model.expert.outputs(m.expert, x, model.d_out)
+    if model.shared is None:
+        return routed
+    shared = jax.nn.softmax(m.shared_logit) @ model.shared.outputs(m.shared_expert, x, model.d_out)
+    return model.share * shared + (1 - model.share) * routed
 
 
 def log_density(model: Assembly, m: Mixture, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -147,7 +222,14 @@ def log_density(model: Assembly, m: Mixture, x: jax.Array, y: jax.Array) -> jax.
     comp = -0.5 * jnp.sum((y - h) ** 2, axis=-1) / var - 0.5 * model.d_out * jnp.log(2 * jnp.pi * var)
     if model.likelihood == "joint-gaussian":
         return jax.nn.logsumexp(comp + model.gate.log_joint_scores(m.gate, x))
-    return jax.nn.logsumexp(comp + jnp.log(model.gate.weights(m.gate, x)))
+    routed = comp + jnp.log(model.gate.weights(m.gate, x))
+    if model.shared is None:
+        return jax.nn.logsumexp(routed)
+    h1 = model.shared.outputs(m.shared_expert, x, model.d_out)
+    tau = jnp.exp(m.shared_log_var)
+    comp1 = -0.5 * jnp.sum((y - h1) ** 2, axis=-1) / tau - 0.5 * model.d_out * jnp.log(2 * jnp.pi * tau)
+    shared = comp1 + jax.nn.log_softmax(m.shared_logit)
+    return jax.nn.logsumexp(jnp.concatenate([jnp.log(model.share) + shared, jnp.log1p(-model.share) + routed]))
 
 
 def simulate_rows(model: Assembly, truth: Mixture, key: jax.Array, rows: int) -> tuple[jax.Array, jax.Array]:
@@ -166,7 +248,14 @@ def simulate_rows(model: Assembly, truth: Mixture, key: jax.Array, rows: int) ->
             return x, mean(model, truth, x) + jnp.sqrt(model.noise_var) * eps
         k = jax.random.categorical(kc, jnp.log(model.gate.weights(truth.gate, x)))
         h = model.expert.outputs(truth.expert, x, model.d_out)[k]
-        return x, h + jnp.exp(0.5 * truth.log_var[k]) * eps
+        y = h + jnp.exp(0.5 * truth.log_var[k]) * eps
+        if model.shared is None:
+            return x, y
+        # the shared part with probability share, then one of its components by omega
+        ks, kj = jax.random.split(jax.random.fold_in(kc, 1))
+        j = jax.random.categorical(kj, truth.shared_logit)
+        y1 = model.shared.outputs(truth.shared_expert, x, model.d_out)[j] + jnp.exp(0.5 * truth.shared_log_var[j]) * eps
+        return x, jnp.where(jax.random.uniform(ks, (), truth.expert.dtype) < model.share, y1, y)
 
     return jax.vmap(one)(jnp.arange(rows))
 

@@ -16,7 +16,12 @@
     log_var = [0.0, 0.0]        # the Gaussian likelihood's; ignored by least squares
     [loss.voronoi]              # one or more losses, each a VoronoiLoss declaration
     blocks = ["gate", "expert"]
-    kind = "d2"
+    kind = "d2"                 # part = "routed" (default) | "shared" | "both", with shared experts
+
+Shared experts beside the routed ones (the DeepSeekMoE-style model, :class:`moe_estimation.lab.Assembly`):
+``[model] shared = "relu"`` (their expert part) and ``share = 0.5`` (the fixed weight of the shared part);
+``[truth] shared_expert = [[...]]``, ``shared_weight = [...]`` (positive, summing to 1), ``shared_log_var``;
+``[grid] extra_shared = 1`` (the shared experts added when over-specified).
     [grid]
     ns = [500, 1000, 2000, 4000]
     replicates = 8
@@ -107,6 +112,7 @@ class LabStudy:
     replicates: int
     specifications: tuple
     extra_components: int
+    extra_shared: int
     fit: dict
     estimator: str
     num_bootstrap: int
@@ -115,8 +121,10 @@ class LabStudy:
     table: dict
 
     def settings(self, spec: str) -> LabFitSettings:
-        K = self.truth.gate.shape[0] + (self.extra_components if spec == "over" else 0)
-        return LabFitSettings(num_components=K, **self.fit)
+        over = spec == "over"
+        K = self.truth.gate.shape[0] + (self.extra_components if over else 0)
+        K1 = self.truth.num_shared + (self.extra_shared if over and self.model.shared is not None else 0)
+        return LabFitSettings(num_components=K, num_shared=K1, **self.fit)
 
 
 def _err(source, key, rule):
@@ -158,7 +166,7 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
     m = data.get("model")
     if not isinstance(m, dict):
         raise _err(source, "model", "expected a table [model] with gate, expert, likelihood and input")
-    unknown = sorted(set(m) - {"gate", "expert", "likelihood", "input", "d_out", "noise_var", "bound"})
+    unknown = sorted(set(m) - {"gate", "expert", "likelihood", "input", "d_out", "noise_var", "bound", "shared", "share"})
     if unknown:
         raise _err(source, f"model.{unknown[0]}", "unknown key")
     gate = _get(source, m, "gate", str, "softmax", "model.")
@@ -167,6 +175,11 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
         raise _err(source, "model.gate", f"expected one of {tuple(GATE_NAMES)}, got {gate!r}")
     if expert not in EXPERT_NAMES:
         raise _err(source, "model.expert", f"expected one of {tuple(EXPERT_NAMES)}, got {expert!r}")
+    shared = _get(source, m, "shared", str, "", "model.")
+    if shared and shared not in EXPERT_NAMES:
+        raise _err(source, "model.shared", f"expected one of {tuple(EXPERT_NAMES)} (the shared experts), got {shared!r}")
+    if "share" in m and not shared:
+        raise _err(source, "model.share", "the fixed weight of shared experts; give model.shared too")
     inp = m.get("input", {})
     if not isinstance(inp, dict) or set(inp) - {"law", "d", "low", "high", "scale", "points", "means", "weights"}:
         raise _err(source, "model.input", f"expected a table {{ law, d, low, high, scale, points, means, weights }}, "
@@ -178,19 +191,32 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
                          d_out=_get(source, m, "d_out", int, 1, "model."),
                          likelihood=_get(source, m, "likelihood", str, "least-squares", "model."),
                          noise_var=_get(source, m, "noise_var", float, 0.01, "model."),
-                         bound=_get(source, m, "bound", float, 10.0, "model."))
+                         bound=_get(source, m, "bound", float, 10.0, "model."),
+                         shared=EXPERT_NAMES[shared]() if shared else None,
+                         share=_get(source, m, "share", float, 0.5, "model."))
     except (ValueError, TypeError) as e:
         raise _err(source, "model", str(e)) from None
     t = data.get("truth")
     if not isinstance(t, dict) or "gate" not in t or "expert" not in t:
         raise _err(source, "truth", "expected a table [truth] with gate and expert (and log_var for the Gaussian likelihood)")
-    unknown = sorted(set(t) - {"gate", "expert", "log_var"})
+    unknown = sorted(set(t) - {"gate", "expert", "log_var", "shared_expert", "shared_weight", "shared_log_var"})
     if unknown:
         raise _err(source, f"truth.{unknown[0]}", "unknown key")
+    if bool(shared) != ("shared_expert" in t):
+        raise _err(source, "truth.shared_expert", "give the true shared experts (shared_expert, shared_weight) exactly "
+                                                  "when model.shared names their part")
     try:
         K = len(t["gate"])
-        truth = model.check(Mixture(gate=np.asarray(t["gate"], float), expert=np.asarray(t["expert"], float),
-                                    log_var=np.asarray(t.get("log_var", [0.0] * K), float)))
+        truth = Mixture(gate=np.asarray(t["gate"], float), expert=np.asarray(t["expert"], float),
+                        log_var=np.asarray(t.get("log_var", [0.0] * K), float))
+        if shared:
+            K1 = len(t["shared_expert"])
+            omega = np.asarray(t.get("shared_weight", [1.0 / K1] * K1), float)
+            if omega.shape != (K1,) or np.any(omega <= 0) or not np.isclose(omega.sum(), 1.0):
+                raise ValueError(f"shared_weight: expected {K1} positive weights summing to 1, got {t.get('shared_weight')!r}")
+            truth = truth._replace(shared_logit=np.log(omega), shared_expert=np.asarray(t["shared_expert"], float),
+                                   shared_log_var=np.asarray(t.get("shared_log_var", [0.0] * K1), float))
+        truth = model.check(truth)
     except (ValueError, TypeError) as e:
         raise _err(source, "truth", str(e)) from None
     losses = data.get("loss", {"voronoi": {"blocks": ["gate", "expert"], "kind": "d2"}})
@@ -198,19 +224,22 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
         raise _err(source, "loss", "expected one or more tables [loss.NAME] with blocks and kind")
     declared = {}
     for name, spec in losses.items():
-        if not isinstance(spec, dict) or set(spec) - {"blocks", "kind", "r"}:
-            raise _err(source, f"loss.{name}", f"expected a table {{ blocks, kind, r }}, got {spec!r}")
+        if not isinstance(spec, dict) or set(spec) - {"blocks", "kind", "r", "part"}:
+            raise _err(source, f"loss.{name}", f"expected a table {{ blocks, kind, r, part }}, got {spec!r}")
         try:
             declared[name] = VoronoiLoss(blocks=tuple(spec.get("blocks", ("gate", "expert"))),
-                                         kind=spec.get("kind", "d2"), r=float(spec.get("r", 1.0)))
+                                         kind=spec.get("kind", "d2"), r=float(spec.get("r", 1.0)),
+                                         part=spec.get("part", "routed"))
         except (ValueError, TypeError) as e:
             raise _err(source, f"loss.{name}", str(e)) from None
+        if declared[name].part != "routed" and not shared:
+            raise _err(source, f"loss.{name}.part", f"{declared[name].part!r} measures shared experts; the model has none")
         if "variance" in declared[name].blocks and not model.has_variances:
             raise _err(source, f"loss.{name}.blocks", "'variance' is a block of the Gaussian likelihoods' mixtures only")
     g = data.get("grid")
     if not isinstance(g, dict):
         raise _err(source, "grid", "the [grid] table is required (ns, replicates)")
-    unknown = sorted(set(g) - {"ns", "replicates", "specifications", "extra_components"})
+    unknown = sorted(set(g) - {"ns", "replicates", "specifications", "extra_components", "extra_shared"})
     if unknown:
         raise _err(source, f"grid.{unknown[0]}", "unknown key")
     ns = g.get("ns")
@@ -226,11 +255,15 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
     extra = _get(source, g, "extra_components", int, 1, "grid.")
     if extra < 1:
         raise _err(source, "grid.extra_components", f"must be >= 1, got {extra}")
+    extra_shared = _get(source, g, "extra_shared", int, 1 if shared else 0, "grid.")
+    if extra_shared < 0 or (extra_shared and not shared):
+        raise _err(source, "grid.extra_shared", f"the shared experts added when over-specified: >= 0, and 0 without "
+                                                f"model.shared; got {extra_shared}")
     f = dict(data.get("fit", {}))
     estimator = f.pop("estimator", "direct")
     if estimator not in ESTIMATORS:
         raise _err(source, "fit.estimator", f"expected one of {ESTIMATORS}, got {estimator!r}")
-    fields = set(LabFitSettings._fields) - {"num_components"}
+    fields = set(LabFitSettings._fields) - {"num_components", "num_shared"}
     unknown = sorted(set(f) - fields)
     if unknown:
         raise _err(source, f"fit.{unknown[0]}", f"unknown key; allowed keys are {sorted(fields | {'estimator'})}")
@@ -258,11 +291,13 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
         raise _err(source, "rates.n_min", f"the window [{n_min}, {n_max}] must hold at least two of grid.ns")
     for spec in specs:
         Kp = K + (extra if spec == "over" else 0)
-        if min(ns) * model.d_out < model.num_params(Kp):
-            raise _err(source, "grid.ns", f"n = {min(ns)} gives fewer residuals than the {model.num_params(Kp)} "
-                                          f"parameters of {Kp} components")
+        K1p = truth.num_shared + (extra_shared if spec == "over" else 0)
+        if min(ns) * model.d_out < model.num_params(Kp, K1p):
+            raise _err(source, "grid.ns", f"n = {min(ns)} gives fewer residuals than the {model.num_params(Kp, K1p)} "
+                                          f"parameters of {Kp} components" + (f" and {K1p} shared" if K1p else ""))
     return LabStudy(model=model, truth=truth, losses=declared, theory=theory, seed=seed, ns=tuple(sorted(ns)), replicates=reps,
                     specifications=tuple(s for s in ("exact", "over") if s in specs), extra_components=extra,
+                    extra_shared=extra_shared,
                     fit=f, estimator=estimator, num_bootstrap=nb, n_min=n_min, n_max=n_max,
                     table=json.loads(json.dumps(data)))
 
@@ -308,7 +343,8 @@ LAB_COLUMNS = ["specification", "num_components", "n", "replicate", "seed", "est
 
 
 def _columns(study: LabStudy) -> list[str]:
-    return LAB_COLUMNS[:9] + [f"loss_{name}" for name in study.losses] + LAB_COLUMNS[9:]
+    shared = ["num_shared"] if study.model.shared is not None else []
+    return LAB_COLUMNS[:2] + shared + LAB_COLUMNS[2:9] + [f"loss_{name}" for name in study.losses] + LAB_COLUMNS[9:]
 
 
 def run_lab_study(study: LabStudy, out, *, progress: bool = True, log=print, workers=1, tables_only: bool = False
@@ -343,7 +379,8 @@ def run_lab_study(study: LabStudy, out, *, progress: bool = True, log=print, wor
             (_, spec, n), (res, scores, seconds) = task, result
             s = study.settings(spec)
             theta = np.asarray(jax.vmap(study.model.flatten)(res.params))
-            table.add({"specification": spec, "num_components": s.num_components, "n": n,
+            shared = {"num_shared": s.num_shared} if study.model.shared is not None else {}
+            table.add({"specification": spec, "num_components": s.num_components, **shared, "n": n,
                        "replicate": np.arange(study.replicates), "seed": study.seed, "estimator": study.estimator,
                        "init": s.init, "init_scale": float(s.init_scale), "restarts": s.restarts,
                        **{f"loss_{k}": v for k, v in scores.items()}, "objective": res.objective,
