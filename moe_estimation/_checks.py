@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import numbers
+import os
+from pathlib import Path
 
+import jax
 import numpy as np
 
 
@@ -41,9 +44,6 @@ def check_data(problem, X, Y, *, batched: bool = False) -> None:
 def check_out_dir(path, arg: str = "--out"):
     """An output directory that exists or can be made: no part of the path is a regular file, and the
     nearest existing directory is writable. Returns the path; writes nothing."""
-    import os
-    from pathlib import Path
-
     path = Path(path)
     for part in (path, *path.parents):
         if part.exists():
@@ -69,10 +69,6 @@ def make_out_dir(path, arg: str = "--out"):
 def memory_bytes() -> int | None:
     """The memory a computation here may use: the default device's (an accelerator's own), or this machine's
     physical memory on a CPU; None where neither can be read."""
-    import os
-
-    import jax
-
     device = jax.devices()[0]
     if device.platform != "cpu":
         stats = device.memory_stats() or {}

@@ -35,17 +35,23 @@ study in pinned single-threaded worker processes, in one run, with the tables co
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.optimize import least_squares
 
+from .config import parse_config
 from .data import simulate_rows
 from .estimator import FitSettings, flatten_params, initial_params, prepare_data, solve_dataset, unflatten_params
 from .model import predict
 from .problems import preset
 from .solver import Status, batch_map, is_converged, resolve_batching, resolve_blocking
+from .study import bucket_size, run_study
+from .voronoi import voronoi_loss
+from .workers import default_workers
 
 TOL = FitSettings._field_defaults["ftol"]  # the estimator's own defaults, as a study runs it
 EQUAL_RTOL = 1e-4
@@ -102,8 +108,6 @@ def _residual_fn(prob, settings):
 
 
 def _scipy(prob, settings, X, Y, theta0):
-    from scipy.optimize import least_squares
-
     residual = _residual_fn(prob, settings)
     fun = jax.jit(residual)
     jac = jax.jit(jax.jacfwd(residual))
@@ -124,7 +128,7 @@ def _scipy(prob, settings, X, Y, theta0):
 
 
 def _optimistix(prob, settings, X, Y, theta0):
-    import optimistix as optx
+    import optimistix as optx  # an optional dependency (the bench extra): imported only where used
 
     residual = _residual_fn(prob, settings)
     solver = optx.LevenbergMarquardt(rtol=TOL, atol=TOL)
@@ -284,8 +288,6 @@ def run_step_bench(sizes=(1000, 8000, 100000), fits: int = 16, problems=tuple(PR
     (:data:`moe_estimation.solver.AUTO_BLOCK_FROM`). Records: ``{shape, rows, fits, batching, path,
     study_path, step_seconds, floor_seconds, floor_bound, times_floor, measured_floor_seconds,
     times_measured_floor, exp_seconds, build_seconds, product_seconds, gflops, gbytes_per_second, ...}``."""
-    from .study import bucket_size
-
     dtype = jnp.zeros(()).dtype
     peaks = _measured_peaks(dtype)
     log(f"device: {jax.devices()[0]}, dtype: {dtype}, measured streaming bandwidth {peaks['bandwidth'] / 1e9:.1f} GB/s, "
@@ -357,8 +359,6 @@ them evenly: the fits a rate study spends most of its time on)."""
 
 
 def _timed_study(cfg, out, workers: int, cache: str) -> tuple[float, "object"]:
-    from .study import run_study
-
     saved = jax.config.jax_compilation_cache_dir
     jax.config.update("jax_compilation_cache_dir", cache)
     try:
@@ -376,11 +376,6 @@ def run_workers_bench(workers: int | None = None, config: dict | None = None, js
     included: both compile the same programs, the workers each their own) and fits per second, and checks
     that the two tables agree in every column but ``seconds``. Records ``{side, workers, cells, fits,
     seconds, fits_per_second, speedup, same_table}``."""
-    import tempfile
-
-    from .config import parse_config
-    from .workers import default_workers
-
     if not jax.config.jax_enable_x64:
         raise ValueError("bench --workers: a study runs in float64; the command line enables jax_enable_x64")
     cfg = parse_config(dict(config or WORKERS_STUDY), "bench --workers")
@@ -420,8 +415,6 @@ def run_precision_bench(sizes=(1000, 8000), fits: int = 16, problems=tuple(PROBL
     estimates are scored in float64 with the structure's own Voronoi loss. Records per shape: fits that
     converged in each precision, the median and largest relative difference of the loss and of the
     objective, and the seconds each took. Needs ``jax_enable_x64``."""
-    from .voronoi import voronoi_loss
-
     if not jax.config.jax_enable_x64:
         raise ValueError("bench --precision: needs jax_enable_x64 (float64 is the reference)")
     records = []

@@ -60,8 +60,9 @@ from typing import Any
 import numpy as np
 
 from .estimator import FitSettings, check_residuals, validate_settings
-from .problems import (DRAW_STRUCTURES, PRESET_NAMES, PRESETS, Problem, draw_problem, make_problem, merge_factor,
-                       move_truth, preset)
+from .problems import (DRAW_STRUCTURES, PRESET_NAMES, PRESETS, Problem, draw_problem, has_bool, make_problem,
+                       merge_factor, move_truth, preset)
+from .rates import quantile_statistic
 
 SPECIFICATIONS = ("exact", "over")
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
@@ -72,6 +73,30 @@ DEFAULT_FAIL_THRESHOLDS = {"key_value": 0.5}
 # The [rates] settings: how fits.csv is read into tables. A study resumed with other values refits nothing
 # and rebuilds its tables (moe_estimation.results.check_same_study compares the rest).
 RATE_FIELDS = ("num_bootstrap", "n_min", "n_max", "quantiles", "fail_thresholds")
+
+
+RATE_LOSSES = {
+    # rates.csv loss name -> how to read it from fits.csv (the columns summed)
+    "own": ("loss_own",),
+    "key_value": ("loss_key_value",),
+    "key_value_key_part": ("kv_key_single", "kv_key_multi"),
+    "key_value_value_part": ("kv_value_single", "kv_value_multi"),
+    # the identified part on the (key, value) atoms (moe_estimation.voronoi.identified_parts)
+    "identified_weight": ("id_weight",),
+    "identified_key": ("id_key",),
+    "identified_value": ("id_value",),
+    "spread_key": ("id_spread_key",),
+    "spread_value": ("id_spread_value",),
+    # the same with the cells drawn by key alone (identified_parts(cells="key")): fits.csv's idk_<name>
+    "identified_weight_by_key": ("idk_weight",),
+    "identified_key_by_key": ("idk_key",),
+    "identified_value_by_key": ("idk_value",),
+    "spread_key_by_key": ("idk_spread_key",),
+    "spread_value_by_key": ("idk_spread_value",),
+    # the largest (key, value) atom error in a cell holding several atoms: the positive control (rate -1/4
+    # for an over-specified shared fit; voronoi_parts)
+    "max_multi_error": ("kv_max_multi",),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,8 +182,6 @@ class StudyConfig:
     @property
     def statistics(self) -> tuple[str, ...]:
         """The statistics over replicates that rates.csv rates: the mean, the median and each declared quantile."""
-        from .rates import quantile_statistic
-
         return ("mean", "median") + tuple(quantile_statistic(q) for q in self.quantiles if q != 0.5)
 
     @property
@@ -303,8 +326,6 @@ def _build_fixed(name: str, table: dict, source: str) -> Problem:
         if "structure" in table:
             raise _err(source, f"problems.{name}.structure", "a drawn problem takes its structure from draw.structure")
     seed = _typed(source, f"problems.{name}.seed", seed, int)
-    from .problems import has_bool
-
     for key in ("A", "a", "H", "B", "C", "W1", "W2", "true_atoms", "true_biases"):
         if key in table:
             if has_bool(table[key]):
@@ -461,8 +482,6 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
     thresholds = rates.get("fail_thresholds", DEFAULT_FAIL_THRESHOLDS)
     if not isinstance(thresholds, dict):
         raise _err(source, "rates.fail_thresholds", f"expected a table {{ loss = threshold }}, got {thresholds!r}")
-    from .results import RATE_LOSSES
-
     _check_keys(source, "rates.fail_thresholds.", thresholds, RATE_LOSSES)
     thresholds = dict(thresholds)
     for loss, t in thresholds.items():
@@ -485,7 +504,7 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
         over = "over" in (per_problem.get(name) or specs)
         L = prob.num_true_prompts + (per_problem_extra.get(name, extra) if over else 0)
         try:  # the smallest n must determine the largest fit of the problem
-            check_residuals(prob, L, min(ns), name=f"grid.ns")
+            check_residuals(prob, L, min(ns), name="grid.ns")
         except ValueError as e:
             raise _err(source, "grid.ns", f"for problem {name!r}: " + str(e).split(": ", 1)[1]) from None
     return StudyConfig(

@@ -35,8 +35,11 @@ import numpy as np
 import pandas as pd
 
 from .config import StudyConfig
-from .rates import Trend, binomial_interval, paired_rate_difference, quantile_statistic, statistic_of, trend_test
-from .results import RATE_LOSSES, SCHEDULE_COLUMNS, loss_matrix
+from .rates import (Trend, binomial_interval, empirical_rate, ols_line, paired_rate_difference, percentile_interval,
+                    quantile_statistic, statistic_of, trend_test)
+from .results import RATE_LOSSES, SCHEDULE_COLUMNS, loss_matrix, parse_params
+from .structures import key_value
+from .voronoi import voronoi_cells
 
 ARM = ["problem", "specification", "schedule"]
 BEST = "best-of-all"
@@ -117,10 +120,6 @@ def bounds_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
     (``bias_low_alone``), with a bias on the upper bound (``bias_high``), and with an atom coordinate on the
     box of a prompt that shares its cell (``atom_shared``) or is alone (``atom_alone``). A fit counts once
     in each column that applies to it."""
-    from .results import parse_params
-    from .structures import key_value
-    from .voronoi import voronoi_cells
-
     problems = {name: cfg.problem(name) for name in fits["problem"].unique()}
     truths = {}  # (problem, n) -> the true (key, value) pairs there (a moving truth's depend on n)
     out = []
@@ -322,8 +321,6 @@ def rate_power(ns, replicates: int, dispersion, *, contrasts=CONTRASTS, statisti
     contrast ``(truth, alternative)`` is simulated ``sims`` times with common draws across contrasts. Every
     statistic of ``n^truth * exp(e)`` is ``n^truth`` times that of ``exp(e)``, so the power depends only on
     ``alternative - truth``: (-1/2, -1/4) answers for (-1/4, 0) as well."""
-    from .rates import empirical_rate
-
     ns = np.asarray(ns, dtype=float)
     if isinstance(replicates, bool) or not isinstance(replicates, (int, np.integer)) or replicates < 2:
         raise ValueError(f"replicates: need an integer >= 2 (a bootstrap over one replicate has no spread), got "
@@ -427,8 +424,6 @@ def minimax_tables(fits: pd.DataFrame, cfg: StudyConfig) -> tuple[pd.DataFrame, 
     log n over the rate window, with a 95% bootstrap interval that resamples the replicates of each n
     jointly for every member (they share their data sets), so the maximum is taken afresh in each resample.
     Both are empty when no problem's truth moves."""
-    from .rates import ols_line, percentile_interval
-
     families = _families(fits, cfg)
     rows, rates = [], []
     R = cfg.replicates

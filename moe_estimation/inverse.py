@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from ._checks import make_out_dir
 from .data import fold_key, simulate_rows
@@ -383,8 +384,6 @@ def run_inverse(study: InverseStudy, out, *, log=print, progress: bool = True):
     ``le_cam.csv`` (one row per problem, beta, c, n and delta) and ``config.json``. Each (problem,
     specification, loss) and each Le Cam truth is written when done; a run started again on the same ``out``
     resumes, and refuses an ``out`` made with other settings. Returns ``(inverse, summary, le_cam)``."""
-    from tqdm.auto import tqdm
-
     check_inverse_study(study)
     if not jax.config.jax_enable_x64:
         raise ValueError("run_inverse: the inverse bound runs in float64; call jax.config.update('jax_enable_x64', True) first")

@@ -28,6 +28,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -37,9 +38,12 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ._checks import make_out_dir  # noqa: E402
+from ._checks import check_out_dir, make_out_dir  # noqa: E402
+from .inference import with_best_of_all  # noqa: E402
 from .rates import ols_line  # noqa: E402
 from .results import RATE_LOSSES, describe_schedule, fits_file  # noqa: E402
+from .transformer.teacher import RATE_LOSSES as TEACHER_LOSSES  # noqa: E402
+from .transformer.teacher import load_runs  # noqa: E402
 
 LOSS_LABELS = {"own": "own loss (D_2 on p, or D_1,r on (pK, pV))", "key_value": "key/value yardstick D_2 on (k, v)"}
 
@@ -225,8 +229,6 @@ def _side_by_side(fits, rates, problems, specs, title_suffix=""):
 
 def _rate_window(results: Path):
     """The study's rate window ``(n_min, n_max)`` from its config.json (None without one)."""
-    import json
-
     try:
         study = json.loads((Path(results) / "config.json").read_text())["study"]
         return int(study["n_min"]), int(study["n_max"])
@@ -238,8 +240,6 @@ def plot_study(results: str | Path, out: str | Path) -> list[Path]:
     """Draw every study figure from ``results/fits.csv`` and ``results/rates.csv`` into ``out``; a study with
     several schedules draws its best fit of each data set over all of them as one more schedule
     (``best-of-all``, :func:`moe_estimation.inference.with_best_of_all`)."""
-    from .inference import with_best_of_all
-
     results, out = Path(results), Path(out)
     for path in (fits_file(results), results / "rates.csv"):
         if not path.is_file():
@@ -371,7 +371,7 @@ def plot_minimax(minimax: pd.DataFrame, quantiles: pd.DataFrame, rates: pd.DataF
                              fontsize=9)
                 ax.legend(fontsize=6.5)
             axes[i, 0].set_ylabel(LOSS_LABELS[loss], fontsize=8)
-        fig.suptitle(f"Truths that move with n: the worst case over each family (thick) and its members (thin; "
+        fig.suptitle("Truths that move with n: the worst case over each family (thick) and its members (thin; "
                      "dashed: the smaller c)", fontsize=10)
         fig.tight_layout()
         path = out / f"minimax_{loss}.png"
@@ -501,9 +501,6 @@ def plot_teacher(results, out: Path) -> list[Path]:
     """``teacher.png`` from a teacher-student run, or from runs of one design that split its cases
     (:func:`moe_estimation.transformer.teacher.load_runs`): per (truth, student) the prefix yardstick D_2
     on the (key, value) atoms, exact and over-specified, and the excess risk, against n."""
-    from .transformer.teacher import RATE_LOSSES as TEACHER_LOSSES
-    from .transformer.teacher import load_runs
-
     fits, rates = load_runs(results)
     cases = _teacher_cases(fits)
     fig, axes = plt.subplots(2, len(cases), figsize=(4.0 * len(cases), 7.5), squeeze=False)
@@ -532,9 +529,6 @@ def plot_combined(study: Path, transformer: Path | None, out: Path, teacher=None
     (same loss, over-specified students of the shared truth, the MoE study's counterpart; ``teacher``: one
     run's directory or a list of them, as in :func:`plot_teacher`) and the transformer learning curves
     (when given)."""
-    from .transformer.teacher import RATE_LOSSES as TEACHER_LOSSES
-    from .transformer.teacher import load_runs
-
     fits = pd.read_csv(fits_file(study))
     rates = pd.read_csv(study / "rates.csv")
     problems = [p for p in dict.fromkeys(fits["problem"])]
@@ -674,8 +668,6 @@ def plot_inverse(results: Path, out: Path) -> list[Path]:
 
 def plot_results(results, out) -> list[Path]:
     """Every figure for the given result directories (rate studies and/or transformer runs)."""
-    from ._checks import check_out_dir, make_out_dir
-
     out = check_out_dir(out)
     dirs = [Path(r) for r in ([results] if isinstance(results, (str, Path)) else results)]
     studies, transformers, teachers, inverse, labs = [], [], [], [], []

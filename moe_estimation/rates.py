@@ -20,6 +20,7 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
+from scipy.stats import beta, norm
 
 from .structures import NON_SHARED, STRUCTURES
 
@@ -260,8 +261,6 @@ def paired_rate_difference(
 def binomial_interval(k, m, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """The exact (Clopper-Pearson) interval of a binomial proportion: ``k`` successes in ``m`` trials
     (arrays of one shape, 0 <= k <= m, m >= 1). It covers at least ``level`` for every true proportion."""
-    from scipy.stats import beta
-
     k, m = np.asarray(k, dtype=float), np.asarray(m, dtype=float)
     if np.any(m < 1) or np.any(k < 0) or np.any(k > m) or np.any(k != np.round(k)) or np.any(m != np.round(m)):
         raise ValueError(f"k, m: need integers 0 <= k <= m with m >= 1, got k = {k.tolist()}, m = {m.tolist()}")
@@ -290,8 +289,6 @@ def trend_test(scores, k, m) -> Trend:
     proportion, ``z = sum_i s_i (k_i - m_i p) / sqrt(p (1-p) (sum_i m_i s_i^2 - (sum_i m_i s_i)^2 / M))``,
     normal under no trend. With no failure, or nothing but failures, there is nothing to test: z = 0, p = 1.
     """
-    from scipy.stats import norm
-
     s, k, m = (np.asarray(x, dtype=float) for x in (scores, k, m))
     if not (s.ndim == 1 and s.shape == k.shape == m.shape) or s.size < 2 or np.unique(s).size < 2:
         raise ValueError(f"scores, k, m: need one-dimensional arrays of one length with at least two distinct "

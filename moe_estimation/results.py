@@ -32,35 +32,17 @@ from pathlib import Path
 import jax
 import numpy as np
 import pandas as pd
+import scipy
 
 from . import __version__
-from .config import StudyConfig
+from .config import RATE_LOSSES, StudyConfig  # noqa: F401  (RATE_LOSSES re-exported)
+from .estimator import unflatten_params
+from .model import Params
+from .rates import empirical_rate, ols_line, statistic_of
 from .solver import STATUS_LABELS
 from .voronoi import IDENTIFIED_NAMES
 
 PART_NAMES = ("weight", "single", "multi", "key_single", "key_multi", "value_single", "value_multi", "max_multi")
-RATE_LOSSES = {
-    # rates.csv loss name -> how to read it from fits.csv
-    "own": ("loss_own",),
-    "key_value": ("loss_key_value",),
-    "key_value_key_part": ("kv_key_single", "kv_key_multi"),
-    "key_value_value_part": ("kv_value_single", "kv_value_multi"),
-    # the identified part on the (key, value) atoms (moe_estimation.voronoi.identified_parts)
-    "identified_weight": ("id_weight",),
-    "identified_key": ("id_key",),
-    "identified_value": ("id_value",),
-    "spread_key": ("id_spread_key",),
-    "spread_value": ("id_spread_value",),
-    # the same with the cells drawn by key alone (identified_parts(cells="key")): fits.csv's idk_<name>
-    "identified_weight_by_key": ("idk_weight",),
-    "identified_key_by_key": ("idk_key",),
-    "identified_value_by_key": ("idk_value",),
-    "spread_key_by_key": ("idk_spread_key",),
-    "spread_value_by_key": ("idk_spread_value",),
-    # the largest (key, value) atom error in a cell holding several atoms: the positive control (rate -1/4
-    # for an over-specified shared fit; voronoi_parts)
-    "max_multi_error": ("kv_max_multi",),
-}
 ID_NAMES = IDENTIFIED_NAMES  # fits.csv holds them as id_<name> (cells by atom) and idk_<name> (cells by key)
 SCHEDULE_COLUMNS = ["schedule", "init", "init_scale", "init_rate", "restarts"]
 FITS_COLUMNS = (
@@ -99,8 +81,6 @@ def format_params(params) -> list[str]:
 
 def parse_params(text: str, num_prompts: int, atom_dim: int):
     """One fit's :class:`moe_estimation.Params` from its ``params`` text (:func:`format_params`)."""
-    from .estimator import unflatten_params
-
     theta = np.array([float(x) for x in str(text).split()])
     if len(theta) != num_prompts * (atom_dim + 1):
         raise ValueError(f"params: expected {num_prompts * (atom_dim + 1)} numbers ({num_prompts} prompts of "
@@ -266,8 +246,6 @@ def rate_entries(ns, mat, *, num_bootstrap: int, seed: int, statistics=("mean", 
     at all, or whose statistic is 0 (the median of a loss that is zero in most fits), gives no rate (NaN) and a
     ``note`` saying which; one with a single finite loss, a slope without an interval. Anything else that fails
     is a bug, and raises."""
-    from .rates import empirical_rate, ols_line, statistic_of
-
     mat = np.array(mat, dtype=float)
     mat[~np.isfinite(mat)] = np.nan
     empty = [int(n) for n, row in zip(ns, mat) if not np.any(np.isfinite(row))]
@@ -298,8 +276,6 @@ def rate_entries(ns, mat, *, num_bootstrap: int, seed: int, statistics=("mean", 
 
 
 def versions() -> dict:
-    import scipy
-
     return {
         "moe_estimation": __version__, "jax": jax.__version__, "numpy": np.__version__, "pandas": pd.__version__,
         "scipy": scipy.__version__, "python": sys.version.split()[0],
@@ -346,8 +322,6 @@ def cell_design(cfg: StudyConfig, problem, num_prompts: int, schedule: str, name
 def truth_text(problem) -> str:
     """A problem's true atoms and biases as fits.csv's ``true_params`` text (the layout of ``params``,
     :func:`format_params`): the truth each fit was scored against, which for a moving truth depends on n."""
-    from .model import Params
-
     return format_params(Params(atoms=np.asarray(problem.true_atoms)[None], biases=np.asarray(problem.true_biases)[None]))[0]
 
 

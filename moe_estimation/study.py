@@ -39,11 +39,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
 
 from ._checks import check_memory, check_out_dir, make_out_dir
 from .config import RATE_FIELDS, StudyConfig
 from .data import fold_key, simulate_rows
 from .estimator import FitSettings, bound_coordinates, fit_dataset, split_start
+from .inference import (bounds_table, differences_table, failing_table, geometry_effects, geometry_table, lowest_table,
+                        minimax_tables, quantiles_table, with_best_of_all)
 from .solver import STATUS_LABELS, batch_map, resolve_blocking
 from .rates import is_composite, theory_slope
 from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation.study.FITS_COLUMNS and so on)
@@ -117,8 +123,6 @@ _SHARDED = {}
 
 def _sharded_chunk(mesh):
     """``_run_chunk`` with the replicate axis split over ``mesh`` (one jitted function per mesh)."""
-    from jax.sharding import PartitionSpec as P
-
     if mesh not in _SHARDED:
         def run(problem, dkeys, skeys, n, start, rows, settings):
             local = partial(_local_chunk, rows=rows, settings=settings)
@@ -132,8 +136,6 @@ def _sharded_chunk(mesh):
 
 def _gather(tree):
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         return multihost_utils.process_allgather(tree, tiled=True)
     return jax.device_get(tree)
 
@@ -170,9 +172,6 @@ def run_cell(problem, dkeys, skeys, n: int, settings: FitSettings, max_elements:
     n = jnp.asarray(n)
     place = lambda k: k
     if ndev > 1:
-        from jax.sharding import NamedSharding
-        from jax.sharding import PartitionSpec as Pspec
-
         mesh = jax.make_mesh((ndev,), ("replicate",))
         run = _sharded_chunk(mesh)
 
@@ -182,9 +181,9 @@ def run_cell(problem, dkeys, skeys, n: int, settings: FitSettings, max_elements:
             x = np.asarray(x)
             return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec), lambda idx: x[idx])
 
-        problem = jax.tree.map(lambda a: put(a, Pspec()), problem)
-        start, n = put(start, Pspec()), put(n, Pspec())
-        place = lambda k: put(k, Pspec("replicate"))
+        problem = jax.tree.map(lambda a: put(a, P()), problem)
+        start, n = put(start, P()), put(n, P())
+        place = lambda k: put(k, P("replicate"))
     else:
         run = _run_chunk
     dkeys, skeys = jax.random.key_data(dkeys), jax.random.key_data(skeys)
@@ -358,8 +357,6 @@ def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=p
 
 def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only: bool, repair: bool,
                workers: int) -> pd.DataFrame:
-    from tqdm.auto import tqdm
-
     resolved = {"study": cfg.to_dict()}
     cfg_path = out / "config.json"
     lead = jax.process_index() == 0  # only process 0 reads and writes --out (it need not be a shared disk)
@@ -392,8 +389,6 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
                    tables_only=tables_only, repair=repair, workers=workers)
     unit = "cells" if cfg.blocks == 1 else f"cell blocks (of {cfg.block} replicates)"
     if jax.process_count() > 1:  # every process must run the same tasks in the same order: process 0 decides
-        from jax.experimental import multihost_utils
-
         all_tasks = list(tasks(cfg))
         mask = np.array([t in todo for t in all_tasks], dtype=np.int32)
         mask = np.asarray(multihost_utils.broadcast_one_to_all(mask))
@@ -458,9 +453,6 @@ def write_tables(fits: pd.DataFrame, cfg: StudyConfig, out: Path) -> None:
     the findings against each problem's geometry (:data:`GEOMETRY_TABLES`,
     :func:`moe_estimation.inference.geometry_table`). With several schedules, every table but ``lowest.csv`` has one arm more, the best fit of each data set over
     all schedules (``best-of-all``, :func:`moe_estimation.inference.with_best_of_all`)."""
-    from .inference import (bounds_table, differences_table, failing_table, geometry_effects, geometry_table,
-                            lowest_table, minimax_tables, quantiles_table, with_best_of_all)
-
     arms = with_best_of_all(fits)
     rates, failing = rates_table(arms, cfg), failing_table(arms, cfg)
     write_csv(out / "rates.csv", rates)

@@ -16,9 +16,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from moe_estimation.results import RATE_LOSSES, describe_schedule, fits_file
+from .inference import with_best_of_all
+from .rates import empirical_rate, is_composite
+from .results import RATE_LOSSES, describe_schedule, fits_file
+from .transformer.teacher import load_runs
 
 
 def study_table(path: Path) -> str:
@@ -32,8 +36,6 @@ def study_table(path: Path) -> str:
            "[95% CI] | theory | mean loss at n_max | fits not converged | fits at box bound |",
            "|---|---|" + ("---|" if several else "") + "---|---|---|---|---|---|---|"]
     if several:
-        from moe_estimation.inference import with_best_of_all
-
         f = with_best_of_all(f)
     for (prob, spec, sched, loss), g in r.groupby(["problem", "specification", "schedule", "loss"], sort=False):
         if loss not in ("own", "key_value"):
@@ -242,10 +244,6 @@ def paired_runs_markdown(a: Path, b: Path, loss: str = "key_value") -> str:
     sets: per (problem, specification, schedule), on the fits both hold, how far the objective moved from a
     to b (relative, b - a over a: negative when b went lower), how many fits changed ``loss`` more than
     twofold, and the mean and median slopes of ``loss`` in each run on those fits alone."""
-    import numpy as np
-
-    from moe_estimation.rates import empirical_rate, is_composite
-
     keys = ["problem", "specification", "schedule", "n", "replicate"]
     fa, fb = (pd.read_csv(fits_file(x)) for x in (a, b))
     m = fa.merge(fb, on=keys, suffixes=("_a", "_b"))
@@ -277,8 +275,6 @@ def teacher_table(paths) -> str:
     """Teacher-student prefix estimation: per (truth, student, specification) the slopes of the prefix
     yardstick (mean and median), its identified key and value parts and the excess risk. ``paths``: one
     run, or runs of one design that split its cases (teacher-quick and teacher-more)."""
-    from moe_estimation.transformer.teacher import load_runs
-
     f, r = load_runs(paths, arg="--teacher")
     cell = lambda g, loss, stat: g[(g["loss"] == loss) & (g["statistic"] == stat)]
     fmt = lambda row: (f"{row['slope']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]" if len(row) else "-")

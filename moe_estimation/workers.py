@@ -25,6 +25,8 @@ import traceback
 from multiprocessing.connection import Connection, wait
 from typing import Callable, Iterable
 
+import jax  # importing JAX starts no threads: a worker pins its core before its first computation
+
 SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 """The XLA flags of a worker: one thread for XLA's CPU kernels (the worker has one core)."""
 
@@ -40,8 +42,6 @@ def available_cores() -> list[int]:
 
 def default_workers() -> int:
     """One worker per available core on a CPU backend in a single-process run; 1 otherwise."""
-    import jax
-
     if jax.default_backend() != "cpu" or jax.process_count() > 1:
         return 1
     return len(available_cores())
@@ -54,8 +54,6 @@ def resolve_workers(workers) -> int:
         return default_workers()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers: must be an integer >= 1 (or 'auto': one per core on a CPU), got {workers!r}")
-    import jax
-
     if workers > 1 and jax.process_count() > 1:
         raise ValueError(f"workers: a multi-process (--distributed) run fits in its own processes; got workers = "
                          f"{workers}, use 1")
@@ -63,8 +61,6 @@ def resolve_workers(workers) -> int:
 
 
 def _lead_settings() -> dict:
-    import jax
-
     names = ("jax_enable_x64", "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
     return {name: getattr(jax.config, name) for name in names if getattr(jax.config, name, None) is not None}
 
@@ -81,8 +77,6 @@ def _serve(fd_in: int, fd_out: int, core: int) -> None:
     try:
         path, settings = inbox.recv()
         sys.path[:] = path
-        import jax
-
         for name, value in settings.items():
             jax.config.update(name, value)
         while (msg := inbox.recv()) is not None:

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_n
 from .parts import LOG_VAR_BOX, Expert, GaussianGate, Gate, InputLaw
 
 LIKELIHOODS = ("least-squares", "gaussian", "joint-gaussian")
@@ -262,8 +263,6 @@ def simulate_rows(model: Assembly, truth: Mixture, key: jax.Array, rows: int) ->
 
 def simulate(key: jax.Array, model: Assembly, truth: Mixture, n: int) -> tuple[jax.Array, jax.Array]:
     """n samples (X ``(n, d)``, Y ``(n, d_out)``) from the true mixture ``truth`` (checked against the model)."""
-    from .._checks import check_n
-
     n = check_n(n)
     truth = model.check(truth)
     return _simulate_jit(model, truth, key, n)

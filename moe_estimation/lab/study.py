@@ -48,12 +48,12 @@ import dataclasses
 import json
 import platform
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from .._checks import make_out_dir
 from ..data import fold_key
@@ -351,8 +351,6 @@ def run_lab_study(study: LabStudy, out, *, progress: bool = True, log=print, wor
                   ) -> pd.DataFrame:
     """Run (or resume) a lab study into ``out``: ``fits.csv`` after every cell, ``rates.csv``, ``config.json`` and
     ``runs.jsonl`` (module docstring). Returns the fits."""
-    from tqdm.auto import tqdm
-
     if not jax.config.jax_enable_x64:
         raise ValueError("run_lab_study: estimation runs in float64; call jax.config.update('jax_enable_x64', True) first")
     out = make_out_dir(out)

@@ -43,15 +43,22 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 from jax.flatten_util import ravel_pytree
+from tqdm.auto import tqdm
 
+from .._checks import make_out_dir
 from ..data import fold_key
+from ..rates import theory_slope as moe_theory
 from ..results import RATE_LOSSES as STUDY_RATE_LOSSES
+from ..results import (CellTable, StudyLock, atomic_write, check_same_study, loss_matrix, plain_dict, rate_entries,
+                       versions, write_csv)
 from ..solver import STATUS_LABELS, SolverSettings, Status, is_converged, normal_equations, solve
 from ..voronoi import IDENTIFIED_NAMES, identified_parts, voronoi_parts
-from ..workers import run_cells
+from ..workers import resolve_workers, run_cells
 from .model import BackboneConfig, hidden_states
 from .prefixes import PARAMETERISATIONS, init_prefix, prefix_kv
+from .train import prepare_backbone
 
 TRUTHS = ("shared", "free")
 SPECIFICATIONS = ("exact", "over")
@@ -344,8 +351,6 @@ def theory_slope(kind: str, loss: str, specification: str) -> float:
     no-share is the non-shared structure, simple-share the shared-linear one; deep-share, whose network is
     trained rather than known, has no counterpart (NaN). The excess risk ||f - f*||^2: -1 for every
     student (the regression function is estimated at the parametric rate). Exactly specified: -1/2."""
-    from ..rates import theory_slope as moe_theory
-
     if loss == "excess_risk":
         return -1.0
     if specification == "exact":
@@ -362,12 +367,7 @@ def run_teacher(study: TeacherStudy, out, *, progress: bool = True, log=print, w
     (or reused). Estimation runs in float64 (call ``jax.config.update('jax_enable_x64', True)`` first).
     ``workers``: processes fitting cells at once (:mod:`moe_estimation.workers`; 1 here, in this process;
     ``"auto"``, the command line's default, one per core on a CPU); the table does not depend on it."""
-    from ..workers import resolve_workers
-
     workers = resolve_workers(workers)
-    from .._checks import make_out_dir
-    from ..results import StudyLock
-
     if not jax.config.jax_enable_x64:
         raise ValueError("run_teacher: the students are fitted in float64; call "
                          "jax.config.update('jax_enable_x64', True) first")
@@ -413,11 +413,6 @@ def teacher_cell(study: TeacherStudy, backbone32, truth: str, kind: str, spec: s
 
 
 def _run_teacher(study: TeacherStudy, out: Path, *, progress: bool, log, workers: int = 1):
-    from tqdm.auto import tqdm
-
-    from ..results import CellTable, atomic_write, check_same_study, plain_dict, versions, write_csv
-    from .train import prepare_backbone
-
     cfg_path = out / "config.json"
     check_same_study(out, plain_dict(study))
     backbone32, pretrain_test = prepare_backbone(study, out, log=log)
@@ -467,10 +462,6 @@ def _canonical(fits, study: TeacherStudy):
 def teacher_rates(fits, study: TeacherStudy):
     """One row per (truth, parameterisation, specification, loss, statistic): the slope of log loss on
     log n with its bootstrap interval, the theory's slope, and the fits that did not converge."""
-    import pandas as pd
-
-    from ..results import loss_matrix, rate_entries
-
     out = []
     for (truth, kind, spec), g in fits.groupby(["truth", "parameterisation", "specification"], sort=False):
         for loss, cols in RATE_LOSSES.items():
@@ -496,8 +487,6 @@ def load_runs(dirs, arg: str = "--results") -> tuple:
     them (``teacher-quick`` and ``teacher-more``) are drawn and tabulated together. Raises a ValueError
     (naming the command-line argument ``arg``) when two runs differ in anything but their cases (another
     teacher, noise or design: their numbers are not comparable in one table), or both hold one case."""
-    import pandas as pd
-
     dirs = [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(d) for d in dirs]
     fits, rates, design, seen = [], [], None, {}
     for d in dirs:

@@ -32,7 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pandas as pd
+from tqdm.auto import tqdm
 
+from .._checks import make_out_dir
+from ..results import CellTable, atomic_write, check_same_study, loss_matrix, plain_dict, rate_entries, write_csv
+from ..workers import resolve_workers, run_cells
 from .model import BackboneConfig, forward, init_backbone
 from .prefixes import PARAMETERISATIONS, init_prefix, prefix_kv
 from .tasks import sample
@@ -463,11 +468,6 @@ def search_learning_rates(backbone, study: TransformerStudy, val, out: Path | No
     rate) (:data:`SEARCH_COLUMNS`: the mean validation loss, the mean steps and the fraction of tunings
     that ended flat); with ``out`` it is kept in ``out/lr_search.csv`` after every size and a
     run started again reuses the sizes already searched."""
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from ..results import write_csv
-
     path = None if out is None else out / "lr_search.csv"
     done = pd.read_csv(path) if path is not None and path.is_file() else pd.DataFrame(columns=SEARCH_COLUMNS)
     rows = [done] if len(done) else []
@@ -497,8 +497,6 @@ def search_learning_rates(backbone, study: TransformerStudy, val, out: Path | No
             write_csv(path, pd.concat(rows, ignore_index=True))
 
     if workers > 1 and len(todo) > 1:
-        from ..workers import run_cells
-
         bar = tqdm(total=len(todo), disable=not progress, unit="size", desc="learning-rate search")
         shipped = jax.tree.map(np.asarray, backbone), jax.tree.map(np.asarray, val)
 
@@ -537,10 +535,6 @@ def learning_curves(backbone, study: TransformerStudy, lrs: dict, test, out: Pat
     (:class:`moe_estimation.results.CellTable`) and a run started again resumes from it (cells tuned with
     other learning rates are made again). With ``workers`` above 1 the cells are tuned in that many worker
     processes (:func:`curve_cell`, the costliest first), this process writing the table."""
-    from tqdm.auto import tqdm
-
-    from ..results import CellTable
-
     root = jax.random.key(study.seed)
     table = CellTable(out / "curves.csv", CURVE_COLUMNS, ["parameterisation", "n"], study.seeds)
     table.load()
@@ -562,8 +556,6 @@ def learning_curves(backbone, study: TransformerStudy, lrs: dict, test, out: Pat
                        flat=got["flat"].astype(bool), steps=got["steps"].astype(int), lr=lrs[kind][n], seconds=sec))
 
     if workers > 1 and len(todo) > 1:
-        from ..workers import run_cells
-
         bar = tqdm(total=len(todo), disable=not progress, unit="cell", desc="prefix-tuning")
         shipped = jax.tree.map(np.asarray, backbone), jax.tree.map(np.asarray, test)
 
@@ -596,10 +588,6 @@ def learning_curves(backbone, study: TransformerStudy, lrs: dict, test, out: Pat
 def curve_rates(curves, study: TransformerStudy):
     """The slope of log held-out loss on log n per parameterisation (mean and median over seeds), with
     bootstrap intervals: the same code as the study's rates (:func:`moe_estimation.results.rate_entries`)."""
-    import pandas as pd
-
-    from ..results import loss_matrix, rate_entries
-
     rates = []
     for kind in PARAMETERISATIONS:
         g = curves[curves["parameterisation"] == kind]
@@ -627,17 +615,12 @@ def run_transformer(study: TransformerStudy, out, *, batch="auto", progress: boo
     programs (the learning-rate schedules) is done in float64, and the pre-trained backbone came out 1e-5
     away, enough to change learning-rate choices. So ``reproduce.py``, which runs a float64 study first in
     the same process, and ``moe-estimation transformer`` give the same bits."""
-    from ..workers import resolve_workers
-
     workers = resolve_workers(workers)
     with jax.enable_x64(False):
         return _run_transformer(study, out, batch=batch, progress=progress, log=log, workers=workers)
 
 
 def _run_transformer(study: TransformerStudy, out, *, batch, progress: bool, log, workers: int = 1):
-    from .._checks import make_out_dir
-    from ..results import atomic_write, check_same_study, plain_dict, write_csv
-
     validate_study(study)
     resolve_batch(batch)  # a bad batch fails before anything is made
     out = make_out_dir(out)
