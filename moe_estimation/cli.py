@@ -100,11 +100,11 @@ def _lab_study(args, data) -> int:
 
         print(json.dumps(study.table, indent=2))
         return 0
-    for flag in ("dry_run", "repair", "wait", "distributed"):
+    for flag in ("dry_run", "wait", "distributed"):
         if getattr(args, flag):
             raise ValueError(f"--{flag.replace('_', '-')}: not available for a lab study (a configuration with [model])")
     fits = run_lab_study(study, args.out, progress=not args.no_progress, workers=parse_workers(args.workers),
-                         tables_only=args.tables_only)
+                         tables_only=args.tables_only, repair=args.repair)
     print(f"wrote {len(fits)} fits to {Path(args.out) / 'fits.csv'} and rates to {Path(args.out) / 'rates.csv'}")
     return 0
 
@@ -228,9 +228,12 @@ def cmd_transformer(args) -> int:
     if args.preset in TEACHER_PRESETS:  # teacher-student: the students are fitted in float64, as in a study
         _setup_jax(argparse.Namespace(float32=False))
         fits = run_teacher(TEACHER_PRESETS[args.preset], args.out, progress=not args.no_progress,
-                           workers=parse_workers(args.workers))
+                           workers=parse_workers(args.workers), repair=args.repair)
         print(f"wrote {len(fits)} fits to {Path(args.out) / 'fits.csv'}, rates to {Path(args.out) / 'rates.csv'}")
         return 0
+    if args.repair:
+        raise ValueError(f"--repair: for the teacher-student presets ({', '.join(TEACHER_PRESETS)}); a learning-curve "
+                         "run makes damaged cells again by itself")
     _setup_jax(argparse.Namespace(float32=True))  # the compilation cache; the transformer's dtypes are its own
     curves = run_transformer(TRANSFORMER_PRESETS[args.preset], args.out, progress=not args.no_progress,
                              workers=parse_workers(args.workers))
@@ -415,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "CPU, about 45 minutes) or teacher-tiny (seconds)")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument("--repair", action="store_true",
+                   help="teacher-student presets: drop the damaged cells of a damaged fits.csv in --out and compute "
+                        "them again (without it a damaged table is refused and nothing is changed)")
     _add_workers(t)
     t.set_defaults(func=cmd_transformer)
 

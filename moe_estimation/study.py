@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import platform
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -41,8 +40,7 @@ import numpy as np
 import pandas as pd
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
-from tqdm.auto import tqdm
+from jax.sharding import PartitionSpec
 
 from ._checks import check_memory, check_out_dir, make_out_dir
 from .config import RATE_FIELDS, StudyConfig
@@ -77,8 +75,9 @@ from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation
     versions,
     write_csv,
 )
+from .runner import fit_missing, load_cells
 from .voronoi import identified_key_value, key_value_parts, structure_parts
-from .workers import resolve_workers, run_cells
+from .workers import resolve_workers
 
 
 def bucket_size(n: int, minimum: int = 64) -> int:
@@ -123,12 +122,13 @@ _SHARDED = {}
 
 def _sharded_chunk(mesh):
     """``_run_chunk`` with the replicate axis split over ``mesh`` (one jitted function per mesh)."""
+    whole, split = PartitionSpec(), PartitionSpec("replicate")  # replicated, and split over the replicate axis
     if mesh not in _SHARDED:
         def run(problem, dkeys, skeys, n, start, rows, settings):
             local = partial(_local_chunk, rows=rows, settings=settings)
             return jax.shard_map(lambda p, d, k, m, s: local(p, d, k, m, s), mesh=mesh,
-                                 in_specs=(P(), P("replicate"), P("replicate"), P(), P()),
-                                 out_specs=P("replicate"), check_vma=False)(problem, dkeys, skeys, n, start)
+                                 in_specs=(whole, split, split, whole, whole), out_specs=split,
+                                 check_vma=False)(problem, dkeys, skeys, n, start)
 
         _SHARDED[mesh] = jax.jit(run, static_argnames=("rows", "settings"))
     return _SHARDED[mesh]
@@ -162,8 +162,8 @@ def run_cell(problem, dkeys, skeys, n: int, settings: FitSettings, max_elements:
     numbers (default :func:`default_max_elements`)."""
     max_elements = default_max_elements() if max_elements is None else max_elements
     rows = bucket_size(n)
-    P = settings.num_prompts * (problem.atom_dim + 1)
-    per_fit = rows * problem.d_v * P * settings.restarts
+    num_params = settings.num_prompts * (problem.atom_dim + 1)
+    per_fit = rows * problem.d_v * num_params * settings.restarts
     ndev = jax.device_count()
     chunk = int(max(1, min(len(dkeys), max_elements * ndev // per_fit)))
     chunk = -(-chunk // ndev) * ndev  # a multiple of the number of devices
@@ -181,9 +181,9 @@ def run_cell(problem, dkeys, skeys, n: int, settings: FitSettings, max_elements:
             x = np.asarray(x)
             return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec), lambda idx: x[idx])
 
-        problem = jax.tree.map(lambda a: put(a, P()), problem)
-        start, n = put(start, P()), put(n, P())
-        place = lambda k: put(k, P("replicate"))
+        problem = jax.tree.map(lambda a: put(a, PartitionSpec()), problem)
+        start, n = put(start, PartitionSpec()), put(n, PartitionSpec())
+        place = lambda k: put(k, PartitionSpec("replicate"))
     else:
         run = _run_chunk
     dkeys, skeys = jax.random.key_data(dkeys), jax.random.key_data(skeys)
@@ -365,13 +365,7 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
     fits_path = out / "fits.csv"
     table = CellTable(fits_path, FITS_COLUMNS, CELL, cfg.replicates, check=lambda path: check_fits_table(path, cfg))
     if lead:
-        table.load()
-        damage = table.problems
-        if damage and not repair:
-            raise ValueError(f"{fits_path} is damaged: " + "; ".join(damage) + ". Nothing was changed; rerun with "
-                             "--repair to drop the damaged cells and recompute only them")
-        if damage:
-            log(f"repairing {fits_path}: " + "; ".join(damage) + " (dropped, to be recomputed)")
+        load_cells(table, repair=repair, log=log)
     provenance = dict(versions=versions(), platform=platform.platform(), device=str(jax.devices()[0]),
                       devices=jax.device_count(), processes=jax.process_count())
     meta = dict(resolved, **provenance, x64=bool(jax.config.jax_enable_x64), root_seed=cfg.seed,
@@ -398,20 +392,14 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
             raise ValueError(f"--tables-only: {out} holds no finished cell yet")
         log(f"tables only: {len(finished)} finished {unit}, {len(todo)} not run")
         todo = []
-    if finished:
-        log(f"resuming: {len(finished)} of {len(finished) + len(todo)} {unit} already in {fits_path}")
     problems = {name: cfg.problem(name) for name in cfg.problems}
-    bar = tqdm(total=len(finished) + len(todo), initial=len(finished), disable=not progress, unit="task", file=sys.stderr)
-    if workers > 1 and len(todo) > 1:
-        log(f"fitting {len(todo)} {unit} in {min(workers, len(todo))} worker processes (one core each)")
-        todo = sorted(todo, key=lambda c: -c[3])  # the largest n first: the workers then finish together
 
-    def add(task, result):
+    def rows(task, result):
         prob_name, spec, schedule, n, block = task
         prob = problems[prob_name]
         res, own, kv, ident, ident_key, start, seconds = result
         settings = cfg.fit_settings(cfg.num_prompts(prob, spec, prob_name), schedule)
-        rows = {
+        return {
             "problem": prob_name, "structure": prob.structure, "specification": spec,
             "num_prompts": settings.num_prompts, "n": n, "replicate": np.array(cfg.block_replicates(block)), "seed": cfg.seed,
             "schedule": schedule, "init": settings.init, "init_scale": float(settings.init_scale),
@@ -426,12 +414,10 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
             "design": cell_design(cfg, prob, settings.num_prompts, schedule, prob_name),
             "params": format_params(res.params), "true_params": truth_text(cfg.problem(prob_name, n)),
         }
-        table.add(rows, write=lead)  # after every task: a killed run resumes from here
-        bar.set_description(f"{prob_name} {spec} {schedule} n={n}" + (f" block {block}" if cfg.blocks > 1 else ""))
-        bar.update(1)
 
-    run_cells(fit_study_cell, [(cfg, *c) for c in todo], lambda task, result: add(task[1:], result), workers=workers)
-    bar.close()
+    fit_missing(table, todo, total=len(finished) + len(todo), work=fit_study_cell, args=lambda c: (cfg, *c), rows=rows,
+                describe=lambda c: f"{c[0]} {c[1]} {c[2]} n={c[3]}" + (f" block {c[4]}" if cfg.blocks > 1 else ""),
+                cost=lambda c: c[3], workers=workers, progress=progress, log=log, unit=unit, write=lead)
     fits = canonical_order(table.frame(), cfg)
     if lead:
         table.write(fits)

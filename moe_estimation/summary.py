@@ -583,9 +583,24 @@ def geometry_markdown(path: Path) -> str:
     return "\n".join(out)
 
 
+def lab_markdown(path: Path) -> str:
+    """A lab study's rates: per specification and declared loss, the mean and median slopes with their
+    intervals, the declared theory slope, the mean loss at the largest n and the fits not converged."""
+    r = pd.read_csv(path / "rates.csv")
+    out = ["| specification | K' | loss | mean: slope [95% CI] | median: slope [95% CI] | theory | mean loss at n_max "
+           "| fits not converged |", "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda row: f"{row.slope:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}]" if np.isfinite(row.slope) else "-"
+    for (spec, loss), g in r.groupby(["specification", "loss"], sort=False):
+        m, md = g[g["statistic"] == "mean"].iloc[0], g[g["statistic"] == "median"].iloc[0]
+        theory = f"{m.theory_slope:g}" if np.isfinite(m.theory_slope) else "-"
+        out.append(f"| {spec} | {int(m.num_components)} | {loss} | {fmt(m)} | {fmt(md)} | {theory} | "
+                   f"{m.mean_loss_at_n_max:.3g} | {int(m.fits_not_converged)} |")
+    return "\n".join(out)
+
+
 def run_kind(path: Path) -> str:
-    """What a run folder holds: ``study``, ``teacher``, ``transformer`` or ``inverse`` (``ValueError`` naming the
-    folder when none)."""
+    """What a run folder holds: ``study``, ``lab`` (a lab study of an assembly), ``teacher``, ``transformer`` or
+    ``inverse`` (``ValueError`` naming the folder when none)."""
     path = Path(path)
     if (path / "inverse.csv").is_file() and (path / "inverse_summary.csv").is_file():
         return "inverse"
@@ -597,7 +612,7 @@ def run_kind(path: Path) -> str:
             columns = pd.read_csv(fits_file(path), nrows=0).columns
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError, OSError) as e:
             raise ValueError(f"summarize: {fits_file(path)} is not a readable table ({str(e).splitlines()[0]})") from None
-        return "teacher" if "truth" in columns else "study"
+        return "teacher" if "truth" in columns else "lab" if "num_components" in columns else "study"
     if (path / "curves.csv").is_file():
         return "transformer"
     raise ValueError(f"summarize: {path} holds no run's tables (fits.csv or fits.csv.gz of a study or a teacher run, "
@@ -615,6 +630,8 @@ def summarize(path: Path) -> str:
         parts = [inverse_markdown(path)] + ([le_cam_markdown(path)] if (path / "le_cam.csv").is_file() else [])
     elif kind == "teacher":
         parts = [teacher_table([path])]
+    elif kind == "lab":
+        parts = [lab_markdown(path)]
     elif kind == "transformer":
         parts = [transformer_table(path)]
     elif (path / "geometry.csv").is_file():  # hundreds of problems: their findings by factor

@@ -242,6 +242,10 @@ def test_a_lab_study_runs_from_a_configuration_resumes_and_draws(tmp_path, capsy
     assert "fit.max_steps: 20 -> 30" in capsys.readouterr().err
     assert main(["plot", "--results", str(out), "--out", str(tmp_path / "fig")]) == 0
     assert (tmp_path / "fig" / "lab_voronoi.png").is_file()
+    capsys.readouterr()
+    assert main(["summarize", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "(lab)" in text and "| exact | 2 | voronoi |" in text and "| over | 3 | voronoi |" in text
 
 
 @pytest.mark.parametrize("change, word", [
@@ -525,7 +529,7 @@ def test_a_lab_study_with_shared_experts_runs_from_a_configuration(tmp_path):
 
 
 @pytest.mark.parametrize("change, word", [
-    (('shared = "linear"\nshare = 0.5\n', ''), "truth.shared_expert: give the true shared experts"),
+    (('shared_expert = [[2.0, 0.0]]\nshared_weight = [1.0]\n', ''), "truth.shared_expert: give the true shared experts"),
     (('shared = "linear"\n', ''), "model.share: the fixed weight of shared experts; give model.shared too"),
     (('shared = "linear"', 'shared = "quadratic"'), "model.shared: expected one of"),
     (('shared_weight = [1.0]', 'shared_weight = [0.5]'), "shared_weight: expected 1 positive weights summing to 1"),
@@ -539,4 +543,89 @@ def test_lab_shared_configuration_errors_name_the_key(tmp_path, change, word):
     conf = tmp_path / "shared.toml"
     conf.write_text(SHARED_TOML.format(steps=20).replace(*change))
     with pytest.raises(ValueError, match=word):
+        parse_lab_config(read_toml(conf), str(conf))
+
+
+@pytest.mark.parametrize("K", [3, 4])
+def test_over_specified_near_truth_starts_of_a_pinned_softmax_are_the_truth_at_scale_zero(K):
+    """An over-specified near-truth start at scale 0 is the truth split (loss 0): the pinned component's row is
+    moved to 0 with every other (the same gate), not clipped to 0 by the box."""
+    from moe_estimation.lab.fit import start
+
+    model, truth, *_ = _gaussian_moe(10)
+    for m, t in ((model, truth), _shared_model()):
+        s = lab.LabFitSettings(num_components=K, num_shared=t.num_shared and K - 1, init="near-truth", init_scale=0.0)
+        theta = start(jax.random.key(0), m, s, t, jnp.float64)
+        lo, hi = m.box(K, s.num_shared)
+        assert np.all(np.asarray(theta) >= lo) and np.all(np.asarray(theta) <= hi)
+        fitted = m.unflatten(theta, K, s.num_shared)
+        part = "both" if t.num_shared else "routed"
+        assert float(lab.VoronoiLoss(blocks=("gate", "expert", "variance"), part=part)(m, fitted, t)) < 1e-12
+        xs = jnp.linspace(-1, 1, 7)[:, None]
+        dens = jax.vmap(lab.log_density, in_axes=(None, None, 0, 0))
+        np.testing.assert_allclose(dens(m, fitted, xs, xs), dens(m, t, xs, xs), rtol=1e-12)
+
+
+def test_lab_refuses_what_it_cannot_mean():
+    """The review's battery: each bad input a clear ValueError naming the argument."""
+    gm, gtruth, X, Y = _gaussian_moe(50)
+    ls = lab.Assembly(gate=lab.SigmoidGate(), expert=lab.LinearExpert(), input=lab.InputLaw(d=1))
+    lt = lab.Mixture(gate=[[1.0, 0.0]], expert=[[1.0, 0.0]], log_var=[0.0])
+    sm, st = _shared_model()
+    cases = [
+        (lambda: lab.em(jax.random.key(0), gm, X[:3], Y[:3], 2), "n: 3 rows give fewer residuals"),
+        (lambda: lab.em(jax.random.key(0), gm, X.at[0, 0].set(np.nan), Y, 2), "X, Y: contain NaN"),
+        (lambda: lab.em(jax.random.key(0), gm, X, Y, 2, num_shared=2), "num_shared: the model has no shared"),
+        (lambda: lab.em(jax.random.key(0), gm, X, Y, 2, init="near-truth", truth=gtruth._replace(expert=[[1.0]] * 2)),
+         "Shape mismatch in truth.expert"),
+        (lambda: ls.check(lt._replace(log_var=[1.0])), "truth.log_var: least squares has no per-expert variances"),
+        (lambda: ls.check(lt._replace(shared_log_var=[0.0])), "has shared components, but the model has no shared"),
+        (lambda: sm.check(st._replace(shared_log_var=None)), "truth.shared_log_var: the gaussian likelihood needs"),
+        (lambda: lab.VoronoiLoss(blocks=("gate", "variance"))(ls, ls.check(lt), ls.check(lt)), "blocks: 'variance'"),
+        (lambda: lab.VoronoiLoss(kind="d1r", r=0.5), "r: the exponent of a d1r loss"),
+        (lambda: lab.VoronoiLoss(kind="d1r", r=float("nan")), "r: the exponent"),
+        (lambda: lab.Assembly(gate=lab.SoftmaxGate, expert=lab.LinearExpert(), input=lab.InputLaw()), "gate: expected a lab.Gate"),
+        (lambda: lab.Assembly(gate=lab.SoftmaxGate(), expert="linear", input=lab.InputLaw()), "expert: expected a lab.Expert"),
+        (lambda: lab.Assembly(gate=lab.SoftmaxGate(), expert=lab.LinearExpert(), input=lab.InputLaw(), share=2.0),
+         "share: the shared part's fixed weight"),
+        (lambda: lab.register_gate("weird", lambda: 3), "factory: must build a lab.Gate"),
+        (lambda: lab.register_gate("weird", lab.LinearExpert), "factory: must build a lab.Gate"),
+        (lambda: lab.register_expert("weird", lab.SigmoidGate), "factory: must build a lab.Expert"),
+    ]
+    for make, word in cases:
+        with pytest.raises(ValueError, match=word):
+            make()
+    assert "weird" not in lab.study.GATE_NAMES
+
+
+@pytest.mark.parametrize("change, word", [
+    (('shared_weight = [1.0]', 'shared_weight = [1.0]\nshared_log_var = [0.0]'), None),  # least squares: fine at 0
+    (('shared = "linear"\nshare = 0.5\n', ''), "truth.shared_weight: the model has no shared experts"),
+    (('shared_expert = [[2.0, 0.0]]', 'shared_expert = []'), "truth.shared_expert: expected a non-empty list"),
+    (('share = 0.5', 'share = "0.5"'), "^[^:]*: model.share: expected float"),
+    (('[model]', '[model]\nlikelihood = "gaussian"'), "truth.shared_log_var: the gaussian likelihood needs"),
+    (('num_bootstrap = 100', 'num_bootstrap = 100\ntheory = { d = { over = -0.5 } }'), None),
+    (('[grid]', '[grid]\nspecifications = ["exact"]'), None),
+])
+def test_lab_shared_configuration_edge_cases(tmp_path, change, word):
+    from moe_estimation.config import read_toml
+    from moe_estimation.lab.study import parse_lab_config
+
+    conf = tmp_path / "shared.toml"
+    conf.write_text(SHARED_TOML.format(steps=20).replace(*change))
+    if word is None:
+        parse_lab_config(read_toml(conf), str(conf))
+        return
+    with pytest.raises(ValueError, match=word):
+        parse_lab_config(read_toml(conf), str(conf))
+
+
+def test_a_theory_for_a_specification_not_fitted_is_refused(tmp_path):
+    from moe_estimation.config import read_toml
+    from moe_estimation.lab.study import parse_lab_config
+
+    conf = tmp_path / "shared.toml"
+    conf.write_text(SHARED_TOML.format(steps=20).replace("[grid]", "[grid]\nspecifications = [\"exact\"]")
+                    .replace("num_bootstrap = 100", "num_bootstrap = 100\ntheory = { d = { over = -0.5 } }"))
+    with pytest.raises(ValueError, match="rates.theory.d.over: the study fits only"):
         parse_lab_config(read_toml(conf), str(conf))

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..solver import Normal, SolverSettings, Status, batch_map, is_converged, solve
-from .fit import LabFit, LabFitSettings, check_settings, start
+from .fit import LabFit, LabFitSettings, check_fit_inputs, start
 from .model import Assembly, Mixture, log_density
 from .parts import LinearExpert, SoftmaxGate
 
@@ -125,18 +125,11 @@ def em(key, model: Assembly, X, Y, num_components: int, *, truth: Mixture | None
     :func:`moe_estimation.lab.fit` draws from the same key."""
     check_em_model(model)
     s = LabFitSettings(num_components=num_components, **options)
-    check_settings(s)
-    if not (np.isfinite(tol) and tol >= 0):
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (np.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol: must be a finite number >= 0, got {tol!r}")
     if isinstance(gate_steps, bool) or not isinstance(gate_steps, (int, np.integer)) or gate_steps < 1:
         raise ValueError(f"gate_steps: must be an integer >= 1, got {gate_steps!r}")
-    X, Y = jnp.asarray(X, jnp.float64), jnp.asarray(Y, jnp.float64)
-    if X.ndim != 2 or X.shape[1] != model.d or Y.shape != (X.shape[0], model.d_out):
-        raise ValueError(f"Shape mismatch in X, Y: expected (n, {model.d}) and (n, {model.d_out}), got {X.shape} and {Y.shape}")
-    if s.init == "near-truth" and truth is None:
-        raise ValueError("truth: near-truth starts need the true mixture; pass truth=... or init='random'")
-    truth = truth if truth is not None else Mixture(*(jnp.zeros((1, k)) for k in (model.gate_size, model.expert_size)),
-                                                    jnp.zeros(1))
+    X, Y, truth = check_fit_inputs(model, s, X, Y, truth)
     out = _em_batch(jnp.asarray(key)[None], model, s, X[None], Y[None], jnp.ones((1, X.shape[0])), truth,
                     jnp.asarray(tol), gate_steps)
     return jax.tree.map(lambda a: a[0], out)

@@ -69,6 +69,33 @@ def check_shared(model: Assembly, s: LabFitSettings) -> None:
                          f"{s.num_shared}")
 
 
+def check_fit_inputs(model: Assembly, s: LabFitSettings, X, Y, truth: Mixture | None):
+    """The checks of every fit of one data set (the direct fit's and EM's): the settings, the shared experts, X and
+    Y (shapes, finite, enough rows for the parameters) and the truth (checked against the model; a placeholder
+    when none is given and none is needed). Returns (X, Y, truth) as float64 arrays."""
+    check_settings(s)
+    check_shared(model, s)
+    if not isinstance(model, Assembly):
+        raise ValueError(f"model: expected a lab.Assembly, got {type(model).__name__}")
+    X, Y = jnp.asarray(X, jnp.float64), jnp.asarray(Y, jnp.float64)
+    if X.ndim != 2 or X.shape[1] != model.d or Y.shape != (X.shape[0], model.d_out):
+        raise ValueError(f"Shape mismatch in X, Y: expected (n, {model.d}) and (n, {model.d_out}), got {X.shape} and {Y.shape}")
+    if s.init == "near-truth" and truth is None:
+        raise ValueError("truth: near-truth starts need the true mixture; pass truth=... or init='random'")
+    if not (bool(jnp.all(jnp.isfinite(X))) and bool(jnp.all(jnp.isfinite(Y)))):
+        raise ValueError("X, Y: contain NaN or inf")
+    P = model.num_params(s.num_components, s.num_shared)
+    if X.shape[0] * model.d_out < P:
+        raise ValueError(f"n: {X.shape[0]} rows give fewer residuals than the {P} parameters: the fit is not determined")
+    if truth is not None:
+        return X, Y, model.check(truth)
+    z = lambda *shape: jnp.zeros(shape)
+    truth = Mixture(z(1, model.gate_size), z(1, model.expert_size), z(1))
+    if model.shared is not None:
+        truth = truth._replace(shared_logit=z(1), shared_expert=z(1, model.shared_size), shared_log_var=z(1))
+    return X, Y, truth
+
+
 def linearization(model: Assembly, K: int, X, Y, w, K1: int = 0):
     """``theta -> Normal(F, g, H)`` for one data set (rows weighted by ``w``: 1 a real row, 0 padding)."""
     if model.likelihood == "least-squares":
@@ -116,7 +143,7 @@ def start(key, model: Assembly, s: LabFitSettings, truth: Mixture | None, dtype)
     share = np.bincount(assign, minlength=Kt)[assign]
     gate = truth.gate[assign]
     gate = gate.at[:, -1].set(model.gate.split_bias(gate[:, -1], jnp.asarray(share, dtype)))
-    m = Mixture(gate, truth.expert[assign], truth.log_var[assign])
+    m = Mixture(model.gate.pin(gate), truth.expert[assign], truth.log_var[assign])
     if model.shared is not None:  # the shared components split the same way (their logits shifted to a last 0)
         a1 = np.arange(K1) % truth.shared_logit.shape[0]
         logit = truth.shared_logit[a1] - jnp.log(jnp.asarray(np.bincount(a1)[a1], dtype))
@@ -165,21 +192,6 @@ def fit(key, model: Assembly, X, Y, num_components: int, *, truth: Mixture | Non
     maximum likelihood, as ``model.likelihood`` says). ``options``: the fields of :class:`LabFitSettings`
     (``num_shared``: K1', for an assembly with shared experts); ``truth`` is needed by near-truth starts only."""
     s = LabFitSettings(num_components=num_components, **options)
-    check_settings(s)
-    check_shared(model, s)
-    X, Y = jnp.asarray(X, jnp.float64), jnp.asarray(Y, jnp.float64)
-    if X.ndim != 2 or X.shape[1] != model.d or Y.shape != (X.shape[0], model.d_out):
-        raise ValueError(f"Shape mismatch in X, Y: expected (n, {model.d}) and (n, {model.d_out}), got {X.shape} and {Y.shape}")
-    if s.init == "near-truth" and truth is None:
-        raise ValueError("truth: near-truth starts need the true mixture; pass truth=... or init='random'")
-    if not (bool(jnp.all(jnp.isfinite(X))) and bool(jnp.all(jnp.isfinite(Y)))):
-        raise ValueError("X, Y: contain NaN or inf")
-    P = model.num_params(s.num_components, s.num_shared)
-    if X.shape[0] * model.d_out < P:
-        raise ValueError(f"n: {X.shape[0]} rows give fewer residuals than the {P} parameters: the fit is not determined")
-    if truth is not None:
-        truth = model.check(truth)
-    truth = truth if truth is not None else Mixture(*(jnp.zeros((1, k)) for k in (model.gate_size, model.expert_size)),
-                                                    jnp.zeros(1))
+    X, Y, truth = check_fit_inputs(model, s, X, Y, truth)
     out = _fit_batch(jnp.asarray(key)[None], model, s, X[None], Y[None], jnp.ones((1, X.shape[0])), truth)
     return jax.tree.map(lambda a: a[0], out)

@@ -27,6 +27,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..voronoi import voronoi_parts
 from .model import Assembly, Mixture
@@ -53,6 +54,8 @@ class VoronoiLoss:
             raise ValueError(f"kind: expected one of {KINDS}, got {self.kind!r}")
         if self.kind == "d1r" and len(self.blocks) < 2:
             raise ValueError("blocks: a d1r loss cuts the atom after its first block; give at least two")
+        if isinstance(self.r, bool) or not isinstance(self.r, (int, float)) or not (np.isfinite(self.r) and self.r >= 1):
+            raise ValueError(f"r: the exponent of a d1r loss must be a finite number >= 1, got {self.r!r}")
         if self.part not in PARTS:
             raise ValueError(f"part: expected one of {PARTS}, got {self.part!r}")
         if self.part != "routed" and self.blocks == ("gate",):
@@ -63,6 +66,8 @@ class VoronoiLoss:
 
     def atoms(self, model: Assembly, m: Mixture) -> tuple[jnp.ndarray, jnp.ndarray, int]:
         """(weights (K,), atoms (K, D), the width of the first block)."""
+        if "variance" in self.blocks and not model.has_variances:
+            raise ValueError("blocks: 'variance' is a block of the Gaussian likelihoods' mixtures; least squares has none")
         gate = model.gate.canonical(m.gate)
         pieces = {"gate": model.gate.atom(gate), "expert": m.expert, "variance": jnp.exp(m.log_var)[:, None]}
         chosen = [pieces[b] for b in self.blocks]
@@ -86,6 +91,8 @@ class VoronoiLoss:
         ``part = "both"``, ``loss`` (the sum), ``routed`` and ``shared`` (each one's parts)."""
         if self.part != "routed" and model.shared is None:
             raise ValueError(f"part: {self.part!r} measures shared experts, and the model has none")
+        if self.part != "routed" and (fitted.shared_logit is None or truth.shared_logit is None):
+            raise ValueError("fitted, truth: a loss of the shared part needs both mixtures' shared components")
         if self.part == "routed":
             return self._one(self.atoms, model, fitted, truth)
         if self.part == "shared":

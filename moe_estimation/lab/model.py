@@ -77,11 +77,15 @@ class Assembly:
     share: float = 0.5
 
     def __post_init__(self):
+        for name, kind in (("gate", Gate), ("expert", Expert), ("input", InputLaw)):
+            if not isinstance(getattr(self, name), kind):
+                raise ValueError(f"{name}: expected a lab.{kind.__name__} instance, got {getattr(self, name)!r}")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood: expected one of {LIKELIHOODS}, got {self.likelihood!r}")
         if self.likelihood == "gaussian" and not self.gate.sums_to_one:
             raise ValueError(f"gate: the Gaussian likelihood is a mixture density and needs weights that sum to one; the "
-                             f"{self.gate.name} gate's do not (use softmax with reference 'pinned', or normalised-sigmoid)")
+                             f"{self.gate.name} gate's do not (use softmax with reference 'pinned' or 'none', normalised-sigmoid or "
+                             "gaussian)")
         if self.likelihood == "joint-gaussian" and not isinstance(self.gate, GaussianGate):
             raise ValueError(f"gate: the joint likelihood models x by the gate's own mixture and needs the gaussian gate, "
                              f"got {self.gate.name}")
@@ -90,11 +94,11 @@ class Assembly:
                              f"with it, got law {self.input.law!r} with likelihood {self.likelihood!r}")
         if isinstance(self.d_out, bool) or not isinstance(self.d_out, (int, np.integer)) or self.d_out < 1:
             raise ValueError(f"d_out: must be an integer >= 1, got {self.d_out!r}")
+        if isinstance(self.share, bool) or not (isinstance(self.share, (int, float)) and 0 < self.share < 1):
+            raise ValueError(f"share: the shared part's fixed weight must be a number in (0, 1), got {self.share!r}")
         if self.shared is not None:
             if not isinstance(self.shared, Expert):
                 raise ValueError(f"shared: expected an expert part (or None), got {self.shared!r}")
-            if isinstance(self.share, bool) or not (isinstance(self.share, (int, float)) and 0 < self.share < 1):
-                raise ValueError(f"share: the shared part's fixed weight must be a number in (0, 1), got {self.share!r}")
             if self.likelihood == "joint-gaussian":
                 raise ValueError("shared: the joint likelihood of the Gaussian-gated model has no shared experts here")
         for name in ("noise_var", "bound"):
@@ -177,10 +181,13 @@ class Assembly:
                                  f"{part} on d = {self.d}, d_out = {self.d_out}, got {arr.shape}")
         if log_var.shape != (K,):
             raise ValueError(f"Shape mismatch in {name}.log_var: expected ({K},), got {log_var.shape}")
+        if not self.has_variances and np.any(log_var != 0):
+            raise ValueError(f"{name}.log_var: least squares has no per-expert variances (its noise_var is known); leave "
+                             f"log_var at 0, got {log_var.tolist()}")
         out = Mixture(gate, expert, log_var)
         K1 = 0
         if self.shared is None:
-            if m.shared_logit is not None or m.shared_expert is not None:
+            if any(x is not None for x in (m.shared_logit, m.shared_expert, m.shared_log_var)):
                 raise ValueError(f"{name}: has shared components, but the model has no shared experts (shared=None)")
         else:
             if m.shared_logit is None or m.shared_expert is None:
@@ -192,7 +199,12 @@ class Assembly:
             if sexp.shape != (K1, self.shared_size):
                 raise ValueError(f"Shape mismatch in {name}.shared_expert: expected ({K1}, {self.shared_size}) for the "
                                  f"{self.shared.name} expert, got {sexp.shape}")
+            if m.shared_log_var is None and self.has_variances:
+                raise ValueError(f"{name}.shared_log_var: the {self.likelihood} likelihood needs the shared experts' "
+                                 f"log-variances, ({K1},)")
             slv = np.asarray(m.shared_log_var if m.shared_log_var is not None else np.zeros(K1), float)
+            if not self.has_variances and np.any(slv != 0):
+                raise ValueError(f"{name}.shared_log_var: least squares has no per-expert variances; leave it at 0")
             if slv.shape != (K1,):
                 raise ValueError(f"Shape mismatch in {name}.shared_log_var: expected ({K1},), got {slv.shape}")
             out = out._replace(shared_logit=logit - logit[-1], shared_expert=sexp, shared_log_var=slv)

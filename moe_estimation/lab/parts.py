@@ -57,6 +57,11 @@ class Gate:
         over-specified fit): exp-weighted gates subtract log(share)."""
         return bias - jnp.log(share)
 
+    def pin(self, theta: jax.Array) -> jax.Array:
+        """The same gate in the parameterisation the box allows (a gate with a pinned component moves every
+        row so that the pinned one is 0); itself for most gates."""
+        return theta
+
     def box(self, d: int, bound: float, K: int) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper), each ``(K, size)``."""
         size = self.size(d)
@@ -108,6 +113,10 @@ class SoftmaxGate(Gate):
         if self.reference == "pinned":
             lo[-1], hi[-1] = 0.0, 0.0
         return lo, hi
+
+    def pin(self, theta):
+        """With reference ``pinned``: every row minus the last (the same weights; the last row then 0)."""
+        return theta - theta[-1] if self.reference == "pinned" else theta
 
     def canonical(self, theta):
         """Without an extra reference, (w_k, b_k) and (w_k + t, b_k + s) give one gate for every (t, s), and with

@@ -53,18 +53,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from .._checks import make_out_dir
 from ..data import fold_key
 from ..results import CellTable, RunLog, StudyLock, atomic_write, check_same_study, loss_matrix, rate_entries, versions, write_csv
 from ..solver import STATUS_LABELS
-from ..workers import resolve_workers, run_cells
+from ..runner import fit_missing, load_cells
+from ..workers import resolve_workers
 from .em import check_em_model, em_dataset
 from .fit import LabFitSettings, check_settings, fit_dataset
 from .losses import VoronoiLoss
 from .model import Assembly, Mixture, simulate_rows
-from .parts import ACTIVATIONS, ActivationExpert, ConstantExpert, GaussianGate, InputLaw, LaplaceGate, LinearExpert, \
+from .parts import ACTIVATIONS, ActivationExpert, ConstantExpert, Expert, GaussianGate, Gate, InputLaw, LaplaceGate, LinearExpert, \
     NormalisedSigmoidGate, SigmoidGate, SoftmaxGate
 
 GATE_NAMES = {"softmax": lambda: SoftmaxGate("pinned"), "softmax-extra": lambda: SoftmaxGate("extra"),
@@ -75,11 +75,17 @@ EXPERT_NAMES = {"constant": ConstantExpert, "linear": LinearExpert} | {
 ESTIMATORS = ("direct", "em")
 
 
-def _register(kind: str, names: dict, name, factory, replace: bool) -> None:
+def _register(kind: str, names: dict, name, factory, replace: bool, part) -> None:
     if not isinstance(name, str) or not name:
         raise ValueError(f"name: a {kind}'s name must be a non-empty string, got {name!r}")
     if not callable(factory):
         raise ValueError(f"factory: must be callable (a class or a function of no arguments), got {factory!r}")
+    try:
+        made = factory()
+    except Exception as e:  # noqa: BLE001 (whatever the factory raises, the user is told which factory)
+        raise ValueError(f"factory: calling it with no arguments failed ({type(e).__name__}: {e})") from None
+    if not isinstance(made, part):
+        raise ValueError(f"factory: must build a lab.{part.__name__}, built {made!r}")
     if name in names and not replace:
         raise ValueError(f"name: a {kind} named {name!r} exists already; pass replace=True to replace it")
     names[name] = factory
@@ -89,12 +95,12 @@ def register_gate(name: str, factory, *, replace: bool = False) -> None:
     """Make ``model.gate = name`` in a lab configuration build ``factory()`` (a :class:`moe_estimation.lab.Gate`).
     A gate defined in your own module joins the configurations this way without touching the package; register
     it at that module's import, so that worker processes (``--workers``) that import it know it too."""
-    _register("gate", GATE_NAMES, name, factory, replace)
+    _register("gate", GATE_NAMES, name, factory, replace, Gate)
 
 
 def register_expert(name: str, factory, *, replace: bool = False) -> None:
     """As :func:`register_gate`, for ``model.expert = name`` (a :class:`moe_estimation.lab.Expert`)."""
-    _register("expert", EXPERT_NAMES, name, factory, replace)
+    _register("expert", EXPERT_NAMES, name, factory, replace, Expert)
 LAB_CELL = ["specification", "n"]
 
 
@@ -184,16 +190,15 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
     if not isinstance(inp, dict) or set(inp) - {"law", "d", "low", "high", "scale", "points", "means", "weights"}:
         raise _err(source, "model.input", f"expected a table {{ law, d, low, high, scale, points, means, weights }}, "
                                           f"got {inp!r}")
+    sizes = dict(d_out=_get(source, m, "d_out", int, 1, "model."),
+                 likelihood=_get(source, m, "likelihood", str, "least-squares", "model."),
+                 noise_var=_get(source, m, "noise_var", float, 0.01, "model."),
+                 bound=_get(source, m, "bound", float, 10.0, "model."), share=_get(source, m, "share", float, 0.5, "model."))
     try:
         law = InputLaw(**{k: (float(v) if k in ("low", "high", "scale") and not isinstance(v, bool) else v)
                           for k, v in inp.items()})
         model = Assembly(gate=GATE_NAMES[gate](), expert=EXPERT_NAMES[expert](), input=law,
-                         d_out=_get(source, m, "d_out", int, 1, "model."),
-                         likelihood=_get(source, m, "likelihood", str, "least-squares", "model."),
-                         noise_var=_get(source, m, "noise_var", float, 0.01, "model."),
-                         bound=_get(source, m, "bound", float, 10.0, "model."),
-                         shared=EXPERT_NAMES[shared]() if shared else None,
-                         share=_get(source, m, "share", float, 0.5, "model."))
+                         shared=EXPERT_NAMES[shared]() if shared else None, **sizes)
     except (ValueError, TypeError) as e:
         raise _err(source, "model", str(e)) from None
     t = data.get("truth")
@@ -202,9 +207,18 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
     unknown = sorted(set(t) - {"gate", "expert", "log_var", "shared_expert", "shared_weight", "shared_log_var"})
     if unknown:
         raise _err(source, f"truth.{unknown[0]}", "unknown key")
+    stray = sorted(k for k in ("shared_weight", "shared_log_var") if k in t and not shared)
+    if stray:
+        raise _err(source, f"truth.{stray[0]}", "the model has no shared experts (model.shared)")
     if bool(shared) != ("shared_expert" in t):
         raise _err(source, "truth.shared_expert", "give the true shared experts (shared_expert, shared_weight) exactly "
                                                   "when model.shared names their part")
+    if shared and (not isinstance(t["shared_expert"], list) or not t["shared_expert"]):
+        raise _err(source, "truth.shared_expert", f"expected a non-empty list of the shared experts' parameter lists, "
+                                                  f"got {t['shared_expert']!r}")
+    if shared and model.has_variances and "shared_log_var" not in t:
+        raise _err(source, "truth.shared_log_var", f"the {model.likelihood} likelihood needs the shared experts' "
+                                                   "log-variances")
     try:
         K = len(t["gate"])
         truth = Mixture(gate=np.asarray(t["gate"], float), expert=np.asarray(t["expert"], float),
@@ -283,6 +297,10 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
         raise _err(source, "rates.theory", f"expected a table of the declared losses {sorted(declared)}, each a slope or "
                                            f"{{ exact = .., over = .. }}, got {th!r}")
     theory = {name: _theory(source, f"rates.theory.{name}", th.get(name)) for name in declared}
+    for name, table in theory.items():
+        for spec in table:
+            if spec not in specs:
+                raise _err(source, f"rates.theory.{name}.{spec}", f"the study fits only {specs}")
     nb = _get(source, r, "num_bootstrap", int, 2000, "rates.")
     if nb < 100:
         raise _err(source, "rates.num_bootstrap", f"must be >= 100, got {nb}")
@@ -347,49 +365,48 @@ def _columns(study: LabStudy) -> list[str]:
     return LAB_COLUMNS[:2] + shared + LAB_COLUMNS[2:9] + [f"loss_{name}" for name in study.losses] + LAB_COLUMNS[9:]
 
 
-def run_lab_study(study: LabStudy, out, *, progress: bool = True, log=print, workers=1, tables_only: bool = False
-                  ) -> pd.DataFrame:
+def run_lab_study(study: LabStudy, out, *, progress: bool = True, log=print, workers=1, tables_only: bool = False,
+                  repair: bool = False) -> pd.DataFrame:
     """Run (or resume) a lab study into ``out``: ``fits.csv`` after every cell, ``rates.csv``, ``config.json`` and
-    ``runs.jsonl`` (module docstring). Returns the fits."""
+    ``runs.jsonl`` (module docstring). A damaged ``fits.csv`` is refused unless ``repair``, as every study's
+    (:mod:`moe_estimation.runner`). Returns the fits."""
     if not jax.config.jax_enable_x64:
         raise ValueError("run_lab_study: estimation runs in float64; call jax.config.update('jax_enable_x64', True) first")
     out = make_out_dir(out)
     workers = resolve_workers(workers)
     with StudyLock(out, log=log):
         check_same_study(out, study.table, what="lab study", reread=("rates",), log=log)
+        table = CellTable(out / "fits.csv", _columns(study), LAB_CELL, study.replicates)
+        finished = {(s, int(m)) for s, m in load_cells(table, repair=repair, log=log)}
         meta = dict(study=study.table, versions=versions(), platform=platform.platform())
         if (out / "config.json").is_file():  # a resume (or a re-rating): keep the provenance of the first run
             first = json.loads((out / "config.json").read_text())
             meta = dict(meta, **{k: first[k] for k in ("versions", "platform") if k in first})
         atomic_write(out / "config.json", json.dumps(meta, indent=2))
-        table = CellTable(out / "fits.csv", _columns(study), LAB_CELL, study.replicates)
-        finished = table.load()
-        if table.problems:
-            raise ValueError(f"{out / 'fits.csv'} is damaged: " + "; ".join(table.problems) + ". Nothing was changed")
-        todo = [] if tables_only else [(spec, n) for spec in study.specifications for n in sorted(study.ns, reverse=True)
-                                       if (spec, n) not in {(s, int(m)) for s, m in finished}]
+        cells = [(spec, n) for spec in study.specifications for n in sorted(study.ns, reverse=True)]
+        if tables_only and not finished:
+            raise ValueError(f"--tables-only: {out} holds no finished cell yet")
+        todo = [] if tables_only else [c for c in cells if c not in finished]
         run_log = RunLog(out / "runs.jsonl")
         run_log.append("start", versions=versions(), platform=platform.platform(), cells_finished_before=len(finished),
-                       cells_to_fit=len(todo), tables_only=tables_only, workers=workers)
-        bar = tqdm(total=len(todo), disable=not progress, unit="cell")
+                       cells_to_fit=len(todo), tables_only=tables_only, repair=repair, workers=workers)
 
-        def add(task, result):
-            (_, spec, n), (res, scores, seconds) = task, result
+        def rows(cell, result):
+            (spec, n), (res, scores, seconds) = cell, result
             s = study.settings(spec)
             theta = np.asarray(jax.vmap(study.model.flatten)(res.params))
             shared = {"num_shared": s.num_shared} if study.model.shared is not None else {}
-            table.add({"specification": spec, "num_components": s.num_components, **shared, "n": n,
-                       "replicate": np.arange(study.replicates), "seed": study.seed, "estimator": study.estimator,
-                       "init": s.init, "init_scale": float(s.init_scale), "restarts": s.restarts,
-                       **{f"loss_{k}": v for k, v in scores.items()}, "objective": res.objective,
-                       "converged": res.converged, "status": [STATUS_LABELS[int(c)] for c in res.status],
-                       "steps": res.steps, "seconds": seconds,
-                       "params": [" ".join(f"{x:.17g}" for x in t) for t in theta]})
-            bar.set_description(f"{spec} n={n}")
-            bar.update(1)
+            return {"specification": spec, "num_components": s.num_components, **shared, "n": n,
+                    "replicate": np.arange(study.replicates), "seed": study.seed, "estimator": study.estimator,
+                    "init": s.init, "init_scale": float(s.init_scale), "restarts": s.restarts,
+                    **{f"loss_{k}": v for k, v in scores.items()}, "objective": res.objective,
+                    "converged": res.converged, "status": [STATUS_LABELS[int(c)] for c in res.status],
+                    "steps": res.steps, "seconds": seconds,
+                    "params": [" ".join(f"{x:.17g}" for x in t) for t in theta]}
 
-        run_cells(lab_cell, [(study, *t) for t in todo], add, workers=workers)
-        bar.close()
+        fit_missing(table, todo, total=len(finished) + len(todo), work=lab_cell, args=lambda c: (study, *c), rows=rows,
+                    describe=lambda c: f"{c[0]} n={c[1]}", cost=lambda c: c[1], workers=workers, progress=progress,
+                    log=log)
         fits = table.frame()
         order = {s: i for i, s in enumerate(study.specifications)}
         fits = fits.assign(_s=fits["specification"].map(order)).sort_values(["_s", "n", "replicate"]).drop(columns="_s")

@@ -34,7 +34,6 @@ and over layers (``loss_key_value``), with its key and value parts and the ident
 from __future__ import annotations
 
 import json
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -45,17 +44,17 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from jax.flatten_util import ravel_pytree
-from tqdm.auto import tqdm
 
 from .._checks import make_out_dir
 from ..data import fold_key
 from ..rates import theory_slope as moe_theory
 from ..results import RATE_LOSSES as STUDY_RATE_LOSSES
-from ..results import (CellTable, StudyLock, atomic_write, check_same_study, loss_matrix, plain_dict, rate_entries,
-                       versions, write_csv)
+from ..results import (CellTable, RunLog, StudyLock, atomic_write, check_same_study, loss_matrix, plain_dict,
+                       rate_entries, versions, write_csv)
+from ..runner import fit_missing, load_cells
 from ..solver import STATUS_LABELS, SolverSettings, Status, is_converged, normal_equations, solve
 from ..voronoi import IDENTIFIED_NAMES, identified_parts, voronoi_parts
-from ..workers import resolve_workers, run_cells
+from ..workers import resolve_workers
 from .model import BackboneConfig, hidden_states
 from .prefixes import PARAMETERISATIONS, init_prefix, prefix_kv
 from .train import prepare_backbone
@@ -361,12 +360,15 @@ def theory_slope(kind: str, loss: str, specification: str) -> float:
     return moe_theory(structure, "identified" if loss.startswith(("identified", "spread")) else "key_value", "over")
 
 
-def run_teacher(study: TeacherStudy, out, *, progress: bool = True, log=print, workers: int | str = 1):
+def run_teacher(study: TeacherStudy, out, *, progress: bool = True, log=print, workers: int | str = 1,
+                repair: bool = False):
     """Run (or resume) a teacher-student study into ``out``: ``fits.csv`` (one row per fit, written after
-    every cell), ``rates.csv`` and ``config.json``; the backbone is pre-trained once into ``backbone.npz``
-    (or reused). Estimation runs in float64 (call ``jax.config.update('jax_enable_x64', True)`` first).
-    ``workers``: processes fitting cells at once (:mod:`moe_estimation.workers`; 1 here, in this process;
-    ``"auto"``, the command line's default, one per core on a CPU); the table does not depend on it."""
+    every cell), ``rates.csv``, ``config.json`` (the provenance of the run that began it) and ``runs.jsonl``
+    (one line per run); the backbone is pre-trained once into ``backbone.npz`` (or reused). Estimation runs in
+    float64 (call ``jax.config.update('jax_enable_x64', True)`` first). ``workers``: processes fitting cells
+    at once (:mod:`moe_estimation.workers`; 1 here, in this process; ``"auto"``, the command line's default,
+    one per core on a CPU); the table does not depend on it. A damaged ``fits.csv`` is refused unless
+    ``repair`` (its damaged cells are then computed again), as every study's (:mod:`moe_estimation.runner`)."""
     workers = resolve_workers(workers)
     if not jax.config.jax_enable_x64:
         raise ValueError("run_teacher: the students are fitted in float64; call "
@@ -374,7 +376,7 @@ def run_teacher(study: TeacherStudy, out, *, progress: bool = True, log=print, w
     validate_study(study)
     out = make_out_dir(out)
     with StudyLock(out, log=log):
-        return _run_teacher(study, out, progress=progress, log=log, workers=workers)
+        return _run_teacher(study, out, progress=progress, log=log, workers=workers, repair=repair)
 
 
 def _context(study: TeacherStudy, backbone32):
@@ -412,39 +414,33 @@ def teacher_cell(study: TeacherStudy, backbone32, truth: str, kind: str, spec: s
         at_bound=res["at_bound"], seconds=seconds)
 
 
-def _run_teacher(study: TeacherStudy, out: Path, *, progress: bool, log, workers: int = 1):
+def _run_teacher(study: TeacherStudy, out: Path, *, progress: bool, log, workers: int = 1, repair: bool = False):
     cfg_path = out / "config.json"
     check_same_study(out, plain_dict(study))
-    backbone32, pretrain_test = prepare_backbone(study, out, log=log)
-    backbone, teachers, test_tokens = _context(study, backbone32)
-    meta = dict(study=plain_dict(study), backbone_pretrain_test=pretrain_test, versions=versions(),
-                device=str(jax.devices()[0]),
-                teacher={t: [dict(keys=np.asarray(k).tolist(), values=np.asarray(v).tolist()) for k, v, _ in p]
-                         for t, p in teachers.items()})
-    atomic_write(cfg_path, json.dumps(meta, indent=2))
-
     columns = fits_columns(study)
     table = CellTable(out / "fits.csv", columns, CELL, study.seeds)
-    finished = {(t, k, s, int(n)) for t, k, s, n in table.load()}
-    if table.problems:
-        log(f"{table.path}: " + "; ".join(table.problems))
+    finished = {(t, k, s, int(n)) for t, k, s, n in load_cells(table, repair=repair, log=log)}
+    backbone32, pretrain_test = prepare_backbone(study, out, log=log)
+    backbone, teachers, test_tokens = _context(study, backbone32)
+    provenance = dict(versions=versions(), device=str(jax.devices()[0]))
+    meta = dict(study=plain_dict(study), backbone_pretrain_test=pretrain_test, **provenance,
+                teacher={t: [dict(keys=np.asarray(k).tolist(), values=np.asarray(v).tolist()) for k, v, _ in p]
+                         for t, p in teachers.items()})
+    if cfg_path.is_file():  # a resume: config.json keeps the provenance of the run that began the study
+        first = json.loads(cfg_path.read_text())
+        meta = dict(meta, **{k: first[k] for k in provenance if k in first})
+    atomic_write(cfg_path, json.dumps(meta, indent=2))
+
     cells = [(t, k, s, n) for n in study.ns for t, k in study.cases for s in study.specifications]
     todo = [c for c in cells if c not in finished]
-    if finished:
-        log(f"resuming: {len(cells) - len(todo)} of {len(cells)} cells already in {table.path}")
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), disable=not progress, unit="cell", file=sys.stderr)
-    if workers > 1 and len(todo) > 1:
-        log(f"fitting {len(todo)} cells in {min(workers, len(todo))} worker processes (one core each)")
-        todo = sorted(todo, key=lambda c: -c[3] * study.num_prompts(c[2]))  # the costliest first
+    run_log = RunLog(out / "runs.jsonl")
+    run_log.append("start", **provenance, cells_finished_before=len(cells) - len(todo), cells_to_fit=len(todo),
+                   repair=repair, workers=workers)
     shipped = jax.tree.map(np.asarray, backbone32)
-
-    def add(task, rows):
-        table.add(rows)
-        bar.set_description("{} truth, {} {} n={}".format(*task[2:]))
-        bar.update(1)
-
-    run_cells(teacher_cell, [(study, shipped, *c) for c in todo], add, workers=workers)
-    bar.close()
+    fit_missing(table, todo, total=len(cells), work=teacher_cell, args=lambda c: (study, shipped, *c),
+                rows=lambda c, result: result, describe=lambda c: "{} truth, {} {} n={}".format(*c),
+                cost=lambda c: c[3] * study.num_prompts(c[2]), workers=workers, progress=progress, log=log)
+    run_log.append("end", cells_fitted=len(todo))
     fits = _canonical(table.frame(), study)
     table.write(fits)
     write_csv(out / "rates.csv", teacher_rates(fits, study))
