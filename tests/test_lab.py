@@ -629,3 +629,23 @@ def test_a_theory_for_a_specification_not_fitted_is_refused(tmp_path):
                     .replace("num_bootstrap = 100", "num_bootstrap = 100\ntheory = { d = { over = -0.5 } }"))
     with pytest.raises(ValueError, match="rates.theory.d.over: the study fits only"):
         parse_lab_config(read_toml(conf), str(conf))
+
+
+def test_one_neuron_experts_are_compared_through_their_symmetries():
+    """a relu(b x + c) = (t a) relu((b x + c) / t) and a tanh(z) = (-a) tanh(-z): the same expert functions, at
+    Voronoi loss 0; an expert function that differs is not."""
+    for act, other in (("relu", lambda e: e.at[:, 0].multiply(2.0).at[:, 1:].divide(2.0)),
+                       ("tanh", lambda e: -e)):
+        model = lab.Assembly(gate=lab.SigmoidGate(), expert=lab.ActivationExpert(act), input=lab.InputLaw(d=1))
+        truth = model.check(lab.Mixture(gate=[[2.0, 0.5], [-2.0, 0.0]], expert=[[1.0, 2.0, -0.5], [-1.5, 1.0, 0.3]],
+                                        log_var=[0.0, 0.0]))
+        twin = truth._replace(expert=other(truth.expert))
+        xs = jnp.linspace(-1, 1, 9)[:, None]
+        f = jax.vmap(lab.mean, in_axes=(None, None, 0))
+        np.testing.assert_allclose(f(model, twin, xs), f(model, truth, xs), rtol=1e-12, atol=1e-12)
+        assert float(lab.VoronoiLoss()(model, twin, truth)) < 1e-12
+        moved = truth._replace(expert=truth.expert.at[0, 2].add(0.1))
+        assert float(lab.VoronoiLoss()(model, moved, truth)) > 1e-3
+    gelu = lab.ActivationExpert("gelu")
+    theta = jnp.array([[1.0, 2.0, -0.5]])
+    np.testing.assert_array_equal(gelu.canonical(theta, 1), theta)

@@ -3,7 +3,7 @@
 A loss between a fitted mixture and the truth is declared by: which blocks of a component make its atom
 (``gate``: the part :meth:`Gate.atom` names of the gate's canonical parameters (:meth:`Gate.canonical`: a
 softmax's are identified only up to a common shift), the slopes w_k without the bias; ``expert``: the expert's
-parameters; ``variance``: exp(log_var), the Gaussian likelihood's), the weight of an atom (the gate's
+canonical parameters (:meth:`Expert.canonical`: a one-neuron ReLU expert's scale, a tanh expert's sign); ``variance``: exp(log_var), the Gaussian likelihood's), the weight of an atom (the gate's
 :meth:`Gate.atom_weight`: exp(b) for softmax and Laplace gates, sigmoid(b) for sigmoid ones), and the kind:
 
 - ``d2``: the weight-sum term, plus w ||Delta|| in cells holding one fitted atom and w ||Delta||^2 in cells
@@ -69,13 +69,15 @@ class VoronoiLoss:
         if "variance" in self.blocks and not model.has_variances:
             raise ValueError("blocks: 'variance' is a block of the Gaussian likelihoods' mixtures; least squares has none")
         gate = model.gate.canonical(m.gate)
-        pieces = {"gate": model.gate.atom(gate), "expert": m.expert, "variance": jnp.exp(m.log_var)[:, None]}
+        pieces = {"gate": model.gate.atom(gate), "expert": model.expert.canonical(m.expert, model.d_out),
+                  "variance": jnp.exp(m.log_var)[:, None]}
         chosen = [pieces[b] for b in self.blocks]
         return model.gate.atom_weight(gate), jnp.concatenate(chosen, axis=1), chosen[0].shape[1]
 
     def shared_atoms(self, model: Assembly, m: Mixture) -> tuple[jnp.ndarray, jnp.ndarray, int]:
         """(weights omega (K1,), atoms (K1, D), the width of the first block) of the shared components."""
-        pieces = {"expert": m.shared_expert, "variance": jnp.exp(m.shared_log_var)[:, None]}
+        pieces = {"expert": model.shared.canonical(m.shared_expert, model.d_out),
+                  "variance": jnp.exp(m.shared_log_var)[:, None]}
         chosen = [pieces[b] for b in self.blocks if b != "gate"]
         return jax.nn.softmax(m.shared_logit), jnp.concatenate(chosen, axis=1), chosen[0].shape[1]
 

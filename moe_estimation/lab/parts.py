@@ -259,6 +259,11 @@ class Expert:
         size = self.size(d, d_out)
         return np.full((K, size), -bound), np.full((K, size), bound)
 
+    def canonical(self, theta: jax.Array, d_out: int) -> jax.Array:
+        """The representative of ``theta`` (K, size) that a Voronoi loss compares: itself, unless two parameter
+        values give one expert function (a one-neuron ReLU or tanh expert)."""
+        return theta
+
 
 @dataclasses.dataclass(frozen=True)
 class ConstantExpert(Expert):
@@ -309,6 +314,21 @@ class ActivationExpert(Expert):
     def outputs(self, theta, x, d_out):
         a, b, c = theta[:, :d_out], theta[:, d_out:-1], theta[:, -1]
         return a * ACTIVATIONS[self.activation](b @ x + c)[:, None]
+
+    def canonical(self, theta, d_out):
+        """ReLU is positively homogeneous: a relu(b^T x + c) = (t a) relu((b^T x + c) / t) for every t > 0, so the
+        representative has ||(b, c)|| = 1 (the scale moved into a). tanh is odd: a tanh(z) = (-a) tanh(-z), so the
+        representative has the first nonzero entry of (b, c) positive. GELU and sigmoid have neither symmetry."""
+        a, inner = theta[:, :d_out], theta[:, d_out:]
+        if self.activation == "relu":
+            norm = jnp.sqrt(jnp.sum(inner**2, axis=1, keepdims=True))
+            safe = jnp.where(norm > 0, norm, 1.0)
+            return jnp.concatenate([a * norm, inner / safe], axis=1)
+        if self.activation == "tanh":
+            lead = jnp.take_along_axis(inner, jnp.argmax(inner != 0, axis=1)[:, None], axis=1)
+            sign = jnp.where(lead < 0, -1.0, 1.0)
+            return jnp.concatenate([a * sign, inner * sign], axis=1)
+        return theta
 
 
 EXPERTS = {"constant": ConstantExpert, "linear": LinearExpert} | {
