@@ -199,6 +199,18 @@ def workers_table(path: Path) -> str:
     return "\n".join(out)
 
 
+def lab_em_table(path: Path) -> str:
+    """``benchmarks/lab_em.py``'s table: EM against the direct maximum-likelihood fit, per (K', n) and method."""
+    rows = json.loads(path.read_text())["rows"]
+    out = ["| K' | n | method | median NLL | mean NLL | reached the lower of the two | worst miss (nats) | stopped by its "
+           "test | median steps | seconds a fit |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['components']} | {r['n']} | {r['method']} | {r['median_nll']:.6f} | {r['mean_nll']:.4f} | "
+                   f"{r['reached_lowest']} of {r['datasets']} | {r['worst_miss']:.2g} | {r['stopped_by_test']} of "
+                   f"{r['datasets']} | {r['median_steps']:.0f} | {r['seconds_per_fit']:.3g} |")
+    return "\n".join(out)
+
+
 def precision_table(path: Path) -> str:
     recs = json.loads(path.read_text())
     out = ["| shape | converged float64 / float32 (stalled) | loss rel. diff median | max | objective rel. diff max |",

@@ -55,6 +55,7 @@ def blocks() -> dict:
         "transformer-table": lambda: s.transformer_table(t / "transformer-standard"),
         "transformer-quick-table": lambda: s.transformer_table(t / "transformer-quick"),
         "workers-table": lambda: s.workers_table(b / "cpu-workers.json"),
+        "lab-gaussian-moe-table": lambda: s.lab_markdown(t / "lab-gaussian-moe"),
         "step-table": lambda: s.step_table(b / "cpu-step.json").split("\n\n", 1)[1],
     }
     for name, power_problems, reference in (("full", ("non-shared", "shared-linear"), "non-shared"),

@@ -649,3 +649,25 @@ def test_one_neuron_experts_are_compared_through_their_symmetries():
     gelu = lab.ActivationExpert("gelu")
     theta = jnp.array([[1.0, 2.0, -0.5]])
     np.testing.assert_array_equal(gelu.canonical(theta, 1), theta)
+
+
+def test_the_committed_lab_study_is_its_configuration_and_its_rates_are_its_fits():
+    """tables/lab-gaussian-moe is a run of `moe-estimation study --config simulations/lab-gaussian-moe.toml`
+    (its config.json records that configuration, so rerunning the command resumes it) and its rates.csv is what
+    its fits give, re-rated here from fits.csv alone."""
+    import json
+
+    import pandas as pd
+
+    from moe_estimation.config import read_toml
+    from moe_estimation.lab.study import lab_rates, parse_lab_config
+
+    root = Path(__file__).resolve().parents[1]
+    toml = root / "simulations" / "lab-gaussian-moe.toml"
+    study = parse_lab_config(read_toml(toml), str(toml))
+    out = root / "tables" / "lab-gaussian-moe"
+    assert json.loads((out / "config.json").read_text())["study"] == study.table
+    fits = pd.read_csv(out / "fits.csv")
+    assert len(fits) == len(study.specifications) * len(study.ns) * study.replicates
+    rebuilt, committed = lab_rates(fits, study), pd.read_csv(out / "rates.csv", keep_default_na=False, na_values=["nan"])
+    pd.testing.assert_frame_equal(rebuilt.reset_index(drop=True), committed, check_dtype=False, rtol=1e-10)

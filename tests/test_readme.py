@@ -161,6 +161,19 @@ def test_committed_figures_are_drawn_from_the_committed_tables(name, tmp_path):
         assert committed.read_bytes() == p.read_bytes(), f"{committed} is not drawn from tables/{name}"
 
 
+@pytest.mark.e2e
+def test_the_lab_figure_is_drawn_from_its_committed_table(tmp_path):
+    """figures/lab is what `plot` draws from tables/lab-gaussian-moe, byte for byte."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from moe_estimation.plots import plot_lab
+
+    drawn = plot_lab(README.parent / "tables" / "lab-gaussian-moe", tmp_path)
+    assert [p.name for p in drawn] == ["lab_voronoi.png"]
+    assert (README.parent / "figures" / "lab" / "lab_voronoi.png").read_bytes() == drawn[0].read_bytes()
+
+
 
 
 @pytest.mark.e2e

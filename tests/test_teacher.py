@@ -264,3 +264,22 @@ def test_the_chained_jacobian_of_a_deep_share_student_is_the_direct_one(backbone
     assert theta.shape[0] > 3 * cfg.layers * (2 * cfg.width + cfg.heads)  # more parameters than prefix numbers
     for a, b in zip(chained, direct):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12 * float(jnp.max(jnp.abs(b))))
+
+
+def test_the_objective_is_per_row_and_older_tables_are_read_so():
+    """objective is 2F/n (per sequence), as in every study; a table that held F (1/2 RSS) is converted row by
+    row, found exactly through mean_square_residual, and a converted table is left alone."""
+    import pandas as pd
+
+    from moe_estimation.transformer.teacher import per_row_objective
+
+    S, W = 4, 8
+    F = np.array([3.0, 0.5, 2.0, 7.0])
+    n = np.array([8, 16, 2, 64])
+    msr = 2 * F / (n * S * W)
+    old = pd.DataFrame(dict(n=n, objective=F, mean_square_residual=msr))
+    new, changed = per_row_objective(old, S, W)
+    np.testing.assert_allclose(new["objective"], 2 * F / n, rtol=1e-15)
+    assert changed == 3  # n = 2: both readings are one number
+    again, changed = per_row_objective(new, S, W)
+    assert changed == 0 and again["objective"].equals(new["objective"])

@@ -408,10 +408,26 @@ def teacher_cell(study: TeacherStudy, backbone32, truth: str, kind: str, spec: s
         **{f"kv_{p}": ls[p] for p in ("key_single", "key_multi", "value_single", "value_multi")},
         **{f"kv_layer_{i}": ls["layer"][:, i] for i in range(study.backbone.layers)},
         **{f"id_{p}": ls[f"id_{p}"] for p in IDENTIFIED_NAMES},
-        excess_risk=res["excess"], start_key_value=res["start"], objective=res["objective"],
+        excess_risk=res["excess"], start_key_value=res["start"], objective=2 * res["objective"] / n,
         mean_square_residual=2 * res["objective"] / (n * study.backbone.seq_len * study.backbone.width),
         converged=res["converged"], status=[STATUS_LABELS[int(s)] for s in res["status"]], steps=res["steps"],
         at_bound=res["at_bound"], seconds=seconds)
+
+
+def per_row_objective(fits: pd.DataFrame, seq_len: int, width: int) -> tuple[pd.DataFrame, int]:
+    """``objective`` as every study here writes it: per row (a row is a sequence), (1/n) sum_i ||Y_i - f(X_i)||^2
+    = 2F/n, F the solver's (1/2) RSS. Tables written by earlier versions held F itself; their rows are found
+    exactly (``objective`` / ``mean_square_residual`` is n seq_len width / 2 for F, seq_len width for 2F/n; at
+    n = 2 the two readings are one number) and converted. Returns the table and how many rows changed."""
+    if not len(fits):
+        return fits, 0
+    n, obj, msr = (fits[c].to_numpy(float) for c in ("n", "objective", "mean_square_residual"))
+    old = np.isclose(obj, msr * n * seq_len * width / 2, rtol=1e-9, atol=0) & (n != 2) & (msr > 0)
+    if not old.any():
+        return fits, 0
+    fits = fits.copy()
+    fits.loc[old, "objective"] = 2 * obj[old] / n[old]
+    return fits, int(old.sum())
 
 
 def _run_teacher(study: TeacherStudy, out: Path, *, progress: bool, log, workers: int = 1, repair: bool = False):
@@ -420,6 +436,11 @@ def _run_teacher(study: TeacherStudy, out: Path, *, progress: bool, log, workers
     columns = fits_columns(study)
     table = CellTable(out / "fits.csv", columns, CELL, study.seeds)
     finished = {(t, k, s, int(n)) for t, k, s, n in load_cells(table, repair=repair, log=log)}
+    converted, changed = per_row_objective(table.frame(), study.backbone.seq_len, study.backbone.width)
+    if changed:
+        log(f"{table.path}: the objective of {changed} fit(s) written as (1/2) RSS is now per row, 2F/n (as every "
+            "study's)")
+        table.write(converted)
     backbone32, pretrain_test = prepare_backbone(study, out, log=log)
     backbone, teachers, test_tokens = _context(study, backbone32)
     provenance = dict(versions=versions(), device=str(jax.devices()[0]))
@@ -498,7 +519,7 @@ def load_runs(dirs, arg: str = "--results") -> tuple:
             raise ValueError(f"{arg}: the teacher runs {design[0]} and {d} differ in {', '.join(differ)} (not only "
                              "in their cases), so their numbers do not belong in one figure or table; plot or "
                              "summarize them separately")
-        f = pd.read_csv(d / "fits.csv")
+        f, _ = per_row_objective(pd.read_csv(d / "fits.csv"), study["backbone"]["seq_len"], study["backbone"]["width"])
         for case in dict.fromkeys(zip(f["truth"], f["parameterisation"])):
             if case in seen:
                 raise ValueError(f"{arg}: {seen[case]} and {d} both hold the {case[0]} truth's {case[1]} students")

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from .._checks import make_out_dir
 from ..results import CellTable, atomic_write, check_same_study, loss_matrix, plain_dict, rate_entries, write_csv
+from ..runner import fit_missing
 from ..workers import resolve_workers, run_cells
 from .model import BackboneConfig, forward, init_backbone
 from .prefixes import PARAMETERISATIONS, init_prefix, prefix_kv
@@ -549,30 +550,25 @@ def learning_curves(backbone, study: TransformerStudy, lrs: dict, test, out: Pat
         log(f"resuming: {len(finished)} of {len(cells)} cells already in {table.path}")
     todo = [c for c in cells if c not in finished]
 
-    def add(kind, n, got, sec):
-        table.add(dict(parameterisation=kind, n=n, seed=np.arange(study.seeds),
-                       heldout_loss=got["heldout_loss"].astype(float), accuracy=got["accuracy"].astype(float),
-                       train_loss=got["train_loss"].astype(float), train_change=got["change"].astype(float),
-                       flat=got["flat"].astype(bool), steps=got["steps"].astype(int), lr=lrs[kind][n], seconds=sec))
+    def rows(cell, result):
+        (kind, n), (got, sec) = cell, result
+        return dict(parameterisation=kind, n=n, seed=np.arange(study.seeds),
+                    heldout_loss=got["heldout_loss"].astype(float), accuracy=got["accuracy"].astype(float),
+                    train_loss=got["train_loss"].astype(float), train_change=got["change"].astype(float),
+                    flat=got["flat"].astype(bool), steps=got["steps"].astype(int), lr=lrs[kind][n], seconds=sec)
 
-    if workers > 1 and len(todo) > 1:
-        bar = tqdm(total=len(todo), disable=not progress, unit="cell", desc="prefix-tuning")
+    if workers > 1 and len(todo) > 1:  # the shared runner (moe_estimation.runner); one process batches below
         shipped = jax.tree.map(np.asarray, backbone), jax.tree.map(np.asarray, test)
-
-        def done(task, result):
-            add(task[2], task[3], *result)
-            bar.update(1)
-
-        tasks = [(shipped[0], study, kind, n, lrs[kind][n], shipped[1])
-                 for kind, n in sorted(todo, key=lambda c: -_cost(study, *c))]
-        run_cells(curve_cell, tasks, done, workers=workers)
-        bar.close()
+        fit_missing(table, todo, total=len(todo), work=curve_cell,
+                    args=lambda c: (shipped[0], study, c[0], c[1], lrs[c[0]][c[1]], shipped[1]), rows=rows,
+                    describe=lambda c: f"prefix-tuning {c[0]} n={c[1]}", cost=lambda c: _cost(study, *c),
+                    workers=workers, progress=progress, log=log)
         todo = []
     for kind, n in tqdm(todo, disable=not progress or not todo, unit="cell", desc="prefix-tuning"):
         t0 = time.perf_counter()
         got = score_members(backbone, study, kind, n, np.full(study.seeds, lrs[kind][n]), _curve_keys(root, study, n),
                             test, batch=batch)
-        add(kind, n, got, (time.perf_counter() - t0) / study.seeds)
+        table.add(rows((kind, n), (got, (time.perf_counter() - t0) / study.seeds)))
     order = {k: i for i, k in enumerate(PARAMETERISATIONS)}
     curves = table.frame()
     curves = curves.assign(_k=curves["parameterisation"].map(order)).sort_values(["_k", "n", "seed"]).drop(columns="_k")
