@@ -15,6 +15,16 @@ from moe_estimation.estimator import prepare_data
 from moe_estimation.lab.fit import linearization
 
 
+def _parse(tmp_path, text):
+    """A lab configuration from its text, parsed as `moe-estimation study --config` parses it."""
+    from moe_estimation.config import read_toml
+    from moe_estimation.lab.study import parse_lab_config
+
+    conf = tmp_path / "lab.toml"
+    conf.write_text(text)
+    return parse_lab_config(read_toml(conf), str(conf))
+
+
 def _prefix_twin(seed=0):
     """A non-shared prefix problem with B = C = I and one frozen expert of score 0 and output 0, and the lab
     assembly that is the same model: a softmax gate with an extra reference score, constant experts."""
@@ -259,13 +269,9 @@ def test_a_lab_study_runs_from_a_configuration_resumes_and_draws(tmp_path, capsy
     (("[grid]", "[loss.v]\nblocks = [\"gate\", \"variance\"]\n[grid]"), "loss.v.blocks: 'variance'"),
 ])
 def test_lab_configuration_errors_name_the_key(tmp_path, change, word):
-    from moe_estimation.config import read_toml
-    from moe_estimation.lab.study import parse_lab_config
-
-    conf = tmp_path / "lab.toml"
-    conf.write_text(LAB_TOML.format(steps=20).replace(*change))
+    text = LAB_TOML.format(steps=20).replace(*change)
     with pytest.raises(ValueError, match=word):
-        parse_lab_config(read_toml(conf), str(conf))
+        _parse(tmp_path, text)
 
 
 def test_input_laws_grid_and_mixture():
@@ -402,13 +408,9 @@ def test_a_gate_registered_outside_the_package_runs_a_study_with_its_theory_and_
     ("theory = { voronoi = true }", "rates.theory.voronoi: expected a finite slope"),
 ])
 def test_lab_theory_slopes_are_checked(tmp_path, theory, word):
-    from moe_estimation.config import read_toml
-    from moe_estimation.lab.study import parse_lab_config
-
-    conf = tmp_path / "lab.toml"
-    conf.write_text(LAB_TOML.format(steps=20).replace("num_bootstrap = 100", f"num_bootstrap = 100\n{theory}"))
+    text = LAB_TOML.format(steps=20).replace("num_bootstrap = 100", f"num_bootstrap = 100\n{theory}")
     with pytest.raises(ValueError, match=word):
-        parse_lab_config(read_toml(conf), str(conf))
+        _parse(tmp_path, text)
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "simulations").glob("lab-*.toml")),
@@ -537,13 +539,9 @@ def test_a_lab_study_with_shared_experts_runs_from_a_configuration(tmp_path):
     (('part = "both"', 'part = "all"'), "loss.d: part: expected one of"),
 ])
 def test_lab_shared_configuration_errors_name_the_key(tmp_path, change, word):
-    from moe_estimation.config import read_toml
-    from moe_estimation.lab.study import parse_lab_config
-
-    conf = tmp_path / "shared.toml"
-    conf.write_text(SHARED_TOML.format(steps=20).replace(*change))
+    text = SHARED_TOML.format(steps=20).replace(*change)
     with pytest.raises(ValueError, match=word):
-        parse_lab_config(read_toml(conf), str(conf))
+        _parse(tmp_path, text)
 
 
 @pytest.mark.parametrize("K", [3, 4])
@@ -608,27 +606,19 @@ def test_lab_refuses_what_it_cannot_mean():
     (('[grid]', '[grid]\nspecifications = ["exact"]'), None),
 ])
 def test_lab_shared_configuration_edge_cases(tmp_path, change, word):
-    from moe_estimation.config import read_toml
-    from moe_estimation.lab.study import parse_lab_config
-
-    conf = tmp_path / "shared.toml"
-    conf.write_text(SHARED_TOML.format(steps=20).replace(*change))
+    text = SHARED_TOML.format(steps=20).replace(*change)
     if word is None:
-        parse_lab_config(read_toml(conf), str(conf))
+        _parse(tmp_path, text)
         return
     with pytest.raises(ValueError, match=word):
-        parse_lab_config(read_toml(conf), str(conf))
+        _parse(tmp_path, text)
 
 
 def test_a_theory_for_a_specification_not_fitted_is_refused(tmp_path):
-    from moe_estimation.config import read_toml
-    from moe_estimation.lab.study import parse_lab_config
-
-    conf = tmp_path / "shared.toml"
-    conf.write_text(SHARED_TOML.format(steps=20).replace("[grid]", "[grid]\nspecifications = [\"exact\"]")
-                    .replace("num_bootstrap = 100", "num_bootstrap = 100\ntheory = { d = { over = -0.5 } }"))
+    text = (SHARED_TOML.format(steps=20).replace("[grid]", "[grid]\nspecifications = [\"exact\"]")
+            .replace("num_bootstrap = 100", "num_bootstrap = 100\ntheory = { d = { over = -0.5 } }"))
     with pytest.raises(ValueError, match="rates.theory.d.over: the study fits only"):
-        parse_lab_config(read_toml(conf), str(conf))
+        _parse(tmp_path, text)
 
 
 def test_one_neuron_experts_are_compared_through_their_symmetries():
