@@ -99,6 +99,16 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_config(path: Path, meta: dict, provenance) -> None:
+    """Write ``config.json`` (``meta``) atomically; on a resume (the file exists) the keys named in
+    ``provenance`` keep the values of the run that began the study (each run's own go to ``runs.jsonl``)."""
+    path = Path(path)
+    if path.is_file():
+        first = json.loads(path.read_text())
+        meta = dict(meta, **{k: first[k] for k in provenance if k in first})
+    atomic_write(path, json.dumps(meta, indent=2))
+
+
 def plain_dict(study) -> dict:
     """A study NamedTuple (nested ones too) as the plain JSON-shaped dict ``config.json`` holds, so that a
     study read back compares equal to the one written (tuples become lists)."""

@@ -28,7 +28,6 @@ simulated, fitted (restarts inside) and scored in one compiled call. Design choi
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from functools import partial
@@ -60,6 +59,7 @@ from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation
     RunLog,
     StudyLock,
     atomic_write,
+    write_config,
     check_same_study,
     CellTable,
     cell_design,
@@ -371,10 +371,7 @@ def _run_study(cfg: StudyConfig, out: Path, *, progress: bool, log, tables_only:
     meta = dict(resolved, **provenance, x64=bool(jax.config.jax_enable_x64), root_seed=cfg.seed,
                 bucket_sizes={str(n): bucket_size(n) for n in cfg.ns})
     if lead:
-        if cfg_path.is_file():  # a resume: config.json keeps the provenance of the run that began the study
-            first = json.loads(cfg_path.read_text())
-            meta = dict(meta, **{k: first[k] for k in provenance if k in first})
-        atomic_write(cfg_path, json.dumps(meta, indent=2))
+        write_config(cfg_path, meta, provenance)
 
     finished = finished_tasks(table.frame(), cfg)
     todo = [t for t in tasks(cfg) if t not in finished]

@@ -56,7 +56,8 @@ import pandas as pd
 
 from .._checks import make_out_dir
 from ..data import fold_key
-from ..results import CellTable, RunLog, StudyLock, atomic_write, check_same_study, loss_matrix, rate_entries, versions, write_csv
+from ..results import (CellTable, RunLog, StudyLock, check_same_study, loss_matrix, rate_entries, versions, write_config,
+                       write_csv)
 from ..solver import STATUS_LABELS
 from ..runner import fit_missing, load_cells
 from ..workers import resolve_workers
@@ -378,11 +379,8 @@ def run_lab_study(study: LabStudy, out, *, progress: bool = True, log=print, wor
         check_same_study(out, study.table, what="lab study", reread=("rates",), log=log)
         table = CellTable(out / "fits.csv", _columns(study), LAB_CELL, study.replicates)
         finished = {(s, int(m)) for s, m in load_cells(table, repair=repair, log=log)}
-        meta = dict(study=study.table, versions=versions(), platform=platform.platform())
-        if (out / "config.json").is_file():  # a resume (or a re-rating): keep the provenance of the first run
-            first = json.loads((out / "config.json").read_text())
-            meta = dict(meta, **{k: first[k] for k in ("versions", "platform") if k in first})
-        atomic_write(out / "config.json", json.dumps(meta, indent=2))
+        write_config(out / "config.json", dict(study=study.table, versions=versions(), platform=platform.platform()),
+                     ("versions", "platform"))
         cells = [(spec, n) for spec in study.specifications for n in sorted(study.ns, reverse=True)]
         if tables_only and not finished:
             raise ValueError(f"--tables-only: {out} holds no finished cell yet")

@@ -49,8 +49,8 @@ from .._checks import make_out_dir
 from ..data import fold_key
 from ..rates import theory_slope as moe_theory
 from ..results import RATE_LOSSES as STUDY_RATE_LOSSES
-from ..results import (CellTable, RunLog, StudyLock, atomic_write, check_same_study, loss_matrix, plain_dict,
-                       rate_entries, versions, write_csv)
+from ..results import (CellTable, RunLog, StudyLock, check_same_study, loss_matrix, plain_dict, rate_entries, versions,
+                       write_config, write_csv)
 from ..runner import fit_missing, load_cells
 from ..solver import STATUS_LABELS, SolverSettings, Status, is_converged, normal_equations, solve
 from ..voronoi import IDENTIFIED_NAMES, identified_parts, voronoi_parts
@@ -447,10 +447,7 @@ def _run_teacher(study: TeacherStudy, out: Path, *, progress: bool, log, workers
     meta = dict(study=plain_dict(study), backbone_pretrain_test=pretrain_test, **provenance,
                 teacher={t: [dict(keys=np.asarray(k).tolist(), values=np.asarray(v).tolist()) for k, v, _ in p]
                          for t, p in teachers.items()})
-    if cfg_path.is_file():  # a resume: config.json keeps the provenance of the run that began the study
-        first = json.loads(cfg_path.read_text())
-        meta = dict(meta, **{k: first[k] for k in provenance if k in first})
-    atomic_write(cfg_path, json.dumps(meta, indent=2))
+    write_config(cfg_path, meta, provenance)
 
     cells = [(t, k, s, n) for n in study.ns for t, k in study.cases for s in study.specifications]
     todo = [c for c in cells if c not in finished]
