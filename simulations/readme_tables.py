@@ -56,6 +56,7 @@ def blocks() -> dict:
         "transformer-quick-table": lambda: s.transformer_table(t / "transformer-quick"),
         "workers-table": lambda: s.workers_table(b / "cpu-workers.json"),
         "lab-gaussian-moe-table": lambda: s.lab_markdown(t / "lab-gaussian-moe"),
+        "lab-em-table": lambda: s.lab_em_table(b / "lab-em-cpu.json"),
         "step-table": lambda: s.step_table(b / "cpu-step.json").split("\n\n", 1)[1],
     }
     for name, power_problems, reference in (("full", ("non-shared", "shared-linear"), "non-shared"),
