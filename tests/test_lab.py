@@ -661,3 +661,27 @@ def test_the_committed_lab_study_is_its_configuration_and_its_rates_are_its_fits
     assert len(fits) == len(study.specifications) * len(study.ns) * study.replicates
     rebuilt, committed = lab_rates(fits, study), pd.read_csv(out / "rates.csv", keep_default_na=False, na_values=["nan"])
     pd.testing.assert_frame_equal(rebuilt.reset_index(drop=True), committed, check_dtype=False, rtol=1e-10)
+
+
+@pytest.mark.study  # two compilations
+def test_the_em_benchmark_measures_both_estimators_on_the_same_data(tmp_path):
+    """benchmarks/lab_em.py at a tiny size: one row per method, each data set's likelihood recorded, and on
+    every data set at least one of the two reaches the lower likelihood (the comparison is of one data set's
+    two fits); the JSON is marked finished."""
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "lab_em.py"
+    spec = importlib.util.spec_from_file_location("lab_em", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "em.json"
+    args = bench.parse(["--components", "2", "--ns", "80", "--datasets", "3", "--repeats", "1", "--max-steps", "20",
+                        "--em-iterations", "5", "--json", str(out)])
+    assert bench.main(args) == 0
+    got = json.loads(out.read_text())
+    assert got["meta"]["finished"] and [r["method"] for r in got["rows"]] == ["direct", "em"]
+    direct, em = (np.array(r["nll"]) for r in got["rows"])
+    low = np.minimum(direct, em)
+    assert np.all((direct <= low + 1e-7 * np.abs(low)) | (em <= low + 1e-7 * np.abs(low)))
+    assert sum(r["reached_lowest"] for r in got["rows"]) >= 3
