@@ -27,8 +27,8 @@ from .model import Assembly, Mixture, log_density, mean
 
 
 class LabFitSettings(NamedTuple):
-    """num_components: K' (routed); num_shared: K1', the shared experts (0 unless the assembly has some). restarts, init (``random``: uniform over the fraction ``init_scale`` of the box;
-    ``near-truth``: truth + Gaussian noise of sd ``init_scale``, extra components split from true ones), and the
+    """num_components: K' (routed); num_shared: K1', the shared experts (0 unless the assembly has some).
+    restarts, init (``random``: uniform over the fraction ``init_scale`` of the box; ``near-truth``: truth + Gaussian noise of sd ``init_scale``, extra components split from true ones), and the
     solver's stopping rules (as :class:`moe_estimation.FitSettings`)."""
 
     num_components: int
@@ -73,10 +73,10 @@ def check_fit_inputs(model: Assembly, s: LabFitSettings, X, Y, truth: Mixture | 
     """The checks of every fit of one data set (the direct fit's and EM's): the settings, the shared experts, X and
     Y (shapes, finite, enough rows for the parameters) and the truth (checked against the model; a placeholder
     when none is given and none is needed). Returns (X, Y, truth) as float64 arrays."""
-    check_settings(s)
-    check_shared(model, s)
     if not isinstance(model, Assembly):
         raise ValueError(f"model: expected a lab.Assembly, got {type(model).__name__}")
+    check_settings(s)
+    check_shared(model, s)
     X, Y = jnp.asarray(X, jnp.float64), jnp.asarray(Y, jnp.float64)
     if X.ndim != 2 or X.shape[1] != model.d or Y.shape != (X.shape[0], model.d_out):
         raise ValueError(f"Shape mismatch in X, Y: expected (n, {model.d}) and (n, {model.d_out}), got {X.shape} and {Y.shape}")
