@@ -13,6 +13,8 @@ import moe_estimation.lab as lab
 from moe_estimation.estimator import linearization as prefix_linearization
 from moe_estimation.estimator import prepare_data
 from moe_estimation.lab.fit import linearization
+from moe_estimation.solver import SolverSettings, solve
+from moe_estimation.voronoi import IDENTIFIED_NAMES
 
 
 def _parse(tmp_path, text):
@@ -256,6 +258,14 @@ def test_a_lab_study_runs_from_a_configuration_resumes_and_draws(tmp_path, capsy
     assert main(["summarize", str(out)]) == 0
     text = capsys.readouterr().out
     assert "(lab)" in text and "| exact | 2 | voronoi |" in text and "| over | 3 | voronoi |" in text
+    # a loss declared after the fits is scored on them from their stored parameters, nothing refitted
+    conf.write_text(LAB_TOML.format(steps=20).replace("[grid]", "[loss.voronoi]\n[loss.slopes]\nkind = \"terms\"\n"
+                                                      "terms = [{ blocks = [\"gate\"], multi = \"r\" }]\n[grid]"))
+    assert main(["study", "--config", str(conf), "--out", str(out), "--no-progress", "--workers", "1"]) == 0
+    assert "scored by ['slopes', 'voronoi'] from their stored parameters" in capsys.readouterr().out
+    again = pd.read_csv(out / "fits.csv")
+    pd.testing.assert_frame_equal(again.drop(columns="loss_slopes"), fits)
+    assert np.all(np.isfinite(again["loss_slopes"])) and set(pd.read_csv(out / "rates.csv")["loss"]) == {"voronoi", "slopes"}
 
 
 def test_input_laws_grid_and_mixture():
@@ -637,7 +647,7 @@ def test_the_committed_lab_study_is_its_configuration_and_its_rates_are_its_fits
     import pandas as pd
 
     from moe_estimation.config import read_toml
-    from moe_estimation.lab.study import lab_rates, parse_lab_config
+    from moe_estimation.lab.study import lab_rates, parse_lab_config, rescore
 
     root = Path(__file__).resolve().parents[1]
     toml = root / "simulations" / "lab-gaussian-moe.toml"
@@ -648,6 +658,8 @@ def test_the_committed_lab_study_is_its_configuration_and_its_rates_are_its_fits
     assert len(fits) == len(study.specifications) * len(study.ns) * study.replicates
     rebuilt, committed = lab_rates(fits, study), pd.read_csv(out / "rates.csv", keep_default_na=False, na_values=["nan"])
     pd.testing.assert_frame_equal(rebuilt.reset_index(drop=True), committed, check_dtype=False, rtol=1e-10)
+    # every loss column is its declaration applied to the stored parameters (to 1e-12)
+    pd.testing.assert_frame_equal(rescore(fits, study), fits, check_exact=False, rtol=1e-12)
 
 
 @pytest.mark.study  # two compilations
@@ -672,3 +684,180 @@ def test_the_em_benchmark_measures_both_estimators_on_the_same_data(tmp_path):
     low = np.minimum(direct, em)
     assert np.all((direct <= low + 1e-7 * np.abs(low)) | (em <= low + 1e-7 * np.abs(low)))
     assert sum(r["reached_lowest"] for r in got["rows"]) >= 3
+
+
+def _linear_pair(seed=0, K=4):
+    """A softmax-gated Gaussian MoE with linear experts (d = 2): a truth of 2 components and a fit of K."""
+    model = lab.Assembly(gate=lab.SoftmaxGate(reference="extra"), expert=lab.LinearExpert(), input=lab.InputLaw(d=2),
+                         likelihood="least-squares")
+    rng = np.random.default_rng(seed)
+    truth = lab.Mixture(gate=[[1.0, 0.0, 0.2], [-1.0, 0.5, -0.3]], expert=[[1.0, 0.0, 0.5], [-1.0, 1.0, 0.0]],
+                        log_var=np.zeros(2))
+    fitted = lab.Mixture(gate=rng.uniform(-1.5, 1.5, (K, 3)), expert=rng.uniform(-1.5, 1.5, (K, 3)), log_var=np.zeros(K))
+    return model, model.check(fitted, "fitted"), model.check(truth)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_declared_terms_spelling_d2_and_d1r_are_the_shorthands_to_1e12(seed):
+    """The terms that spell D_2 (one term on the whole atom, exponents 1 and 2) and D_{1,r} (the first block and the
+    rest, r everywhere) give the shorthands' numbers, whatever the cells (over-specified fits of 3 to 5 atoms)."""
+    model, fitted, truth = _linear_pair(seed, K=3 + seed % 3)
+    blocks = ("gate", "expert")
+    d2 = lab.VoronoiLoss(blocks=blocks, kind="d2")(model, fitted, truth)
+    spelled = lab.VoronoiLoss(blocks=blocks, kind="terms", terms=(lab.Term(blocks, 1, 2),))(model, fitted, truth)
+    assert float(spelled) == pytest.approx(float(d2), rel=1e-12)
+    for r in (1.0, 2.5):
+        d1r = lab.VoronoiLoss(blocks=blocks, kind="d1r", r=r)(model, fitted, truth)
+        terms = (lab.Term(("gate",), r, r), lab.Term(("expert",), r, r))
+        assert float(lab.VoronoiLoss(blocks=blocks, kind="terms", terms=terms)(model, fitted, truth)) == \
+            pytest.approx(float(d1r), rel=1e-12)
+
+
+def test_exponents_by_cell_size_weights_and_weight_sums_by_hand():
+    """A declared loss with r(m) exponents on the linear expert's pieces, computed by hand: truth atoms at the gate
+    slopes (1, 0) and (-1, 0.5); three fitted atoms, two of them in the first cell (m = 2: r = 4) and one alone."""
+    model, _, truth = _linear_pair()
+    t = np.asarray(truth.gate), np.asarray(truth.expert)
+    eps = np.array([[0.01, -0.02, 0.03], [-0.02, 0.01, 0.02], [0.03, 0.01, -0.01]])
+    gate = np.stack([t[0][0], t[0][0], t[0][1]]) + eps
+    gate[:2, -1] = np.log(np.exp(t[0][0, -1]) / 2) + np.array([0.05, -0.04])
+    expert = np.stack([t[1][0], t[1][0], t[1][1]]) + eps[::-1]
+    fitted = model.check(lab.Mixture(gate=gate, expert=expert, log_var=np.zeros(3)), "fitted")
+    terms = (lab.Term(("gate",), 1, 2), lab.Term(("expert.slope",), 1, "r/2"), lab.Term(("expert.intercept",), 1, "r"))
+    cell_of = [0, 0, 1]
+    w, tw = np.exp(gate[:, -1]), np.exp(t[0][:, -1])
+    dg = gate[:, :2] - t[0][cell_of, :2]
+    ds = expert[:, :2] - t[1][cell_of, :2]
+    di = expert[:, 2:] - t[1][cell_of, 2:]
+    nrm = lambda x: np.linalg.norm(x, axis=1)
+    weight_all = abs(w[0] + w[1] - tw[0]) + abs(w[2] - tw[1])
+    per_atom = np.where([False, False, True], nrm(dg) + nrm(ds) + nrm(di), nrm(dg) ** 2 + nrm(ds) ** 2 + nrm(di) ** 4)
+    for weighted, weight_sum, expected in [
+            (True, "all", weight_all + w @ per_atom),
+            (True, "multi", abs(w[0] + w[1] - tw[0]) + w @ per_atom),
+            (False, "none", per_atom.sum())]:
+        loss = lab.VoronoiLoss(kind="terms", terms=terms, weighted=weighted, weight_sum=weight_sum)
+        assert float(loss(model, fitted, truth)) == pytest.approx(expected, rel=1e-12)
+    # a cell of three atoms takes r(3) = 6; a cell larger than the r(m) table is NaN, never a number
+    four = model.check(lab.Mixture(gate=np.stack([gate[0]] * 3 + [gate[2]]), expert=np.stack([expert[0]] * 3 + [expert[2]]),
+                                   log_var=np.zeros(4)), "fitted")
+    assert np.isfinite(float(lab.VoronoiLoss(kind="terms", terms=terms)(model, four, truth)))
+    assert np.isnan(float(lab.VoronoiLoss(kind="terms", terms=terms, r_of_m=(4,))(model, four, truth)))
+    assert np.isfinite(float(lab.VoronoiLoss(kind="terms", terms=(lab.Term(("gate",), 1, 2),), r_of_m=(4,))(model, four, truth)))
+
+
+@pytest.mark.parametrize("make, word", [
+    (lambda: lab.Term(("gate", "gate")), "terms.blocks: expected distinct"),
+    (lambda: lab.Term(("slope",)), "terms.blocks"),
+    (lambda: lab.Term(("gate",), single="r"), "terms.single"),
+    (lambda: lab.Term(("gate",), multi="r/3"), "terms.multi"),
+    (lambda: lab.Term(("gate",), multi=0), "terms.multi"),
+    (lambda: lab.VoronoiLoss(kind="terms"), "terms: a loss of kind 'terms' needs"),
+    (lambda: lab.VoronoiLoss(terms=(lab.Term(("gate",)),)), "terms: only a loss of kind 'terms'"),
+    (lambda: lab.VoronoiLoss(weighted=False), "weighted, weight_sum: kind 'd2'"),
+    (lambda: lab.VoronoiLoss(kind="terms", terms=(lab.Term(("gate",)),), weight_sum="some"), "weight_sum: expected"),
+    (lambda: lab.VoronoiLoss(kind="terms", terms=(lab.Term(("gate",)),), r_of_m=(4, -1)), "r_of_m"),
+    (lambda: lab.VoronoiLoss(kind="terms", terms=(lab.Term(("expert.scale",)),))(*_linear_pair()), "'expert.scale' is no piece"),
+])
+def test_declared_losses_refuse_what_they_cannot_mean(make, word):
+    with pytest.raises(ValueError, match=word):
+        make()
+
+
+def test_a_declared_loss_from_a_configuration(tmp_path):
+    """[loss.NAME] terms in a configuration become a kind 'terms' loss; bad ones name their key."""
+    text = LAB_TOML.format(steps=20).replace("[grid]", """[loss.cells]
+blocks = ["gate", "expert"]
+terms = [{ blocks = ["gate"], single = 1, multi = 2 }, { blocks = ["expert.slope"], multi = "r/2" }]
+r_of_m = [4, 6]
+weight_sum = "multi"
+[grid]""")
+    study = _parse(tmp_path, text)
+    loss = study.losses["cells"]
+    assert loss.kind == "terms" and loss.terms[1] == lab.Term(("expert.slope",), 1.0, "r/2") and loss.weight_sum == "multi"
+    with pytest.raises(ValueError, match="loss.cells.terms: expected a list of tables"):
+        _parse(tmp_path, text.replace('multi = "r/2" }]', 'multi = "r/2", power = 2 }]'))
+    with pytest.raises(ValueError, match="loss.cells: terms.multi"):
+        _parse(tmp_path, text.replace('multi = "r/2"', 'multi = "r/4"'))
+
+
+def _prefix_measure(prob, Lp, seed):
+    """A fitted-looking prefix measure of Lp prompts inside the box, near the truth (so that cells hold several)."""
+    rng = np.random.default_rng(seed)
+    idx = np.arange(Lp) % prob.num_true_prompts
+    atoms = np.clip(np.asarray(prob.true_atoms)[idx] + 0.3 * rng.normal(size=(Lp, prob.atom_dim)), -prob.atom_bound,
+                    prob.atom_bound)
+    biases = np.clip(np.asarray(prob.true_biases)[idx] + 0.3 * rng.normal(size=Lp), *prob.bias_bounds)
+    return me.Params(jnp.asarray(atoms), jnp.asarray(biases))
+
+
+@pytest.mark.parametrize("name", me.PRESETS)
+def test_every_prefix_preset_is_an_assembly_of_parts_to_machine_precision(name):
+    """lab.from_problem: the frozen block and the prompt structure as parts. On the same measures (exact and over-
+    specified) the regression function, the structure's own loss, the (key, value) yardstick and its identified
+    parts equal the prefix code's to 1e-12, and the registered closed-form fast path equals autodiff."""
+    prob = me.preset(name)
+    model, truth = lab.from_problem(prob)
+    own, yard = lab.prefix_losses(model).values()
+    X = me.simulate(jax.random.key(0), prob, 64)[0]
+    for Lp, seed in ((prob.num_true_prompts, 1), (prob.num_true_prompts + 1, 2), (prob.num_true_prompts + 2, 3)):
+        params = _prefix_measure(prob, Lp, seed)
+        m = model.check(lab.from_params(params), "fitted")
+        f_lab = jax.vmap(lab.mean, in_axes=(None, None, 0))(model, m, X)
+        np.testing.assert_allclose(f_lab, me.predict(prob, params, X), rtol=0, atol=1e-13)
+        assert float(own(model, m, truth)) == pytest.approx(float(me.voronoi_loss(prob, params)), rel=1e-12, abs=1e-15)
+        assert float(yard(model, m, truth)) == pytest.approx(float(me.key_value_loss(prob, params)), rel=1e-12, abs=1e-15)
+        ours, theirs = yard.identified(model, m, truth, cells="key"), me.identified_key_value(prob, params, cells="key")
+        for k in IDENTIFIED_NAMES:
+            assert float(ours[k]) == pytest.approx(float(theirs[k]), rel=1e-12, abs=1e-15), k
+        np.testing.assert_array_equal(np.asarray(lab.to_params(m).atoms), np.asarray(params.atoms))
+    Y = me.predict(prob, me.true_params(prob), X) + 0.1 * jnp.asarray(np.random.default_rng(4).normal(size=(64, prob.d_v)))
+    theta = model.flatten(m)
+    fast = linearization(model, Lp, X, Y, jnp.ones(64))(theta)
+    auto = linearization(model, Lp, X, Y, jnp.ones(64), derivatives="autodiff")(theta)
+    assert float(fast.F) == pytest.approx(float(auto.F), rel=1e-12)
+    np.testing.assert_allclose(fast.g, auto.g, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fast.H, auto.H, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["non-shared", "shared-tanh"])
+def test_the_lab_estimator_on_a_prefix_assembly_is_the_prefix_estimator(name):
+    """From the prefix estimator's own start, the lab's solve of the same data reaches the same least-squares fit:
+    the objective to 1e-10 relative and the parameters to 1e-6 (the one algorithm, its parameters in another order)."""
+    prob = me.preset(name)
+    model, truth = lab.from_problem(prob)
+    X, Y = me.simulate(jax.random.key(5), prob, 400)
+    Lp = prob.num_true_prompts + 1
+    theirs = me.fit(jax.random.key(6), prob, X, Y, Lp, restarts=1, init="random", init_scale=0.5)
+    theta0 = model.flatten(lab.from_params(theirs.start))
+    lo, hi = (jnp.asarray(a) for a in model.box(Lp))
+    sol = solve(linearization(model, Lp, X, Y, jnp.ones(400)), theta0, lo, hi, SolverSettings())
+    assert 2 * float(sol.objective) / 400 == pytest.approx(float(theirs.objective), rel=1e-10)
+    np.testing.assert_allclose(np.asarray(lab.to_params(model.unflatten(sol.value, Lp)).atoms),
+                               np.asarray(theirs.params.atoms), atol=1e-6)
+    assert int(sol.steps) == int(theirs.steps)
+
+
+def test_prefix_parts_refuse_what_they_cannot_mean():
+    prob = me.preset("non-shared")
+    model, truth = lab.from_problem(prob)
+    with pytest.raises(ValueError, match="frozen: the prefix model's parts go with a softmax gate of reference 'extra'"):
+        dataclasses.replace(model, gate=lab.SoftmaxGate())
+    with pytest.raises(ValueError, match="expert: a prompt structure's experts are the constant values"):
+        dataclasses.replace(model, expert=lab.LinearExpert(), frozen=None)
+    with pytest.raises(ValueError, match="structure: made for d = 2"):
+        dataclasses.replace(model, frozen=None, input=lab.InputLaw(d=3))
+    with pytest.raises(ValueError, match="Shape mismatch in frozen.A"):
+        lab.FrozenExperts(np.zeros((2, 2, 3)), np.zeros(2), np.zeros((2, 1, 2)))
+    with pytest.raises(ValueError, match="structure: expected one of"):
+        lab.PromptStructure("shared", np.eye(2), np.eye(2))
+    with pytest.raises(ValueError, match="Shape mismatch in truth.gate"):
+        model.check(truth._replace(gate=truth.gate[:, 1:]))
+    with pytest.raises(ValueError, match=r"inside the box \(\|prompt\| <= 3.0"):
+        model.check(truth._replace(gate=truth.gate * 10))
+    with pytest.raises(ValueError, match="'prompt' is a block of a prompt structure's assembly"):
+        lab.VoronoiLoss(blocks=("prompt",))(*_linear_pair())
+    with pytest.raises(ValueError, match="'prompt.key' is a block of a prompt structure"):
+        lab.VoronoiLoss(blocks=("prompt.key",))(*lab.from_problem(me.preset("shared-linear")), lab.from_problem(me.preset("shared-linear"))[1])
+    with pytest.raises(ValueError, match="derivatives: expected one of"):
+        lab.fit(jax.random.key(0), model, np.zeros((50, 2)), np.zeros((50, 2)), 2, derivatives="closed")

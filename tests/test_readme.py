@@ -170,8 +170,9 @@ def test_the_lab_figure_is_drawn_from_its_committed_table(tmp_path):
     from moe_estimation.plots import plot_lab
 
     drawn = plot_lab(README.parent / "tables" / "lab-gaussian-moe", tmp_path)
-    assert [p.name for p in drawn] == ["lab_voronoi.png"]
-    assert (README.parent / "figures" / "lab" / "lab_voronoi.png").read_bytes() == drawn[0].read_bytes()
+    assert [p.name for p in drawn] == ["lab_voronoi.png", "lab_by_cell_size.png"]
+    for p in drawn:
+        assert (README.parent / "figures" / "lab" / p.name).read_bytes() == p.read_bytes(), p.name
 
 
 

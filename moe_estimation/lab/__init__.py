@@ -19,6 +19,7 @@ from .em import em as em
 from .fit import LabFit as LabFit
 from .fit import LabFitSettings as LabFitSettings
 from .fit import fit as fit
+from .losses import Term as Term
 from .losses import VoronoiLoss as VoronoiLoss
 from .model import Assembly as Assembly
 from .model import Mixture as Mixture
@@ -27,6 +28,12 @@ from .model import mean as mean
 from .model import simulate as simulate
 from .model import simulate_rows as simulate_rows
 from .parts import ACTIVATIONS as ACTIVATIONS
+from .parts import FrozenExperts as FrozenExperts
+from .parts import PromptStructure as PromptStructure
+from .prefix import from_params as from_params
+from .prefix import from_problem as from_problem
+from .prefix import prefix_losses as prefix_losses
+from .prefix import to_params as to_params
 from .parts import GATES as GATES
 from .parts import ActivationExpert as ActivationExpert
 from .parts import ConstantExpert as ConstantExpert

@@ -5,7 +5,10 @@ negative log-likelihood sum_i -log p(Y_i | X_i) with the outer product of the pe
 Hessian (Fisher scoring in its empirical form, positive semi-definite by construction). Both go through the
 project's box-constrained Levenberg-Marquardt solver (:func:`moe_estimation.solver.solve`), with every
 derivative by forward- or reverse-mode autodiff of the one-sample functions of :mod:`moe_estimation.lab.model`,
-so a new gate or expert needs no derivative written by hand. The starting-point schedules, restarts, statuses
+so a new gate or expert needs no derivative written by hand. Where a closed form pays, it is a registered fast path
+(:data:`FAST_PATHS`, :func:`register_fast_path`): the prefix model's assemblies (a prompt structure, with or
+without a frozen block) use the closed-form Jacobian of :mod:`moe_estimation.estimator`, summed in row blocks for
+large n, checked against autodiff in the tests; ``LabFitSettings.derivatives = "autodiff"`` turns fast paths off. The starting-point schedules, restarts, statuses
 and the best-of-restarts rule are the package's (:mod:`moe_estimation.estimator`).
 
 The reported ``objective`` is per row: the mean squared residual (1/n) sum_i ||Y_i - f(X_i)||^2 for least
@@ -14,6 +17,7 @@ squares, as in the prefix study, and the mean negative log-likelihood for the Ga
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import NamedTuple
 
@@ -21,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..estimator import INITS
+from ..estimator import INITS, FitSettings, prepare_data
+from ..estimator import linearization as prefix_linearization
 from ..solver import Normal, SolverSettings, Status, batch_map, is_converged, normal_equations, solve
 from .model import Assembly, Mixture, log_density, mean
 
@@ -29,7 +34,8 @@ from .model import Assembly, Mixture, log_density, mean
 class LabFitSettings(NamedTuple):
     """num_components: K' (routed); num_shared: K1', the shared experts (0 unless the assembly has some).
     restarts, init (``random``: uniform over the fraction ``init_scale`` of the box; ``near-truth``: truth + Gaussian noise of sd ``init_scale``, extra components split from true ones), and the
-    solver's stopping rules (as :class:`moe_estimation.FitSettings`)."""
+    solver's stopping rules (as :class:`moe_estimation.FitSettings`). derivatives: ``auto`` (a registered fast path
+    where one applies, else autodiff) or ``autodiff``."""
 
     num_components: int
     num_shared: int = 0
@@ -41,6 +47,7 @@ class LabFitSettings(NamedTuple):
     xtol: float = 1e-8
     gtol: float = 1e-8
     batching: str = "auto"
+    derivatives: str = "auto"
 
 
 def check_settings(s: LabFitSettings) -> None:
@@ -50,6 +57,8 @@ def check_settings(s: LabFitSettings) -> None:
             raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
     if s.init not in INITS:
         raise ValueError(f"init: expected one of {INITS}, got {s.init!r}")
+    if s.derivatives not in DERIVATIVES:
+        raise ValueError(f"derivatives: expected one of {DERIVATIVES}, got {s.derivatives!r}")
     for name in ("init_scale", "ftol", "xtol", "gtol"):
         v = getattr(s, name)
         if isinstance(v, bool) or not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
@@ -96,8 +105,69 @@ def check_fit_inputs(model: Assembly, s: LabFitSettings, X, Y, truth: Mixture | 
     return X, Y, truth
 
 
-def linearization(model: Assembly, K: int, X, Y, w, K1: int = 0):
-    """``theta -> Normal(F, g, H)`` for one data set (rows weighted by ``w``: 1 a real row, 0 padding)."""
+DERIVATIVES = ("auto", "autodiff")
+
+
+@dataclasses.dataclass(frozen=True)
+class _PrefixView:
+    """The fields of a :class:`moe_estimation.Problem` that the prefix estimator's closed form reads."""
+
+    A: jax.Array
+    a: jax.Array
+    H: jax.Array
+    B: jax.Array
+    C: jax.Array
+    W1: jax.Array | None
+    W2: jax.Array | None
+    structure: str
+    activation: str
+    atom_dim: int
+
+
+def _prefix_applies(model: Assembly, K1: int) -> bool:
+    return model.structure is not None and model.likelihood == "least-squares" and K1 == 0
+
+
+def _prefix_fast_path(model: Assembly, K: int, X, Y, w, K1: int = 0):
+    """The closed-form least-squares normal equations of :func:`moe_estimation.estimator.linearization`, its
+    parameters (every prompt, then every bias) permuted to the lab's (p_i, b_i) a component. Without a frozen block,
+    the extra reference is one frozen expert of score 0 and output 0."""
+    st, fr = model.structure, model.frozen
+    d, dv = model.d, model.d_out
+    A, a, H = (fr.A, fr.a, fr.H) if fr is not None else (jnp.zeros((1, d, d)), jnp.zeros(1), jnp.zeros((1, dv, d)))
+    view = _PrefixView(A, a, H, st.B, st.C, st.W1, st.W2, st.structure, st.activation, st.atom_dim)
+    D = st.atom_dim
+    perm = np.concatenate([(np.arange(K)[:, None] * (D + 1) + np.arange(D)).ravel(), np.arange(K) * (D + 1) + D])
+    inv = np.argsort(perm)
+    lin = prefix_linearization(view, FitSettings(num_prompts=K), prepare_data(view, X, Y, w))
+
+    def linearize(theta):
+        out = lin(theta[perm])
+        return Normal(out.F, out.g[inv], out.H[inv][:, inv])
+
+    return linearize
+
+
+FAST_PATHS = [(_prefix_applies, _prefix_fast_path)]
+"""Registered fast paths: ``(applies(model, K1) -> bool, build(model, K, X, Y, w, K1) -> theta -> Normal)``; the
+first that applies replaces autodiff (``LabFitSettings.derivatives = "auto"``)."""
+
+
+def register_fast_path(applies, build) -> None:
+    """Register a closed-form ``build`` for the assemblies ``applies`` accepts (checked against autodiff by its
+    author's tests, as the prefix model's is); it is tried before those already registered."""
+    if not (callable(applies) and callable(build)):
+        raise ValueError(f"applies, build: expected two callables, got {applies!r} and {build!r}")
+    FAST_PATHS.insert(0, (applies, build))
+
+
+def linearization(model: Assembly, K: int, X, Y, w, K1: int = 0, derivatives: str = "auto"):
+    """``theta -> Normal(F, g, H)`` for one data set (rows weighted by ``w``: 1 a real row, 0 padding), by a
+    registered fast path where one applies (``derivatives = "auto"``), else by autodiff."""
+    if derivatives == "auto":
+        for applies, build in FAST_PATHS:
+            if applies(model, K1):
+                return build(model, K, X, Y, w, K1)
     if model.likelihood == "least-squares":
         f = jax.vmap(mean, in_axes=(None, None, 0))
 
@@ -170,7 +240,7 @@ def fit_dataset(key, model: Assembly, s: LabFitSettings, X, Y, w, truth: Mixture
     K, K1 = s.num_components, s.num_shared
     lo, hi = (jnp.asarray(a, X.dtype) for a in model.box(K, K1))
     starts = jax.vmap(lambda r: start(jax.random.fold_in(key, r), model, s, truth, X.dtype))(jnp.arange(s.restarts))
-    lin = linearization(model, K, X, Y, w, K1)
+    lin = linearization(model, K, X, Y, w, K1, s.derivatives)
     solver = SolverSettings(max_steps=s.max_steps, ftol=s.ftol, xtol=s.xtol, gtol=s.gtol)
     sol = batch_map(lambda t0: solve(lin, t0, lo, hi, solver), starts, s.batching)
     obj = objective(model, sol.objective, jnp.sum(w))

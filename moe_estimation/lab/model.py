@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_n
-from .parts import LOG_VAR_BOX, Expert, GaussianGate, Gate, InputLaw
+from .parts import LOG_VAR_BOX, ConstantExpert, Expert, FrozenExperts, GaussianGate, Gate, InputLaw, PromptStructure, SoftmaxGate
 
 LIKELIHOODS = ("least-squares", "gaussian", "joint-gaussian")
 
@@ -64,7 +64,14 @@ class Assembly:
     ``share`` of the shared part: f(x) = share sum_i omega_i h1(x; kappa_i) + (1 - share) sum_k pi_k(x) h(x; e_k),
     omega = softmax(shared_logit) (the DeepSeekMoE-style model; the split is declared, never estimated), and for
     the Gaussian likelihood p(y | x) = share sum_i omega_i N(y; h1_i, tau_i) + (1 - share) sum_k pi_k N(y; h_k,
-    sigma_k^2)."""
+    sigma_k^2).
+
+    The prefix model's parts (least squares, a softmax gate with reference ``extra``, constant experts):
+    ``frozen`` (:class:`FrozenExperts`): pre-trained experts that join the softmax as one more component in place
+    of the extra reference's score 0 and output 0; ``structure`` (:class:`PromptStructure`): a component's free
+    parameters are a prompt p and a bias b, mapped to its gate (k(p), b) and its constant expert v(p)
+    (:meth:`effective`); the box is the structure's. :func:`moe_estimation.lab.from_problem` builds the assembly
+    of a :class:`moe_estimation.Problem`."""
 
     gate: Gate
     expert: Expert
@@ -75,6 +82,8 @@ class Assembly:
     bound: float = 10.0
     shared: Expert | None = None
     share: float = 0.5
+    frozen: FrozenExperts | None = None
+    structure: PromptStructure | None = None
 
     def __post_init__(self):
         for name, kind in (("gate", Gate), ("expert", Expert), ("input", InputLaw)):
@@ -105,6 +114,22 @@ class Assembly:
             v = getattr(self, name)
             if isinstance(v, bool) or not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
                 raise ValueError(f"{name}: must be a finite number > 0, got {v!r}")
+        for name, kind in (("frozen", FrozenExperts), ("structure", PromptStructure)):
+            part = getattr(self, name)
+            if part is None:
+                continue
+            if not isinstance(part, kind):
+                raise ValueError(f"{name}: expected a lab.{kind.__name__} (or None), got {part!r}")
+            if not (isinstance(self.gate, SoftmaxGate) and self.gate.reference == "extra") \
+                    or self.likelihood != "least-squares" or self.shared is not None:
+                raise ValueError(f"{name}: the prefix model's parts go with a softmax gate of reference 'extra', least "
+                                 f"squares and no shared experts; got a {self.gate.name} gate, {self.likelihood}"
+                                 + (", shared experts" if self.shared is not None else ""))
+            if (part.d, part.d_out) != (self.d, self.d_out):
+                raise ValueError(f"{name}: made for d = {part.d}, d_out = {part.d_out}; the assembly has d = {self.d}, "
+                                 f"d_out = {self.d_out}")
+        if self.structure is not None and not isinstance(self.expert, ConstantExpert):
+            raise ValueError(f"expert: a prompt structure's experts are the constant values v(p); got {self.expert.name}")
 
     @property
     def has_variances(self) -> bool:
@@ -117,11 +142,21 @@ class Assembly:
 
     @property
     def gate_size(self) -> int:
-        return self.gate.size(self.d)
+        """The parameters of a component's gate (with a structure: the prompt p and the bias b)."""
+        return self.structure.atom_dim + 1 if self.structure is not None else self.gate.size(self.d)
 
     @property
     def expert_size(self) -> int:
-        return self.expert.size(self.d, self.d_out)
+        """The parameters of a component's expert (with a structure: none, the value comes from p)."""
+        return 0 if self.structure is not None else self.expert.size(self.d, self.d_out)
+
+    def effective(self, m: Mixture) -> Mixture:
+        """The mixture the gate and the expert parts see: with a structure, each component's (k(p), b) and v(p);
+        itself without one."""
+        if self.structure is None:
+            return m
+        k, v = self.structure.key_value(m.gate[:, :-1])
+        return m._replace(gate=jnp.concatenate([k, m.gate[:, -1:]], axis=1), expert=v)
 
     @property
     def shared_size(self) -> int:
@@ -154,8 +189,12 @@ class Assembly:
     def box(self, K: int, K1: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper) of the flat parameters of K routed and K1 shared components (the last shared logit
         pinned at 0: the shared weights softmax(logit) are unchanged by a common shift)."""
-        glo, ghi = self.gate.box(self.d, self.bound, K)
-        elo, ehi = self.expert.box(self.d, self.d_out, self.bound, K)
+        if self.structure is not None:
+            glo, ghi = self.structure.box(K)
+            elo, ehi = np.zeros((K, 0)), np.zeros((K, 0))
+        else:
+            glo, ghi = self.gate.box(self.d, self.bound, K)
+            elo, ehi = self.expert.box(self.d, self.d_out, self.bound, K)
         lo, hi = [glo.ravel(), elo.ravel()], [ghi.ravel(), ehi.ravel()]
         if self.has_variances:
             lo.append(np.full(K, LOG_VAR_BOX[0]))
@@ -175,10 +214,15 @@ class Assembly:
         """A mixture's arrays as float64 of the right shapes, inside the box (``ValueError`` naming ``name``)."""
         gate, expert, log_var = (np.asarray(a, dtype=float) for a in (m.gate, m.expert, m.log_var))
         K = gate.shape[0] if gate.ndim == 2 else -1
+        if self.structure is not None and expert.size == 0:
+            expert = expert.reshape(K, 0)
         for part, arr, size in (("gate", gate, self.gate_size), ("expert", expert, self.expert_size)):
             if arr.ndim != 2 or arr.shape != (K, size):
-                raise ValueError(f"Shape mismatch in {name}.{part}: expected (K, {size}) for the {getattr(self, part).name} "
-                                 f"{part} on d = {self.d}, d_out = {self.d_out}, got {arr.shape}")
+                what = (f"the {self.structure.structure} prompts and biases" if part == "gate" else "no expert parameters "
+                        "(the values come from the prompts)") if self.structure is not None else \
+                    f"the {getattr(self, part).name} {part}"
+                raise ValueError(f"Shape mismatch in {name}.{part}: expected (K, {size}) for {what} on d = {self.d}, "
+                                 f"d_out = {self.d_out}, got {arr.shape}")
         if log_var.shape != (K,):
             raise ValueError(f"Shape mismatch in {name}.log_var: expected ({K},), got {log_var.shape}")
         if not self.has_variances and np.any(log_var != 0):
@@ -211,8 +255,10 @@ class Assembly:
         lo, hi = self.box(K, K1)
         theta = np.asarray(self.flatten(out))
         if not np.all(np.isfinite(theta)) or np.any(theta < lo) or np.any(theta > hi):
-            raise ValueError(f"{name}: every parameter must be finite and inside the box (|gate|, |expert|, "
-                             f"|shared_logit| <= {self.bound}; log-variances in [log 1e-4, log 1e2])")
+            box = (f"|prompt| <= {self.structure.atom_bound}, bias in {tuple(self.structure.bias_bounds)}"
+                   if self.structure is not None else f"|gate|, |expert|, |shared_logit| <= {self.bound}; log-variances "
+                   "in [log 1e-4, log 1e2]")
+            raise ValueError(f"{name}: every parameter must be finite and inside the box ({box})")
         return jax.tree.map(jnp.asarray, out)
 
 
@@ -220,6 +266,11 @@ class Assembly:
 def mean(model: Assembly, m: Mixture, x: jax.Array) -> jax.Array:
     """f(x) = sum_k pi_k(x) h_k(x), ``(d_out,)`` (with shared experts, share sum_i omega_i h1_i(x) + (1 - share)
     times that)."""
+    m = model.effective(m)
+    if model.frozen is not None:  # the frozen block first, as the prefix model orders its scores
+        score, output = model.frozen.summary(x)
+        w = jax.nn.softmax(jnp.concatenate([score[None], m.gate[:, :-1] @ x + m.gate[:, -1]]))
+        return w[0] * output + w[1:] @ model.expert.outputs(m.expert, x, model.d_out)
     routed = model.gate.weights(m.gate, x) @ model.expert.outputs(m.expert, x, model.d_out)
     if model.shared is None:
         return routed

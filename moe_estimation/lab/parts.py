@@ -20,6 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..model import expert_summary
+from ..structures import NON_SHARED, STRUCTURES, key_value
+from ..structures import ACTIVATIONS as STRUCTURE_ACTIVATIONS
+
 
 # ------------------------------------------------------------------------------------------------
 # gates: (K, gate_size) parameters and an input -> K mixture weights
@@ -264,6 +268,11 @@ class Expert:
         values give one expert function (a one-neuron ReLU or tanh expert)."""
         return theta
 
+    def blocks(self, d: int, d_out: int) -> dict:
+        """The named pieces of a component's (canonical) parameters a Voronoi loss can measure apart, each a
+        slice: ``expert.NAME`` in a loss declaration. None by default (the whole ``expert`` block only)."""
+        return {}
+
 
 @dataclasses.dataclass(frozen=True)
 class ConstantExpert(Expert):
@@ -292,6 +301,10 @@ class LinearExpert(Expert):
         A = theta[:, : d_out * d].reshape(K, d_out, d)
         return A @ x + theta[:, d_out * d:]
 
+    def blocks(self, d, d_out):
+        """``slope`` (A) and ``intercept`` (c): the linear-expert losses give them different exponents."""
+        return {"slope": slice(0, d_out * d), "intercept": slice(d_out * d, d_out * d + d_out)}
+
 
 ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh}
 
@@ -315,6 +328,10 @@ class ActivationExpert(Expert):
         a, b, c = theta[:, :d_out], theta[:, d_out:-1], theta[:, -1]
         return a * ACTIVATIONS[self.activation](b @ x + c)[:, None]
 
+    def blocks(self, d, d_out):
+        """``scale`` (a), ``slope`` (b) and ``intercept`` (c) of a act(b^T x + c)."""
+        return {"scale": slice(0, d_out), "slope": slice(d_out, d_out + d), "intercept": slice(d_out + d, d_out + d + 1)}
+
     def canonical(self, theta, d_out):
         """ReLU is positively homogeneous: a relu(b^T x + c) = (t a) relu((b^T x + c) / t) for every t > 0, so the
         representative has ||(b, c)|| = 1 (the scale moved into a). tanh is odd: a tanh(z) = (-a) tanh(-z), so the
@@ -333,6 +350,126 @@ class ActivationExpert(Expert):
 
 EXPERTS = {"constant": ConstantExpert, "linear": LinearExpert} | {
     act: (lambda a=act: ActivationExpert(activation=a)) for act in ACTIVATIONS}
+
+
+# ------------------------------------------------------------------------------------------------
+# the prefix model's parts: a frozen block of pre-trained experts, and prompts through a structure
+
+
+def _array(name, value, ndim):
+    a = np.asarray(value, dtype=float)
+    if a.ndim != ndim or not np.all(np.isfinite(a)):
+        raise ValueError(f"{name}: expected a finite {ndim}-dimensional array, got shape {a.shape}")
+    return jnp.asarray(a)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FrozenExperts:
+    """N pre-trained experts that no fit touches: quadratic gate scores x^T A_j x + a_j and linear outputs H_j x
+    (``A`` (N, d, d), ``a`` (N,), ``H`` (N, d_out, d)). They join a softmax gate (reference ``extra``) as one
+    component of score lse_j(x^T A_j x + a_j) and output the experts' softmax-weighted mean
+    (:func:`moe_estimation.model.expert_summary`): the prefix model's pre-trained block. Compared by identity."""
+
+    A: jax.Array
+    a: jax.Array
+    H: jax.Array
+    name = "frozen"
+
+    def __post_init__(self):
+        A, a, H = _array("frozen.A", self.A, 3), _array("frozen.a", self.a, 1), _array("frozen.H", self.H, 3)
+        if A.shape[1] != A.shape[2] or a.shape[0] != A.shape[0] or H.shape[0] != A.shape[0] or H.shape[2] != A.shape[1]:
+            raise ValueError(f"Shape mismatch in frozen.A, frozen.a, frozen.H: expected (N, d, d), (N,), (N, d_out, d), "
+                             f"got {A.shape}, {a.shape}, {H.shape}")
+        for name, v in (("A", A), ("a", a), ("H", H)):
+            object.__setattr__(self, name, v)
+
+    @property
+    def d(self) -> int:
+        return int(self.A.shape[1])
+
+    @property
+    def d_out(self) -> int:
+        return int(self.H.shape[1])
+
+    def summary(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(score, output ``(d_out,)``) of the block as one component at x."""
+        return expert_summary(self, x)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PromptStructure:
+    """How a prompt's free vector becomes its gate and its expert (:mod:`moe_estimation.structures`): a
+    component's parameters are (p, b), the prompt p and its gate bias b; its gate score is k(p)^T x + b and its
+    expert the constant v(p), with (k, v) = (B p^K, C p^V) for ``non-shared`` (p = (p^K, p^V)), (B W1 p, C W2 p)
+    for ``shared-linear`` and ``prompt-tuning`` and (B s(W1 p), C s(W2 p)) for ``shared-nonlinear``. The box:
+    p in [-atom_bound, atom_bound], b in ``bias_bounds``. A Voronoi loss can measure ``prompt`` (p),
+    ``prompt.key`` and ``prompt.value`` (p^K and p^V, non-shared), besides ``gate`` (k) and ``expert`` (v).
+    Compared by identity."""
+
+    structure: str
+    B: jax.Array
+    C: jax.Array
+    W1: jax.Array | None = None
+    W2: jax.Array | None = None
+    activation: str = "tanh"
+    atom_bound: float = 3.0
+    bias_bounds: tuple = (-3.0, 3.0)
+    name = "prompts"
+
+    def __post_init__(self):
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"structure: expected one of {STRUCTURES}, got {self.structure!r}")
+        object.__setattr__(self, "B", _array("structure.B", self.B, 2))
+        object.__setattr__(self, "C", _array("structure.C", self.C, 2))
+        if self.structure == NON_SHARED:
+            if self.W1 is not None or self.W2 is not None:
+                raise ValueError("W1, W2: the non-shared structure has no reparameterisation maps; leave them None")
+        else:
+            W1, W2 = _array("structure.W1", self.W1, 2), _array("structure.W2", self.W2, 2)
+            if W1.shape[0] != self.B.shape[1] or W2.shape[0] != self.C.shape[1] or W1.shape[1] != W2.shape[1]:
+                raise ValueError(f"Shape mismatch in structure.W1, structure.W2: expected (d_k, d_p) and (d_k2, d_p) for "
+                                 f"B {self.B.shape} and C {self.C.shape}, got {W1.shape} and {W2.shape}")
+            object.__setattr__(self, "W1", W1)
+            object.__setattr__(self, "W2", W2)
+        if self.structure == "shared-nonlinear" and self.activation not in STRUCTURE_ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {tuple(STRUCTURE_ACTIVATIONS)}, got {self.activation!r}")
+        lo, hi = self.bias_bounds
+        if not (np.isfinite(self.atom_bound) and self.atom_bound > 0 and np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise ValueError(f"atom_bound, bias_bounds: expected a finite atom_bound > 0 and finite lo < hi, got "
+                             f"{self.atom_bound!r}, {self.bias_bounds!r}")
+
+    @property
+    def d(self) -> int:
+        return int(self.B.shape[0])
+
+    @property
+    def d_out(self) -> int:
+        return int(self.C.shape[0])
+
+    @property
+    def key_dim(self) -> int:
+        return int(self.B.shape[1])
+
+    @property
+    def atom_dim(self) -> int:
+        return self.key_dim + int(self.C.shape[1]) if self.structure == NON_SHARED else int(self.W1.shape[1])
+
+    def key_value(self, atoms: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Prompts ``(K, atom_dim)`` -> keys ``(K, d)`` and values ``(K, d_out)``."""
+        return key_value(self, atoms)
+
+    def blocks(self) -> dict:
+        """The pieces of p a loss can measure: ``prompt``, and ``prompt.key``, ``prompt.value`` when non-shared."""
+        out = {"prompt": slice(0, self.atom_dim)}
+        if self.structure == NON_SHARED:
+            out |= {"prompt.key": slice(0, self.key_dim), "prompt.value": slice(self.key_dim, self.atom_dim)}
+        return out
+
+    def box(self, K: int) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper), each ``(K, atom_dim + 1)``: the prompts, then the bias."""
+        lo = np.concatenate([np.full((K, self.atom_dim), -self.atom_bound), np.full((K, 1), self.bias_bounds[0])], 1)
+        hi = np.concatenate([np.full((K, self.atom_dim), self.atom_bound), np.full((K, 1), self.bias_bounds[1])], 1)
+        return lo, hi
 
 
 # ------------------------------------------------------------------------------------------------

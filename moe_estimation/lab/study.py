@@ -17,11 +17,11 @@
     [loss.voronoi]              # one or more losses, each a VoronoiLoss declaration
     blocks = ["gate", "expert"]
     kind = "d2"                 # part = "routed" (default) | "shared" | "both", with shared experts
-
-Shared experts beside the routed ones (the DeepSeekMoE-style model, :class:`moe_estimation.lab.Assembly`):
-``[model] shared = "relu"`` (their expert part) and ``share = 0.5`` (the fixed weight of the shared part);
-``[truth] shared_expert = [[...]]``, ``shared_weight = [...]`` (positive, summing to 1), ``shared_log_var``;
-``[grid] extra_shared = 1`` (the shared experts added when over-specified).
+    [loss.by_cell_size]         # or term by term, exponents by the size m of the cell (r(m) from r_of_m)
+    blocks = ["gate", "expert"]
+    terms = [{ blocks = ["gate"], single = 1, multi = 2 }, { blocks = ["expert.slope"], single = 1, multi = "r/2" },
+             { blocks = ["expert.intercept"], single = 1, multi = "r" }]
+    r_of_m = [4, 6]             # r(2), r(3); weighted = true, weight_sum = "all" | "multi" | "none"
     [grid]
     ns = [500, 1000, 2000, 4000]
     replicates = 8
@@ -33,6 +33,11 @@ Shared experts beside the routed ones (the DeepSeekMoE-style model, :class:`moe_
     num_bootstrap = 2000
     theory = { voronoi = -0.5 } # optional: the slope a theorem gives each loss (or { exact = .., over = .. }),
                                 # written to rates.csv and drawn on the figure beside the measured one
+
+Shared experts beside the routed ones (the DeepSeekMoE-style model, :class:`moe_estimation.lab.Assembly`):
+``[model] shared = "relu"`` (their expert part) and ``share = 0.5`` (the fixed weight of the shared part);
+``[truth] shared_expert = [[...]]``, ``shared_weight = [...]`` (positive, summing to 1), ``shared_log_var``;
+``[grid] extra_shared = 1`` (the shared experts added when over-specified).
 
 ``moe-estimation study --config FILE --out DIR`` runs it (a configuration with a ``[model]`` table is a lab
 study). It is made of the project's pieces: keys from coordinates (replicate r's data from (n, r), its starts
@@ -239,12 +244,23 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
         raise _err(source, "loss", "expected one or more tables [loss.NAME] with blocks and kind")
     declared = {}
     for name, spec in losses.items():
-        if not isinstance(spec, dict) or set(spec) - {"blocks", "kind", "r", "part"}:
-            raise _err(source, f"loss.{name}", f"expected a table {{ blocks, kind, r, part }}, got {spec!r}")
+        keys = {"blocks", "kind", "r", "part", "terms", "weighted", "weight_sum", "r_of_m"}
+        if not isinstance(spec, dict) or set(spec) - keys:
+            raise _err(source, f"loss.{name}", f"expected a table with keys from {sorted(keys)}, got {spec!r}")
+        terms = spec.get("terms", ())
+        if not isinstance(terms, list) or not all(isinstance(t, dict) and set(t) <= {"blocks", "single", "multi"}
+                                                  for t in terms):
+            if terms != ():
+                raise _err(source, f"loss.{name}.terms", f"expected a list of tables {{ blocks, single, multi }}, got "
+                           f"{terms!r}")
+        r = spec.get("r", 1.0)
         try:
             declared[name] = VoronoiLoss(blocks=tuple(spec.get("blocks", ("gate", "expert"))),
-                                         kind=spec.get("kind", "d2"), r=float(spec.get("r", 1.0)),
-                                         part=spec.get("part", "routed"))
+                                         kind=spec.get("kind", "terms" if terms else "d2"),
+                                         r=float(r) if isinstance(r, int) and not isinstance(r, bool) else r,
+                                         part=spec.get("part", "routed"), terms=tuple(terms),
+                                         weighted=spec.get("weighted", True), weight_sum=spec.get("weight_sum", "all"),
+                                         r_of_m=spec.get("r_of_m", (4.0, 6.0)))
         except (ValueError, TypeError) as e:
             raise _err(source, f"loss.{name}", str(e)) from None
         if declared[name].part != "routed" and not shared:
@@ -366,6 +382,48 @@ def _columns(study: LabStudy) -> list[str]:
     return LAB_COLUMNS[:2] + shared + LAB_COLUMNS[2:9] + [f"loss_{name}" for name in study.losses] + LAB_COLUMNS[9:]
 
 
+def rescore(fits: pd.DataFrame, study: LabStudy) -> pd.DataFrame:
+    """``fits`` with its loss columns computed anew from each fit's stored parameters (the ``params`` column, full
+    precision) by ``study``'s declared losses; the columns of losses no longer declared dropped. Scoring is not
+    fitting: a loss declared after the fits is measured on them."""
+    out = fits.drop(columns=[c for c in fits.columns if c.startswith("loss_")])
+    shared = "num_shared" in fits.columns
+    keys = ["num_components"] + (["num_shared"] if shared else [])
+    scores = {name: np.full(len(fits), np.nan) for name in study.losses}
+    for key, group in fits.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        K, K1 = int(key[0]), (int(key[1]) if shared else 0)
+        idx = group.index
+        theta = jnp.asarray(np.stack([np.array(str(p).split(), dtype=float) for p in fits.loc[idx, "params"]]))
+        if theta.shape[1] != study.model.num_params(K, K1):
+            raise ValueError(f"fits.csv: the stored parameters of {K} components have {theta.shape[1]} entries, not the "
+                             f"{study.model.num_params(K, K1)} of this model; is it this study's table?")
+        params = jax.vmap(lambda t: study.model.unflatten(t, K, K1))(theta)
+        pos = fits.index.get_indexer(idx)
+        for name, loss in study.losses.items():
+            scores[name][pos] = np.asarray(jax.vmap(lambda p: loss(study.model, p, study.truth))(params))
+    for name, v in scores.items():
+        out[f"loss_{name}"] = v
+    return out[_columns(study)]
+
+
+def _rescore_if_losses_changed(out: Path, study: LabStudy, log) -> None:
+    """When config.json records other losses than ``study`` declares, score the finished fits by the declared
+    ones (:func:`rescore`) before the run goes on."""
+    cfg, fits_path = out / "config.json", out / "fits.csv"
+    if not (cfg.is_file() and fits_path.is_file()):
+        return
+    old = json.loads(cfg.read_text()).get("study", {})
+    if old.get("loss") == study.table.get("loss"):
+        return
+    fits = pd.read_csv(fits_path)
+    if not len(fits) or "params" not in fits.columns:
+        return
+    write_csv(fits_path, rescore(fits, study))
+    log(f"{out}: the declared losses differ from config.json's; the {len(fits)} finished fits are scored by "
+        f"{sorted(study.losses)} from their stored parameters (nothing refitted)")
+
+
 def run_lab_study(study: LabStudy, out, *, progress: bool = True, log=print, workers=1, tables_only: bool = False,
                   repair: bool = False) -> pd.DataFrame:
     """Run (or resume) a lab study into ``out``: ``fits.csv`` after every cell, ``rates.csv``, ``config.json`` and
@@ -376,7 +434,8 @@ def run_lab_study(study: LabStudy, out, *, progress: bool = True, log=print, wor
     out = make_out_dir(out)
     workers = resolve_workers(workers)
     with StudyLock(out, log=log):
-        check_same_study(out, study.table, what="lab study", reread=("rates",), log=log)
+        check_same_study(out, study.table, what="lab study", reread=("rates", "loss"), log=log)
+        _rescore_if_losses_changed(out, study, log)
         table = CellTable(out / "fits.csv", _columns(study), LAB_CELL, study.replicates)
         finished = {(s, int(m)) for s, m in load_cells(table, repair=repair, log=log)}
         write_config(out / "config.json", dict(study=study.table, versions=versions(), platform=platform.platform()),
