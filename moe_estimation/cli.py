@@ -231,12 +231,9 @@ def cmd_transformer(args) -> int:
                            workers=parse_workers(args.workers), repair=args.repair)
         print(f"wrote {len(fits)} fits to {Path(args.out) / 'fits.csv'}, rates to {Path(args.out) / 'rates.csv'}")
         return 0
-    if args.repair:
-        raise ValueError(f"--repair: for the teacher-student presets ({', '.join(TEACHER_PRESETS)}); a learning-curve "
-                         "run makes damaged cells again by itself")
     _setup_jax(argparse.Namespace(float32=True))  # the compilation cache; the transformer's dtypes are its own
     curves = run_transformer(TRANSFORMER_PRESETS[args.preset], args.out, progress=not args.no_progress,
-                             workers=parse_workers(args.workers))
+                             workers=parse_workers(args.workers), repair=args.repair)
     print(f"wrote {len(curves)} rows to {Path(args.out) / 'curves.csv'}")
     return 0
 
@@ -419,8 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.add_argument("--repair", action="store_true",
-                   help="teacher-student presets: drop the damaged cells of a damaged fits.csv in --out and compute "
-                        "them again (without it a damaged table is refused and nothing is changed)")
+                   help="drop the damaged cells of a damaged table in --out (fits.csv of the teacher-student presets; "
+                        "lr_search.csv or curves.csv of the learning curves) and compute them again (without it a "
+                        "damaged table is refused and nothing is changed)")
     _add_workers(t)
     t.set_defaults(func=cmd_transformer)
 

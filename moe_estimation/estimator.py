@@ -59,12 +59,12 @@ from .solver import (
     BLOCKINGS,
     Solution,
     SolverSettings,
-    Status,
     batch_map,
     is_converged,
     normal_equations,
     resolve_blocking,
     solve,
+    solve_starts,
 )
 from .structures import key_value
 
@@ -343,25 +343,20 @@ def fit_dataset(key, problem, settings: FitSettings, X, Y, w, start=None) -> Fit
     starts = jax.vmap(lambda r: flatten_params(initial_params(jax.random.fold_in(key, r), problem, settings, n_eff,
                                                               start)))(jnp.arange(settings.restarts))
     data = prepare_data(problem, X, Y, w)  # the frozen experts' summary once per data set
-    theta, F, status, steps = batch_map(lambda t0: solve_dataset(problem, settings, data, t0), starts,
-                                        settings.batching)
-    obj = 2 * F / n_eff
-    obj_rank = jnp.where(jnp.isfinite(obj), obj, jnp.inf)
-    best = jnp.argmin(obj_rank)
-    lower, upper = box(problem, settings.num_prompts, theta.dtype)
-    tb = theta[best]
-    # a result with a NaN or inf in it is never reported as converged, whatever its stopping test said
-    finite = jnp.isfinite(obj[best]) & jnp.all(jnp.isfinite(tb))
-    code = jnp.where(finite, status[best], Status.NONFINITE)
+    lower, upper = box(problem, settings.num_prompts, starts.dtype)
+    # the restart rule every estimator shares (a NaN or inf result is never reported as converged)
+    best = solve_starts(linearization(problem, settings, data), starts, lower, upper, solver_settings(settings),
+                        settings.batching, lambda F: 2 * F / n_eff)
+    tb = best.value
     return FitResult(
         params=unflatten_params(tb, settings.num_prompts, problem.atom_dim),
-        objective=obj[best],
-        converged=is_converged(code),
-        status=code,
-        steps=steps[best],
+        objective=best.objective,
+        converged=is_converged(best.status),
+        status=best.status,
+        steps=best.steps,
         at_bound=jnp.any((tb <= lower) | (tb >= upper)),
-        restart_objectives=obj,
-        start=unflatten_params(starts[best], settings.num_prompts, problem.atom_dim),
+        restart_objectives=best.objectives,
+        start=unflatten_params(starts[best.index], settings.num_prompts, problem.atom_dim),
     )
 
 

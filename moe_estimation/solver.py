@@ -284,3 +284,33 @@ def solve(linearize: Callable, theta0: jax.Array, lower: jax.Array, upper: jax.A
                 status0)
     s = jax.lax.while_loop(lambda s: s.status == Status.RUNNING, body, s0)
     return Solution(s.theta, s.F, s.status, s.steps)
+
+
+# ------------------------------------------------------------------------------------------------
+# the best of several starts: what every estimator of the project does with its restarts
+
+
+class Best(NamedTuple):
+    """The best of several solves: ``value`` (its theta), ``objective`` (per row), ``status`` (NONFINITE when the
+    best holds a NaN or an inf, whatever its stopping test said), ``steps``, ``index`` (which start) and
+    ``objectives`` (every start's, per row)."""
+
+    value: jax.Array
+    objective: jax.Array
+    status: jax.Array
+    steps: jax.Array
+    index: jax.Array
+    objectives: jax.Array
+
+
+def solve_starts(linearize: Callable, starts: jax.Array, lower: jax.Array, upper: jax.Array, settings: SolverSettings,
+                 batching: str, per_row: Callable) -> Best:
+    """One solve (:func:`solve`) from each row of ``starts`` ``(R, P)`` (one after another or in lockstep, as
+    ``batching`` says: :func:`batch_map`), each one's objective made per row by ``per_row(F)``, and the best by it
+    (a NaN or inf objective ranks last). The one restart rule of the prefix estimator and the lab's; traceable."""
+    sol = batch_map(lambda t0: solve(linearize, t0, lower, upper, settings), starts, batching)
+    obj = per_row(sol.objective)
+    best = jnp.argmin(jnp.where(jnp.isfinite(obj), obj, jnp.inf))
+    theta = sol.value[best]
+    finite = jnp.isfinite(obj[best]) & jnp.all(jnp.isfinite(theta))
+    return Best(theta, obj[best], jnp.where(finite, sol.status[best], Status.NONFINITE), sol.steps[best], best, obj)

@@ -861,3 +861,21 @@ def test_prefix_parts_refuse_what_they_cannot_mean():
         lab.VoronoiLoss(blocks=("prompt.key",))(*lab.from_problem(me.preset("shared-linear")), lab.from_problem(me.preset("shared-linear"))[1])
     with pytest.raises(ValueError, match="derivatives: expected one of"):
         lab.fit(jax.random.key(0), model, np.zeros((50, 2)), np.zeros((50, 2)), 2, derivatives="closed")
+
+
+def test_near_truth_starts_shrink_with_n_at_the_declared_rate():
+    """init_rate: a near-truth start's noise has sd init_scale * n^(-init_rate) (the published studies' shrinking
+    schedules); rate 0 is the fixed scale, and a random start refuses a rate."""
+    from moe_estimation.lab.fit import start
+
+    model, _, truth = _linear_pair()
+    s = lab.LabFitSettings(num_components=2, init="near-truth", init_scale=0.5, init_rate=0.25)
+    base = model.flatten(truth)
+    dev = {n: np.asarray(start(jax.random.key(3), model, s, truth, jnp.float64, n) - base) for n in (1.0, 1e4)}
+    free = np.abs(dev[1.0]) < 0.5 * 3  # coordinates the box did not clip at n = 1
+    np.testing.assert_allclose(dev[1e4][free], dev[1.0][free] / 10, rtol=1e-12)
+    fixed = s._replace(init_rate=0.0)
+    np.testing.assert_array_equal(start(jax.random.key(3), model, fixed, truth, jnp.float64, 1.0),
+                                  start(jax.random.key(3), model, fixed, truth, jnp.float64, 1e4))
+    with pytest.raises(ValueError, match="init_rate: a random start knows no truth"):
+        lab.fit(jax.random.key(0), model, np.zeros((50, 2)), np.zeros((50, 1)), 2, init_rate=0.25)

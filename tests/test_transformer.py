@@ -128,6 +128,19 @@ def test_transformer_command_end_to_end(tiny_runs, tmp_path, cli):
     assert "resuming: 6 of 6 cells" in r.stdout + r.stderr
     pd.testing.assert_frame_equal(pd.read_csv(out / "curves.csv"), curves)
     assert pd.read_csv(out / "lr_search.csv").equals(search)
+    # a damaged search table is refused with nothing changed; --repair searches the damaged size again, alone
+    kind, n = chosen["parameterisation"].iloc[0], int(chosen["n"].iloc[0])
+    damaged = search.copy()
+    damaged.loc[(damaged["parameterisation"] == kind) & (damaged["n"] == n), "chosen"] = False
+    damaged.to_csv(out / "lr_search.csv", index=False)
+    r = cli("transformer", "--preset", "tiny", "--out", out, "--no-progress")
+    assert r.returncode != 0 and "lr_search.csv is damaged" in r.stderr and "--repair" in r.stderr
+    assert pd.read_csv(out / "lr_search.csv").equals(damaged)
+    r = cli("transformer", "--preset", "tiny", "--out", out, "--no-progress", "--repair")
+    assert r.returncode == 0, r.stderr
+    assert "without exactly one chosen rate" in r.stdout + r.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(out / "lr_search.csv"), search)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "curves.csv"), curves)
     # another study into the same folder is refused before anything is made
     before = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
     r = cli("transformer", "--preset", "quick", "--out", out, "--no-progress")

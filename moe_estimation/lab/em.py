@@ -87,7 +87,8 @@ def _nll(model, K, X, Y, w, theta):
 def em_dataset(key, model: Assembly, s: LabFitSettings, X, Y, w, truth: Mixture, tol: float, gate_steps: int) -> LabFit:
     """Every restart of ``s`` by EM (``s.max_steps`` iterations at most) on one data set; the best by mean NLL."""
     K = s.num_components
-    starts = jax.vmap(lambda r: start(jax.random.fold_in(key, r), model, s, truth, X.dtype))(jnp.arange(s.restarts))
+    starts = jax.vmap(lambda r: start(jax.random.fold_in(key, r), model, s, truth, X.dtype, jnp.sum(w)))(
+        jnp.arange(s.restarts))
 
     def run(theta0):
         def cond(state):

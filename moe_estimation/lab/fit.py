@@ -27,13 +27,15 @@ import numpy as np
 
 from ..estimator import INITS, FitSettings, prepare_data
 from ..estimator import linearization as prefix_linearization
-from ..solver import Normal, SolverSettings, Status, batch_map, is_converged, normal_equations, solve
+from ..solver import Normal, SolverSettings, batch_map, is_converged, normal_equations, solve_starts
 from .model import Assembly, Mixture, log_density, mean
 
 
 class LabFitSettings(NamedTuple):
     """num_components: K' (routed); num_shared: K1', the shared experts (0 unless the assembly has some).
-    restarts, init (``random``: uniform over the fraction ``init_scale`` of the box; ``near-truth``: truth + Gaussian noise of sd ``init_scale``, extra components split from true ones), and the
+    restarts, init (``random``: uniform over the fraction ``init_scale`` of the box; ``near-truth``: truth + Gaussian
+    noise of sd ``init_scale * n^(-init_rate)`` on every parameter, extra components split from true ones; rate 0, the
+    default, is a fixed scale, a positive rate the shrinking schedules of the published rate studies), and the
     solver's stopping rules (as :class:`moe_estimation.FitSettings`). derivatives: ``auto`` (a registered fast path
     where one applies, else autodiff) or ``autodiff``."""
 
@@ -42,6 +44,7 @@ class LabFitSettings(NamedTuple):
     restarts: int = 8
     init: str = "random"
     init_scale: float = 0.5
+    init_rate: float = 0.0
     max_steps: int = 400
     ftol: float = 1e-8
     xtol: float = 1e-8
@@ -59,7 +62,7 @@ def check_settings(s: LabFitSettings) -> None:
         raise ValueError(f"init: expected one of {INITS}, got {s.init!r}")
     if s.derivatives not in DERIVATIVES:
         raise ValueError(f"derivatives: expected one of {DERIVATIVES}, got {s.derivatives!r}")
-    for name in ("init_scale", "ftol", "xtol", "gtol"):
+    for name in ("init_scale", "init_rate", "ftol", "xtol", "gtol"):
         v = getattr(s, name)
         if isinstance(v, bool) or not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
             raise ValueError(f"{name}: must be a finite number >= 0, got {v!r}")
@@ -67,6 +70,9 @@ def check_settings(s: LabFitSettings) -> None:
         raise ValueError(f"num_shared: must be an integer >= 0, got {s.num_shared!r}")
     if s.init == "random" and not 0 < s.init_scale <= 1:
         raise ValueError(f"init_scale: with init='random' it is the fraction of the box, in (0, 1], got {s.init_scale!r}")
+    if s.init == "random" and s.init_rate:
+        raise ValueError(f"init_rate: a random start knows no truth to shrink toward; it goes with init='near-truth', got "
+                         f"{s.init_rate!r}")
 
 
 def check_shared(model: Assembly, s: LabFitSettings) -> None:
@@ -200,8 +206,8 @@ def objective(model: Assembly, F, n):
     return 2 * F / n if model.likelihood == "least-squares" else F / n
 
 
-def start(key, model: Assembly, s: LabFitSettings, truth: Mixture | None, dtype) -> jax.Array:
-    """One flat starting point of the schedule, in the box."""
+def start(key, model: Assembly, s: LabFitSettings, truth: Mixture | None, dtype, n_eff=1.0) -> jax.Array:
+    """One flat starting point of the schedule for a data set of ``n_eff`` rows, in the box."""
     K, K1 = s.num_components, s.num_shared
     lo, hi = (jnp.asarray(a, dtype) for a in model.box(K, K1))
     if s.init == "random":
@@ -220,7 +226,8 @@ def start(key, model: Assembly, s: LabFitSettings, truth: Mixture | None, dtype)
         m = m._replace(shared_logit=logit - logit[-1], shared_expert=truth.shared_expert[a1],
                        shared_log_var=truth.shared_log_var[a1])
     base = model.flatten(m)
-    return jnp.clip(base + s.init_scale * jax.random.normal(key, base.shape, dtype), lo, hi)
+    scale = s.init_scale * jnp.asarray(n_eff, dtype) ** (-s.init_rate)
+    return jnp.clip(base + scale * jax.random.normal(key, base.shape, dtype), lo, hi)
 
 
 class LabFit(NamedTuple):
@@ -239,17 +246,14 @@ def fit_dataset(key, model: Assembly, s: LabFitSettings, X, Y, w, truth: Mixture
     """Every restart of ``s`` on one data set; the best by objective. Traceable."""
     K, K1 = s.num_components, s.num_shared
     lo, hi = (jnp.asarray(a, X.dtype) for a in model.box(K, K1))
-    starts = jax.vmap(lambda r: start(jax.random.fold_in(key, r), model, s, truth, X.dtype))(jnp.arange(s.restarts))
+    starts = jax.vmap(lambda r: start(jax.random.fold_in(key, r), model, s, truth, X.dtype, jnp.sum(w)))(
+        jnp.arange(s.restarts))
     lin = linearization(model, K, X, Y, w, K1, s.derivatives)
     solver = SolverSettings(max_steps=s.max_steps, ftol=s.ftol, xtol=s.xtol, gtol=s.gtol)
-    sol = batch_map(lambda t0: solve(lin, t0, lo, hi, solver), starts, s.batching)
-    obj = objective(model, sol.objective, jnp.sum(w))
-    rank = jnp.where(jnp.isfinite(obj), obj, jnp.inf)
-    best = jnp.argmin(rank)
-    theta = sol.value[best]
-    finite = jnp.isfinite(obj[best]) & jnp.all(jnp.isfinite(theta))
-    code = jnp.where(finite, sol.status[best], Status.NONFINITE)
-    return LabFit(model.unflatten(theta, K, K1), obj[best], is_converged(code), code, sol.steps[best], obj)
+    n = jnp.sum(w)
+    best = solve_starts(lin, starts, lo, hi, solver, s.batching, lambda F: objective(model, F, n))
+    return LabFit(model.unflatten(best.value, K, K1), best.objective, is_converged(best.status), best.status, best.steps,
+                  best.objectives)
 
 
 @partial(jax.jit, static_argnames=("model", "s"))

@@ -27,7 +27,7 @@
     replicates = 8
     specifications = ["exact", "over"]
     extra_components = 1
-    [fit]                       # the fields of LabFitSettings (init, init_scale, restarts, max_steps, ...)
+    [fit]                       # the fields of LabFitSettings (init, init_scale, init_rate, restarts, max_steps, ...)
     estimator = "direct"        # or "em" (the Gaussian likelihood's softmax and linear experts)
     [rates]                     # how fits are rated: changing it re-rates a finished study without refitting
     num_bootstrap = 2000

@@ -33,12 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pandas as pd
-from tqdm.auto import tqdm
 
 from .._checks import make_out_dir
 from ..results import CellTable, atomic_write, check_same_study, loss_matrix, plain_dict, rate_entries, write_csv
-from ..runner import fit_missing
-from ..workers import resolve_workers, run_cells
+from ..runner import fit_missing, load_cells
+from ..workers import resolve_workers
 from .model import BackboneConfig, forward, init_backbone
 from .prefixes import PARAMETERISATIONS, init_prefix, prefix_kv
 from .tasks import sample
@@ -398,7 +397,7 @@ def _curve_keys(root, study: TransformerStudy, n: int):
         jnp.arange(study.seeds))
 
 
-def search_size(backbone, study: TransformerStudy, kind: str, n: int, val, *, batch=1, on_done=None) -> tuple:
+def search_size(backbone, study: TransformerStudy, kind: str, n: int, val, batch=1, *, on_done=None) -> tuple:
     """The learning-rate search at one (parameterisation, size): every rate of the grid, widened while the best
     sits on its edge (:func:`grid_search`), each scored by the mean validation loss over the search's data
     sets. Returns ``(GridSearch, {lr: (mean steps, fraction of tunings flat)})``. A pure function of its
@@ -430,14 +429,15 @@ def search_size(backbone, study: TransformerStudy, kind: str, n: int, val, *, ba
         return res, tuned
 
 
-def curve_cell(backbone, study: TransformerStudy, kind: str, n: int, lr: float, test) -> tuple[dict, float]:
+def curve_cell(backbone, study: TransformerStudy, kind: str, n: int, lr: float, test, batch=1) -> tuple[dict, float]:
     """One cell of the learning curves: ``study.seeds`` data sets of size n tuned at ``lr`` and scored on
-    ``test`` (:func:`score_members`). Returns the :class:`Scored` fields as numpy arrays and the seconds per
-    tuning. A pure function of its arguments, run with ``jax_enable_x64`` off, here or in a worker."""
+    ``test`` (:func:`score_members`, ``batch`` tunings per compiled call). Returns the :class:`Scored` fields as
+    numpy arrays and the seconds per tuning. A pure function of its arguments, run with ``jax_enable_x64`` off,
+    here or in a worker."""
     with jax.enable_x64(False):
         t0 = time.perf_counter()
         got = score_members(backbone, study, kind, n, np.full(study.seeds, lr),
-                            _curve_keys(jax.random.key(study.seed), study, n), test, batch=1)
+                            _curve_keys(jax.random.key(study.seed), study, n), test, batch=batch)
         return got, (time.perf_counter() - t0) / study.seeds
 
 
@@ -447,7 +447,7 @@ def _cost(study: TransformerStudy, kind: str, n: int) -> float:
 
 
 def search_learning_rates(backbone, study: TransformerStudy, val, out: Path | None = None, *, batch="auto",
-                          progress: bool = True, log=print, workers: int = 1):
+                          progress: bool = True, log=print, workers: int = 1, repair: bool = False):
     """Each parameterisation's learning rate at each sample size.
 
     At every size of ``study.search_ns``: tune on ``study.lr_search_seeds`` data sets of that size (drawn
@@ -467,59 +467,70 @@ def search_learning_rates(backbone, study: TransformerStudy, val, out: Path | No
 
     Returns ``({parameterisation: {n: lr}}, search)``, ``search`` a table with one row per scored (size,
     rate) (:data:`SEARCH_COLUMNS`: the mean validation loss, the mean steps and the fraction of tunings
-    that ended flat); with ``out`` it is kept in ``out/lr_search.csv`` after every size and a
-    run started again reuses the sizes already searched."""
-    path = None if out is None else out / "lr_search.csv"
-    done = pd.read_csv(path) if path is not None and path.is_file() else pd.DataFrame(columns=SEARCH_COLUMNS)
-    rows = [done] if len(done) else []
-    chosen = {kind: {} for kind in PARAMETERISATIONS}
-    todo = []
-    for kind in PARAMETERISATIONS:
-        for n in study.search_ns:
-            prior = done[(done["parameterisation"] == kind) & (done["n"] == n)]
-            if len(prior):
-                chosen[kind][n] = float(prior.loc[prior["chosen"].astype(bool), "lr"].iloc[0])
-            else:
-                todo.append((kind, n))
+    that ended flat), in a canonical order (parameterisation, n, lr) whatever order the sizes finished in.
+    With ``out`` it is kept in ``out/lr_search.csv`` after every size and a run started again reuses the
+    sizes already searched, through the runner every study uses (:mod:`moe_estimation.runner`): a damaged
+    table (a searched size without exactly one chosen rate, other columns, unreadable) is refused unless
+    ``repair``, which searches those sizes again."""
+    path = Path(out) / "lr_search.csv" if out is not None else Path("lr_search.csv")
+    table = CellTable(path, SEARCH_COLUMNS, ["parameterisation", "n"], 0, check=_check_search)
+    finished = {(k, int(n)) for k, n in load_cells(table, repair=repair, log=log)} if out is not None else set()
+    cells = [(kind, n) for kind in PARAMETERISATIONS for n in study.search_ns]
+    todo = [c for c in cells if c not in finished]
     notes = []  # said after the bar, not through it
 
-    def record(kind, n, res, tuned):
-        chosen[kind][n] = res.best
+    def rows(cell, result):
+        (kind, n), (res, tuned) = cell, result
         if res.on_edge:
             notes.append(f"learning-rate search: {kind} at n = {n} chose {res.best:g}, still on the edge of the grid "
                          f"{res.grid[0]:g} .. {res.grid[-1]:g} after widening it {res.widened} times (recorded as "
                          "on_edge)")
-        rows.append(pd.DataFrame(dict(parameterisation=kind, n=n, lr=res.grid,
-                                      validation_loss=[res.scores[x] for x in res.grid],
-                                      steps=[tuned[x][0] for x in res.grid], flat=[tuned[x][1] for x in res.grid],
-                                      chosen=[x == res.best for x in res.grid], widened=res.widened,
-                                      on_edge=res.on_edge)))
-        if path is not None:
-            write_csv(path, pd.concat(rows, ignore_index=True))
+        return pd.DataFrame(dict(parameterisation=kind, n=n, lr=res.grid, validation_loss=[res.scores[x] for x in res.grid],
+                                 steps=[tuned[x][0] for x in res.grid], flat=[tuned[x][1] for x in res.grid],
+                                 chosen=[x == res.best for x in res.grid], widened=res.widened, on_edge=res.on_edge))
 
-    if workers > 1 and len(todo) > 1:
-        bar = tqdm(total=len(todo), disable=not progress, unit="size", desc="learning-rate search")
-        shipped = jax.tree.map(np.asarray, backbone), jax.tree.map(np.asarray, val)
-
-        def done(task, result):
-            record(task[2], task[3], *result)
-            bar.set_postfix_str(f"{task[2]} n={task[3]} done", refresh=True)
-            bar.update(1)
-
-        tasks = [(shipped[0], study, kind, n, shipped[1]) for kind, n in sorted(todo, key=lambda c: -_cost(study, *c))]
-        run_cells(search_size, tasks, done, workers=workers)
-        todo = []
-    bar = tqdm(todo, disable=not progress or not todo, unit="size", desc="learning-rate search")
-    for kind, n in bar:
-        record(kind, n, *search_size(backbone, study, kind, n, val, batch=batch,
-                                     on_done=lambda text: bar.set_postfix_str(text, refresh=True)))
-    bar.close()
+    many = workers > 1 and len(todo) > 1
+    bb, vv = (jax.tree.map(np.asarray, backbone), jax.tree.map(np.asarray, val)) if many else (backbone, val)
+    fit_missing(table, todo, total=len(cells), work=search_size,
+                args=lambda c: (bb, study, c[0], c[1], vv, 1 if many else batch), rows=rows,
+                describe=lambda c: f"learning-rate search {c[0]} n={c[1]}", cost=lambda c: _cost(study, *c),
+                workers=workers, progress=progress, log=log, unit="searched sizes", write=out is not None)
+    order = {k: i for i, k in enumerate(PARAMETERISATIONS)}
+    search = table.frame()
+    search = search.assign(_k=search["parameterisation"].map(order)).sort_values(["_k", "n", "lr"]).drop(columns="_k")
+    search = search.reset_index(drop=True)
+    if out is not None:
+        table.write(search)
     for note in notes:
         log(note)
+    chosen = {kind: {} for kind in PARAMETERISATIONS}
+    for r in search[search["chosen"].astype(bool)].itertuples():
+        chosen[r.parameterisation][int(r.n)] = float(r.lr)
     lrs = {kind: interpolate_rates(chosen[kind], study.ns) for kind in PARAMETERISATIONS}
     log("learning rates by validation loss: " + "; ".join(
         f"{k} " + ", ".join(f"{v[m]:.3g} (n={m})" for m in study.search_ns) for k, v in lrs.items()))
-    return lrs, pd.concat(rows, ignore_index=True)
+    return lrs, search
+
+
+def _check_search(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """The check of ``lr_search.csv`` on resume: its columns, and exactly one chosen rate a searched size."""
+    empty = pd.DataFrame(columns=SEARCH_COLUMNS)
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        return empty, [f"unreadable as a table ({str(e).splitlines()[0]})"]
+    if sorted(df.columns) != sorted(SEARCH_COLUMNS):
+        return empty, [f"columns {list(df.columns)} are not {SEARCH_COLUMNS}"]
+    df = df[SEARCH_COLUMNS]
+    if not len(df):
+        return df, []
+    picked = df.groupby(["parameterisation", "n"], sort=False)["chosen"].transform(
+        lambda c: int(c.astype(str).str.lower().eq("true").sum()))
+    bad = picked != 1
+    if bad.any():
+        return df[~bad].reset_index(drop=True), [f"{int(bad.sum())} row(s) of searched sizes without exactly one "
+                                                  "chosen rate (dropped)"]
+    return df, []
 
 
 CURVE_COLUMNS = ["parameterisation", "n", "seed", "heldout_loss", "accuracy", "train_loss", "train_change", "flat",
@@ -527,18 +538,18 @@ CURVE_COLUMNS = ["parameterisation", "n", "seed", "heldout_loss", "accuracy", "t
 
 
 def learning_curves(backbone, study: TransformerStudy, lrs: dict, test, out: Path, *, batch="auto",
-                    progress: bool = True, log=print, workers: int = 1):
+                    progress: bool = True, log=print, workers: int = 1, repair: bool = False):
     """Prefix-tune ``study.seeds`` data sets per (parameterisation, n) at that cell's learning rate
     (``lrs[kind][n]``) and score them on ``test`` (:func:`score_members`, ``batch`` tunings per compiled
     call: the program is the search's at the same (kind, n)); the table ``out/curves.csv``
     (:data:`CURVE_COLUMNS`: held-out loss and accuracy, the final training loss, its change over the last
     tenth of the steps, whether that met the flatness rule, the steps taken) is written after every cell
     (:class:`moe_estimation.results.CellTable`) and a run started again resumes from it (cells tuned with
-    other learning rates are made again). With ``workers`` above 1 the cells are tuned in that many worker
-    processes (:func:`curve_cell`, the costliest first), this process writing the table."""
-    root = jax.random.key(study.seed)
+    other learning rates are made again), through the runner every study uses (:mod:`moe_estimation.runner`;
+    a damaged table is refused unless ``repair``). With ``workers`` above 1 the cells are tuned in that many
+    worker processes (:func:`curve_cell`, the costliest first), this process writing the table."""
     table = CellTable(out / "curves.csv", CURVE_COLUMNS, ["parameterisation", "n"], study.seeds)
-    table.load()
+    load_cells(table, repair=repair, log=log)
     done = table.frame()
     same_lr = np.array([np.isclose(lrs.get(k, {}).get(int(n), np.nan), lr, rtol=1e-9, atol=0)
                         for k, n, lr in zip(done["parameterisation"], done["n"], done["lr"])], bool)
@@ -546,8 +557,6 @@ def learning_curves(backbone, study: TransformerStudy, lrs: dict, test, out: Pat
         table.write(done[same_lr])  # tuned with other learning rates: those cells are made again
     finished = {(k, int(n)) for k, n in table.finished()}
     cells = [(kind, n) for n in study.ns for kind in PARAMETERISATIONS]
-    if finished:
-        log(f"resuming: {len(finished)} of {len(cells)} cells already in {table.path}")
     todo = [c for c in cells if c not in finished]
 
     def rows(cell, result):
@@ -557,18 +566,12 @@ def learning_curves(backbone, study: TransformerStudy, lrs: dict, test, out: Pat
                     train_loss=got["train_loss"].astype(float), train_change=got["change"].astype(float),
                     flat=got["flat"].astype(bool), steps=got["steps"].astype(int), lr=lrs[kind][n], seconds=sec)
 
-    if workers > 1 and len(todo) > 1:  # the shared runner (moe_estimation.runner); one process batches below
-        shipped = jax.tree.map(np.asarray, backbone), jax.tree.map(np.asarray, test)
-        fit_missing(table, todo, total=len(todo), work=curve_cell,
-                    args=lambda c: (shipped[0], study, c[0], c[1], lrs[c[0]][c[1]], shipped[1]), rows=rows,
-                    describe=lambda c: f"prefix-tuning {c[0]} n={c[1]}", cost=lambda c: _cost(study, *c),
-                    workers=workers, progress=progress, log=log)
-        todo = []
-    for kind, n in tqdm(todo, disable=not progress or not todo, unit="cell", desc="prefix-tuning"):
-        t0 = time.perf_counter()
-        got = score_members(backbone, study, kind, n, np.full(study.seeds, lrs[kind][n]), _curve_keys(root, study, n),
-                            test, batch=batch)
-        table.add(rows((kind, n), (got, (time.perf_counter() - t0) / study.seeds)))
+    many = workers > 1 and len(todo) > 1  # worker processes tune one member a call; this process batches them
+    bb, tt = (jax.tree.map(np.asarray, backbone), jax.tree.map(np.asarray, test)) if many else (backbone, test)
+    fit_missing(table, todo, total=len(cells), work=curve_cell,
+                args=lambda c: (bb, study, c[0], c[1], lrs[c[0]][c[1]], tt, 1 if many else batch), rows=rows,
+                describe=lambda c: f"prefix-tuning {c[0]} n={c[1]}", cost=lambda c: _cost(study, *c),
+                workers=workers, progress=progress, log=log)
     order = {k: i for i, k in enumerate(PARAMETERISATIONS)}
     curves = table.frame()
     curves = curves.assign(_k=curves["parameterisation"].map(order)).sort_values(["_k", "n", "seed"]).drop(columns="_k")
@@ -597,7 +600,7 @@ def curve_rates(curves, study: TransformerStudy):
 
 
 def run_transformer(study: TransformerStudy, out, *, batch="auto", progress: bool = True, log=print,
-                    workers: int | str = 1):
+                    workers: int | str = 1, repair: bool = False):
     """Pre-train (or reuse OUT/backbone.npz), search learning rates (``lr_search.csv``), and write the
     learning curves (``curves.csv``), their slopes (``curve_rates.csv``) and ``config.json`` into ``out``.
     A run started again with the same study resumes; ``out`` holding another study is refused. ``batch``:
@@ -610,13 +613,15 @@ def run_transformer(study: TransformerStudy, out, *, batch="auto", progress: boo
     after): the arrays are float32 either way, but with the flag on, Python-number arithmetic inside the
     programs (the learning-rate schedules) is done in float64, and the pre-trained backbone came out 1e-5
     away, enough to change learning-rate choices. So ``reproduce.py``, which runs a float64 study first in
-    the same process, and ``moe-estimation transformer`` give the same bits."""
+    the same process, and ``moe-estimation transformer`` give the same bits. ``repair``: damaged cells of
+    ``lr_search.csv`` or ``curves.csv`` are searched or tuned again instead of refused."""
     workers = resolve_workers(workers)
     with jax.enable_x64(False):
-        return _run_transformer(study, out, batch=batch, progress=progress, log=log, workers=workers)
+        return _run_transformer(study, out, batch=batch, progress=progress, log=log, workers=workers, repair=repair)
 
 
-def _run_transformer(study: TransformerStudy, out, *, batch, progress: bool, log, workers: int = 1):
+def _run_transformer(study: TransformerStudy, out, *, batch, progress: bool, log, workers: int = 1,
+                     repair: bool = False):
     validate_study(study)
     resolve_batch(batch)  # a bad batch fails before anything is made
     out = make_out_dir(out)
@@ -633,9 +638,9 @@ def _run_transformer(study: TransformerStudy, out, *, batch, progress: bool, log
     val = sample(jax.random.fold_in(root, 5), "downstream", study.test_size, cfg)
     zero_loss, zero_acc = evaluate(backbone, cfg, *test)  # the frozen backbone on the new task, no prefix
     lrs, search = search_learning_rates(backbone, study, val, out, batch=batch, progress=progress, log=log,
-                                        workers=workers)
+                                        workers=workers, repair=repair)
     curves = learning_curves(backbone, study, lrs, test, out, batch=batch, progress=progress, log=log,
-                             workers=workers)
+                             workers=workers, repair=repair)
     write_csv(out / "curve_rates.csv", curve_rates(curves, study))
     chosen = search[search["chosen"].astype(bool)]
     meta = dict(
