@@ -185,3 +185,16 @@ def test_readme_lab_example_runs():
     namespace: dict = {}
     exec(compile(block, "README lab example", "exec"), namespace)
     assert all(np.isfinite(float(namespace[k].objective)) for k in ("direct", "em"))
+
+
+@pytest.mark.e2e
+def test_the_teacher_and_combined_figures_are_drawn_from_the_committed_tables(tmp_path, capsys):
+    """figures/quick/teacher.png and combined.png are what `plot` draws from tables/quick, transformer-quick,
+    teacher-quick and teacher-more, byte for byte."""
+    from moe_estimation.cli import main
+
+    t = README.parent / "tables"
+    runs = [str(t / name) for name in ("quick", "transformer-quick", "teacher-quick", "teacher-more")]
+    assert main(["plot", "--results", *runs, "--out", str(tmp_path)]) == 0
+    for name in ("teacher.png", "combined.png", "transformer_curves.png"):
+        assert (README.parent / "figures" / "quick" / name).read_bytes() == (tmp_path / name).read_bytes(), name
