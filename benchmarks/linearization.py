@@ -3,7 +3,7 @@
     XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
         taskset -c 0 python benchmarks/linearization.py --json benchmarks/linearization-cpu.json
 
-What the estimator does (``moe_estimation.estimator.residuals_and_jacobian`` and
+What the estimator does (``moe_estimation.prefix.estimator.residuals_and_jacobian`` and
 ``moe_estimation.solver.normal_equations``), against the changes proposed to speed it up:
 
 - ``kernels``: ``einsum`` (the estimator's: the small contractions over d and L' as dots) or
@@ -34,8 +34,8 @@ import numpy as np
 
 def elementwise_rj(problem, Lp: int, data, theta):
     """The estimator's closed-form residuals and Jacobian, with the small contractions written out."""
-    from moe_estimation.estimator import unflatten_params
-    from moe_estimation.structures import key_value
+    from moe_estimation.prefix.estimator import unflatten_params
+    from moe_estimation.prefix.structures import key_value
 
     Xt, Yt, w, lse, meant = data
     p = unflatten_params(theta, Lp, problem.atom_dim)
@@ -82,9 +82,9 @@ def moments(problem, Lp: int):
     contraction of Jk, Jv with sums over the rows of products of S = G G^T, pi, G, x and r (up to 4 of
     them at once), e.g. the key-key block sum_i w^2 S_ll' x x^T. Those sums are over L'^2 d^2 and
     L'^2 d d_v numbers per row instead of P^2 d_v for J J^T."""
-    from moe_estimation.estimator import unflatten_params
+    from moe_estimation.prefix.estimator import unflatten_params
     from moe_estimation.solver import Normal
-    from moe_estimation.structures import key_value
+    from moe_estimation.prefix.structures import key_value
 
     def whole(rj, data, theta):
         Xt, Yt, w, lse, meant = data
@@ -172,8 +172,8 @@ def best_time(f, x) -> float:
 
 def main(args) -> list[dict]:
     jax.config.update("jax_enable_x64", True)
-    from moe_estimation.bench import PROBLEMS, _setup
-    from moe_estimation.estimator import prepare_data, residuals_and_jacobian
+    from moe_estimation.experiments.bench import PROBLEMS, _setup
+    from moe_estimation.prefix.estimator import prepare_data, residuals_and_jacobian
 
     records = []
     for name in args.problems:

@@ -28,7 +28,7 @@ def _setup_jax(args) -> None:
 
 
 def parse_workers(text: str):
-    """``--workers``: ``auto`` or an integer >= 1 (checked by :func:`moe_estimation.workers.resolve_workers`)."""
+    """``--workers``: ``auto`` or an integer >= 1 (checked by :func:`moe_estimation.experiments.workers.resolve_workers`)."""
     if text == "auto":
         return "auto"
     try:
@@ -47,7 +47,7 @@ def _add_workers(parser) -> None:
 
 
 def cmd_study(args) -> int:
-    from .config import load_config, study_preset
+    from .experiments.config import load_config, study_preset
 
     if (args.preset is None) == (args.config is None):
         raise ValueError("study: give exactly one of --preset NAME or --config FILE")
@@ -60,7 +60,7 @@ def cmd_study(args) -> int:
         raise ValueError("study: --out is required (the folder the study writes, or resumes)")
     _setup_jax(args)  # first: jax.distributed.initialize() must precede anything that touches a device
     if args.config:
-        from .config import read_toml
+        from .experiments.config import read_toml
 
         data = read_toml(args.config)
         if "model" in data:  # a study of an assembly of parts (moe_estimation.lab)
@@ -72,11 +72,11 @@ def cmd_study(args) -> int:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     if args.dry_run:
-        from .study import dry_run
+        from .experiments.study import dry_run
 
         print(dry_run(cfg, workers=parse_workers(args.workers)))
         return 0
-    from .study import run_study
+    from .experiments.study import run_study
 
     import jax
 
@@ -85,7 +85,7 @@ def cmd_study(args) -> int:
                      repair=args.repair, wait=args.wait, log=print if lead else (lambda *a: None),
                      workers=1 if args.distributed else parse_workers(args.workers))
     if lead:
-        from .summary import study_summary
+        from .report.summary import study_summary
 
         print(study_summary(Path(args.out), fits))
     return 0
@@ -110,11 +110,11 @@ def _lab_study(args, data) -> int:
 
 
 def cmd_summarize(args) -> int:
-    from .summary import summarize
+    from .report.summary import summarize
 
     text = "\n\n".join(summarize(Path(d)) for d in args.results)
     if args.out:
-        from .results import atomic_write
+        from .experiments.results import atomic_write
 
         atomic_write(Path(args.out), text + "\n")
         print(f"wrote {args.out}")
@@ -125,7 +125,7 @@ def cmd_summarize(args) -> int:
 
 def cmd_presets(args) -> int:
     _setup_jax(args)
-    from .config import STUDY_PRESETS, study_preset
+    from .experiments.config import STUDY_PRESETS, study_preset
 
     print("study presets (moe-estimation study --preset NAME; --show-config prints one resolved, --dry-run times it):")
     for name in STUDY_PRESETS:
@@ -143,9 +143,9 @@ def cmd_power(args) -> int:
     import numpy as np
     import pandas as pd
 
-    from .config import load_config, study_preset
-    from .inference import power_table
-    from .results import fits_file, write_csv
+    from .experiments.config import load_config, study_preset
+    from .experiments.inference import power_table
+    from .experiments.results import fits_file, write_csv
 
     if (args.preset is None) == (args.config is None):
         raise ValueError("power: give exactly one of --preset NAME or --config FILE (the design)")
@@ -184,7 +184,7 @@ def cmd_power(args) -> int:
 
 def cmd_inverse(args) -> int:
     _setup_jax(args)
-    from .inverse import InverseSettings, InverseStudy, run_inverse
+    from .experiments.inverse import InverseSettings, InverseStudy, run_inverse
 
     fields = {f: getattr(args, f) for f in ("points", "starts", "penalty", "tolerance", "max_steps")
               if getattr(args, f) is not None}
@@ -214,7 +214,7 @@ def cmd_plot(args) -> int:
     import matplotlib
 
     matplotlib.use("Agg")  # the command line draws into files; a library import never chooses the backend
-    from .plots import plot_results
+    from .report.plots import plot_results
 
     for path in plot_results(args.results, args.out):
         print(f"wrote {path}")
@@ -240,7 +240,7 @@ def cmd_transformer(args) -> int:
 
 def cmd_bench(args) -> int:
     _setup_jax(args)
-    from .bench import run_bench, run_precision_bench, run_step_bench
+    from .experiments.bench import run_bench, run_precision_bench, run_step_bench
 
     if args.steps is not None and not args.step:
         raise ValueError(f"--steps: applies only with --step (LM steps per fit of the step benchmark), got --steps "
@@ -251,7 +251,7 @@ def cmd_bench(args) -> int:
     if sum(map(bool, (args.step, args.precision, args.workers))) > 1:
         raise ValueError("bench: give at most one of --step, --precision and --workers")
     if args.workers:
-        from .bench import run_workers_bench
+        from .experiments.bench import run_workers_bench
 
         run_workers_bench(None if args.workers == "auto" else parse_workers(args.workers), json_path=args.json)
         return 0
@@ -267,7 +267,7 @@ def cmd_bench(args) -> int:
     return 0
 
 
-# moe_estimation.config.STUDY_PRESETS' names, spelled out so that --help needs no JAX import (a test checks
+# moe_estimation.experiments.config.STUDY_PRESETS' names, spelled out so that --help needs no JAX import (a test checks
 # that the two agree)
 STUDY_PRESET_NAMES = ("quick", "full", "robust-quick", "nonlinear", "robust", "restarts-quick", "contested-quick",
                       "contested", "minimax-quick", "minimax", "geometry", "tiny")
@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "d, d_v in {2, 4}, three key separations, two noise levels, L' - L in {1, 2}; CPU, 83 minutes on two "
                    "cores, measured; resumable), tiny (seconds, for smoke tests). Times are of a first run, compiling "
                    "included; `moe-estimation presets` lists every preset's size, `--dry-run` times one on this machine")
-    s.add_argument("--config", help="a TOML study configuration (see moe_estimation.config for the keys)")
+    s.add_argument("--config", help="a TOML study configuration (see moe_estimation.experiments.config for the keys)")
     s.add_argument("--out", help="output directory; an existing one of the same study is resumed")
     s.add_argument("--show-config", action="store_true", help="print the resolved configuration (every default "
                    "filled in) as JSON and stop: nothing is run or written")

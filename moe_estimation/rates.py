@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.stats import beta, norm
 
-from .structures import NON_SHARED, STRUCTURES
+from .prefix.structures import NON_SHARED, STRUCTURES
 
 STATISTICS = ("mean", "median")  # and "qP", the P% quantile over replicates (0 < P < 100), e.g. "q90"
 

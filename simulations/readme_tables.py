@@ -3,7 +3,7 @@
     python simulations/readme_tables.py           # rewrite each block between <!-- NAME --> and <!-- /NAME -->
     python simulations/readme_tables.py --check   # exit 1, naming the blocks, when one differs from its tables
 
-Each block of the README is the output of one table maker of ``moe_estimation.summary`` run on committed files
+Each block of the README is the output of one table maker of ``moe_estimation.report.summary`` run on committed files
 (``tables/``, ``benchmarks/``); :data:`BLOCKS` says which. The tests run the check, so a README number that
 does not match its table fails CI.
 """
@@ -21,7 +21,7 @@ README = ROOT / "README.md"
 
 def blocks() -> dict:
     """marker -> (a function making the block's text, indent): each from committed files only."""
-    from moe_estimation import summary as s
+    from moe_estimation.report import summary as s
 
     t, b = ROOT / "tables", ROOT / "benchmarks"
     out = {

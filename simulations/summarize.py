@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from moe_estimation.summary import (  # noqa: F401  (the table makers live in the package: moe-estimation summarize)
+from moe_estimation.report.summary import (  # noqa: F401  (the table makers live in the package: moe-estimation summarize)
     study_table,
     robust_table,
     parts_table,

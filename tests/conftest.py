@@ -91,8 +91,8 @@ def cache_env():
 @pytest.fixture(autouse=True)
 def _release_compiled_programs():
     """One pytest process compiles hundreds of programs; drop them when the process nears the system's
-    limit on memory mappings (see moe_estimation.study.release_compiled_if_needed)."""
-    from moe_estimation.study import release_compiled_if_needed
+    limit on memory mappings (see moe_estimation.experiments.study.release_compiled_if_needed)."""
+    from moe_estimation.experiments.study import release_compiled_if_needed
 
     release_compiled_if_needed()
     yield
@@ -167,8 +167,8 @@ def reference_toml(path: Path, ns=None) -> Path:
 def reference_study(tmp_path_factory):
     """The folder of an undamaged run of the reference study (fits.csv, rates.csv, config.json), run once a
     session (:func:`once_a_session`) in a pytest process. Tests copy it before they change anything."""
-    from moe_estimation.config import load_config, parse_config
-    from moe_estimation.study import run_study
+    from moe_estimation.experiments.config import load_config, parse_config
+    from moe_estimation.experiments.study import run_study
 
     cfg = parse_config(REFERENCE)
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from moe_estimation.bench import EQUAL_RTOL, run_bench, step_floor
+from moe_estimation.experiments.bench import EQUAL_RTOL, run_bench, step_floor
 
 
 @pytest.mark.study
@@ -45,7 +45,7 @@ def test_step_bench_cli(tmp_path, cli):
 
 @pytest.mark.study
 def test_precision_bench_records(tmp_path):
-    from moe_estimation.bench import run_precision_bench
+    from moe_estimation.experiments.bench import run_precision_bench
 
     recs = run_precision_bench(sizes=(200,), fits=2, problems=("shared-linear",), json_path=tmp_path / "p.json",
                                log=lambda *a: None)

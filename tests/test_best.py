@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from moe_estimation.inference import BEST, lowest_table, with_best_of_all
-from moe_estimation.results import describe_schedule
+from moe_estimation.experiments.inference import BEST, lowest_table, with_best_of_all
+from moe_estimation.experiments.results import describe_schedule
 
 
 def _fits(objectives: dict, ns=(100, 200), replicates=3):
@@ -63,10 +63,10 @@ def test_bounds_table_tells_a_switched_off_split_prompt_from_a_lone_one():
 
     jax.config.update("jax_enable_x64", True)
     import moe_estimation as me
-    from moe_estimation.config import parse_config
-    from moe_estimation.estimator import bound_coordinates
-    from moe_estimation.inference import bounds_table
-    from moe_estimation.results import format_params
+    from moe_estimation.experiments.config import parse_config
+    from moe_estimation.prefix.estimator import bound_coordinates
+    from moe_estimation.experiments.inference import bounds_table
+    from moe_estimation.experiments.results import format_params
 
     cfg = parse_config(dict(grid=dict(ns=[100, 200], replicates=3, problems=["shared-linear"], specifications=["over"])))
     prob = cfg.problem("shared-linear")

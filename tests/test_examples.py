@@ -34,7 +34,7 @@ def test_importing_the_library_leaves_matplotlib_alone():
     import subprocess
     import sys
 
-    code = ("import matplotlib; matplotlib.use('svg'); import moe_estimation, moe_estimation.plots; "
+    code = ("import matplotlib; matplotlib.use('svg'); import moe_estimation, moe_estimation.report.plots; "
             "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, PYTHONPATH=str(NOTEBOOK.parents[1])))

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import pytest
 
 import moe_estimation as me
-from moe_estimation.estimator import (
+from moe_estimation.prefix.estimator import (
     flatten_params,
     linearization,
     prepare_data,
@@ -177,7 +177,7 @@ def test_converged_fits_on_the_box_are_constrained_minima():
     less than 1e-4 relative, far below its statistical resolution P / (2n) = 3.75e-3. Not to rounding: the
     over-specified non-shared objective has valleys along which it keeps falling by 1e-7..1e-5 (README, *Does
     the verdict depend on the solver?*); the step defect at the box itself is tested in test_solver.py."""
-    from moe_estimation.data import simulate_rows
+    from moe_estimation.prefix.data import simulate_rows
 
     prob = me.preset("non-shared")
     R, n = 8, 2000

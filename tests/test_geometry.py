@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from moe_estimation.config import geometry_family, parse_config, study_preset
-from moe_estimation.inference import paired_arms
-from moe_estimation.problems import draw_problem
-from moe_estimation.study import run_study
+from moe_estimation.experiments.config import geometry_family, parse_config, study_preset
+from moe_estimation.experiments.inference import paired_arms
+from moe_estimation.prefix.problems import draw_problem
+from moe_estimation.experiments.study import run_study
 
 from conftest import REFERENCE
 

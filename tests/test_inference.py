@@ -1,4 +1,4 @@
-"""Distributions, failing fractions, paired differences and power (moe_estimation.rates, moe_estimation.inference)."""
+"""Distributions, failing fractions, paired differences and power (moe_estimation.rates, moe_estimation.experiments.inference)."""
 
 import shutil
 
@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from conftest import REFERENCE, reference_toml
-from moe_estimation.config import parse_config
-from moe_estimation.inference import failing_table, log_residuals, quantiles_table, rate_power
+from moe_estimation.experiments.config import parse_config
+from moe_estimation.experiments.inference import failing_table, log_residuals, quantiles_table, rate_power
 from moe_estimation.rates import (
     binomial_interval,
     empirical_rate,
@@ -18,7 +18,7 @@ from moe_estimation.rates import (
     statistic_quantile,
     trend_test,
 )
-from moe_estimation.results import RATE_LOSSES
+from moe_estimation.experiments.results import RATE_LOSSES
 
 NS = np.array([500, 1000, 2000, 4000, 8000])
 
@@ -214,7 +214,7 @@ def test_failing_figure(tmp_path, reference_study):
     import matplotlib
 
     matplotlib.use("Agg")
-    from moe_estimation.plots import plot_study
+    from moe_estimation.report.plots import plot_study
 
     names = {p.name for p in plot_study(reference_study, tmp_path / "f")}
     assert "failing_key_value.png" in names
@@ -223,7 +223,7 @@ def test_failing_figure(tmp_path, reference_study):
 def test_a_study_stopped_before_its_second_size_still_gets_its_tables(tmp_path, reference_study):
     """--tables-only after the first size only: every table is written, the slopes and trends empty with a
     note, nothing refused (the fits are what was finished)."""
-    from moe_estimation.study import run_study
+    from moe_estimation.experiments.study import run_study
 
     out = tmp_path / "s"
     shutil.copytree(reference_study, out)

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 import moe_estimation as me
-from moe_estimation.config import load_config, parse_config
-from moe_estimation.study import StudyLock, run_study
+from moe_estimation.experiments.config import load_config, parse_config
+from moe_estimation.experiments.study import StudyLock, run_study
 
 from conftest import REFERENCE, REFERENCE_CELLS, reference_toml
 
@@ -30,7 +30,7 @@ def _fits(path):
 
 def _same_tables(out, reference):
     """``out`` holds the reference study's tables (the seconds aside)."""
-    from moe_estimation.study import TABLES
+    from moe_estimation.experiments.study import TABLES
 
     pd.testing.assert_frame_equal(_fits(out), _fits(reference))
     for name in TABLES:
@@ -87,7 +87,7 @@ def test_damaged_table_is_refused_then_repaired(reference_study, tmp_path, how):
 def test_params_of_another_shape_damage_their_cell(reference_study, tmp_path):
     """A fit whose ``params`` hold a number too few (or too many) is no fit of this study: its cell is
     damaged and named, the other cells stay."""
-    from moe_estimation.results import check_fits_table
+    from moe_estimation.experiments.results import check_fits_table
 
     out = tmp_path / "study"
     shutil.copytree(reference_study, out)
@@ -127,7 +127,7 @@ def test_a_compressed_study_is_read_as_it_is_and_resumed_only_unpacked(reference
     the plain file); a run into that folder refuses, names the file and how to unpack it, and writes nothing."""
     import gzip
 
-    from moe_estimation.results import check_fits_table, fits_file
+    from moe_estimation.experiments.results import check_fits_table, fits_file
 
     out = tmp_path / "packed"
     shutil.copytree(reference_study, out)
@@ -314,7 +314,7 @@ def test_a_non_finite_fit_has_its_own_status_and_is_counted(reference_study):
     X, Y = me.simulate(jax.random.key(0), prob, 200)
     res = me.fit(jax.random.key(1), prob, X, Y * 1e200, 2, restarts=1, max_steps=5)  # every objective overflows
     assert me.Status(int(res.status)) is me.Status.NONFINITE and not bool(res.converged)
-    from moe_estimation.study import rates_table
+    from moe_estimation.experiments.study import rates_table
 
     cfg = parse_config(REFERENCE)
     fits = pd.read_csv(reference_study / "fits.csv")
@@ -386,7 +386,7 @@ def test_fault_battery_configuration_files(tmp_path, cli, i):
     text, word = BAD_CONFIGS[i]
     conf = tmp_path / "bad.toml"
     conf.write_text(text)
-    from moe_estimation.config import load_config
+    from moe_estimation.experiments.config import load_config
 
     with pytest.raises(ValueError, match=word):
         load_config(conf)

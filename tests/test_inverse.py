@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 
 from moe_estimation.cli import main
-from moe_estimation.estimator import flatten_params
-from moe_estimation.inverse import (InverseSettings, InverseStudy, check_inverse_study, inputs, inverse_bound,
+from moe_estimation.prefix.estimator import flatten_params
+from moe_estimation.experiments.inverse import (InverseSettings, InverseStudy, check_inverse_study, inputs, inverse_bound,
                                     inverse_slope, l2_distance, penalties, shrink, zero_floor)
-from moe_estimation.model import Params
-from moe_estimation.problems import preset
-from moe_estimation.voronoi import voronoi_loss, voronoi_parts
+from moe_estimation.prefix.model import Params
+from moe_estimation.prefix.problems import preset
+from moe_estimation.prefix.voronoi import voronoi_loss, voronoi_parts
 
 SMALL = InverseSettings(points=256, starts=6)
 

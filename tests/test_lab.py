@@ -10,16 +10,16 @@ import pytest
 
 import moe_estimation as me
 import moe_estimation.lab as lab
-from moe_estimation.estimator import linearization as prefix_linearization
-from moe_estimation.estimator import prepare_data
+from moe_estimation.prefix.estimator import linearization as prefix_linearization
+from moe_estimation.prefix.estimator import prepare_data
 from moe_estimation.lab.fit import linearization
 from moe_estimation.solver import SolverSettings, solve
-from moe_estimation.voronoi import IDENTIFIED_NAMES
+from moe_estimation.prefix.voronoi import IDENTIFIED_NAMES
 
 
 def _parse(tmp_path, text):
     """A lab configuration from its text, parsed as `moe-estimation study --config` parses it."""
-    from moe_estimation.config import read_toml
+    from moe_estimation.experiments.config import read_toml
     from moe_estimation.lab.study import parse_lab_config
 
     conf = tmp_path / "lab.toml"
@@ -410,7 +410,7 @@ def test_lab_theory_slopes_are_checked(tmp_path, theory, word):
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "simulations").glob("lab-*.toml")),
                          ids=lambda p: p.name)
 def test_every_lab_example_configuration_is_valid(path):
-    from moe_estimation.config import read_toml
+    from moe_estimation.experiments.config import read_toml
     from moe_estimation.lab.study import parse_lab_config
 
     study = parse_lab_config(read_toml(path), str(path))
@@ -646,7 +646,7 @@ def test_the_committed_lab_study_is_its_configuration_and_its_rates_are_its_fits
 
     import pandas as pd
 
-    from moe_estimation.config import read_toml
+    from moe_estimation.experiments.config import read_toml
     from moe_estimation.lab.study import lab_rates, parse_lab_config, rescore
 
     root = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import pytest
 
 import moe_estimation as me
-from moe_estimation.model import expert_summary, regression_from_summary
+from moe_estimation.prefix.model import expert_summary, regression_from_summary
 
 
 def direct_formula(prob, params, x):
@@ -59,7 +59,7 @@ def test_vmap_equals_loop():
 
 
 def test_simulate_rows_do_not_depend_on_padding():
-    from moe_estimation.data import simulate_rows
+    from moe_estimation.prefix.data import simulate_rows
 
     prob = me.preset("shared-linear")
     X1, Y1 = me.simulate(jax.random.key(4), prob, 50)

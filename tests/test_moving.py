@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from moe_estimation.config import moving_family, parse_config, study_preset
-from moe_estimation.inference import minimax_tables
-from moe_estimation.problems import merge_factor, move_truth, preset
-from moe_estimation.study import run_study
+from moe_estimation.experiments.config import moving_family, parse_config, study_preset
+from moe_estimation.experiments.inference import minimax_tables
+from moe_estimation.prefix.problems import merge_factor, move_truth, preset
+from moe_estimation.experiments.study import run_study
 
 from conftest import REFERENCE
 

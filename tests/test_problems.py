@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import moe_estimation as me
-from moe_estimation.problems import random_pretrained
+from moe_estimation.prefix.problems import random_pretrained
 
 
 def base(structure="shared-linear", **over):
@@ -78,7 +78,7 @@ def _affine_misfit(problem, grid=9):
     """How far the values of a shared structure are from an affine function of its keys, over atoms p
     spread through the box: the root-mean-square residual of the least-squares fit v ~ M k + c, relative to
     the spread of v."""
-    from moe_estimation.structures import key_value
+    from moe_estimation.prefix.structures import key_value
 
     t = np.linspace(-1.5, 1.5, grid)
     p = np.stack(np.meshgrid(t, t), -1).reshape(-1, 2)

@@ -25,12 +25,12 @@ import pandas as pd
 import pytest
 
 import moe_estimation as me
-from moe_estimation import study as study_mod
+from moe_estimation.experiments import study as study_mod
 from moe_estimation import theory_slope
-from moe_estimation.config import parse_config
-from moe_estimation.data import simulate_rows
-from moe_estimation.problems import PRESETS
-from moe_estimation.study import run_study
+from moe_estimation.experiments.config import parse_config
+from moe_estimation.prefix.data import simulate_rows
+from moe_estimation.prefix.problems import PRESETS
+from moe_estimation.experiments.study import run_study
 
 pytestmark = pytest.mark.statistical
 

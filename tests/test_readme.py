@@ -67,7 +67,7 @@ def test_committed_transformer_tables_belong_to_their_presets():
     resumes those tables rather than refusing them."""
     import json
 
-    from moe_estimation.results import plain_dict
+    from moe_estimation.experiments.results import plain_dict
     from moe_estimation.transformer.train import TRANSFORMER_PRESETS
 
     for preset in ("quick", "standard"):
@@ -88,10 +88,10 @@ def test_committed_study_is_its_preset_and_its_tables_are_its_fits(preset, tmp_p
 
     import pandas as pd
 
-    import moe_estimation.inference as inference
-    from moe_estimation.config import load_config, study_preset
-    from moe_estimation.results import check_fits_table, fits_file
-    from moe_estimation.study import GEOMETRY_TABLES, MOVING_TABLES, TABLES, canonical_order, write_tables
+    import moe_estimation.experiments.inference as inference
+    from moe_estimation.experiments.config import load_config, study_preset
+    from moe_estimation.experiments.results import check_fits_table, fits_file
+    from moe_estimation.experiments.study import GEOMETRY_TABLES, MOVING_TABLES, TABLES, canonical_order, write_tables
 
     out = README.parent / "tables" / preset
     toml = README.parent / "simulations" / f"{preset}.toml"
@@ -132,7 +132,7 @@ def test_readme_sections_are_of_the_current_studies():
 
     import pandas as pd
 
-    from moe_estimation.config import study_preset
+    from moe_estimation.experiments.config import study_preset
 
     text, tables = README.read_text(), README.parent / "tables"
     assert "It has no current results" not in text and "tables/partial" not in text
@@ -152,7 +152,7 @@ def test_committed_figures_are_drawn_from_the_committed_tables(name, tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from moe_estimation.plots import plot_study
+    from moe_estimation.report.plots import plot_study
 
     drawn = plot_study(README.parent / "tables" / name, tmp_path / name)
     assert any(p.name == "failing_key_value.png" for p in drawn)
@@ -167,7 +167,7 @@ def test_the_lab_figure_is_drawn_from_its_committed_table(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from moe_estimation.plots import plot_lab
+    from moe_estimation.report.plots import plot_lab
 
     drawn = plot_lab(README.parent / "tables" / "lab-gaussian-moe", tmp_path)
     assert [p.name for p in drawn] == ["lab_voronoi.png", "lab_by_cell_size.png"]

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from moe_estimation.rates import empirical_rate
-from moe_estimation.results import CellTable, loss_matrix, rate_entries
+from moe_estimation.experiments.results import CellTable, loss_matrix, rate_entries
 
 COLUMNS = ["kind", "n", "seed", "loss"]
 

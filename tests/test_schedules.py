@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 import moe_estimation as me
-from moe_estimation.config import STUDY_PRESETS, parse_config
-from moe_estimation.study import FITS_COLUMNS, data_keys, run_study, start_keys
+from moe_estimation.experiments.config import STUDY_PRESETS, parse_config
+from moe_estimation.experiments.study import FITS_COLUMNS, data_keys, run_study, start_keys
 
 X_GRID = jax.random.uniform(jax.random.key(11), (400, 2), minval=-1, maxval=1)
 
@@ -127,7 +127,7 @@ def test_fit_reports_its_start_and_more_restarts_keep_the_first_ones():
 def test_data_are_common_to_every_problem_and_schedule():
     """Replicate r's inputs and noise depend on (seed, n, r) only; the presets share one regression
     function, so their data sets agree to rounding."""
-    from moe_estimation.data import simulate_rows
+    from moe_estimation.prefix.data import simulate_rows
 
     k = data_keys(0, 500, 3)
     Ys = [simulate_rows(me.preset(name), k[1], 500) for name in me.PRESETS]
@@ -177,7 +177,7 @@ def test_exact_control_has_no_spread_rows(tmp_path):
 def test_robust_presets_run_at_tiny_size(tmp_path):
     """The robustness presets as declared (problems, specifications, schedules); the GPU-sized one, whose
     schedules include the CPU one's, run at a tiny grid."""
-    from moe_estimation.plots import plot_study
+    from moe_estimation.report.plots import plot_study
 
     declared = {}
     for name in ("robust-quick", "robust"):
@@ -241,7 +241,7 @@ def test_per_problem_specifications():
 def test_compiled_programs_are_released_near_the_map_limit():
     """A study with many distinct programs must not run into vm.max_map_count (LLVM's 'Unable to allocate
     section memory'): the runner drops compiled programs when the process holds too many mappings."""
-    from moe_estimation.study import memory_mappings, release_compiled_if_needed
+    from moe_estimation.experiments.study import memory_mappings, release_compiled_if_needed
 
     assert release_compiled_if_needed(fraction=2.0) is False  # far from any limit: nothing dropped
     assert release_compiled_if_needed(fraction=0.0) is (memory_mappings() is not None)
@@ -250,7 +250,7 @@ def test_compiled_programs_are_released_near_the_map_limit():
 def test_example_configuration_runs_two_schedules():
     from pathlib import Path
 
-    from moe_estimation.config import load_config
+    from moe_estimation.experiments.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "simulations" / "example.toml")
     assert cfg.schedule_names == ("shrinking", "random")
@@ -263,7 +263,7 @@ def test_schedules_of_one_kind_share_a_compilation(tmp_path, monkeypatch):
     compiled programs for one bucket, not four. Counted as the programs this study adds to the process's (no
     cache is cleared for it): its max_steps (7) is no other test's, so both are new, and the runner may not
     drop compiled programs while it is counted."""
-    from moe_estimation import study as study_mod
+    from moe_estimation.experiments import study as study_mod
 
     monkeypatch.setattr(study_mod, "release_compiled_if_needed", lambda *a, **k: False)
     before = study_mod.compiled_programs()
@@ -277,7 +277,7 @@ def test_schedules_of_one_kind_share_a_compilation(tmp_path, monkeypatch):
 def test_committed_configurations_parse():
     from pathlib import Path
 
-    from moe_estimation.config import load_config
+    from moe_estimation.experiments.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "simulations" / "robust-non-shared.toml")
     assert cfg.schedule_names == ("shrinking", "fixed-0_1", "random") and cfg.replicates == 40

@@ -109,7 +109,7 @@ def test_blocking_modes():
 def test_no_module_is_shadowed():
     """Every submodule of the package is reachable under its own name: no function or class of the package
     namespace carries a module's name (``moe_estimation.fit`` is the function; the estimator is
-    ``moe_estimation.estimator``)."""
+    ``moe_estimation.prefix.estimator``)."""
     for pkg in (me, importlib.import_module("moe_estimation.transformer")):
         for info in pkgutil.iter_modules(pkg.__path__):
             mod = importlib.import_module(f"{pkg.__name__}.{info.name}")

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from moe_estimation.config import parse_config, study_preset, load_config
-from moe_estimation.study import FITS_COLUMNS, RATE_LOSSES, bucket_size, data_keys, run_study, start_keys
+from moe_estimation.experiments.config import parse_config, study_preset, load_config
+from moe_estimation.experiments.study import FITS_COLUMNS, RATE_LOSSES, bucket_size, data_keys, run_study, start_keys
 
 from conftest import REFERENCE, reference_toml
 
@@ -75,8 +75,8 @@ def test_params_column_gives_back_every_loss_and_the_bound_coordinates(reference
     import jax.numpy as jnp
 
     import moe_estimation as me
-    from moe_estimation.estimator import box, flatten_params
-    from moe_estimation.results import parse_params
+    from moe_estimation.prefix.estimator import box, flatten_params
+    from moe_estimation.experiments.results import parse_params
 
     fits = pd.read_csv(reference_study / "fits.csv", keep_default_na=False)
     prob = parse_config(REFERENCE).problem("shared-linear")
@@ -183,7 +183,7 @@ def test_user_problem_table_and_presets_resolve():
                             problems=dict(mine=dict(preset="shared-linear", noise_var=0.04))))
     assert cfg.problem("mine").noise_var == 0.04
     from moe_estimation.cli import STUDY_PRESET_NAMES
-    from moe_estimation.config import STUDY_PRESETS
+    from moe_estimation.experiments.config import STUDY_PRESETS
 
     assert STUDY_PRESET_NAMES == tuple(STUDY_PRESETS)
     for name in STUDY_PRESET_NAMES:
@@ -278,7 +278,7 @@ def test_compilations_grow_with_buckets_not_sample_sizes(tmp_path, monkeypatch):
     """Eight sample sizes in two buckets compile two programs. Counted as the programs this study adds to
     the process's (no cache is cleared for it): its settings (max_steps = 3, replicates = 5) are no other
     test's, so both are new, and the runner may not drop compiled programs while it is counted."""
-    from moe_estimation import study as study_mod
+    from moe_estimation.experiments import study as study_mod
 
     monkeypatch.setattr(study_mod, "release_compiled_if_needed", lambda *a, **k: False)
     ns = [70, 80, 90, 100, 110, 120, 200, 250]  # eight sizes, two buckets (128 and 256)
@@ -292,7 +292,7 @@ def test_compilations_grow_with_buckets_not_sample_sizes(tmp_path, monkeypatch):
 def test_chunk_budget_follows_device_memory():
     """CPU: the fixed 2^25-number budget. Accelerator: an eighth of its memory in float64 numbers (a power of
     two), never below the CPU budget; a device that reports no memory gets the CPU budget."""
-    from moe_estimation.study import CPU_MAX_ELEMENTS, default_max_elements
+    from moe_estimation.experiments.study import CPU_MAX_ELEMENTS, default_max_elements
 
     class Device:
         def __init__(self, platform, stats):

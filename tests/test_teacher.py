@@ -176,7 +176,7 @@ def test_teacher_tiny_preset_writes_resumes_and_rates(tiny_runs, tmp_path, cli):
     import matplotlib
 
     matplotlib.use("Agg")
-    from moe_estimation.plots import plot_results
+    from moe_estimation.report.plots import plot_results
 
     assert [p.name for p in plot_results([out], tmp_path / "fig")] == ["teacher.png"]
 
@@ -186,7 +186,7 @@ def _fake_run(path, study, seed=0):
     well-formed columns: enough to test how runs are combined, without fitting anything."""
     import json
 
-    from moe_estimation.results import plain_dict, write_csv
+    from moe_estimation.experiments.results import plain_dict, write_csv
     from moe_estimation.transformer.teacher import fits_columns, teacher_rates
 
     rng = np.random.default_rng(seed)
@@ -213,7 +213,7 @@ def test_runs_that_split_one_designs_cases_are_drawn_and_tabulated_together(tmp_
     import matplotlib
 
     matplotlib.use("Agg")
-    from moe_estimation.plots import plot_results
+    from moe_estimation.report.plots import plot_results
     from moe_estimation.transformer.teacher import load_runs
 
     design = STUDY._replace(num_bootstrap=20)

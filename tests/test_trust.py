@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 import moe_estimation as me
-from moe_estimation.config import parse_config
+from moe_estimation.experiments.config import parse_config
 from moe_estimation.rates import empirical_rate, percentile_interval
-from moe_estimation.results import RunLog, rate_entries
+from moe_estimation.experiments.results import RunLog, rate_entries
 from moe_estimation.solver import Normal, Status, solve
-from moe_estimation.study import run_study
+from moe_estimation.experiments.study import run_study
 
 from conftest import REFERENCE, ROOT
 
@@ -169,7 +169,7 @@ def test_two_studies_are_not_drawn_into_one_folder(tmp_path):
 
 def test_parts_legend_slopes_follow_the_rate_window():
     """The parts figures' legend slopes ignored the configuration's rate window."""
-    from moe_estimation.plots import window_slope
+    from moe_estimation.report.plots import window_slope
 
     ns = np.array([100.0, 1000.0, 10000.0])
     y = np.array([1.0, 0.1, 1.0])
@@ -182,7 +182,7 @@ def me_plots():
     import matplotlib
 
     matplotlib.use("Agg")
-    from moe_estimation import plots
+    from moe_estimation.report import plots
 
     return plots
 
@@ -192,7 +192,7 @@ def me_plots():
 
 def test_version_presets_show_config_and_dry_run(capsys):
     from moe_estimation.cli import main
-    from moe_estimation.config import STUDY_PRESETS, study_preset
+    from moe_estimation.experiments.config import STUDY_PRESETS, study_preset
 
     with pytest.raises(SystemExit):
         main(["--version"])
@@ -320,7 +320,7 @@ def test_a_wait_on_another_hosts_lock_says_what_it_waits_for(tmp_path):
     """--wait on a lock held by another host waited without a word: its process cannot be checked from here."""
     import threading
 
-    from moe_estimation.results import StudyLock
+    from moe_estimation.experiments.results import StudyLock
 
     lock = tmp_path / ".lock"
     lock.write_text(json.dumps(dict(pid=1, host="another-host", started="then")))

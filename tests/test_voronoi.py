@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import pytest
 
 import moe_estimation as me
-from moe_estimation.voronoi import voronoi_parts
+from moe_estimation.prefix.voronoi import voronoi_parts
 
 TRUE_W = jnp.array([1.0, 2.0])
 TRUE_A = jnp.array([[0.0, 0.0], [3.0, 0.0]])

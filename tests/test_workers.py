@@ -1,4 +1,4 @@
-"""Cells in worker processes (moe_estimation.workers): the same tables as one process, failures that keep
+"""Cells in worker processes (moe_estimation.experiments.workers): the same tables as one process, failures that keep
 what was finished, and clear refusals of bad worker counts."""
 
 import dataclasses
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from moe_estimation.workers import SINGLE_THREAD_XLA_FLAGS, available_cores, resolve_workers, run_cells
+from moe_estimation.experiments.workers import SINGLE_THREAD_XLA_FLAGS, available_cores, resolve_workers, run_cells
 
 
 def _same_but_seconds(a: pd.DataFrame, b: pd.DataFrame) -> None:
@@ -21,8 +21,8 @@ def test_study_with_workers_writes_the_one_process_table(tiny_runs, tmp_path):
     """The tiny study's non-shared cells fitted in two workers are the rows the one-process run
     (``tiny_runs``: ``study --preset tiny``, one process) wrote for them: a cell's numbers depend on its
     coordinates alone, not on the process or the other cells."""
-    from moe_estimation.config import study_preset
-    from moe_estimation.study import run_study
+    from moe_estimation.experiments.config import study_preset
+    from moe_estimation.experiments.study import run_study
 
     cfg = dataclasses.replace(study_preset("tiny"), problems=("non-shared",))  # 4 cells: two sizes, two specifications
     two = run_study(cfg, tmp_path / "two", progress=False, log=lambda *a: None, workers=2)
@@ -46,8 +46,8 @@ def test_a_killed_run_with_workers_resumes_to_the_same_table(tmp_path, cache_env
     import sys
     import time
 
-    from moe_estimation.config import load_config
-    from moe_estimation.study import run_study
+    from moe_estimation.experiments.config import load_config
+    from moe_estimation.experiments.study import run_study
 
     conf = tmp_path / "s.toml"
     conf.write_text("seed = 3\n[grid]\nns = [100, 150, 200]\nreplicates = 2\nproblems = ['non-shared']\n"

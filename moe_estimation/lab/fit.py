@@ -7,9 +7,10 @@ project's box-constrained Levenberg-Marquardt solver (:func:`moe_estimation.solv
 derivative by forward- or reverse-mode autodiff of the one-sample functions of :mod:`moe_estimation.lab.model`,
 so a new gate or expert needs no derivative written by hand. Where a closed form pays, it is a registered fast path
 (:data:`FAST_PATHS`, :func:`register_fast_path`): the prefix model's assemblies (a prompt structure, with or
-without a frozen block) use the closed-form Jacobian of :mod:`moe_estimation.estimator`, summed in row blocks for
-large n, checked against autodiff in the tests; ``LabFitSettings.derivatives = "autodiff"`` turns fast paths off. The starting-point schedules, restarts, statuses
-and the best-of-restarts rule are the package's (:mod:`moe_estimation.estimator`).
+without a frozen block) use the closed-form Jacobian of :mod:`moe_estimation.prefix.estimator`, summed in row
+blocks for large n, checked against autodiff in the tests; ``LabFitSettings.derivatives = "autodiff"`` turns fast
+paths off. The starting-point schedules, restarts and statuses are the prefix estimator's, and the best-of-restarts
+rule is the one every estimator shares (:func:`moe_estimation.solver.solve_starts`).
 
 The reported ``objective`` is per row: the mean squared residual (1/n) sum_i ||Y_i - f(X_i)||^2 for least
 squares, as in the prefix study, and the mean negative log-likelihood for the Gaussian likelihood.
@@ -25,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..estimator import INITS, FitSettings, prepare_data
-from ..estimator import linearization as prefix_linearization
+from ..prefix.estimator import INITS, FitSettings, prepare_data
+from ..prefix.estimator import linearization as prefix_linearization
 from ..solver import Normal, SolverSettings, batch_map, is_converged, normal_equations, solve_starts
 from .model import Assembly, Mixture, log_density, mean
 
@@ -135,7 +136,7 @@ def _prefix_applies(model: Assembly, K1: int) -> bool:
 
 
 def _prefix_fast_path(model: Assembly, K: int, X, Y, w, K1: int = 0):
-    """The closed-form least-squares normal equations of :func:`moe_estimation.estimator.linearization`, its
+    """The closed-form least-squares normal equations of :func:`moe_estimation.prefix.estimator.linearization`, its
     parameters (every prompt, then every bias) permuted to the lab's (p_i, b_i) a component. Without a frozen block,
     the extra reference is one frozen expert of score 0 and output 0."""
     st, fr = model.structure, model.frozen

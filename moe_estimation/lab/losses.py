@@ -23,7 +23,7 @@ A loss between a fitted mixture and the truth is declared by:
   loss NaN, never a finite number. The loss is the weight-sum term plus sum_terms sum_i w_i ||Delta_i||^e(m).
 
 Two kinds are shorthands for the package's own losses (and keep their part-by-part breakdown,
-:func:`moe_estimation.voronoi.voronoi_parts`):
+:func:`moe_estimation.prefix.voronoi.voronoi_parts`):
 
 - ``d2``: one term on the whole atom, exponents 1 and 2, weighted, every weight-sum term (D_2);
 - ``d1r``: two terms, the first block and the rest, exponent ``r`` in every cell (D_{1,r}; the non-shared prefix
@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..voronoi import identified_parts, voronoi_cells, voronoi_parts
+from ..prefix.voronoi import identified_parts, voronoi_cells, voronoi_parts
 from .model import Assembly, Mixture
 
 BLOCKS = ("gate", "gate.bias", "expert", "variance")  # and expert.NAME for the pieces an expert names
@@ -238,7 +238,7 @@ class VoronoiLoss:
         return out
 
     def parts(self, model: Assembly, fitted: Mixture, truth: Mixture) -> dict:
-        """Every part of the loss (``d2``, ``d1r``: :func:`moe_estimation.voronoi.voronoi_parts`; ``terms``: the
+        """Every part of the loss (``d2``, ``d1r``: :func:`moe_estimation.prefix.voronoi.voronoi_parts`; ``terms``: the
         weight-sum term and each term), and ``loss`` itself; for ``part = "both"``, ``loss`` (the sum), ``routed``
         and ``shared`` (each one's parts)."""
         if self.part != "routed" and model.shared is None:
@@ -254,7 +254,7 @@ class VoronoiLoss:
         return {"loss": routed["loss"] + shared["loss"], "routed": routed, "shared": shared}
 
     def identified(self, model: Assembly, fitted: Mixture, truth: Mixture, cells: str = "atom") -> dict:
-        """The identified part of the routed components (:func:`moe_estimation.voronoi.identified_parts`) on this
+        """The identified part of the routed components (:func:`moe_estimation.prefix.voronoi.identified_parts`) on this
         loss's atoms cut after the first block: the cell weight sums, the weight-averaged first block ("key") and
         rest ("value") against the truth, and their spreads; ``cells`` ``"key"`` draws the cells on the first
         block alone."""

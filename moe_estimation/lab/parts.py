@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..model import expert_summary
-from ..structures import NON_SHARED, STRUCTURES, key_value
-from ..structures import ACTIVATIONS as STRUCTURE_ACTIVATIONS
+from ..prefix.model import expert_summary
+from ..prefix.structures import NON_SHARED, STRUCTURES, key_value
+from ..prefix.structures import ACTIVATIONS as STRUCTURE_ACTIVATIONS
 
 
 # ------------------------------------------------------------------------------------------------
@@ -368,7 +368,7 @@ class FrozenExperts:
     """N pre-trained experts that no fit touches: quadratic gate scores x^T A_j x + a_j and linear outputs H_j x
     (``A`` (N, d, d), ``a`` (N,), ``H`` (N, d_out, d)). They join a softmax gate (reference ``extra``) as one
     component of score lse_j(x^T A_j x + a_j) and output the experts' softmax-weighted mean
-    (:func:`moe_estimation.model.expert_summary`): the prefix model's pre-trained block. Compared by identity."""
+    (:func:`moe_estimation.prefix.model.expert_summary`): the prefix model's pre-trained block. Compared by identity."""
 
     A: jax.Array
     a: jax.Array
@@ -398,7 +398,7 @@ class FrozenExperts:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PromptStructure:
-    """How a prompt's free vector becomes its gate and its expert (:mod:`moe_estimation.structures`): a
+    """How a prompt's free vector becomes its gate and its expert (:mod:`moe_estimation.prefix.structures`): a
     component's parameters are (p, b), the prompt p and its gate bias b; its gate score is k(p)^T x + b and its
     expert the constant v(p), with (k, v) = (B p^K, C p^V) for ``non-shared`` (p = (p^K, p^V)), (B W1 p, C W2 p)
     for ``shared-linear`` and ``prompt-tuning`` and (B s(W1 p), C s(W2 p)) for ``shared-nonlinear``. The box:

@@ -7,7 +7,7 @@ components whose free parameters are a prompt and a bias mapped through the prob
 the prefix study's losses from the lab's loss grammar. On the same measure every number agrees with the prefix
 code's to machine precision (tests/test_lab.py): the regression function, D_2 and D_{1,r}, the (key, value)
 yardstick and its identified part, and the least-squares normal equations (the closed-form Jacobian of
-:mod:`moe_estimation.estimator` is the lab estimator's registered fast path for these assemblies,
+:mod:`moe_estimation.prefix.estimator` is the lab estimator's registered fast path for these assemblies,
 :data:`moe_estimation.lab.fit.FAST_PATHS`).
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from ..model import Params
-from ..structures import NON_SHARED
+from ..prefix.model import Params
+from ..prefix.structures import NON_SHARED
 from .losses import VoronoiLoss
 from .model import Assembly, Mixture
 from .parts import ConstantExpert, FrozenExperts, InputLaw, PromptStructure, SoftmaxGate

@@ -42,9 +42,9 @@ Shared experts beside the routed ones (the DeepSeekMoE-style model, :class:`moe_
 ``moe-estimation study --config FILE --out DIR`` runs it (a configuration with a ``[model]`` table is a lab
 study). It is made of the project's pieces: keys from coordinates (replicate r's data from (n, r), its starts
 from (specification, n, r)), one task a cell of (specification, n), fitted in worker processes on a CPU
-(:func:`moe_estimation.workers.run_cells`), a ``fits.csv`` written after every cell and resumed, one writer a
-folder (:class:`moe_estimation.results.StudyLock`), config.json checked on resume, ``runs.jsonl`` appended, and
-``rates.csv`` by the rate code of every study (:func:`moe_estimation.results.rate_entries`).
+(:func:`moe_estimation.experiments.workers.run_cells`), a ``fits.csv`` written after every cell and resumed, one writer a
+folder (:class:`moe_estimation.experiments.results.StudyLock`), config.json checked on resume, ``runs.jsonl`` appended, and
+``rates.csv`` by the rate code of every study (:func:`moe_estimation.experiments.results.rate_entries`).
 """
 
 from __future__ import annotations
@@ -60,12 +60,12 @@ import numpy as np
 import pandas as pd
 
 from .._checks import make_out_dir
-from ..data import fold_key
-from ..results import (CellTable, RunLog, StudyLock, check_same_study, loss_matrix, rate_entries, versions, write_config,
+from ..prefix.data import fold_key
+from ..experiments.results import (CellTable, RunLog, StudyLock, check_same_study, loss_matrix, rate_entries, versions, write_config,
                        write_csv)
 from ..solver import STATUS_LABELS
-from ..runner import fit_missing, load_cells
-from ..workers import resolve_workers
+from ..experiments.runner import fit_missing, load_cells
+from ..experiments.workers import resolve_workers
 from .em import check_em_model, em_dataset
 from .fit import LabFitSettings, check_settings, fit_dataset
 from .losses import VoronoiLoss
@@ -428,7 +428,7 @@ def run_lab_study(study: LabStudy, out, *, progress: bool = True, log=print, wor
                   repair: bool = False) -> pd.DataFrame:
     """Run (or resume) a lab study into ``out``: ``fits.csv`` after every cell, ``rates.csv``, ``config.json`` and
     ``runs.jsonl`` (module docstring). A damaged ``fits.csv`` is refused unless ``repair``, as every study's
-    (:mod:`moe_estimation.runner`). Returns the fits."""
+    (:mod:`moe_estimation.experiments.runner`). Returns the fits."""
     if not jax.config.jax_enable_x64:
         raise ValueError("run_lab_study: estimation runs in float64; call jax.config.update('jax_enable_x64', True) first")
     out = make_out_dir(out)
@@ -476,7 +476,7 @@ def run_lab_study(study: LabStudy, out, *, progress: bool = True, log=print, wor
 
 def lab_rates(fits: pd.DataFrame, study: LabStudy) -> pd.DataFrame:
     """One row per (specification, loss, statistic): the slope over the rate window with its bootstrap interval,
-    as every study's rates (:func:`moe_estimation.results.rate_entries`), and the fits not converged."""
+    as every study's rates (:func:`moe_estimation.experiments.results.rate_entries`), and the fits not converged."""
     out = []
     window = fits[(fits["n"] >= study.n_min) & (fits["n"] <= study.n_max)]
     for spec, g in window.groupby("specification", sort=False):

@@ -25,10 +25,10 @@ Linear-Tanh-Linear network from one vector per prefix to every layer's key and v
 student cannot represent a free truth (its value is fixed by its key), so that pair is not run.
 
 Measured per fit: the yardstick D_2 on the (key, value) atoms of each head (the same formula as the MoE
-study, :func:`moe_estimation.voronoi.voronoi_parts`), summed over the heads of a layer (``kv_layer_<l>``)
+study, :func:`moe_estimation.prefix.voronoi.voronoi_parts`), summed over the heads of a layer (``kv_layer_<l>``)
 and over layers (``loss_key_value``), with its key and value parts and the identified part
-(:func:`moe_estimation.voronoi.identified_parts`); and the excess risk, the mean over held-out sequences of
-||f_student - f*||^2. Rates come from the same code as the MoE study's (:func:`moe_estimation.results.rate_entries`).
+(:func:`moe_estimation.prefix.voronoi.identified_parts`); and the excess risk, the mean over held-out sequences of
+||f_student - f*||^2. Rates come from the same code as the MoE study's (:func:`moe_estimation.experiments.results.rate_entries`).
 """
 
 from __future__ import annotations
@@ -46,15 +46,15 @@ import pandas as pd
 from jax.flatten_util import ravel_pytree
 
 from .._checks import make_out_dir
-from ..data import fold_key
+from ..prefix.data import fold_key
 from ..rates import theory_slope as moe_theory
-from ..results import RATE_LOSSES as STUDY_RATE_LOSSES
-from ..results import (CellTable, RunLog, StudyLock, check_same_study, loss_matrix, plain_dict, rate_entries, versions,
+from ..experiments.results import RATE_LOSSES as STUDY_RATE_LOSSES
+from ..experiments.results import (CellTable, RunLog, StudyLock, check_same_study, loss_matrix, plain_dict, rate_entries, versions,
                        write_config, write_csv)
-from ..runner import fit_missing, load_cells
+from ..experiments.runner import fit_missing, load_cells
 from ..solver import STATUS_LABELS, SolverSettings, Status, is_converged, normal_equations, solve
-from ..voronoi import IDENTIFIED_NAMES, identified_parts, voronoi_parts
-from ..workers import resolve_workers
+from ..prefix.voronoi import IDENTIFIED_NAMES, identified_parts, voronoi_parts
+from ..experiments.workers import resolve_workers
 from .model import BackboneConfig, hidden_states
 from .prefixes import PARAMETERISATIONS, init_prefix, prefix_kv
 from .train import prepare_backbone
@@ -217,7 +217,7 @@ def box(params: dict, study: TeacherStudy) -> tuple[dict, dict]:
 
 def prefix_losses(prefix, teacher, cfg) -> dict:
     """The yardstick between a student's and the teacher's prefixes: per head of every layer, D_2 on the
-    atoms (key, value) with weights exp(bias) (:func:`moe_estimation.voronoi.voronoi_parts`, the value
+    atoms (key, value) with weights exp(bias) (:func:`moe_estimation.prefix.voronoi.voronoi_parts`, the value
     part starting at d_head) and the identified part; heads summed within a layer, layers summed. Returns
     the parts of :func:`voronoi_parts` (``d2``, ``weight``, ``key_single``...), ``id_<name>`` for the
     identified terms and ``layer`` ``(layers,)``, the D_2 of each layer."""
@@ -366,9 +366,9 @@ def run_teacher(study: TeacherStudy, out, *, progress: bool = True, log=print, w
     every cell), ``rates.csv``, ``config.json`` (the provenance of the run that began it) and ``runs.jsonl``
     (one line per run); the backbone is pre-trained once into ``backbone.npz`` (or reused). Estimation runs in
     float64 (call ``jax.config.update('jax_enable_x64', True)`` first). ``workers``: processes fitting cells
-    at once (:mod:`moe_estimation.workers`; 1 here, in this process; ``"auto"``, the command line's default,
+    at once (:mod:`moe_estimation.experiments.workers`; 1 here, in this process; ``"auto"``, the command line's default,
     one per core on a CPU); the table does not depend on it. A damaged ``fits.csv`` is refused unless
-    ``repair`` (its damaged cells are then computed again), as every study's (:mod:`moe_estimation.runner`)."""
+    ``repair`` (its damaged cells are then computed again), as every study's (:mod:`moe_estimation.experiments.runner`)."""
     workers = resolve_workers(workers)
     if not jax.config.jax_enable_x64:
         raise ValueError("run_teacher: the students are fitted in float64; call "
@@ -392,7 +392,7 @@ def _context(study: TeacherStudy, backbone32):
 def teacher_cell(study: TeacherStudy, backbone32, truth: str, kind: str, spec: str, n: int) -> dict:
     """Fit and score the replicates of one cell of a teacher study: its rows of ``fits.csv`` (numpy arrays
     and lists). A pure function of its arguments (keys from the coordinates), run in the lead process or in
-    a worker (:mod:`moe_estimation.workers`); ``backbone32`` is the pre-trained backbone as saved."""
+    a worker (:mod:`moe_estimation.experiments.workers`); ``backbone32`` is the pre-trained backbone as saved."""
     backbone, teachers, test_tokens = _context(study, backbone32)
     L = study.num_prompts(spec)
     dkeys = jnp.stack([jax.random.key_data(data_key(study.seed, n, r)) for r in range(study.seeds)])

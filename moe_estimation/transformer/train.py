@@ -35,9 +35,9 @@ import optax
 import pandas as pd
 
 from .._checks import make_out_dir
-from ..results import CellTable, atomic_write, check_same_study, loss_matrix, plain_dict, rate_entries, write_csv
-from ..runner import fit_missing, load_cells
-from ..workers import resolve_workers
+from ..experiments.results import CellTable, atomic_write, check_same_study, loss_matrix, plain_dict, rate_entries, write_csv
+from ..experiments.runner import fit_missing, load_cells
+from ..experiments.workers import resolve_workers
 from .model import BackboneConfig, forward, init_backbone
 from .prefixes import PARAMETERISATIONS, init_prefix, prefix_kv
 from .tasks import sample
@@ -402,7 +402,7 @@ def search_size(backbone, study: TransformerStudy, kind: str, n: int, val, batch
     sits on its edge (:func:`grid_search`), each scored by the mean validation loss over the search's data
     sets. Returns ``(GridSearch, {lr: (mean steps, fraction of tunings flat)})``. A pure function of its
     arguments (numpy or JAX arrays), run with ``jax_enable_x64`` off, in the lead process or in a worker
-    (:mod:`moe_estimation.workers`). ``batch``: tunings per compiled call (:func:`score_members`);
+    (:mod:`moe_estimation.experiments.workers`). ``batch``: tunings per compiled call (:func:`score_members`);
     ``on_done(text)``, if given, hears how far the round has come (a progress bar's hook)."""
     with jax.enable_x64(False):
         keys = _search_keys(jax.random.key(study.seed), study, kind, n)
@@ -469,7 +469,7 @@ def search_learning_rates(backbone, study: TransformerStudy, val, out: Path | No
     rate) (:data:`SEARCH_COLUMNS`: the mean validation loss, the mean steps and the fraction of tunings
     that ended flat), in a canonical order (parameterisation, n, lr) whatever order the sizes finished in.
     With ``out`` it is kept in ``out/lr_search.csv`` after every size and a run started again reuses the
-    sizes already searched, through the runner every study uses (:mod:`moe_estimation.runner`): a damaged
+    sizes already searched, through the runner every study uses (:mod:`moe_estimation.experiments.runner`): a damaged
     table (a searched size without exactly one chosen rate, other columns, unreadable) is refused unless
     ``repair``, which searches those sizes again."""
     path = Path(out) / "lr_search.csv" if out is not None else Path("lr_search.csv")
@@ -544,8 +544,8 @@ def learning_curves(backbone, study: TransformerStudy, lrs: dict, test, out: Pat
     call: the program is the search's at the same (kind, n)); the table ``out/curves.csv``
     (:data:`CURVE_COLUMNS`: held-out loss and accuracy, the final training loss, its change over the last
     tenth of the steps, whether that met the flatness rule, the steps taken) is written after every cell
-    (:class:`moe_estimation.results.CellTable`) and a run started again resumes from it (cells tuned with
-    other learning rates are made again), through the runner every study uses (:mod:`moe_estimation.runner`;
+    (:class:`moe_estimation.experiments.results.CellTable`) and a run started again resumes from it (cells tuned with
+    other learning rates are made again), through the runner every study uses (:mod:`moe_estimation.experiments.runner`;
     a damaged table is refused unless ``repair``). With ``workers`` above 1 the cells are tuned in that many
     worker processes (:func:`curve_cell`, the costliest first), this process writing the table."""
     table = CellTable(out / "curves.csv", CURVE_COLUMNS, ["parameterisation", "n"], study.seeds)
@@ -586,7 +586,7 @@ def learning_curves(backbone, study: TransformerStudy, lrs: dict, test, out: Pat
 
 def curve_rates(curves, study: TransformerStudy):
     """The slope of log held-out loss on log n per parameterisation (mean and median over seeds), with
-    bootstrap intervals: the same code as the study's rates (:func:`moe_estimation.results.rate_entries`)."""
+    bootstrap intervals: the same code as the study's rates (:func:`moe_estimation.experiments.results.rate_entries`)."""
     rates = []
     for kind in PARAMETERISATIONS:
         g = curves[curves["parameterisation"] == kind]
@@ -605,7 +605,7 @@ def run_transformer(study: TransformerStudy, out, *, batch="auto", progress: boo
     learning curves (``curves.csv``), their slopes (``curve_rates.csv``) and ``config.json`` into ``out``.
     A run started again with the same study resumes; ``out`` holding another study is refused. ``batch``:
     tunings per compiled call (:func:`score_members`; not part of the study). ``workers``: processes that
-    search and tune at once (:mod:`moe_estimation.workers`; 1 here, in this process; ``"auto"``, the
+    search and tune at once (:mod:`moe_estimation.experiments.workers`; 1 here, in this process; ``"auto"``, the
     command line's default, one per core on a CPU), each (parameterisation, size) of the search and each
     cell of the curves a task; the lead process writes the tables.
 

@@ -44,13 +44,13 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from .config import parse_config
-from .data import simulate_rows
-from .estimator import FitSettings, flatten_params, initial_params, prepare_data, solve_dataset, unflatten_params
-from .model import predict
-from .problems import preset
-from .solver import Status, batch_map, is_converged, resolve_batching, resolve_blocking
+from ..prefix.data import simulate_rows
+from ..prefix.estimator import FitSettings, flatten_params, initial_params, prepare_data, solve_dataset, unflatten_params
+from ..prefix.model import predict
+from ..prefix.problems import preset
+from ..solver import Status, batch_map, is_converged, resolve_batching, resolve_blocking
 from .study import bucket_size, run_study
-from .voronoi import voronoi_loss
+from ..prefix.voronoi import voronoi_loss
 from .workers import default_workers
 
 TOL = FitSettings._field_defaults["ftol"]  # the estimator's own defaults, as a study runs it

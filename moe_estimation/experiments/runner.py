@@ -1,5 +1,5 @@
 """One way to fit the missing cells of a resumable table, shared by every study that is a set of cells: the
-prefix-MoE study (:mod:`moe_estimation.study`), the teacher-student study (:mod:`moe_estimation.transformer.teacher`)
+prefix-MoE study (:mod:`moe_estimation.experiments.study`), the teacher-student study (:mod:`moe_estimation.transformer.teacher`)
 and the lab's studies of any assembly (:mod:`moe_estimation.lab.study`).
 
 A study is a list of cells and a function computing one (a pure function of its arguments: keys from the
@@ -7,9 +7,9 @@ cell's coordinates, so that any process computes the same numbers in any order).
 once for all of them: reading the table on disk through its check and refusing a damaged one unless asked to
 repair it (:func:`load_cells`); saying what is resumed; a progress bar; handing the cells to worker
 processes, the costliest first, and writing the table after every finished cell (:func:`fit_missing`). The
-lock (:class:`moe_estimation.results.StudyLock`), the configuration check
-(:func:`moe_estimation.results.check_same_study`), the run log (:class:`moe_estimation.results.RunLog`) and the
-rate code (:func:`moe_estimation.results.rate_entries`) are the same pieces for every study as well.
+lock (:class:`moe_estimation.experiments.results.StudyLock`), the configuration check
+(:func:`moe_estimation.experiments.results.check_same_study`), the run log (:class:`moe_estimation.experiments.results.RunLog`) and the
+rate code (:func:`moe_estimation.experiments.results.rate_entries`) are the same pieces for every study as well.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def fit_missing(table: CellTable, todo: list, *, total: int, work: Callable, arg
     finishes (written at once when ``write``: a run killed at any point resumes from there).
 
     ``work(*args(cell))`` computes a cell (in this process, or with ``workers`` above 1 in worker processes,
-    :func:`moe_estimation.workers.run_cells`, the cells sorted by ``cost(cell)``, the costliest first, so that
+    :func:`moe_estimation.experiments.workers.run_cells`, the cells sorted by ``cost(cell)``, the costliest first, so that
     the workers finish together); ``rows(cell, result)`` makes its table rows; ``describe(cell)`` labels the
     progress bar; ``unit`` names the cells in messages."""
     before = total - len(todo)

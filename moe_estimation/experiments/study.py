@@ -41,15 +41,15 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
-from ._checks import check_memory, check_out_dir, make_out_dir
+from .._checks import check_memory, check_out_dir, make_out_dir
 from .config import RATE_FIELDS, StudyConfig
-from .data import fold_key, simulate_rows
-from .estimator import FitSettings, bound_coordinates, fit_dataset, split_start
+from ..prefix.data import fold_key, simulate_rows
+from ..prefix.estimator import FitSettings, bound_coordinates, fit_dataset, split_start
 from .inference import (bounds_table, differences_table, failing_table, geometry_effects, geometry_table, lowest_table,
                         minimax_tables, quantiles_table, with_best_of_all)
-from .solver import STATUS_LABELS, batch_map, resolve_blocking
-from .rates import is_composite, theory_slope
-from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation.study.FITS_COLUMNS and so on)
+from ..solver import STATUS_LABELS, batch_map, resolve_blocking
+from ..rates import is_composite, theory_slope
+from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation.experiments.study.FITS_COLUMNS and so on)
     CELL,
     FITS_COLUMNS,
     ID_NAMES,
@@ -76,7 +76,7 @@ from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation
     write_csv,
 )
 from .runner import fit_missing, load_cells
-from .voronoi import identified_key_value, key_value_parts, structure_parts
+from ..prefix.voronoi import identified_key_value, key_value_parts, structure_parts
 from .workers import resolve_workers
 
 
@@ -326,7 +326,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, progress: bool = True, log=p
     recomputed. Only one run writes into ``out`` at a time (:class:`StudyLock`; ``wait`` waits for the
     other instead of refusing).
 
-    ``workers``: how many processes fit cells at once (:mod:`moe_estimation.workers`): 1 (the default here)
+    ``workers``: how many processes fit cells at once (:mod:`moe_estimation.experiments.workers`): 1 (the default here)
     fits in this process; N > 1 in N worker processes, each pinned to a core with single-threaded XLA,
     this process writing the tables; ``"auto"`` (the command line's default) one per core on a CPU. The
     tables do not depend on it."""
@@ -429,13 +429,13 @@ GEOMETRY_TABLES = ("geometry.csv", "geometry_effects.csv")  # and one with probl
 
 
 def write_tables(fits: pd.DataFrame, cfg: StudyConfig, out: Path) -> None:
-    """Every table a study's fits give (:data:`TABLES`): the rates, and from :mod:`moe_estimation.inference`
+    """Every table a study's fits give (:data:`TABLES`): the rates, and from :mod:`moe_estimation.experiments.inference`
     the quantiles, the failing fractions, the paired differences, the schedules' lowest objectives and the
     coordinates on the box; with truths that move with n, the worst case over each family
-    (:data:`MOVING_TABLES`, :func:`moe_estimation.inference.minimax_tables`); with problems drawn from a seed,
+    (:data:`MOVING_TABLES`, :func:`moe_estimation.experiments.inference.minimax_tables`); with problems drawn from a seed,
     the findings against each problem's geometry (:data:`GEOMETRY_TABLES`,
-    :func:`moe_estimation.inference.geometry_table`). With several schedules, every table but ``lowest.csv`` has one arm more, the best fit of each data set over
-    all schedules (``best-of-all``, :func:`moe_estimation.inference.with_best_of_all`)."""
+    :func:`moe_estimation.experiments.inference.geometry_table`). With several schedules, every table but ``lowest.csv`` has one arm more, the best fit of each data set over
+    all schedules (``best-of-all``, :func:`moe_estimation.experiments.inference.with_best_of_all`)."""
     arms = with_best_of_all(fits)
     rates, failing = rates_table(arms, cfg), failing_table(arms, cfg)
     write_csv(out / "rates.csv", rates)

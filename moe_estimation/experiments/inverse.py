@@ -22,7 +22,7 @@ loss met the constraint to a relative ``tolerance``. Half of the starts are unif
 nothing of the truth), half near it at a scale delta (an extra atom of an over-specified fit splits a true
 one), so that both the far and the near minimisers are reached.
 
-The Le Cam table turns the same computation on a truth that moves with n (:func:`moe_estimation.problems.move_truth`:
+The Le Cam table turns the same computation on a truth that moves with n (:func:`moe_estimation.prefix.problems.move_truth`:
 two true prompts c n^(-beta) as far apart as the preset's) into the lower bound's two-point construction: at
 each n and each loss value delta, the measure G' with D(G', G_n) = delta whose regression function is nearest
 to G_n's, and its signal-to-noise ratio n ||f_G' - f_G_n||^2 / sigma^2. Where that ratio stays bounded (or
@@ -46,15 +46,15 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ._checks import make_out_dir
-from .data import fold_key, simulate_rows
-from .estimator import FitSettings, box, flatten_params, initial_params, prepare_data, residuals_and_jacobian, unflatten_params
-from .model import predict, true_params
-from .problems import PRESET_NAMES, merge_factor, move_truth, preset
+from .._checks import make_out_dir
+from ..prefix.data import fold_key, simulate_rows
+from ..prefix.estimator import FitSettings, box, flatten_params, initial_params, prepare_data, residuals_and_jacobian, unflatten_params
+from ..prefix.model import predict, true_params
+from ..prefix.problems import PRESET_NAMES, merge_factor, move_truth, preset
 from .results import CellTable, StudyLock, atomic_write, check_same_study, versions, write_csv
-from .solver import Normal, SolverSettings, is_converged, normal_equations, solve
-from .rates import ols_line
-from .voronoi import key_value_loss, voronoi_cells, voronoi_loss
+from ..solver import Normal, SolverSettings, is_converged, normal_equations, solve
+from ..rates import ols_line
+from ..prefix.voronoi import key_value_loss, voronoi_cells, voronoi_loss
 
 INVERSE_LOSSES = ("own", "key_value")
 
@@ -67,7 +67,7 @@ class InverseSettings(NamedTuple):
     penalty: mu, the weight of the squared relative violation of D(G, G*) = delta.
     tolerance: a start counts (is *feasible*) when |D / delta - 1| <= tolerance at its end.
     smooth: the constraint is solved on the loss smoothed at scale ``smooth * delta``
-      (:func:`moe_estimation.voronoi.voronoi_parts`); feasibility is checked on the loss itself.
+      (:func:`moe_estimation.prefix.voronoi.voronoi_parts`); feasibility is checked on the loss itself.
     max_steps, ftol, xtol, gtol: the solver's stopping rules (:class:`moe_estimation.solver.SolverSettings`).
     """
 

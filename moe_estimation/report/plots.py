@@ -38,12 +38,12 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ._checks import check_out_dir, make_out_dir  # noqa: E402
-from .inference import with_best_of_all  # noqa: E402
-from .rates import ols_line  # noqa: E402
-from .results import RATE_LOSSES, describe_schedule, fits_file  # noqa: E402
-from .transformer.teacher import RATE_LOSSES as TEACHER_LOSSES  # noqa: E402
-from .transformer.teacher import load_runs  # noqa: E402
+from .._checks import check_out_dir, make_out_dir  # noqa: E402
+from ..experiments.inference import with_best_of_all  # noqa: E402
+from ..rates import ols_line  # noqa: E402
+from ..experiments.results import RATE_LOSSES, describe_schedule, fits_file  # noqa: E402
+from ..transformer.teacher import RATE_LOSSES as TEACHER_LOSSES  # noqa: E402
+from ..transformer.teacher import load_runs  # noqa: E402
 
 LOSS_LABELS = {"own": "own loss (D_2 on p, or D_1,r on (pK, pV))", "key_value": "key/value yardstick D_2 on (k, v)"}
 
@@ -239,7 +239,7 @@ def _rate_window(results: Path):
 def plot_study(results: str | Path, out: str | Path) -> list[Path]:
     """Draw every study figure from ``results/fits.csv`` and ``results/rates.csv`` into ``out``; a study with
     several schedules draws its best fit of each data set over all of them as one more schedule
-    (``best-of-all``, :func:`moe_estimation.inference.with_best_of_all`)."""
+    (``best-of-all``, :func:`moe_estimation.experiments.inference.with_best_of_all`)."""
     results, out = Path(results), Path(out)
     for path in (fits_file(results), results / "rates.csv"):
         if not path.is_file():

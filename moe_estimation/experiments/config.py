@@ -59,10 +59,10 @@ from typing import Any
 
 import numpy as np
 
-from .estimator import FitSettings, check_residuals, validate_settings
-from .problems import (DRAW_STRUCTURES, PRESET_NAMES, PRESETS, Problem, draw_problem, has_bool, make_problem,
+from ..prefix.estimator import FitSettings, check_residuals, validate_settings
+from ..prefix.problems import (DRAW_STRUCTURES, PRESET_NAMES, PRESETS, Problem, draw_problem, has_bool, make_problem,
                        merge_factor, move_truth, preset)
-from .rates import quantile_statistic
+from ..rates import quantile_statistic
 
 SPECIFICATIONS = ("exact", "over")
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
@@ -71,7 +71,7 @@ DEFAULT_QUANTILES = (0.25, 0.5, 0.75, 0.9)
 # fit at n = 500 in the quick study, and below the spread-out fits of the over-specified non-shared ones.
 DEFAULT_FAIL_THRESHOLDS = {"key_value": 0.5}
 # The [rates] settings: how fits.csv is read into tables. A study resumed with other values refits nothing
-# and rebuilds its tables (moe_estimation.results.check_same_study compares the rest).
+# and rebuilds its tables (moe_estimation.experiments.results.check_same_study compares the rest).
 RATE_FIELDS = ("num_bootstrap", "n_min", "n_max", "quantiles", "fail_thresholds")
 
 
@@ -81,7 +81,7 @@ RATE_LOSSES = {
     "key_value": ("loss_key_value",),
     "key_value_key_part": ("kv_key_single", "kv_key_multi"),
     "key_value_value_part": ("kv_value_single", "kv_value_multi"),
-    # the identified part on the (key, value) atoms (moe_estimation.voronoi.identified_parts)
+    # the identified part on the (key, value) atoms (moe_estimation.prefix.voronoi.identified_parts)
     "identified_weight": ("id_weight",),
     "identified_key": ("id_key",),
     "identified_value": ("id_value",),
@@ -244,7 +244,7 @@ MOVING_KEYS = {"beta", "c", "pair"}
 def moving_truth(name: str, table: dict | None, source: str) -> dict | None:
     """A problem table's ``moving = { beta, c, pair }`` validated (None for a fixed truth): true prompts
     ``pair`` (default [0, 1]) brought to ``c n^(-beta)`` times their separation at sample size n
-    (:func:`moe_estimation.problems.move_truth`), beta >= 0 and c > 0."""
+    (:func:`moe_estimation.prefix.problems.move_truth`), beta >= 0 and c > 0."""
     if not isinstance(table, dict) or "moving" not in table:
         return None
     key = f"problems.{name}.moving"
@@ -297,7 +297,7 @@ DRAW_KEYS = {"structure": str, "seed": int, "d": int, "d_v": int, "key_separatio
 
 def _draw(name: str, spec, source: str) -> dict:
     """A problem table's ``draw = { structure, seed, d, d_v, key_separation, num_experts }`` validated: the
-    arguments of :func:`moe_estimation.problems.draw_problem` (``structure`` required, the rest defaulted)."""
+    arguments of :func:`moe_estimation.prefix.problems.draw_problem` (``structure`` required, the rest defaulted)."""
     key = f"problems.{name}.draw"
     if not isinstance(spec, dict):
         raise _err(source, key, f"expected a table {{ structure = ..., d = ..., d_v = ..., key_separation = ... }}, "
@@ -551,7 +551,7 @@ MERGE_BETAS = (0.0, 0.125, 0.25, 0.375, 0.5)
 def moving_family(bases, betas=MERGE_BETAS, cs=(1.0, 0.25)) -> tuple[list, dict]:
     """``(problem names, [problems] tables)`` of a family of truths that move with n for each preset in
     ``bases``: one problem ``<base>-b<beta>-c<c>`` per (beta, c), whose two true prompts are ``c n^(-beta)``
-    times as far apart as the preset's (:func:`moe_estimation.problems.move_truth`). Every member of one
+    times as far apart as the preset's (:func:`moe_estimation.prefix.problems.move_truth`). Every member of one
     base shares the base's data and starting points; beta = 0 with c = 1 is the preset itself."""
     names, tables = [], {}
     for base in bases:
@@ -565,7 +565,7 @@ def moving_family(bases, betas=MERGE_BETAS, cs=(1.0, 0.25)) -> tuple[list, dict]
 
 def geometry_family(structures=("non-shared", "shared-linear"), ds=(2, 4), d_vs=(2, 4), draws=(0, 1),
                     separations=(0.5, 1.5, 3.0), noise_vars=(0.01, 0.04), extras=(1, 2)) -> tuple[list, dict, dict, dict]:
-    """A factorial over drawn truths and shapes (:func:`moe_estimation.problems.draw_problem`): one problem
+    """A factorial over drawn truths and shapes (:func:`moe_estimation.prefix.problems.draw_problem`): one problem
     per (structure, d, d_v, draw, key separation, noise variance, L' - L), named
     ``<structure>-d<d>v<d_v>-draw<seed>-sep<separation>-nu<noise>-x<L' - L>``. Returns ``(problem names,
     [problems] tables, per-problem specifications, per-problem extra prompts)``: the problems with L' - L = 1

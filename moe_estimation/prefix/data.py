@@ -7,7 +7,7 @@ import zlib
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_memory, check_n
+from .._checks import check_memory, check_n
 from .model import predict, true_params
 
 

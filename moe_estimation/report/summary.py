@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .inference import with_best_of_all
-from .rates import empirical_rate, is_composite
-from .results import RATE_LOSSES, describe_schedule, fits_file
-from .transformer.teacher import load_runs
+from ..experiments.inference import with_best_of_all
+from ..rates import empirical_rate, is_composite
+from ..experiments.results import RATE_LOSSES, describe_schedule, fits_file
+from ..transformer.teacher import load_runs
 
 
 def study_table(path: Path) -> str:

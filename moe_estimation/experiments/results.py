@@ -1,6 +1,6 @@
 """Results on disk: the table schema, atomic writes, the checks a resume makes, and one writer per directory.
 
-Used by the Monte Carlo study (:mod:`moe_estimation.study`), the transformer runs and the figures, so that a
+Used by the Monte Carlo study (:mod:`moe_estimation.experiments.study`), the transformer runs and the figures, so that a
 table is written, read back and checked in one way everywhere.
 
 - :data:`FITS_COLUMNS`: the columns of a study's ``fits.csv``, one row per fit; :data:`RATE_LOSSES`: how
@@ -34,13 +34,13 @@ import numpy as np
 import pandas as pd
 import scipy
 
-from . import __version__
+from .. import __version__
 from .config import RATE_LOSSES, StudyConfig  # noqa: F401  (RATE_LOSSES re-exported)
-from .estimator import unflatten_params
-from .model import Params
-from .rates import empirical_rate, ols_line, statistic_of
-from .solver import STATUS_LABELS
-from .voronoi import IDENTIFIED_NAMES
+from ..prefix.estimator import unflatten_params
+from ..prefix.model import Params
+from ..rates import empirical_rate, ols_line, statistic_of
+from ..solver import STATUS_LABELS
+from ..prefix.voronoi import IDENTIFIED_NAMES
 
 PART_NAMES = ("weight", "single", "multi", "key_single", "key_multi", "value_single", "value_multi", "max_multi")
 ID_NAMES = IDENTIFIED_NAMES  # fits.csv holds them as id_<name> (cells by atom) and idk_<name> (cells by key)
@@ -71,7 +71,7 @@ def describe_schedule(row) -> str:
 
 def format_params(params) -> list[str]:
     """The fitted parameters of a batch of fits (:class:`moe_estimation.Params` with a leading axis) as
-    fits.csv's ``params`` text: per fit the flat vector of :func:`moe_estimation.estimator.flatten_params`
+    fits.csv's ``params`` text: per fit the flat vector of :func:`moe_estimation.prefix.estimator.flatten_params`
     (the atoms row by row, then the biases), space-separated at full precision (it reads back exactly), so
     that a loss defined later is computed from a finished study without refitting."""
     atoms, biases = np.asarray(params.atoms), np.asarray(params.biases)

@@ -111,7 +111,7 @@ def voronoi_parts(
     ``smooth`` > 0 (or a traced value) replaces every norm ||x|| and absolute value |x| of the losses by the
     smooth sqrt(x^2 + smooth^2) - smooth (at most ``smooth`` below it, and differentiable at 0), and a squared
     norm by the sum of squares itself: for optimisation under a constraint on the loss
-    (:mod:`moe_estimation.inverse`), never for scoring; 0 (the default) is the loss itself.
+    (:mod:`moe_estimation.experiments.inverse`), never for scoring; 0 (the default) is the loss itself.
 
     Array-likes (lists) are accepted. A NaN or inf anywhere in the inputs makes every loss NaN. Raises
     ``ValueError`` for shapes that disagree, a negative weight (under ``jit``: every loss NaN), a ``split``

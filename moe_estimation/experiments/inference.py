@@ -2,7 +2,7 @@
 
 Every table here is computed from ``fits.csv`` alone (``moe-estimation study --tables-only`` rebuilds them
 without fitting), over the configuration's declared quantiles, thresholds and rate window
-(:class:`moe_estimation.config.StudyConfig`), the same for every row: nothing is tuned per row.
+(:class:`moe_estimation.experiments.config.StudyConfig`), the same for every row: nothing is tuned per row.
 
 - :func:`quantiles_table` (``quantiles.csv``): per (problem, specification, schedule, loss, n), the mean and
   the declared quantiles of the loss over replicates. The shared theorem is an O_P statement: every
@@ -35,11 +35,11 @@ import numpy as np
 import pandas as pd
 
 from .config import StudyConfig
-from .rates import (Trend, binomial_interval, empirical_rate, ols_line, paired_rate_difference, percentile_interval,
+from ..rates import (Trend, binomial_interval, empirical_rate, ols_line, paired_rate_difference, percentile_interval,
                     quantile_statistic, statistic_of, trend_test)
 from .results import RATE_LOSSES, SCHEDULE_COLUMNS, loss_matrix, parse_params
-from .structures import key_value
-from .voronoi import voronoi_cells
+from ..prefix.structures import key_value
+from ..prefix.voronoi import voronoi_cells
 
 ARM = ["problem", "specification", "schedule"]
 BEST = "best-of-all"

@@ -52,9 +52,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import check_data
+from .._checks import check_data
 from .model import Params, expert_summary, regression_from_summary
-from .solver import (
+from ..solver import (
     BATCHINGS,
     BLOCKINGS,
     Solution,

@@ -106,7 +106,7 @@ class _Worker:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA_FLAGS).strip()
         # the worker's stdout and stderr are the lead's (warnings reach the user); results travel on the pipes
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", f"from moe_estimation.workers import _serve; _serve({task_r}, {res_w}, {core})"],
+            [sys.executable, "-c", f"from moe_estimation.experiments.workers import _serve; _serve({task_r}, {res_w}, {core})"],
             env=env, pass_fds=(task_r, res_w), stdin=subprocess.DEVNULL)
         os.close(task_r)
         os.close(res_w)
