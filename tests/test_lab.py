@@ -599,7 +599,7 @@ def test_lab_refuses_what_it_cannot_mean():
     for make, word in cases:
         with pytest.raises(ValueError, match=word):
             make()
-    assert "weird" not in lab.study.GATE_NAMES
+    assert "weird" not in lab.parts.GATE_NAMES
 
 
 @pytest.mark.parametrize("change", [
@@ -775,7 +775,7 @@ weight_sum = "multi"
     study = _parse(tmp_path, text)
     loss = study.losses["cells"]
     assert loss.kind == "terms" and loss.terms[1] == lab.Term(("expert.slope",), 1.0, "r/2") and loss.weight_sum == "multi"
-    with pytest.raises(ValueError, match="loss.cells.terms: expected a list of tables"):
+    with pytest.raises(ValueError, match="loss.cells: terms: expected a list of tables"):
         _parse(tmp_path, text.replace('multi = "r/2" }]', 'multi = "r/2", power = 2 }]'))
     with pytest.raises(ValueError, match="loss.cells: terms.multi"):
         _parse(tmp_path, text.replace('multi = "r/2"', 'multi = "r/4"'))

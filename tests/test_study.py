@@ -305,3 +305,68 @@ def test_chunk_budget_follows_device_memory():
     assert default_max_elements(Device("gpu", {"bytes_limit": 80 * 2**30})) == 2**30  # 80 GiB / 64 = 1.25 * 2^30
     assert default_max_elements(Device("gpu", {"bytes_limit": 2**30})) == CPU_MAX_ELEMENTS  # 2^24 -> floor
     assert default_max_elements(Device("gpu", None)) == CPU_MAX_ELEMENTS
+
+
+DECLARED = {"yard": {"blocks": ["gate", "expert"], "theory": -0.5},
+            "by_cell": {"blocks": ["gate", "expert"], "terms": [{"blocks": ["gate"], "multi": "r"},
+                                                                {"blocks": ["expert"], "multi": "r/2"}],
+                        "theory": {"exact": -0.5}},
+            "prompts": {"blocks": ["prompt"]}}
+
+
+@pytest.mark.study
+def test_declared_losses_are_measured_on_the_stored_fits_and_rated(reference_study, tmp_path):
+    """[rates.losses.NAME]: losses declared in the lab's grammar, added to a finished study without refitting:
+    each measured on every fit's stored parameters against its truth, rated, tabulated and drawn like the
+    study's own. Declared as the yardstick (D_2 on (gate, expert) = (k, v)), it equals the study's own column to
+    1e-12; declared as D_2 on the prompt p of a shared structure, the study's own loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from moe_estimation.report.plots import plot_study
+
+    out = tmp_path / "study"
+    shutil.copytree(reference_study, out)
+    fits = pd.read_csv(out / "fits.csv")
+    data = json.loads(json.dumps(REFERENCE))
+    data["rates"] |= {"losses": DECLARED, "fail_thresholds": {"key_value": 0.5, "yard": 0.5}}
+    said = []
+    run_study(parse_config(data), out, progress=False, log=said.append)
+    assert any("'losses'" in s for s in said)  # the fits are kept, the tables rebuilt
+    pd.testing.assert_frame_equal(pd.read_csv(out / "fits.csv"), fits)  # nothing refitted, fits.csv as it was
+    declared = pd.read_csv(out / "declared.csv").merge(fits, on=["problem", "specification", "schedule", "n", "replicate"])
+    np.testing.assert_allclose(declared["loss_yard"], declared["loss_key_value"], rtol=1e-12)
+    np.testing.assert_allclose(declared["loss_prompts"], declared["loss_own"], rtol=1e-12)
+    assert np.all(np.isfinite(declared["loss_by_cell"]))
+    rates = pd.read_csv(out / "rates.csv")
+    mine = rates[(rates["loss"] == "by_cell") & (rates["statistic"] == "mean")].set_index("specification")
+    assert mine.loc["exact", "theory_slope"] == -0.5 and np.isnan(mine.loc["over", "theory_slope"])
+    yard, own = (rates[rates["loss"] == name].reset_index(drop=True) for name in ("yard", "key_value"))
+    np.testing.assert_allclose(yard["slope"], own["slope"], rtol=1e-9)
+    assert "yard" in set(pd.read_csv(out / "failing.csv")["loss"]) and "by_cell" in set(pd.read_csv(out / "quantiles.csv")["loss"])
+    drawn = {p.name for p in plot_study(out, tmp_path / "figures")}
+    assert {"declared_yard.png", "declared_by_cell.png", "declared_prompts.png"} <= drawn
+
+
+@pytest.mark.parametrize("change, word", [
+    ({"own": {"blocks": ["gate"]}}, r"rates.losses.own: a declared loss's name"),
+    ({"Yard": {"blocks": ["gate"]}}, r"rates.losses.Yard: a declared loss's name"),
+    ({"keys": {"blocks": ["prompt.key", "prompt.value"], "kind": "d1r"}},
+     r"rates.losses.keys: for problem 'shared-linear': blocks: 'prompt.key' is a block"),
+    ({"v": {"blocks": ["gate", "variance"]}}, r"rates.losses.v: for problem 'shared-linear': blocks: 'variance'"),
+    ({"t": {"blocks": ["gate"], "theory": 0.5}}, r"rates.losses.t.theory: expected a slope <= 0"),
+    ({"t": {"blocks": ["gate"], "theory": {"under": -0.5}}}, r"rates.losses.t.theory"),
+    ({"t": {"blocks": ["gate"], "power": 2}}, r"rates.losses.t: expected a table with keys from"),
+    ({"t": {"blocks": ["gate"], "terms": [{"blocks": ["gate"], "multi": "r/3"}]}}, r"rates.losses.t: terms.multi"),
+    ({"t": {"blocks": ["gate", "expert"], "part": "both"}}, r"rates.losses.t: part: a prefix problem has no shared experts"),
+])
+def test_declared_losses_refuse_what_they_cannot_mean(change, word):
+    data = json.loads(json.dumps(REFERENCE))
+    data["rates"]["losses"] = change
+    with pytest.raises(ValueError, match=word):
+        parse_config(data)
+
+
+def test_a_study_without_declared_losses_records_none():
+    """config.json of a study that declares no loss is what it was before declared losses existed."""
+    assert "losses" not in parse_config(REFERENCE).to_dict()

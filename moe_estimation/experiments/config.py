@@ -40,6 +40,10 @@ file, the key and the rule. The layout (all sections optional except ``[grid]``)
     n_max = 100000
     quantiles = [0.25, 0.5, 0.75, 0.9]         # tabulated per n (quantiles.csv) and rated (rates.csv)
     fail_thresholds = { key_value = 0.5 }      # a fit fails when the loss exceeds it (failing.csv)
+    [rates.losses.by_cell_size]                # more losses, declared from the lab's grammar and measured on
+    blocks = ["gate", "expert"]                # every fit's stored parameters (gate: the key k(p), expert: the
+    terms = [{ blocks = ["gate"], multi = "r" }, { blocks = ["expert"], multi = "r/2" }]   # value v(p); prompt,
+    theory = { exact = -0.5 }                  # prompt.key, prompt.value: p, p^K, p^V); rated like the others
 
     [problems.my-problem]                      # a user-defined problem
     preset = "shared-linear"                   # start from a preset (optional) ...
@@ -59,6 +63,8 @@ from typing import Any
 
 import numpy as np
 
+from ..lab.losses import VoronoiLoss
+from ..lab.prefix import from_problem
 from ..prefix.estimator import FitSettings, check_residuals, validate_settings
 from ..prefix.problems import (DRAW_STRUCTURES, PRESET_NAMES, PRESETS, Problem, draw_problem, has_bool, make_problem,
                        merge_factor, move_truth, preset)
@@ -72,7 +78,7 @@ DEFAULT_QUANTILES = (0.25, 0.5, 0.75, 0.9)
 DEFAULT_FAIL_THRESHOLDS = {"key_value": 0.5}
 # The [rates] settings: how fits.csv is read into tables. A study resumed with other values refits nothing
 # and rebuilds its tables (moe_estimation.experiments.results.check_same_study compares the rest).
-RATE_FIELDS = ("num_bootstrap", "n_min", "n_max", "quantiles", "fail_thresholds")
+RATE_FIELDS = ("num_bootstrap", "n_min", "n_max", "quantiles", "fail_thresholds", "losses")
 
 
 RATE_LOSSES = {
@@ -120,6 +126,24 @@ class StudyConfig:
     fail_thresholds: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_FAIL_THRESHOLDS))
     block: int | None = None  # replicates fitted per task (None: a whole cell at once)
     problem_extra_prompts: dict = dataclasses.field(default_factory=dict)  # L' - L per problem, where it differs
+    losses: dict = dataclasses.field(default_factory=dict)  # [rates.losses.NAME]: declared losses, as read
+
+    def declared_loss(self, name: str) -> VoronoiLoss:
+        """The lab loss ``[rates.losses.NAME]`` declares (:meth:`moe_estimation.lab.VoronoiLoss.from_table`)."""
+        return VoronoiLoss.from_table({k: v for k, v in self.losses[name].items() if k != "theory"})
+
+    def declared_theory(self, name: str, spec: str) -> float:
+        """The slope ``[rates.losses.NAME] theory`` gives specification ``spec`` (NaN: none declared)."""
+        theory = self.losses[name].get("theory")
+        if isinstance(theory, dict):
+            theory = theory.get(spec)
+        return float("nan") if theory is None else float(theory)
+
+    @property
+    def rate_losses(self) -> dict:
+        """Every loss rated: :data:`RATE_LOSSES` and the declared ones (each read from its ``loss_NAME`` column,
+        which the tables compute from the fits' stored parameters)."""
+        return RATE_LOSSES | {name: (f"loss_{name}",) for name in self.losses}
 
     def problem(self, name: str, n: int | None = None) -> Problem:
         """The :class:`Problem` called ``name`` (a preset or a ``[problems.name]`` table); for a truth that
@@ -205,6 +229,8 @@ class StudyConfig:
             del d["block"]
         if not d["problem_extra_prompts"]:  # likewise a study with one L' - L for every problem
             del d["problem_extra_prompts"]
+        if not d["losses"]:  # and one without declared losses
+            del d["losses"]
         return d
 
 
@@ -465,7 +491,7 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
     rates = data.get("rates", {})
     if not isinstance(rates, dict):
         raise _err(source, "rates", "expected a table [rates]")
-    _check_keys(source, "rates.", rates, {"num_bootstrap", "n_min", "n_max", "quantiles", "fail_thresholds"})
+    _check_keys(source, "rates.", rates, {"num_bootstrap", "n_min", "n_max", "quantiles", "fail_thresholds", "losses"})
     nb = _typed(source, "rates.num_bootstrap", rates.get("num_bootstrap", 2000), int)
     if nb < 100:
         raise _err(source, "rates.num_bootstrap", f"must be >= 100, got {nb}")
@@ -482,7 +508,10 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
     thresholds = rates.get("fail_thresholds", DEFAULT_FAIL_THRESHOLDS)
     if not isinstance(thresholds, dict):
         raise _err(source, "rates.fail_thresholds", f"expected a table {{ loss = threshold }}, got {thresholds!r}")
-    _check_keys(source, "rates.fail_thresholds.", thresholds, RATE_LOSSES)
+    declared = rates.get("losses", {})
+    if not isinstance(declared, dict):
+        raise _err(source, "rates.losses", f"expected tables [rates.losses.NAME], got {declared!r}")
+    _check_keys(source, "rates.fail_thresholds.", thresholds, set(RATE_LOSSES) | set(declared))
     thresholds = dict(thresholds)
     for loss, t in thresholds.items():
         t = _typed(source, f"rates.fail_thresholds.{loss}", t, float)
@@ -507,12 +536,37 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
             check_residuals(prob, L, min(ns), name="grid.ns")
         except ValueError as e:
             raise _err(source, "grid.ns", f"for problem {name!r}: " + str(e).split(": ", 1)[1]) from None
+    for name, table in declared.items():  # declared losses: each checked on every problem's truth
+        if not (isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9_]*", name)) or name in RATE_LOSSES:
+            raise _err(source, f"rates.losses.{name}", f"a declared loss's name must be lower-case letters, digits and "
+                                                       f"underscores, and not one of the study's own {sorted(RATE_LOSSES)}")
+        if not isinstance(table, dict):
+            raise _err(source, f"rates.losses.{name}", f"expected a table, got {table!r}")
+        theory = table.get("theory")
+        slopes = theory.values() if isinstance(theory, dict) else [theory] if theory is not None else []
+        if (isinstance(theory, dict) and set(theory) - {"exact", "over"}) or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not (np.isfinite(v) and v <= 0) for v in slopes):
+            raise _err(source, f"rates.losses.{name}.theory", f"expected a slope <= 0 or a table {{ exact = .., over = .. }}"
+                                                              f", got {theory!r}")
+        try:
+            loss = VoronoiLoss.from_table({k: v for k, v in table.items() if k != "theory"})
+            if loss.part != "routed":
+                raise ValueError(f"part: a prefix problem has no shared experts, got {loss.part!r}")
+        except ValueError as e:
+            raise _err(source, f"rates.losses.{name}", str(e)) from None
+        for prob_name in problems:
+            model, truth = from_problem(build_problem(prob_name, tables.get(prob_name), source))
+            try:
+                loss(model, truth, truth)
+            except ValueError as e:
+                raise _err(source, f"rates.losses.{name}", f"for problem {prob_name!r}: {e}") from None
     return StudyConfig(
         seed=seed, ns=tuple(sorted(ns)), replicates=reps, problems=tuple(problems), specifications=tuple(specs),
         extra_prompts=extra, fit=fit, schedules=schedules, problem_specifications=per_problem, num_bootstrap=nb, n_min=n_min, n_max=n_max,
         problem_tables={k: v for k, v in tables.items() if k in problems},
         quantiles=tuple(sorted(float(q) for q in quantiles)), fail_thresholds=dict(thresholds), block=block,
         problem_extra_prompts={k: v for k, v in per_problem_extra.items() if v != extra},
+        losses={k: dict(v) for k, v in declared.items()},
     )
 
 

@@ -31,9 +31,13 @@ from __future__ import annotations
 from itertools import combinations
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from ..lab.prefix import from_params, from_problem
+from ..prefix.model import Params
 from .config import StudyConfig
 from ..rates import (Trend, binomial_interval, empirical_rate, ols_line, paired_rate_difference, percentile_interval,
                     quantile_statistic, statistic_of, trend_test)
@@ -48,7 +52,36 @@ TIE = 1e-9
 
 
 def _loss(g: pd.DataFrame, loss: str) -> np.ndarray:
-    return g[list(RATE_LOSSES[loss])].sum(axis=1, min_count=len(RATE_LOSSES[loss])).to_numpy(float)
+    cols = RATE_LOSSES.get(loss, (f"loss_{loss}",))  # a declared loss: its column (with_declared_losses)
+    return g[list(cols)].sum(axis=1, min_count=len(cols)).to_numpy(float)
+
+
+def with_declared_losses(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
+    """``fits`` with a column ``loss_NAME`` for every loss the configuration declares (``[rates.losses.NAME]``),
+    each measured on the row's stored fit (``params``) against its stored truth (``true_params``: a truth that
+    moves with n is the one the fit was scored against) through the problem's lab assembly
+    (:func:`moe_estimation.lab.from_problem`). Scoring is not fitting: a loss declared after the fits is
+    measured on them, and nothing is refitted. A fit with no finite parameters scores NaN."""
+    if not cfg.losses or not len(fits):
+        return fits
+    out = fits.copy()
+    values = {name: np.full(len(fits), np.nan) for name in cfg.losses}
+    losses = {name: cfg.declared_loss(name) for name in cfg.losses}
+    for (prob_name, Lp), g in fits.groupby(["problem", "num_prompts"], sort=False):
+        model, _ = from_problem(cfg.problem(prob_name))
+        D = model.structure.atom_dim
+        fitted = [parse_params(t, int(Lp), D) for t in g["params"]]
+        truths = [parse_params(t, len(str(t).split()) // (D + 1), D) for t in g["true_params"]]
+        fm = from_params(Params(jnp.asarray(np.stack([p.atoms for p in fitted])),
+                                jnp.asarray(np.stack([p.biases for p in fitted]))))
+        tm = from_params(Params(jnp.asarray(np.stack([p.atoms for p in truths])),
+                                jnp.asarray(np.stack([p.biases for p in truths]))))
+        pos = fits.index.get_indexer(g.index)
+        for name, loss in losses.items():
+            values[name][pos] = np.asarray(jax.vmap(lambda f, t: loss(model, f, t))(fm, tm))
+    for name, v in values.items():
+        out[f"loss_{name}"] = v
+    return out
 
 
 def _groups(fits: pd.DataFrame):
@@ -162,7 +195,7 @@ def quantiles_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
     names = [quantile_statistic(q) for q in cfg.quantiles]
     out = []
     for keys, g in _groups(fits):
-        for loss in RATE_LOSSES:
+        for loss in cfg.rate_losses:
             values = _loss(g, loss)
             if not np.any(values[np.isfinite(values)] != 0):
                 continue
@@ -249,7 +282,7 @@ def differences_table(fits: pd.DataFrame, cfg: StudyConfig, statistics=None) -> 
     for axis, arm_a, arm_b in paired_arms(window, cfg):
         ga, gb = by_arm[arm_a], by_arm[arm_b]
         fixed = {a: (v if a != axis else "") for a, v in zip(ARM, arm_a)}
-        for loss in RATE_LOSSES:
+        for loss in cfg.rate_losses:
             mats = []
             for g in (ga, gb):
                 ns, mat = loss_matrix(g, _loss(g, loss), replicate="replicate")

@@ -46,7 +46,7 @@ from .config import RATE_FIELDS, StudyConfig
 from ..prefix.data import fold_key, simulate_rows
 from ..prefix.estimator import FitSettings, bound_coordinates, fit_dataset, split_start
 from .inference import (bounds_table, differences_table, failing_table, geometry_effects, geometry_table, lowest_table,
-                        minimax_tables, quantiles_table, with_best_of_all)
+                        minimax_tables, quantiles_table, with_best_of_all, with_declared_losses)
 from ..solver import STATUS_LABELS, batch_map, resolve_blocking
 from ..rates import is_composite, theory_slope
 from .results import (  # noqa: F401  (the schema is re-exported: moe_estimation.experiments.study.FITS_COLUMNS and so on)
@@ -436,6 +436,7 @@ def write_tables(fits: pd.DataFrame, cfg: StudyConfig, out: Path) -> None:
     the findings against each problem's geometry (:data:`GEOMETRY_TABLES`,
     :func:`moe_estimation.experiments.inference.geometry_table`). With several schedules, every table but ``lowest.csv`` has one arm more, the best fit of each data set over
     all schedules (``best-of-all``, :func:`moe_estimation.experiments.inference.with_best_of_all`)."""
+    fits = with_declared_losses(fits, cfg)
     arms = with_best_of_all(fits)
     rates, failing = rates_table(arms, cfg), failing_table(arms, cfg)
     write_csv(out / "rates.csv", rates)
@@ -444,6 +445,10 @@ def write_tables(fits: pd.DataFrame, cfg: StudyConfig, out: Path) -> None:
     write_csv(out / "differences.csv", differences_table(arms, cfg))
     write_csv(out / "lowest.csv", lowest_table(fits))
     write_csv(out / "bounds.csv", bounds_table(arms, cfg))
+    if cfg.losses:  # the declared losses of every fit, for the figures (fits.csv keeps what was fitted only)
+        keep = ["problem", "structure", "specification", "schedule", *SCHEDULE_COLUMNS, "n", "replicate", "converged",
+                "status"]
+        write_csv(out / "declared.csv", arms[list(dict.fromkeys(keep)) + [f"loss_{k}" for k in cfg.losses]])
     if any("draw" in (cfg.problem_tables.get(name) or {}) for name in cfg.problems):
         geometry = geometry_table(rates, failing, cfg)
         write_csv(out / "geometry.csv", geometry)
@@ -484,7 +489,7 @@ def rates_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
     for (prob_name, spec, schedule), g in window.groupby(["problem", "specification", "schedule"], sort=False):
         structure = g["structure"].iloc[0]
         sched = {c: g[c].iloc[0] for c in SCHEDULE_COLUMNS}
-        for loss, cols in RATE_LOSSES.items():
+        for loss, cols in cfg.rate_losses.items():
             values = g[list(cols)].sum(axis=1).to_numpy()
             if not np.any(values != 0):
                 continue
@@ -495,8 +500,9 @@ def rates_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
                 out.append(dict(
                     problem=prob_name, structure=structure, specification=spec, **sched, loss=loss,
                     statistic=entry["statistic"], slope=entry["slope"], ci_low=entry["ci_low"],
-                    ci_high=entry["ci_high"], theory_slope=_theory(structure, loss, spec),
-                    composite=is_composite(structure, loss, spec),
+                    ci_high=entry["ci_high"],
+                    theory_slope=cfg.declared_theory(loss, spec) if loss in cfg.losses else _theory(structure, loss, spec),
+                    composite=False if loss in cfg.losses else is_composite(structure, loss, spec),
                     n_min=int(ns.min()), n_max=int(ns.max()), replicates=cfg.replicates,
                     fits_not_converged=int((~g["converged"].astype(bool)).sum()),
                     fits_nonfinite=int((g["status"] == "nonfinite").sum()),

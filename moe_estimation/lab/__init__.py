@@ -46,5 +46,5 @@ from .parts import LinearExpert as LinearExpert
 from .parts import NormalisedSigmoidGate as NormalisedSigmoidGate
 from .parts import SigmoidGate as SigmoidGate
 from .parts import SoftmaxGate as SoftmaxGate
-from .study import register_expert as register_expert
-from .study import register_gate as register_gate
+from .parts import register_expert as register_expert
+from .parts import register_gate as register_gate

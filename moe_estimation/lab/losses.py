@@ -142,6 +142,30 @@ class VoronoiLoss:
             raise ValueError(f"weighted, weight_sum: kind {self.kind!r} is weighted with every weight-sum term; declare "
                              "kind 'terms' to change them")
 
+    TABLE_KEYS = ("blocks", "kind", "r", "part", "terms", "weighted", "weight_sum", "r_of_m")
+
+    @classmethod
+    def from_table(cls, table) -> "VoronoiLoss":
+        """The loss a configuration's table declares (keys :attr:`TABLE_KEYS`; ``terms`` a list of tables
+        ``{ blocks, single, multi }``, which make the kind ``terms`` unless another is given). ``ValueError`` naming
+        the key for anything else."""
+        if not isinstance(table, dict) or set(table) - set(cls.TABLE_KEYS):
+            raise ValueError(f"expected a table with keys from {list(cls.TABLE_KEYS)}, got {table!r}")
+        terms = table.get("terms", [])
+        if not isinstance(terms, list) or not all(isinstance(t, dict) and set(t) <= {"blocks", "single", "multi"}
+                                                  for t in terms):
+            raise ValueError(f"terms: expected a list of tables {{ blocks, single, multi }}, got {terms!r}")
+        blocks = table.get("blocks", ["gate", "expert"])
+        r = table.get("r", 1.0)
+        try:
+            return cls(blocks=tuple(blocks) if isinstance(blocks, list) else blocks,
+                       kind=table.get("kind", "terms" if terms else "d2"),
+                       r=float(r) if isinstance(r, int) and not isinstance(r, bool) else r,
+                       part=table.get("part", "routed"), terms=tuple(terms), weighted=table.get("weighted", True),
+                       weight_sum=table.get("weight_sum", "all"), r_of_m=table.get("r_of_m", (4.0, 6.0)))
+        except TypeError as e:
+            raise ValueError(str(e)) from None
+
     def declared_terms(self) -> tuple:
         """The terms of this loss (for ``d2`` and ``d1r``, the terms that spell them)."""
         if self.kind == "terms":
@@ -152,7 +176,7 @@ class VoronoiLoss:
 
     def _pieces(self, model: Assembly, m: Mixture, shared: bool) -> tuple[jnp.ndarray, dict]:
         """(weights (K,), {block name: (K, width)}) of the routed or the shared components."""
-        names = set(self.blocks) | {b for t in self.declared_terms() for b in t.blocks}
+        names = list(dict.fromkeys(self.blocks + tuple(b for t in self.declared_terms() for b in t.blocks)))
         if "variance" in names and not model.has_variances:
             raise ValueError("blocks: 'variance' is a block of the Gaussian likelihoods' mixtures; least squares has none")
         structured = m

@@ -353,6 +353,45 @@ EXPERTS = {"constant": ConstantExpert, "linear": LinearExpert} | {
 
 
 # ------------------------------------------------------------------------------------------------
+# names a configuration builds parts by, and parts registered from outside the package
+
+
+GATE_NAMES = {"softmax": lambda: SoftmaxGate("pinned"), "softmax-extra": lambda: SoftmaxGate("extra"),
+              "softmax-free": lambda: SoftmaxGate("none"), "sigmoid": SigmoidGate,
+              "normalised-sigmoid": NormalisedSigmoidGate, "laplace": LaplaceGate, "gaussian": GaussianGate}
+EXPERT_NAMES = {"constant": ConstantExpert, "linear": LinearExpert} | {
+    a: (lambda a=a: ActivationExpert(activation=a)) for a in ACTIVATIONS}
+
+
+def _register(kind: str, names: dict, name, factory, replace: bool, part) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name: a {kind}'s name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise ValueError(f"factory: must be callable (a class or a function of no arguments), got {factory!r}")
+    try:
+        made = factory()
+    except Exception as e:  # noqa: BLE001 (whatever the factory raises, the user is told which factory)
+        raise ValueError(f"factory: calling it with no arguments failed ({type(e).__name__}: {e})") from None
+    if not isinstance(made, part):
+        raise ValueError(f"factory: must build a lab.{part.__name__}, built {made!r}")
+    if name in names and not replace:
+        raise ValueError(f"name: a {kind} named {name!r} exists already; pass replace=True to replace it")
+    names[name] = factory
+
+
+def register_gate(name: str, factory, *, replace: bool = False) -> None:
+    """Make ``model.gate = name`` in a lab configuration build ``factory()`` (a :class:`moe_estimation.lab.Gate`).
+    A gate defined in your own module joins the configurations this way without touching the package; register
+    it at that module's import, so that worker processes (``--workers``) that import it know it too."""
+    _register("gate", GATE_NAMES, name, factory, replace, Gate)
+
+
+def register_expert(name: str, factory, *, replace: bool = False) -> None:
+    """As :func:`register_gate`, for ``model.expert = name`` (a :class:`moe_estimation.lab.Expert`)."""
+    _register("expert", EXPERT_NAMES, name, factory, replace, Expert)
+
+
+# ------------------------------------------------------------------------------------------------
 # the prefix model's parts: a frozen block of pre-trained experts, and prompts through a structure
 
 

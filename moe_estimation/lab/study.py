@@ -53,6 +53,7 @@ import dataclasses
 import json
 import platform
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -70,43 +71,9 @@ from .em import check_em_model, em_dataset
 from .fit import LabFitSettings, check_settings, fit_dataset
 from .losses import VoronoiLoss
 from .model import Assembly, Mixture, simulate_rows
-from .parts import ACTIVATIONS, ActivationExpert, ConstantExpert, Expert, GaussianGate, Gate, InputLaw, LaplaceGate, LinearExpert, \
-    NormalisedSigmoidGate, SigmoidGate, SoftmaxGate
+from .parts import EXPERT_NAMES, GATE_NAMES, InputLaw
 
-GATE_NAMES = {"softmax": lambda: SoftmaxGate("pinned"), "softmax-extra": lambda: SoftmaxGate("extra"),
-              "softmax-free": lambda: SoftmaxGate("none"), "sigmoid": SigmoidGate,
-              "normalised-sigmoid": NormalisedSigmoidGate, "laplace": LaplaceGate, "gaussian": GaussianGate}
-EXPERT_NAMES = {"constant": ConstantExpert, "linear": LinearExpert} | {
-    a: (lambda a=a: ActivationExpert(activation=a)) for a in ACTIVATIONS}
 ESTIMATORS = ("direct", "em")
-
-
-def _register(kind: str, names: dict, name, factory, replace: bool, part) -> None:
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"name: a {kind}'s name must be a non-empty string, got {name!r}")
-    if not callable(factory):
-        raise ValueError(f"factory: must be callable (a class or a function of no arguments), got {factory!r}")
-    try:
-        made = factory()
-    except Exception as e:  # noqa: BLE001 (whatever the factory raises, the user is told which factory)
-        raise ValueError(f"factory: calling it with no arguments failed ({type(e).__name__}: {e})") from None
-    if not isinstance(made, part):
-        raise ValueError(f"factory: must build a lab.{part.__name__}, built {made!r}")
-    if name in names and not replace:
-        raise ValueError(f"name: a {kind} named {name!r} exists already; pass replace=True to replace it")
-    names[name] = factory
-
-
-def register_gate(name: str, factory, *, replace: bool = False) -> None:
-    """Make ``model.gate = name`` in a lab configuration build ``factory()`` (a :class:`moe_estimation.lab.Gate`).
-    A gate defined in your own module joins the configurations this way without touching the package; register
-    it at that module's import, so that worker processes (``--workers``) that import it know it too."""
-    _register("gate", GATE_NAMES, name, factory, replace, Gate)
-
-
-def register_expert(name: str, factory, *, replace: bool = False) -> None:
-    """As :func:`register_gate`, for ``model.expert = name`` (a :class:`moe_estimation.lab.Expert`)."""
-    _register("expert", EXPERT_NAMES, name, factory, replace, Expert)
 LAB_CELL = ["specification", "n"]
 
 
@@ -244,23 +211,8 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
         raise _err(source, "loss", "expected one or more tables [loss.NAME] with blocks and kind")
     declared = {}
     for name, spec in losses.items():
-        keys = {"blocks", "kind", "r", "part", "terms", "weighted", "weight_sum", "r_of_m"}
-        if not isinstance(spec, dict) or set(spec) - keys:
-            raise _err(source, f"loss.{name}", f"expected a table with keys from {sorted(keys)}, got {spec!r}")
-        terms = spec.get("terms", ())
-        if not isinstance(terms, list) or not all(isinstance(t, dict) and set(t) <= {"blocks", "single", "multi"}
-                                                  for t in terms):
-            if terms != ():
-                raise _err(source, f"loss.{name}.terms", f"expected a list of tables {{ blocks, single, multi }}, got "
-                           f"{terms!r}")
-        r = spec.get("r", 1.0)
         try:
-            declared[name] = VoronoiLoss(blocks=tuple(spec.get("blocks", ("gate", "expert"))),
-                                         kind=spec.get("kind", "terms" if terms else "d2"),
-                                         r=float(r) if isinstance(r, int) and not isinstance(r, bool) else r,
-                                         part=spec.get("part", "routed"), terms=tuple(terms),
-                                         weighted=spec.get("weighted", True), weight_sum=spec.get("weight_sum", "all"),
-                                         r_of_m=spec.get("r_of_m", (4.0, 6.0)))
+            declared[name] = VoronoiLoss.from_table(spec)
         except (ValueError, TypeError) as e:
             raise _err(source, f"loss.{name}", str(e)) from None
         if declared[name].part != "routed" and not shared:

@@ -276,6 +276,36 @@ def plot_study(results: str | Path, out: str | Path) -> list[Path]:
         failing = pd.read_csv(results / "failing.csv")
         if len(failing):
             written += plot_failing(failing, out)
+    if (results / "declared.csv").is_file():
+        written += plot_declared(pd.read_csv(results / "declared.csv"), rates, out)
+    return written
+
+
+def plot_declared(declared: pd.DataFrame, rates: pd.DataFrame, out: Path) -> list[Path]:
+    """``declared_<loss>.png`` for each loss a study declares (``[rates.losses.NAME]``; ``declared.csv``, written
+    with the study's tables): one panel a (problem, specification, schedule), the loss's mean, median,
+    interquartile band and 90% quantile against n, the fitted slope and the declared theory."""
+    written = []
+    arms = list(declared.groupby(["problem", "specification", "schedule"], sort=False).groups)
+    cols = min(len(arms), 4)
+    rows = -(-len(arms) // cols)
+    for loss in [c[len("loss_"):] for c in declared.columns if c.startswith("loss_")]:
+        fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 4.0 * rows), squeeze=False)
+        for ax, (prob, spec, sched) in zip(axes.ravel(), arms):
+            g = declared[(declared["problem"] == prob) & (declared["specification"] == spec)
+                         & (declared["schedule"] == sched)]
+            r = rates[(rates["problem"] == prob) & (rates["specification"] == spec) & (rates["schedule"] == sched)]
+            _panel(ax, g, r, loss, losses={loss: (f"loss_{loss}",)})
+            ax.set_title(f"{prob} {spec}, {sched} starts; {_failures(g)}", fontsize=9)
+            ax.set_xlabel("n")
+            ax.set_ylabel(loss)
+            ax.legend(fontsize=7)
+        for ax in axes.ravel()[len(arms):]:
+            ax.axis("off")
+        fig.tight_layout()
+        path = Path(out) / f"declared_{loss}.png"
+        _save(fig, path)
+        written.append(path)
     return written
 
 

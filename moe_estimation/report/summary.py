@@ -26,7 +26,8 @@ from ..transformer.teacher import load_runs
 
 
 def study_table(path: Path) -> str:
-    """The own loss and the yardstick of every (problem, specification) and, in a study of several schedules,
+    """The own loss, the yardstick and the losses the study declares (``[rates.losses.NAME]``) of every (problem,
+    specification) and, in a study of several schedules,
     every schedule (a column then names it; the best-of-all arm last): mean and median slopes, the reference,
     the mean loss at the largest n, and that arm's fits not converged and on the box."""
     r = pd.read_csv(path / "rates.csv")
@@ -38,7 +39,7 @@ def study_table(path: Path) -> str:
     if several:
         f = with_best_of_all(f)
     for (prob, spec, sched, loss), g in r.groupby(["problem", "specification", "schedule", "loss"], sort=False):
-        if loss not in ("own", "key_value"):
+        if loss not in ("own", "key_value") and loss in RATE_LOSSES:  # the study's own two, and every declared one
             continue
         m = g[g["statistic"] == "mean"].iloc[0]
         md = g[g["statistic"] == "median"].iloc[0]
