@@ -266,6 +266,16 @@ def test_a_lab_study_runs_from_a_configuration_resumes_and_draws(tmp_path, capsy
     again = pd.read_csv(out / "fits.csv")
     pd.testing.assert_frame_equal(again.drop(columns="loss_slopes"), fits)
     assert np.all(np.isfinite(again["loss_slopes"])) and set(pd.read_csv(out / "rates.csv")["loss"]) == {"voronoi", "slopes"}
+    # a damaged table is refused before it is rescored, with nothing changed; --repair rescoring keeps the sound cells
+    lines = (out / "fits.csv").read_text().splitlines(keepends=True)
+    damaged = "".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2]  # the last row cut mid-way
+    (out / "fits.csv").write_text(damaged)
+    conf.write_text(LAB_TOML.format(steps=20))
+    assert main(["study", "--config", str(conf), "--out", str(out), "--no-progress", "--workers", "1"]) == 2
+    assert "fits.csv is damaged" in capsys.readouterr().err and (out / "fits.csv").read_text() == damaged
+    assert main(["study", "--config", str(conf), "--out", str(out), "--no-progress", "--workers", "1", "--repair"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "fits.csv")[list(fits.columns)].drop(columns="seconds"),
+                                  fits.drop(columns="seconds"))
 
 
 def test_input_laws_grid_and_mixture():
@@ -758,6 +768,10 @@ def test_exponents_by_cell_size_weights_and_weight_sums_by_hand():
     (lambda: lab.VoronoiLoss(kind="terms", terms=(lab.Term(("gate",)),), weight_sum="some"), "weight_sum: expected"),
     (lambda: lab.VoronoiLoss(kind="terms", terms=(lab.Term(("gate",)),), r_of_m=(4, -1)), "r_of_m"),
     (lambda: lab.VoronoiLoss(kind="terms", terms=(lab.Term(("expert.scale",)),))(*_linear_pair()), "'expert.scale' is no piece"),
+    (lambda: lab.VoronoiLoss(blocks=("gate", "expert"), kind="terms", terms=(lab.Term(("gate",)),), part="both"),
+     "terms: a shared expert has no gate"),
+    (lambda: lab.VoronoiLoss(kind="terms", terms=(lab.Term(("gate",), multi="r"),), r_of_m=(4,)).check_cells(4),
+     r"r_of_m: the fit has 4 components.*r\(m\) for m = 2 .. 2 only"),
 ])
 def test_declared_losses_refuse_what_they_cannot_mean(make, word):
     with pytest.raises(ValueError, match=word):
@@ -779,6 +793,8 @@ weight_sum = "multi"
         _parse(tmp_path, text.replace('multi = "r/2" }]', 'multi = "r/2", power = 2 }]'))
     with pytest.raises(ValueError, match="loss.cells: terms.multi"):
         _parse(tmp_path, text.replace('multi = "r/2"', 'multi = "r/4"'))
+    with pytest.raises(ValueError, match=r"loss.cells.r_of_m: the over fit has 5 components"):
+        _parse(tmp_path, text.replace("[grid]\n", "[grid]\nextra_components = 3\n"))
 
 
 def _prefix_measure(prob, Lp, seed):

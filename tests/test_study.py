@@ -359,6 +359,8 @@ def test_declared_losses_are_measured_on_the_stored_fits_and_rated(reference_stu
     ({"t": {"blocks": ["gate"], "power": 2}}, r"rates.losses.t: expected a table with keys from"),
     ({"t": {"blocks": ["gate"], "terms": [{"blocks": ["gate"], "multi": "r/3"}]}}, r"rates.losses.t: terms.multi"),
     ({"t": {"blocks": ["gate", "expert"], "part": "both"}}, r"rates.losses.t: part: a prefix problem has no shared experts"),
+    ({"t": {"blocks": ["gate"], "terms": [{"blocks": ["gate"], "multi": "r"}], "r_of_m": [4]}},
+     r"rates.losses.t.r_of_m: problem 'shared-linear''s largest fit has 3 components"),
 ])
 def test_declared_losses_refuse_what_they_cannot_mean(change, word):
     data = json.loads(json.dumps(REFERENCE))
@@ -370,3 +372,22 @@ def test_declared_losses_refuse_what_they_cannot_mean(change, word):
 def test_a_study_without_declared_losses_records_none():
     """config.json of a study that declares no loss is what it was before declared losses existed."""
     assert "losses" not in parse_config(REFERENCE).to_dict()
+
+
+@pytest.mark.study
+def test_a_loss_that_is_not_finite_is_left_out_and_said_never_read_as_zero(reference_study):
+    """rates.csv: a fit whose loss is NaN (a declared loss past its r(m) table, a non-finite fit) is left out of
+    the statistics and counted in the note; it is never summed into a 0 (pandas' default for a sum of NaN)."""
+    from moe_estimation.experiments.study import rates_table
+
+    cfg = parse_config(REFERENCE)
+    fits = pd.read_csv(reference_study / "fits.csv")
+    n_max = fits["n"].max()
+    row = fits.index[(fits["n"] == n_max) & (fits["specification"] == "exact")][0]
+    broken = fits.copy()
+    broken.loc[row, "loss_key_value"] = np.nan
+    r = rates_table(broken, cfg)
+    mean = r[(r["loss"] == "key_value") & (r["specification"] == "exact") & (r["statistic"] == "mean")].iloc[0]
+    kept = fits[(fits["n"] == n_max) & (fits["specification"] == "exact")].drop(index=row)["loss_key_value"]
+    assert mean["mean_loss_at_n_max"] == pytest.approx(kept.mean(), rel=1e-12)
+    assert "1 fits with no finite loss left out" in mean["note"]

@@ -560,6 +560,12 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
                 loss(model, truth, truth)
             except ValueError as e:
                 raise _err(source, f"rates.losses.{name}", f"for problem {prob_name!r}: {e}") from None
+            over = "over" in (per_problem.get(prob_name) or specs)
+            Lp = truth.gate.shape[0] + (per_problem_extra.get(prob_name, extra) if over else 0)
+            try:  # an r(m) table must cover the largest cell a fit can make
+                loss.check_cells(Lp, f"problem {prob_name!r}'s largest fit")
+            except ValueError as e:
+                raise _err(source, f"rates.losses.{name}.r_of_m", str(e).split(": ", 1)[1]) from None
     return StudyConfig(
         seed=seed, ns=tuple(sorted(ns)), replicates=reps, problems=tuple(problems), specifications=tuple(specs),
         extra_prompts=extra, fit=fit, schedules=schedules, problem_specifications=per_problem, num_bootstrap=nb, n_min=n_min, n_max=n_max,

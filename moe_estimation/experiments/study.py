@@ -449,6 +449,8 @@ def write_tables(fits: pd.DataFrame, cfg: StudyConfig, out: Path) -> None:
         keep = ["problem", "structure", "specification", "schedule", *SCHEDULE_COLUMNS, "n", "replicate", "converged",
                 "status"]
         write_csv(out / "declared.csv", arms[list(dict.fromkeys(keep)) + [f"loss_{k}" for k in cfg.losses]])
+    elif (out / "declared.csv").is_file():  # no loss declared any more: no stale table for the figures
+        (out / "declared.csv").unlink()
     if any("draw" in (cfg.problem_tables.get(name) or {}) for name in cfg.problems):
         geometry = geometry_table(rates, failing, cfg)
         write_csv(out / "geometry.csv", geometry)
@@ -490,9 +492,10 @@ def rates_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
         structure = g["structure"].iloc[0]
         sched = {c: g[c].iloc[0] for c in SCHEDULE_COLUMNS}
         for loss, cols in cfg.rate_losses.items():
-            values = g[list(cols)].sum(axis=1).to_numpy()
+            values = g[list(cols)].sum(axis=1, min_count=len(cols)).to_numpy(float)  # a missing loss stays NaN
             if not np.any(values != 0):
                 continue
+            missing = int((~np.isfinite(values)).sum())
             ns, mat = loss_matrix(g, values, replicate="replicate")
             last = mat[-1][np.isfinite(mat[-1])]  # zeros are values
             for entry in rate_entries(ns, mat, num_bootstrap=cfg.num_bootstrap, seed=cfg.seed,
@@ -508,6 +511,7 @@ def rates_table(fits: pd.DataFrame, cfg: StudyConfig) -> pd.DataFrame:
                     fits_nonfinite=int((g["status"] == "nonfinite").sum()),
                     fits_at_bound=int(g["at_bound"].astype(bool).sum()),
                     mean_loss_at_n_max=float(last.mean()) if len(last) else 0.0,
-                    note=entry["note"],
+                    note="; ".join(x for x in (entry["note"], f"{missing} fits with no finite loss left out"
+                                               if missing else "") if x),
                 ))
     return pd.DataFrame(out)

@@ -15,7 +15,10 @@ A loss between a fitted mixture and the truth is declared by:
 - the **weight** of an atom: the gate's :meth:`Gate.atom_weight` (exp(b) for softmax and Laplace gates,
   sigmoid(b) for sigmoid ones), or none (``weighted = False``: every atom's terms count with factor 1);
 - the **weight-sum term** sum_j |sum_{i in V_j} w_i - w*_j|: over every cell (``weight_sum = "all"``), over the
-  cells holding several fitted atoms only (``"multi"``), or left out (``"none"``);
+  cells holding several fitted atoms only (``"multi"``), or left out (``"none"``). Only ``"all"`` counts an
+  empty cell (w*_j); with ``"multi"`` or ``"none"`` a fit that leaves a true atom without any fitted atom near it
+  can score 0 (the published losses of that form are meant for fits that cover every true atom; read such a loss
+  beside one that counts empty cells);
 - the **terms**: each a group of blocks measured together, ||Delta_i on those blocks||, raised to an exponent
   that depends on the size m of its cell: ``single`` where m = 1 and ``multi`` where m > 1, a number, or
   ``"r"`` / ``"r/2"`` for r(m) and r(m)/2 read from ``r_of_m`` (r(2), r(3), ...: (4, 6) by default, the
@@ -128,6 +131,9 @@ class VoronoiLoss:
                 raise ValueError(f"terms: a loss of kind 'terms' needs one or more Term(blocks, single, multi), got "
                                  f"{self.terms!r}")
             object.__setattr__(self, "terms", terms)
+            if self.part != "routed" and all(b.startswith(("gate", "prompt")) for t in terms for b in t.blocks):
+                raise ValueError("terms: a shared expert has no gate; a loss of the shared part needs a term on "
+                                 "'expert' or 'variance' blocks")
         elif self.terms:
             raise ValueError(f"terms: only a loss of kind 'terms' takes terms (kind {self.kind!r} fixes its own)")
         if not isinstance(self.weighted, bool):
@@ -165,6 +171,21 @@ class VoronoiLoss:
                        weight_sum=table.get("weight_sum", "all"), r_of_m=table.get("r_of_m", (4.0, 6.0)))
         except TypeError as e:
             raise ValueError(str(e)) from None
+
+    @property
+    def largest_cell(self) -> int | None:
+        """The largest cell this loss can score: len(r_of_m) + 1 when a term's exponent is r(m) or r(m)/2, else
+        None (any size)."""
+        sized = any(isinstance(t.multi, str) for t in self.declared_terms())
+        return len(self.r_of_m) + 1 if sized else None
+
+    def check_cells(self, atoms: int, what: str = "the fit") -> None:
+        """Refuse (``ValueError`` naming ``r_of_m``) a fit of ``atoms`` components, every one of which can fall in
+        one cell, when r(m) is not declared up to m = ``atoms``."""
+        top = self.largest_cell
+        if top is not None and atoms > top:
+            raise ValueError(f"r_of_m: {what} has {atoms} components, and all of them can fall in one cell; r_of_m "
+                             f"declares r(m) for m = 2 .. {top} only (give {atoms - 1} values, r(2) .. r({atoms}))")
 
     def declared_terms(self) -> tuple:
         """The terms of this loss (for ``d2`` and ``d1r``, the terms that spell them)."""

@@ -472,8 +472,13 @@ class PromptStructure:
             object.__setattr__(self, "W2", W2)
         if self.structure == "shared-nonlinear" and self.activation not in STRUCTURE_ACTIVATIONS:
             raise ValueError(f"activation: expected one of {tuple(STRUCTURE_ACTIVATIONS)}, got {self.activation!r}")
-        lo, hi = self.bias_bounds
-        if not (np.isfinite(self.atom_bound) and self.atom_bound > 0 and np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        try:
+            lo, hi = (float(b) for b in self.bias_bounds)
+            bound = float(self.atom_bound)
+        except (TypeError, ValueError):
+            raise ValueError(f"atom_bound, bias_bounds: expected a number and a pair (lo, hi), got {self.atom_bound!r}, "
+                             f"{self.bias_bounds!r}") from None
+        if not (np.isfinite(bound) and bound > 0 and np.isfinite(lo) and np.isfinite(hi) and lo < hi):
             raise ValueError(f"atom_bound, bias_bounds: expected a finite atom_bound > 0 and finite lo < hi, got "
                              f"{self.atom_bound!r}, {self.bias_bounds!r}")
 

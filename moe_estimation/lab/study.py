@@ -50,6 +50,7 @@ folder (:class:`moe_estimation.experiments.results.StudyLock`), config.json chec
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import platform
 import time
@@ -74,6 +75,7 @@ from .model import Assembly, Mixture, simulate_rows
 from .parts import EXPERT_NAMES, GATE_NAMES, InputLaw
 
 ESTIMATORS = ("direct", "em")
+DEFAULT_LOSS = {"voronoi": {"blocks": ["gate", "expert"], "kind": "d2"}}  # a study without [loss] tables
 LAB_CELL = ["specification", "n"]
 
 
@@ -206,7 +208,7 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
         truth = model.check(truth)
     except (ValueError, TypeError) as e:
         raise _err(source, "truth", str(e)) from None
-    losses = data.get("loss", {"voronoi": {"blocks": ["gate", "expert"], "kind": "d2"}})
+    losses = data.get("loss", DEFAULT_LOSS)
     if not isinstance(losses, dict) or not losses:
         raise _err(source, "loss", "expected one or more tables [loss.NAME] with blocks and kind")
     declared = {}
@@ -282,6 +284,14 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
         if min(ns) * model.d_out < model.num_params(Kp, K1p):
             raise _err(source, "grid.ns", f"n = {min(ns)} gives fewer residuals than the {model.num_params(Kp, K1p)} "
                                           f"parameters of {Kp} components" + (f" and {K1p} shared" if K1p else ""))
+        for name, loss in declared.items():  # an r(m) table must cover the largest cell a fit can make
+            try:
+                if loss.part != "shared":
+                    loss.check_cells(Kp, f"the {spec} fit")
+                if loss.part != "routed":
+                    loss.check_cells(K1p, f"the {spec} fit's shared part")
+            except ValueError as e:
+                raise _err(source, f"loss.{name}.r_of_m", str(e).split(": ", 1)[1]) from None
     return LabStudy(model=model, truth=truth, losses=declared, theory=theory, seed=seed, ns=tuple(sorted(ns)), replicates=reps,
                     specifications=tuple(s for s in ("exact", "over") if s in specs), extra_components=extra,
                     extra_shared=extra_shared,
@@ -329,9 +339,11 @@ LAB_COLUMNS = ["specification", "num_components", "n", "replicate", "seed", "est
                "restarts", "objective", "converged", "status", "steps", "seconds", "params"]
 
 
-def _columns(study: LabStudy) -> list[str]:
+def _columns(study: LabStudy, losses=None) -> list[str]:
+    """fits.csv's columns, with a loss column for each of ``losses`` (default: the study's declared losses)."""
     shared = ["num_shared"] if study.model.shared is not None else []
-    return LAB_COLUMNS[:2] + shared + LAB_COLUMNS[2:9] + [f"loss_{name}" for name in study.losses] + LAB_COLUMNS[9:]
+    names = study.losses if losses is None else losses
+    return LAB_COLUMNS[:2] + shared + LAB_COLUMNS[2:9] + [f"loss_{name}" for name in names] + LAB_COLUMNS[9:]
 
 
 def rescore(fits: pd.DataFrame, study: LabStudy) -> pd.DataFrame:
@@ -359,17 +371,65 @@ def rescore(fits: pd.DataFrame, study: LabStudy) -> pd.DataFrame:
     return out[_columns(study)]
 
 
-def _rescore_if_losses_changed(out: Path, study: LabStudy, log) -> None:
+def _check_lab_table(study: LabStudy, columns: list):
+    """The damage check of a lab study's ``fits.csv`` (``CellTable(check=...)``): readable, ``columns`` exactly, the
+    last row complete (the writer ends every row with a newline, so a table cut mid-row is seen), every row's
+    ``params`` holding its model's parameter count, and every cell exactly its replicates; what fails is dropped
+    and named."""
+
+    def check(path: Path):
+        empty = pd.DataFrame(columns=columns)
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError as e:
+            return empty, [f"unreadable as a table ({e})"]
+        problems = []
+        if text and not text.endswith("\n"):
+            text = text[: text.rfind("\n") + 1]
+            problems.append("its last row cut mid-way (dropped)")
+        try:
+            df = pd.read_csv(io.StringIO(text))
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            return empty, [f"unreadable as a table ({str(e).splitlines()[0]})"]
+        if sorted(df.columns) != sorted(columns):
+            return empty, problems + [f"columns {list(df.columns)} are not {columns}"]
+        df = df[columns]
+        if not len(df):
+            return df, problems
+        K1 = df["num_shared"] if "num_shared" in df else pd.Series(0, index=df.index)
+        want = [study.model.num_params(int(k), int(k1)) if pd.notna(k) and pd.notna(k1) else -1
+                for k, k1 in zip(df["num_components"], K1)]
+        bad = df["params"].astype(str).str.split().str.len().to_numpy() != np.asarray(want)
+        sizes = df.groupby(LAB_CELL, sort=False)["replicate"].transform("size").to_numpy()
+        cell_bad = pd.Series(bad | (sizes != study.replicates), index=df.index).groupby(
+            [df[c] for c in LAB_CELL], sort=False).transform("any").to_numpy()
+        if bad.any():
+            problems.append(f"{int(bad.sum())} row(s) whose params do not hold their model's parameter count")
+        if (sizes != study.replicates).any():
+            problems.append(f"cells without exactly {study.replicates} rows")
+        if cell_bad.any():
+            problems[-1] += f" ({int(cell_bad.sum())} row(s) of those cells dropped)"
+        return df[~cell_bad].reset_index(drop=True), problems
+
+    return check
+
+
+def _rescore_if_losses_changed(out: Path, study: LabStudy, log, repair: bool) -> None:
     """When config.json records other losses than ``study`` declares, score the finished fits by the declared
-    ones (:func:`rescore`) before the run goes on."""
+    ones (:func:`rescore`) before the run goes on. The table is first read through the damage check with the
+    columns of the losses it was written with (:func:`moe_estimation.experiments.runner.load_cells`): a damaged
+    one is refused with nothing changed, unless ``repair`` (its damaged cells are then dropped and fitted anew)."""
     cfg, fits_path = out / "config.json", out / "fits.csv"
     if not (cfg.is_file() and fits_path.is_file()):
         return
     old = json.loads(cfg.read_text()).get("study", {})
     if old.get("loss") == study.table.get("loss"):
         return
-    fits = pd.read_csv(fits_path)
-    if not len(fits) or "params" not in fits.columns:
+    columns = _columns(study, old.get("loss") or DEFAULT_LOSS)
+    recorded = CellTable(fits_path, columns, LAB_CELL, study.replicates, check=_check_lab_table(study, columns))
+    load_cells(recorded, repair=repair, log=log)
+    fits = recorded.frame()
+    if not len(fits):
         return
     write_csv(fits_path, rescore(fits, study))
     log(f"{out}: the declared losses differ from config.json's; the {len(fits)} finished fits are scored by "
@@ -387,8 +447,9 @@ def run_lab_study(study: LabStudy, out, *, progress: bool = True, log=print, wor
     workers = resolve_workers(workers)
     with StudyLock(out, log=log):
         check_same_study(out, study.table, what="lab study", reread=("rates", "loss"), log=log)
-        _rescore_if_losses_changed(out, study, log)
-        table = CellTable(out / "fits.csv", _columns(study), LAB_CELL, study.replicates)
+        _rescore_if_losses_changed(out, study, log, repair)
+        table = CellTable(out / "fits.csv", _columns(study), LAB_CELL, study.replicates,
+                          check=_check_lab_table(study, _columns(study)))
         finished = {(s, int(m)) for s, m in load_cells(table, repair=repair, log=log)}
         write_config(out / "config.json", dict(study=study.table, versions=versions(), platform=platform.platform()),
                      ("versions", "platform"))

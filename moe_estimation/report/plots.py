@@ -49,7 +49,8 @@ LOSS_LABELS = {"own": "own loss (D_2 on p, or D_1,r on (pK, pV))", "key_value": 
 
 
 def _loss_values(g: pd.DataFrame, loss: str, losses=None) -> np.ndarray:
-    return g[list((losses or RATE_LOSSES)[loss])].sum(axis=1).to_numpy()
+    cols = (losses or RATE_LOSSES)[loss]
+    return g[list(cols)].sum(axis=1, min_count=len(cols)).to_numpy(float)  # a missing loss stays NaN, never 0
 
 
 def _panel(ax, g: pd.DataFrame, rates: pd.DataFrame, loss: str, color="C0", label_prefix="", losses=None):
