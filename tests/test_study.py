@@ -391,3 +391,27 @@ def test_a_loss_that_is_not_finite_is_left_out_and_said_never_read_as_zero(refer
     kept = fits[(fits["n"] == n_max) & (fits["specification"] == "exact")].drop(index=row)["loss_key_value"]
     assert mean["mean_loss_at_n_max"] == pytest.approx(kept.mean(), rel=1e-12)
     assert "1 fits with no finite loss left out" in mean["note"]
+
+
+@pytest.mark.study
+def test_every_preset_s_fits_are_what_the_committed_code_gave(tmp_path):
+    """tests/data/presets-reference.toml (every prefix preset, exact and over-specified, two small sizes) run
+    again gives tests/data/presets-reference.csv: written by the code of the commit that added it, and checked
+    then to be bit for bit what the code before the lab's refactors (restart rule, fast paths, folders) gave.
+    On this machine the fits are identical; across machines XLA may round differently, so the numbers are
+    compared to 1e-9 relative."""
+    data = Path(__file__).parent / "data"
+    run_study(load_config(data / "presets-reference.toml"), tmp_path / "run", progress=False, log=lambda *a: None)
+    new = pd.read_csv(tmp_path / "run" / "fits.csv").drop(columns="seconds")
+    old = pd.read_csv(data / "presets-reference.csv")
+    assert list(new.columns) == list(old.columns) and len(new) == len(old)
+    for col in old.columns:
+        if col in ("params", "true_params"):
+            a = np.array([np.array(s.split(), float) for s in new[col]], dtype=object)
+            b = np.array([np.array(s.split(), float) for s in old[col]], dtype=object)
+            for x, y in zip(a, b):
+                np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12, err_msg=col)
+        elif pd.api.types.is_float_dtype(old[col]):
+            np.testing.assert_allclose(new[col], old[col], rtol=1e-9, atol=1e-12, err_msg=col)
+        else:
+            assert new[col].tolist() == old[col].tolist(), col
