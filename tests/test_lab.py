@@ -417,7 +417,8 @@ def test_lab_theory_slopes_are_checked(tmp_path, theory, word):
         _parse(tmp_path, text)
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "simulations").glob("lab-*.toml")),
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "simulations").glob("lab-*.toml"))
+                         + sorted((Path(__file__).resolve().parents[1] / "simulations" / "published").glob("*.toml")),
                          ids=lambda p: p.name)
 def test_every_lab_example_configuration_is_valid(path):
     from moe_estimation.experiments.config import read_toml
@@ -895,3 +896,16 @@ def test_near_truth_starts_shrink_with_n_at_the_declared_rate():
                                   start(jax.random.key(3), model, fixed, truth, jnp.float64, 1e4))
     with pytest.raises(ValueError, match="init_rate: a random start knows no truth"):
         lab.fit(jax.random.key(0), model, np.zeros((50, 2)), np.zeros((50, 1)), 2, init_rate=0.25)
+
+
+def test_the_linspace_design_spreads_n_points_whatever_the_padding():
+    """input law linspace: x_i = low + (high - low) i / (n - 1) for a data set of n rows, padded or not; d = 1 only."""
+    model = lab.Assembly(gate=lab.SoftmaxGate(), expert=lab.LinearExpert(),
+                         input=lab.InputLaw(law="linspace", low=0.0, high=1.0), likelihood="gaussian")
+    truth = model.check(lab.Mixture(gate=[[2.0, 0.5], [0.0, 0.0]], expert=[[1.0, 0.5], [-1.0, 0.0]], log_var=[-2.0, -2.0]))
+    X, _ = lab.simulate(jax.random.key(0), model, truth, n=5)
+    np.testing.assert_allclose(np.asarray(X[:, 0]), [0.0, 0.25, 0.5, 0.75, 1.0], rtol=0, atol=1e-15)
+    Xp, _ = lab.simulate_rows(model, truth, jax.random.key(0), 8, 5)
+    np.testing.assert_array_equal(np.asarray(Xp[:5]), np.asarray(X))
+    with pytest.raises(ValueError, match="input.d: the linspace design is for d = 1"):
+        lab.InputLaw(law="linspace", d=2)

@@ -296,8 +296,10 @@ def log_density(model: Assembly, m: Mixture, x: jax.Array, y: jax.Array) -> jax.
     return jax.nn.logsumexp(jnp.concatenate([jnp.log(model.share) + shared, jnp.log1p(-model.share) + routed]))
 
 
-def simulate_rows(model: Assembly, truth: Mixture, key: jax.Array, rows: int) -> tuple[jax.Array, jax.Array]:
-    """``rows`` samples; row i from ``(key, i)`` alone (a padded data set holds the same first rows)."""
+def simulate_rows(model: Assembly, truth: Mixture, key: jax.Array, rows: int, n=None) -> tuple[jax.Array, jax.Array]:
+    """``rows`` samples; row i from ``(key, i)`` alone (a padded data set holds the same first rows). ``n``: the data
+    set's size when ``rows`` pads it (default ``rows``), which the ``linspace`` input law spreads its points by."""
+    n = rows if n is None else n
 
     def one(i):
         kx, kc, ke = jax.random.split(jax.random.fold_in(key, i), 3)
@@ -307,7 +309,7 @@ def simulate_rows(model: Assembly, truth: Mixture, key: jax.Array, rows: int) ->
             x = model.gate.draw_input(truth.gate[k], kx, truth.expert.dtype)
             h = model.expert.outputs(truth.expert, x, model.d_out)[k]
             return x, h + jnp.exp(0.5 * truth.log_var[k]) * eps
-        x = model.input.row(kx, truth.expert.dtype, i)
+        x = model.input.row(kx, truth.expert.dtype, i, n)
         if model.likelihood == "least-squares":
             return x, mean(model, truth, x) + jnp.sqrt(model.noise_var) * eps
         k = jax.random.categorical(kc, jnp.log(model.gate.weights(truth.gate, x)))

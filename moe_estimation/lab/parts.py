@@ -520,7 +520,7 @@ class PromptStructure:
 # input laws
 
 
-INPUT_LAWS = ("uniform", "normal", "grid", "mixture", "gate")
+INPUT_LAWS = ("uniform", "normal", "grid", "linspace", "mixture", "gate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -532,6 +532,10 @@ class InputLaw:
     - ``normal``: mean 0, sd ``scale``, clipped at three standard deviations;
     - ``grid``: a fixed design, ``points`` equally spaced values a coordinate on [low, high], row i the grid's
       point i mod points^d (no randomness);
+    - ``linspace``: the fixed design of n equally spaced points on [low, high] for a data set of n rows, row i at
+      low + (high - low) i / (n - 1), the same for every replicate (d = 1; the published softmax-gated
+      Gaussian MoE study's X = linspace(0, 1, n)); it moves with n, so a data set of n rows is not the first rows
+      of a larger one;
     - ``mixture``: a Gaussian mixture, component j with probability ``weights[j]`` and mean ``means[j]``
       (d-vectors), sd ``scale``, clipped at three standard deviations about its mean;
     - ``gate``: the Gaussian gate's own mixture of the true measure (the joint likelihood's; drawn by
@@ -551,7 +555,10 @@ class InputLaw:
             raise ValueError(f"input.law: expected one of {INPUT_LAWS}, got {self.law!r}")
         if isinstance(self.d, bool) or not isinstance(self.d, (int, np.integer)) or self.d < 1:
             raise ValueError(f"input.d: must be an integer >= 1, got {self.d!r}")
-        if self.law in ("uniform", "grid") and not (np.isfinite(self.low) and np.isfinite(self.high) and self.low < self.high):
+        if self.law == "linspace" and self.d != 1:
+            raise ValueError(f"input.d: the linspace design is for d = 1, got {self.d!r}")
+        if self.law in ("uniform", "grid", "linspace") and not (np.isfinite(self.low) and np.isfinite(self.high)
+                                                               and self.low < self.high):
             raise ValueError(f"input.low, input.high: expected finite low < high, got {self.low!r}, {self.high!r}")
         if self.law in ("normal", "mixture") and not (np.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"input.scale: must be a finite number > 0, got {self.scale!r}")
@@ -567,12 +574,18 @@ class InputLaw:
             object.__setattr__(self, "means", tuple(map(tuple, means.tolist())))
             object.__setattr__(self, "weights", tuple(weights.tolist()))
 
-    def row(self, key: jax.Array, dtype, index=None) -> jax.Array:
-        """One input (``index``: the row's number, which a fixed grid uses instead of the key)."""
+    def row(self, key: jax.Array, dtype, index=None, n=None) -> jax.Array:
+        """One input (``index``: the row's number, which a fixed grid uses instead of the key; ``n``: the data set's
+        size, which the linspace design needs)."""
         if self.law == "gate":
             raise ValueError("input.law: 'gate' draws x from the true gate's mixture; simulate_rows does, knowing the truth")
         if self.law == "uniform":
             return jax.random.uniform(key, (self.d,), dtype, self.low, self.high)
+        if self.law == "linspace":
+            if n is None:
+                raise ValueError("input.law: 'linspace' places n points; give the data set's size n")
+            step = (self.high - self.low) / jnp.maximum(jnp.asarray(n, dtype) - 1, 1)
+            return (self.low + step * index).astype(dtype)[None]
         if self.law == "grid":
             digits = (index // self.points ** jnp.arange(self.d)) % self.points
             return (self.low + (self.high - self.low) * digits / (self.points - 1)).astype(dtype)

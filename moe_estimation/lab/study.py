@@ -324,7 +324,7 @@ def lab_cell(study: LabStudy, spec: str, n: int):
 def _cell_impl(model, s, estimator, truth, dkeys, skeys, n, rows):
     def one(keys):
         dk, sk = keys
-        X, Y = simulate_rows(model, truth, dk, rows)
+        X, Y = simulate_rows(model, truth, dk, rows, n)
         w = (jnp.arange(rows) < n).astype(X.dtype)
         if estimator == "em":
             return em_dataset(sk, model, s, X, Y, w, truth, 1e-8, 5)
