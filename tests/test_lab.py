@@ -909,3 +909,62 @@ def test_the_linspace_design_spreads_n_points_whatever_the_padding():
     np.testing.assert_array_equal(np.asarray(Xp[:5]), np.asarray(X))
     with pytest.raises(ValueError, match="input.d: the linspace design is for d = 1"):
         lab.InputLaw(law="linspace", d=2)
+
+
+def _sgame():
+    model = lab.Assembly(gate=lab.SoftmaxGate(), expert=lab.LinearExpert(),
+                         input=lab.InputLaw(law="linspace", low=0.0, high=1.0), likelihood="gaussian", bound=30.0)
+    truth = model.check(lab.Mixture(gate=[[25.0, -8.0], [0.0, 0.0]], expert=[[-20.0, 15.0], [20.0, -5.0]],
+                                    log_var=np.log([0.09, 0.16])))
+    return model, truth
+
+
+def test_the_published_softmax_gaussian_moe_start_is_the_source_s():
+    """lab.published 'sgame-source': every true component covered, the fitted reference on the true one at (0, 0),
+    one scalar noise a block (slope and intercept moved alike) of sd 0.005 n^-0.083 (gate) and 0.05 n^-0.083
+    (experts), standard deviations used as variances; for K = 3 the three assignments equally often."""
+    from moe_estimation.lab.fit import LabFitSettings, start
+
+    model, truth = _sgame()
+    s = LabFitSettings(num_components=3, init="sgame-source")
+    seen = []
+    for i in range(300):
+        m = model.unflatten(start(jax.random.key(i), model, s, truth, jnp.float64, 1000.0), 3)
+        g, e, v = np.asarray(m.gate), np.asarray(m.expert), np.exp(np.asarray(m.log_var))
+        np.testing.assert_array_equal(g[-1], 0.0)
+        assign = tuple(int(np.argmin(np.abs(e[k, 1] - np.asarray(truth.expert)[:, 1]))) for k in range(3))
+        assert assign[-1] == 1 and set(assign) == {0, 1}
+        seen.append(assign)
+        for k in range(2):  # one scalar a block: slope and intercept moved by the same amount
+            d = g[k] - (np.asarray(truth.gate)[assign[k]] if assign[k] == 0 else 0.0)
+            assert d[0] == pytest.approx(d[1], abs=1e-12) and abs(d[0]) < 6 * 0.005 * 1000 ** -0.083
+        d = e - np.asarray(truth.expert)[list(assign)]
+        np.testing.assert_allclose(d[:, 0], d[:, 1], atol=1e-12)
+        sd = np.sqrt([0.09, 0.16])[list(assign)]
+        assert np.all(v >= sd) and np.all(v - sd < 6 * 0.005 * 1000 ** -0.25)
+    counts = {a: seen.count(a) for a in set(seen)}
+    assert set(counts) == {(0, 0, 1), (0, 1, 1), (1, 0, 1)} and min(counts.values()) > 70
+
+
+def test_registered_starts_and_em_options_refuse_what_they_cannot_mean(tmp_path):
+    from moe_estimation.lab.fit import register_start
+
+    with pytest.raises(ValueError, match="name: a start schedule's name must be a new"):
+        register_start("random", lambda *a: None)
+    with pytest.raises(ValueError, match="name: a start schedule named 'sgame-source' exists already"):
+        register_start("sgame-source", lambda *a: None)
+    with pytest.raises(ValueError, match="init: 'sgame-source' is the start of a softmax-gated"):
+        lab.fit(jax.random.key(0), *_linear_pair()[:1], np.zeros((50, 2)), np.zeros((50, 1)), 2,
+                truth=_linear_pair()[2], init="sgame-source")
+    text = LAB_TOML.format(steps=20)
+    with pytest.raises(ValueError, match="fit.em_tol: an option of EM"):
+        _parse(tmp_path, text.replace("restarts = 1", "restarts = 1\nem_tol = 1e-6"))
+    gm = text.replace('gate = "sigmoid"', 'gate = "softmax"').replace("[model]", '[model]\nlikelihood = "gaussian"').replace(
+        "gate = [[3.0, 1.0], [-3.0, 0.0]]", "gate = [[3.0, 1.0], [0.0, 0.0]]").replace("[fit]", '[fit]\nestimator = "em"')
+    assert dict(_parse(tmp_path, gm).em_options)["em_gate_steps"] == 5
+    assert dict(_parse(tmp_path, gm.replace("[fit]", "[fit]\nem_gate_steps = 300\nem_gate_tol = 1e-7")).em_options) == \
+        {"em_tol": 1e-8, "em_gate_steps": 300, "em_gate_tol": 1e-7}
+    with pytest.raises(ValueError, match="fit.em_gate_steps: expected an integer >= 1"):
+        _parse(tmp_path, gm.replace("[fit]", "[fit]\nem_gate_steps = 0.5"))
+    one = gm.replace("[grid]", '[grid]\nspecifications = ["over"]').replace("num_bootstrap = 100", "num_bootstrap = 100\ntheory = { voronoi = -0.5 }")
+    assert _parse(tmp_path, one).theory["voronoi"] == {"over": -0.5}  # one slope: for the specifications fitted

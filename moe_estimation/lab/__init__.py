@@ -19,6 +19,7 @@ from .em import em as em
 from .fit import LabFit as LabFit
 from .fit import LabFitSettings as LabFitSettings
 from .fit import fit as fit
+from .fit import register_start as register_start
 from .losses import Term as Term
 from .losses import VoronoiLoss as VoronoiLoss
 from .model import Assembly as Assembly
@@ -30,6 +31,7 @@ from .model import simulate_rows as simulate_rows
 from .parts import ACTIVATIONS as ACTIVATIONS
 from .parts import FrozenExperts as FrozenExperts
 from .parts import PromptStructure as PromptStructure
+from . import published as published  # registers the published studies' start schedules
 from .prefix import from_params as from_params
 from .prefix import from_problem as from_problem
 from .prefix import prefix_losses as prefix_losses

@@ -59,8 +59,8 @@ def check_settings(s: LabFitSettings) -> None:
         v = getattr(s, name)
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
-    if s.init not in INITS:
-        raise ValueError(f"init: expected one of {INITS}, got {s.init!r}")
+    if s.init not in INITS and s.init not in STARTS:
+        raise ValueError(f"init: expected one of {INITS + tuple(STARTS)}, got {s.init!r}")
     if s.derivatives not in DERIVATIVES:
         raise ValueError(f"derivatives: expected one of {DERIVATIVES}, got {s.derivatives!r}")
     for name in ("init_scale", "init_rate", "ftol", "xtol", "gtol"):
@@ -96,8 +96,8 @@ def check_fit_inputs(model: Assembly, s: LabFitSettings, X, Y, truth: Mixture | 
     X, Y = jnp.asarray(X, jnp.float64), jnp.asarray(Y, jnp.float64)
     if X.ndim != 2 or X.shape[1] != model.d or Y.shape != (X.shape[0], model.d_out):
         raise ValueError(f"Shape mismatch in X, Y: expected (n, {model.d}) and (n, {model.d_out}), got {X.shape} and {Y.shape}")
-    if s.init == "near-truth" and truth is None:
-        raise ValueError("truth: near-truth starts need the true mixture; pass truth=... or init='random'")
+    if s.init != "random" and truth is None:
+        raise ValueError(f"truth: {s.init} starts need the true mixture; pass truth=... or init='random'")
     if not (bool(jnp.all(jnp.isfinite(X))) and bool(jnp.all(jnp.isfinite(Y)))):
         raise ValueError("X, Y: contain NaN or inf")
     P = model.num_params(s.num_components, s.num_shared)
@@ -207,10 +207,31 @@ def objective(model: Assembly, F, n):
     return 2 * F / n if model.likelihood == "least-squares" else F / n
 
 
+STARTS = {}
+"""Start schedules registered by name (:func:`register_start`) beside ``near-truth`` and ``random``: ``name ->
+fn(key, model, settings, truth, dtype, n_eff) -> flat theta`` (projected onto the box by :func:`start`)."""
+
+
+def register_start(name: str, fn, *, replace: bool = False) -> None:
+    """Make ``init = name`` draw its starts with ``fn(key, model, settings, truth, dtype, n_eff)`` (a flat parameter
+    vector; :func:`start` clips it to the box): a published study's own initialisation, say
+    (:mod:`moe_estimation.lab.published`). Register it at the import of its module, so that worker processes know
+    it too."""
+    if not isinstance(name, str) or not name or name in INITS:
+        raise ValueError(f"name: a start schedule's name must be a new non-empty string (not {INITS}), got {name!r}")
+    if not callable(fn):
+        raise ValueError(f"fn: must be callable, got {fn!r}")
+    if name in STARTS and not replace:
+        raise ValueError(f"name: a start schedule named {name!r} exists already; pass replace=True to replace it")
+    STARTS[name] = fn
+
+
 def start(key, model: Assembly, s: LabFitSettings, truth: Mixture | None, dtype, n_eff=1.0) -> jax.Array:
     """One flat starting point of the schedule for a data set of ``n_eff`` rows, in the box."""
     K, K1 = s.num_components, s.num_shared
     lo, hi = (jnp.asarray(a, dtype) for a in model.box(K, K1))
+    if s.init in STARTS:
+        return jnp.clip(STARTS[s.init](key, model, s, truth, dtype, n_eff), lo, hi)
     if s.init == "random":
         half = (hi - lo) / 2
         mid = (hi + lo) / 2

@@ -75,6 +75,9 @@ from .model import Assembly, Mixture, simulate_rows
 from .parts import EXPERT_NAMES, GATE_NAMES, InputLaw
 
 ESTIMATORS = ("direct", "em")
+# EM's own options in [fit] (with estimator = "em"): the relative rise of the log-likelihood it stops at, the Newton
+# steps of the gate's M-step and their relative stopping tolerance (0: always that many steps)
+EM_DEFAULTS = {"em_tol": 1e-8, "em_gate_steps": 5, "em_gate_tol": 0.0}
 DEFAULT_LOSS = {"voronoi": {"blocks": ["gate", "expert"], "kind": "d2"}}  # a study without [loss] tables
 LAB_CELL = ["specification", "n"]
 
@@ -100,6 +103,7 @@ class LabStudy:
     n_min: int
     n_max: int
     table: dict
+    em_options: tuple = tuple(EM_DEFAULTS.items())  # (name, value) pairs: hashable, so the cell's jit can key on them
 
     def settings(self, spec: str) -> LabFitSettings:
         over = spec == "over"
@@ -248,10 +252,22 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
     estimator = f.pop("estimator", "direct")
     if estimator not in ESTIMATORS:
         raise _err(source, "fit.estimator", f"expected one of {ESTIMATORS}, got {estimator!r}")
+    em_options = {k: f.pop(k) for k in list(f) if k in EM_DEFAULTS}
+    if em_options and estimator != "em":
+        raise _err(source, f"fit.{sorted(em_options)[0]}", "an option of EM; it goes with estimator = \"em\"")
+    for k, v in em_options.items():
+        kind = int if k == "em_gate_steps" else float
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)) \
+                or not (np.isfinite(v) and (v >= 1 if kind is int else v >= 0)):
+            raise _err(source, f"fit.{k}", f"expected {'an integer >= 1' if kind is int else 'a finite number >= 0'}, "
+                                           f"got {v!r}")
+    em_options = EM_DEFAULTS | {k: kind(v) for k, v in em_options.items()
+                                for kind in [int if k == "em_gate_steps" else float]}
     fields = set(LabFitSettings._fields) - {"num_components", "num_shared"}
     unknown = sorted(set(f) - fields)
     if unknown:
-        raise _err(source, f"fit.{unknown[0]}", f"unknown key; allowed keys are {sorted(fields | {'estimator'})}")
+        raise _err(source, f"fit.{unknown[0]}", f"unknown key; allowed keys are "
+                                                f"{sorted(fields | {'estimator'} | set(EM_DEFAULTS))}")
     try:
         check_settings(LabFitSettings(num_components=K, **f))
         if estimator == "em":
@@ -269,6 +285,9 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
                                            f"{{ exact = .., over = .. }}, got {th!r}")
     theory = {name: _theory(source, f"rates.theory.{name}", th.get(name)) for name in declared}
     for name, table in theory.items():
+        if not isinstance(th.get(name), dict):  # one slope for every specification: those the study fits
+            theory[name] = {spec: v for spec, v in table.items() if spec in specs}
+            continue
         for spec in table:
             if spec not in specs:
                 raise _err(source, f"rates.theory.{name}.{spec}", f"the study fits only {specs}")
@@ -296,7 +315,7 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
                     specifications=tuple(s for s in ("exact", "over") if s in specs), extra_components=extra,
                     extra_shared=extra_shared,
                     fit=f, estimator=estimator, num_bootstrap=nb, n_min=n_min, n_max=n_max,
-                    table=json.loads(json.dumps(data)))
+                    table=json.loads(json.dumps(data)), em_options=tuple(em_options.items()))
 
 
 def _bucket(n: int) -> int:
@@ -313,7 +332,7 @@ def lab_cell(study: LabStudy, spec: str, n: int):
     dkeys = jax.vmap(lambda r: jax.random.fold_in(fold_key(jax.random.key(study.seed), "data", n), r))(reps)
     skeys = jax.vmap(lambda r: jax.random.fold_in(fold_key(jax.random.key(study.seed), "start", spec, n), r))(reps)
     t0 = time.perf_counter()
-    res = _cell(study.model, s, study.estimator, study.truth, dkeys, skeys, n, rows)
+    res = _cell(study.model, s, study.estimator, study.truth, dkeys, skeys, n, rows, study.em_options)
     res = jax.device_get(res)
     seconds = (time.perf_counter() - t0) / study.replicates
     scores = {name: np.asarray(jax.vmap(lambda p: loss(study.model, p, study.truth))(res.params))
@@ -321,19 +340,21 @@ def lab_cell(study: LabStudy, spec: str, n: int):
     return res, scores, seconds
 
 
-def _cell_impl(model, s, estimator, truth, dkeys, skeys, n, rows):
+def _cell_impl(model, s, estimator, truth, dkeys, skeys, n, rows, em_options=tuple(EM_DEFAULTS.items())):
+    em = dict(em_options)
+
     def one(keys):
         dk, sk = keys
         X, Y = simulate_rows(model, truth, dk, rows, n)
         w = (jnp.arange(rows) < n).astype(X.dtype)
         if estimator == "em":
-            return em_dataset(sk, model, s, X, Y, w, truth, 1e-8, 5)
+            return em_dataset(sk, model, s, X, Y, w, truth, em["em_tol"], em["em_gate_steps"], em["em_gate_tol"])
         return fit_dataset(sk, model, s, X, Y, w, truth)
 
     return jax.lax.map(one, (dkeys, skeys))
 
 
-_cell = jax.jit(_cell_impl, static_argnames=("model", "s", "estimator", "rows"))
+_cell = jax.jit(_cell_impl, static_argnames=("model", "s", "estimator", "rows", "em_options"))
 
 LAB_COLUMNS = ["specification", "num_components", "n", "replicate", "seed", "estimator", "init", "init_scale",
                "restarts", "objective", "converged", "status", "steps", "seconds", "params"]
