@@ -198,3 +198,18 @@ def test_the_teacher_and_combined_figures_are_drawn_from_the_committed_tables(tm
     assert main(["plot", "--results", *runs, "--out", str(tmp_path)]) == 0
     for name in ("teacher.png", "combined.png", "transformer_curves.png"):
         assert (README.parent / "figures" / "quick" / name).read_bytes() == (tmp_path / name).read_bytes(), name
+
+
+@pytest.mark.e2e
+def test_the_published_figures_are_drawn_from_the_committed_runs(tmp_path):
+    """figures/published is what simulations/published/figures.py draws from tables/published, byte for byte."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from moe_estimation.report.plots import plot_published
+    from moe_estimation.report.summary import PUBLISHED, published_runs
+
+    for source in PUBLISHED:
+        loss, runs = published_runs(source, README.parent / "tables" / "published")
+        for p in plot_published(runs, loss, tmp_path, source):
+            assert (README.parent / "figures" / "published" / p.name).read_bytes() == p.read_bytes(), p.name

@@ -628,6 +628,30 @@ def plot_lab(results: Path, out: Path) -> list[Path]:
     return written
 
 
+def plot_published(runs, loss: str, out: Path, name: str) -> list[Path]:
+    """``<name>_<spec>.png`` for rebuilt published studies (``runs`` ``[(label, path), ...]``, lab studies on the
+    same data sets): one panel a run that fitted the specification, the loss's mean, median, interquartile band and
+    90% quantile against n with its fitted slope and the declared theory, on one y-scale."""
+    fits = [(label, pd.read_csv(Path(p) / "fits.csv"), pd.read_csv(Path(p) / "rates.csv")) for label, p in runs]
+    specs = list(dict.fromkeys(s for _, f, _ in fits for s in f["specification"]))
+    written = []
+    for spec in specs:
+        mine = [(label, f[f["specification"] == spec], r[r["specification"] == spec]) for label, f, r in fits
+                if (f["specification"] == spec).any()]
+        fig, axes = plt.subplots(1, len(mine), figsize=(4.6 * len(mine), 4.0), squeeze=False, sharey=True)
+        for ax, (label, g, r) in zip(axes[0], mine):
+            _panel(ax, g, r, loss, losses={loss: (f"loss_{loss}",)})
+            ax.set_title(f"{label}\n{spec} (K' = {int(g['num_components'].iloc[0])}); {_failures(g)}", fontsize=9)
+            ax.set_xlabel("n")
+            ax.legend(fontsize=6)
+        axes[0][0].set_ylabel(loss)
+        fig.tight_layout()
+        path = Path(out) / f"{name}_{spec}.png"
+        _save(fig, path)
+        written.append(path)
+    return written
+
+
 def plot_inverse(results: Path, out: Path) -> list[Path]:
     """``inverse.png``: m(delta) against delta on log-log axes, one panel a loss, one line a (problem,
     specification), with the slope 2 of m of order delta^2 drawn through each line's smallest delta; an m at

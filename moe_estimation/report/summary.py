@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..experiments.inference import with_best_of_all
 from ..rates import empirical_rate, is_composite
-from ..experiments.results import RATE_LOSSES, describe_schedule, fits_file
+from ..experiments.results import RATE_LOSSES, describe_schedule, fits_file, loss_matrix, rate_entries
 from ..transformer.teacher import load_runs
 
 
@@ -608,6 +608,77 @@ def lab_markdown(path: Path) -> str:
         theory = f"{m.theory_slope:g}" if np.isfinite(m.theory_slope) else "-"
         out.append(f"| {spec} | {int(m.num_components)} | {loss} | {fmt(m)} | {fmt(md)} | {theory} | "
                    f"{m.mean_loss_at_n_max:.3g} | {int(m.fits_not_converged)} |")
+    return "\n".join(out)
+
+
+def _lab_design(path: Path) -> str:
+    """A lab study's estimator and starts in words, from its config.json."""
+    fit = json.loads((Path(path) / "config.json").read_text())["study"].get("fit", {})
+    est = "EM" if fit.get("estimator") == "em" else "direct ML"
+    init = fit.get("init", "random")
+    scale = fit.get("init_scale", 0.5)
+    if init == "random":
+        start = "random over the whole box" if scale == 1 else f"random over {scale:g} of the box"
+    elif init == "near-truth":
+        rate = fit.get("init_rate", 0.0)
+        start = f"truth + N(0, {scale:g}" + (f" n^-{rate:g}" if rate else "") + ")"
+    else:
+        start = f"{init} start"
+    return f"{est}, {start}, best of {fit.get('restarts', 8)}"
+
+
+PUBLISHED = {  # the rebuilt published studies: source -> (loss, [(label, run folder under tables/published)])
+    "sgame": ("paper", [("corrected, near-truth starts", "sgame-corrected-near"),
+                        ("corrected, random starts", "sgame-corrected-random"),
+                        ("source's EM and start", "sgame-source-em-exact"),
+                        ("source's EM and start", "sgame-source-em-over")]),
+}
+
+
+def published_runs(source: str, tables: Path) -> tuple[str, list]:
+    """(loss, [(label, run folder)]) of a rebuilt published study (:data:`PUBLISHED`), its runs under ``tables``."""
+    loss, named = PUBLISHED[source]
+    return loss, [(label, Path(tables) / folder) for label, folder in named]
+
+
+def published_table(runs, loss: str, num_bootstrap: int = 2000) -> str:
+    """Rebuilt published studies side by side: ``runs`` ``[(label, path), ...]``, lab studies of one model fitted on
+    the same data sets (one seed); per (specification, run) the design, the mean and median slopes of ``loss``
+    with their intervals, the theory slope, the median loss at the largest n and the fits not converged; and per
+    specification a row ``best of all``: each data set's fit of lowest objective over the runs that fitted it
+    (every run's objective is the same mean negative log-likelihood of the same data), rated the same way (the
+    bootstrap seeded by the first run's seed)."""
+    seed = json.loads((Path(runs[0][1]) / "config.json").read_text())["study"].get("seed", 0)
+    out = ["| spec | run | estimator, starts | mean: slope [95% CI] | median: slope [95% CI] | theory | median loss at "
+           "n_max | fits not converged |", "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda e: f"{e['slope']:.2f} [{e['ci_low']:.2f}, {e['ci_high']:.2f}]" if np.isfinite(e["slope"]) else "-"
+    fits = [pd.read_csv(Path(p) / "fits.csv") for _, p in runs]
+    rates = [pd.read_csv(Path(p) / "rates.csv") for _, p in runs]
+    specs = list(dict.fromkeys(s for f in fits for s in f["specification"]))
+    for spec in specs:
+        pooled = []
+        for (label, path), f, r in zip(runs, fits, rates):
+            g = f[f["specification"] == spec]
+            if not len(g):
+                continue
+            pooled.append(g.assign(_run=label))
+            rr = r[(r["specification"] == spec) & (r["loss"] == loss)]
+            m, md = (rr[rr["statistic"] == s].iloc[0] for s in ("mean", "median"))
+            theory = f"{m.theory_slope:g}" if np.isfinite(m.theory_slope) else "-"
+            med = g[g["n"] == g["n"].max()][f"loss_{loss}"].median()
+            out.append(f"| {spec} | {label} | {_lab_design(path)} | {fmt(m)} | {fmt(md)} | {theory} | {med:.3g} | "
+                       f"{int((~g['converged'].astype(bool)).sum())} of {len(g)} |")
+        both = pd.concat(pooled, ignore_index=True)
+        common = both.groupby(["n", "replicate"])["_run"].transform("nunique") == len(pooled)
+        best = both[common].assign(_o=both["objective"].where(np.isfinite(both["objective"]), np.inf)).sort_values(
+            ["n", "replicate", "_o"], kind="stable").groupby(["n", "replicate"], sort=False).head(1)
+        if len(pooled) > 1 and len(best):
+            ns, mat = loss_matrix(best, f"loss_{loss}", replicate="replicate")
+            e = {x["statistic"]: x for x in rate_entries(ns, mat, num_bootstrap=num_bootstrap, seed=seed)}
+            share = ", ".join(f"{k} {v}" for k, v in best["_run"].value_counts().items())
+            out.append(f"| {spec} | best of all | each data set's lowest objective ({share}) | {fmt(e['mean'])} | "
+                       f"{fmt(e['median'])} | - | {best[best['n'] == best['n'].max()][f'loss_{loss}'].median():.3g} | "
+                       f"{int((~best['converged'].astype(bool)).sum())} of {len(best)} |")
     return "\n".join(out)
 
 
