@@ -58,6 +58,7 @@ def blocks() -> dict:
         "lab-em-table": lambda: s.lab_em_table(b / "lab-em-cpu.json"),
         "teacher-table": lambda: s.teacher_table([t / "teacher-quick", t / "teacher-more"]),
         "published-sgame-table": lambda: s.published_table(*reversed(s.published_runs("sgame", t / "published"))),
+        "published-fusemoe-table": lambda: s.published_table(*reversed(s.published_runs("fusemoe", t / "published"))),
         "step-table": lambda: s.step_table(b / "cpu-step.json").split("\n\n", 1)[1],
     }
     for name, power_problems, reference in (("full", ("non-shared", "shared-linear"), "non-shared"),

@@ -992,3 +992,22 @@ def test_the_committed_published_runs_are_their_configurations_and_their_rates_a
         committed = pd.read_csv(out / "rates.csv", keep_default_na=False, na_values=["nan"])
         pd.testing.assert_frame_equal(lab_rates(fits, study).reset_index(drop=True), committed, check_dtype=False,
                                       rtol=1e-10)
+
+
+def test_a_pinned_laplace_gate_is_a_mixture_density_s_gate():
+    """LaplaceGate('pinned'): softmax over the K components of -|W_k - x| + b_k, weights summing to one (so the
+    Gaussian likelihood takes it), the last bias pinned at 0 by the box, and the loss compares canonical biases."""
+    gate = lab.LaplaceGate("pinned")
+    theta = jnp.asarray([[0.3, -0.5], [-0.2, 0.0]])
+    x = jnp.asarray([0.4])
+    w = gate.weights(theta, x)
+    assert float(w.sum()) == pytest.approx(1.0, abs=1e-15)
+    np.testing.assert_allclose(w, jax.nn.softmax(-jnp.abs(theta[:, 0] - 0.4) + theta[:, 1]), rtol=1e-9)  # |.| smoothed at 1e-6
+    np.testing.assert_allclose(gate.canonical(theta), gate.canonical(theta.at[:, 1].add(0.7)), atol=1e-14)
+    lo, hi = gate.box(1, 10.0, 2)
+    assert lo[-1, -1] == hi[-1, -1] == 0.0 and lo[0, -1] == -10.0
+    lab.Assembly(gate=gate, expert=lab.LinearExpert(), input=lab.InputLaw(low=0.0, high=1.0), likelihood="gaussian")
+    with pytest.raises(ValueError, match="gate: the Gaussian likelihood is a mixture density"):
+        lab.Assembly(gate=lab.LaplaceGate(), expert=lab.LinearExpert(), input=lab.InputLaw(), likelihood="gaussian")
+    with pytest.raises(ValueError, match="reference: expected 'extra' or 'pinned'"):
+        lab.LaplaceGate("none")

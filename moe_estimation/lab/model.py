@@ -93,8 +93,8 @@ class Assembly:
             raise ValueError(f"likelihood: expected one of {LIKELIHOODS}, got {self.likelihood!r}")
         if self.likelihood == "gaussian" and not self.gate.sums_to_one:
             raise ValueError(f"gate: the Gaussian likelihood is a mixture density and needs weights that sum to one; the "
-                             f"{self.gate.name} gate's do not (use softmax with reference 'pinned' or 'none', normalised-sigmoid or "
-                             "gaussian)")
+                             f"{self.gate.name} gate's do not (use softmax with reference 'pinned' or 'none', normalised-sigmoid, "
+                             "gaussian, or laplace with reference 'pinned')")
         if self.likelihood == "joint-gaussian" and not isinstance(self.gate, GaussianGate):
             raise ValueError(f"gate: the joint likelihood models x by the gate's own mixture and needs the gaussian gate, "
                              f"got {self.gate.name}")

@@ -170,23 +170,54 @@ class NormalisedSigmoidGate(SigmoidGate):
 
 @dataclasses.dataclass(frozen=True)
 class LaplaceGate(Gate):
-    """pi_k(x) = softmax_k(-||W_k - x|| + b_k) (the Laplace gate of FuseMoE), with a reference score fixed at
-    -||x|| (the component at W = 0 with bias 0, outputting 0) to pin the common shift of the biases. Parameters
-    (W_k, b_k); Voronoi weight exp(b_k); the loss measures W_k."""
+    """pi_k(x) = softmax_k(-||W_k - x|| + b_k) (the Laplace gate of FuseMoE). The weights do not change when every
+    b_k moves by one constant; ``reference`` pins that shift:
 
+    - ``extra`` (the default): a reference score fixed at -||x|| (the component at W = 0 with bias 0, outputting
+      0), so the K weights sum to less than one;
+    - ``pinned``: the softmax over the K components alone (a mixture density's weights, summing to one), the
+      last bias fixed at 0 by the box; a Voronoi loss compares the canonical biases (logsumexp_k b_k = 0), so
+      that exp(b_k) is the weight of component k at equal distances.
+
+    Parameters (W_k, b_k); Voronoi weight exp(b_k); the loss measures W_k."""
+
+    reference: str = "extra"
     name = "laplace"
+
+    def __post_init__(self):
+        if self.reference not in ("extra", "pinned"):
+            raise ValueError(f"reference: expected 'extra' or 'pinned', got {self.reference!r}")
+
+    @property
+    def sums_to_one(self):
+        return self.reference == "pinned"
 
     def size(self, d):
         return d + 1
 
     def weights(self, theta, x):
         dist = jnp.sqrt(jnp.sum((theta[:, :-1] - x) ** 2, axis=-1) + 1e-12)
+        if self.reference == "pinned":
+            return jax.nn.softmax(-dist + theta[:, -1])
         ref = -jnp.sqrt(jnp.sum(x**2) + 1e-12)
         scores = jnp.concatenate([-dist + theta[:, -1], ref[None]])
         return jax.nn.softmax(scores)[:-1]
 
     def atom_weight(self, theta):
         return jnp.exp(theta[..., -1])
+
+    def canonical(self, theta):
+        return theta.at[:, -1].add(-jax.nn.logsumexp(theta[:, -1])) if self.reference == "pinned" else theta
+
+    def box(self, d, bound, K):
+        lo, hi = super().box(d, bound, K)
+        if self.reference == "pinned":
+            lo[-1, -1], hi[-1, -1] = 0.0, 0.0
+        return lo, hi
+
+    def pin(self, theta):
+        """With reference ``pinned``: every bias minus the last (the same weights; the last bias then 0)."""
+        return theta.at[:, -1].add(-theta[-1, -1]) if self.reference == "pinned" else theta
 
 
 LOG_VAR_BOX = (float(np.log(1e-4)), float(np.log(1e2)))  # the box of every log-variance the lab estimates
@@ -358,7 +389,8 @@ EXPERTS = {"constant": ConstantExpert, "linear": LinearExpert} | {
 
 GATE_NAMES = {"softmax": lambda: SoftmaxGate("pinned"), "softmax-extra": lambda: SoftmaxGate("extra"),
               "softmax-free": lambda: SoftmaxGate("none"), "sigmoid": SigmoidGate,
-              "normalised-sigmoid": NormalisedSigmoidGate, "laplace": LaplaceGate, "gaussian": GaussianGate}
+              "normalised-sigmoid": NormalisedSigmoidGate, "laplace": LaplaceGate,
+              "laplace-pinned": lambda: LaplaceGate("pinned"), "gaussian": GaussianGate}
 EXPERT_NAMES = {"constant": ConstantExpert, "linear": LinearExpert} | {
     a: (lambda a=a: ActivationExpert(activation=a)) for a in ACTIVATIONS}
 

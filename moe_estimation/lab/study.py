@@ -3,7 +3,7 @@
     seed = 0
     [model]
     gate = "sigmoid"            # softmax (pinned reference) | softmax-extra | softmax-free | sigmoid
-                                # | normalised-sigmoid | laplace | gaussian
+                                # | normalised-sigmoid | laplace | laplace-pinned | gaussian
     expert = "relu"             # constant | linear | relu | gelu | sigmoid | tanh
     likelihood = "least-squares"  # or "gaussian" (maximum likelihood, per-expert variances), or "joint-gaussian"
                                   # (the gaussian gate's joint likelihood of (x, y), with input law "gate")

@@ -632,6 +632,8 @@ PUBLISHED = {  # the rebuilt published studies: source -> (loss, [(label, run fo
                         ("corrected, random starts", "sgame-corrected-random"),
                         ("source's EM and start", "sgame-source-em-exact"),
                         ("source's EM and start", "sgame-source-em-over")]),
+    "fusemoe": ("paper", [("corrected, near-truth starts", "fusemoe-corrected-near"),
+                          ("corrected, random starts", "fusemoe-corrected-random")]),
 }
 
 
