@@ -525,8 +525,9 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
     for name, table in tables.items():
         if not isinstance(table, dict):
             raise _err(source, f"problems.{name}", f"expected a table of make_problem arguments, got {table!r}")
+    built = {}
     for name in problems:  # every problem builds and validates before any work starts, at every n it moves to
-        prob = build_problem(name, tables.get(name), source)
+        prob = built[name] = build_problem(name, tables.get(name), source)
         if moving_truth(name, tables.get(name), source) is not None:
             for n in ns:
                 build_problem(name, tables.get(name), source, n)
@@ -555,7 +556,7 @@ def parse_config(data: dict, source: str = "<config>") -> StudyConfig:
         except ValueError as e:
             raise _err(source, f"rates.losses.{name}", str(e)) from None
         for prob_name in problems:
-            model, truth = from_problem(build_problem(prob_name, tables.get(prob_name), source))
+            model, truth = from_problem(built[prob_name])
             try:
                 loss(model, truth, truth)
             except ValueError as e:

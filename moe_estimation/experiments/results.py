@@ -166,6 +166,18 @@ def write_csv(path: Path, df: pd.DataFrame) -> None:
     atomic_write(path, df.to_csv(index=False, float_format="%.17g", na_rep="nan"))
 
 
+def read_columns(source, columns) -> tuple[pd.DataFrame, list[str]]:
+    """A table on disk (a path, or a text buffer) with exactly ``columns``, in that order: ``(table, [])``; or an
+    empty table and what is wrong with it (unreadable, or other columns), for a table check to report."""
+    try:
+        df = pd.read_csv(source)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        return pd.DataFrame(columns=columns), [f"unreadable as a table ({str(e).splitlines()[0]})"]
+    if sorted(df.columns) != sorted(columns):
+        return pd.DataFrame(columns=columns), [f"columns {list(df.columns)} are not {list(columns)}"]
+    return df[list(columns)], []
+
+
 class CellTable:
     """A table built one *cell* at a time (a cell: the rows sharing the values of the ``cell`` columns), and
     written atomically to ``path`` after each, so that a run killed at any point resumes from the last
@@ -182,13 +194,9 @@ class CellTable:
         self.problems: list[str] = []
 
     def _default_check(self, path: Path) -> tuple[pd.DataFrame, list[str]]:
-        try:
-            df = pd.read_csv(path)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            return pd.DataFrame(columns=self.columns), [f"unreadable as a table ({str(e).splitlines()[0]})"]
-        if sorted(df.columns) != sorted(self.columns):
-            return pd.DataFrame(columns=self.columns), [f"columns {list(df.columns)} are not {self.columns}"]
-        df = df[self.columns]
+        df, problems = read_columns(path, self.columns)
+        if problems:
+            return df, problems
         sizes = df.groupby(self.cell, sort=False).transform("size") if len(df) else pd.Series(dtype=int)
         short = sizes != self.per_cell
         if short.any():

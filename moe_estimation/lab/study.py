@@ -63,8 +63,8 @@ import pandas as pd
 
 from .._checks import make_out_dir
 from ..prefix.data import fold_key
-from ..experiments.results import (CellTable, RunLog, StudyLock, check_same_study, loss_matrix, rate_entries, versions, write_config,
-                       write_csv)
+from ..experiments.results import (CellTable, RunLog, StudyLock, check_same_study, loss_matrix, rate_entries, read_columns,
+                                   versions, write_config, write_csv)
 from ..solver import STATUS_LABELS
 from ..experiments.runner import fit_missing, load_cells
 from ..experiments.workers import resolve_workers
@@ -261,8 +261,7 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
                 or not (np.isfinite(v) and (v >= 1 if kind is int else v >= 0)):
             raise _err(source, f"fit.{k}", f"expected {'an integer >= 1' if kind is int else 'a finite number >= 0'}, "
                                            f"got {v!r}")
-    em_options = EM_DEFAULTS | {k: kind(v) for k, v in em_options.items()
-                                for kind in [int if k == "em_gate_steps" else float]}
+    em_options = EM_DEFAULTS | {k: int(v) if k == "em_gate_steps" else float(v) for k, v in em_options.items()}
     fields = set(LabFitSettings._fields) - {"num_components", "num_shared"}
     unknown = sorted(set(f) - fields)
     if unknown:
@@ -408,13 +407,9 @@ def _check_lab_table(study: LabStudy, columns: list):
         if text and not text.endswith("\n"):
             text = text[: text.rfind("\n") + 1]
             problems.append("its last row cut mid-way (dropped)")
-        try:
-            df = pd.read_csv(io.StringIO(text))
-        except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-            return empty, [f"unreadable as a table ({str(e).splitlines()[0]})"]
-        if sorted(df.columns) != sorted(columns):
-            return empty, problems + [f"columns {list(df.columns)} are not {columns}"]
-        df = df[columns]
+        df, wrong = read_columns(io.StringIO(text), columns)
+        if wrong:
+            return empty, problems + wrong
         if not len(df):
             return df, problems
         K1 = df["num_shared"] if "num_shared" in df else pd.Series(0, index=df.index)

@@ -35,7 +35,8 @@ import optax
 import pandas as pd
 
 from .._checks import make_out_dir
-from ..experiments.results import CellTable, atomic_write, check_same_study, loss_matrix, plain_dict, rate_entries, write_csv
+from ..experiments.results import (CellTable, atomic_write, check_same_study, loss_matrix, plain_dict, rate_entries,
+                                   read_columns, write_csv)
 from ..experiments.runner import fit_missing, load_cells
 from ..experiments.workers import resolve_workers
 from .model import BackboneConfig, forward, init_backbone
@@ -514,16 +515,9 @@ def search_learning_rates(backbone, study: TransformerStudy, val, out: Path | No
 
 def _check_search(path: Path) -> tuple[pd.DataFrame, list[str]]:
     """The check of ``lr_search.csv`` on resume: its columns, and exactly one chosen rate a searched size."""
-    empty = pd.DataFrame(columns=SEARCH_COLUMNS)
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        return empty, [f"unreadable as a table ({str(e).splitlines()[0]})"]
-    if sorted(df.columns) != sorted(SEARCH_COLUMNS):
-        return empty, [f"columns {list(df.columns)} are not {SEARCH_COLUMNS}"]
-    df = df[SEARCH_COLUMNS]
-    if not len(df):
-        return df, []
+    df, problems = read_columns(path, SEARCH_COLUMNS)
+    if problems or not len(df):
+        return df, problems
     picked = df.groupby(["parameterisation", "n"], sort=False)["chosen"].transform(
         lambda c: int(c.astype(str).str.lower().eq("true").sum()))
     bad = picked != 1
