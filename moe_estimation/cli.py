@@ -58,7 +58,15 @@ def cmd_study(args) -> int:
                              "without it")
     if args.out is None and not (args.show_config or args.dry_run):
         raise ValueError("study: --out is required (the folder the study writes, or resumes)")
+    for flag in ("dry_run", "wait", "distributed"):
+        if args.preset in LAB_PRESET_NAMES and getattr(args, flag):
+            raise ValueError(f"--{flag.replace('_', '-')}: not available for a lab study (the preset {args.preset} is one)")
     _setup_jax(args)  # first: jax.distributed.initialize() must precede anything that touches a device
+    if args.preset in LAB_PRESET_NAMES:  # a rebuilt published study: a suite of lab studies
+        from .lab.suite import lab_preset
+
+        args.config = f"preset {args.preset}"
+        return _lab_study(args, lab_preset(args.preset))
     if args.config:
         from .experiments.config import read_toml
 
@@ -93,16 +101,30 @@ def cmd_study(args) -> int:
 
 def _lab_study(args, data) -> int:
     from .lab.study import parse_lab_config, run_lab_study
+    from .lab.suite import is_suite, run_lab_suite, split_suite
 
+    for flag in ("dry_run", "wait", "distributed"):
+        if getattr(args, flag):
+            raise ValueError(f"--{flag.replace('_', '-')}: not available for a lab study (a configuration with [model])")
+    if is_suite(data):  # several ways of fitting on the same data sets
+        if args.show_config:
+            import json
+
+            for name, label, single in split_suite(data, str(args.config)):
+                study = parse_lab_config(single, f"{args.config} [fits.{name}]")
+                print(f"# {name}: {label}\n" + json.dumps(study.table, indent=2))
+            return 0
+        run_lab_suite(data, args.out, str(args.config), progress=not args.no_progress,
+                      workers=parse_workers(args.workers), tables_only=args.tables_only, repair=args.repair)
+        print((Path(args.out) / "comparison.md").read_text())
+        print(f"wrote one folder a way of fitting under {args.out}, and {Path(args.out) / 'comparison.md'}")
+        return 0
     study = parse_lab_config(data, str(args.config))
     if args.show_config:
         import json
 
         print(json.dumps(study.table, indent=2))
         return 0
-    for flag in ("dry_run", "wait", "distributed"):
-        if getattr(args, flag):
-            raise ValueError(f"--{flag.replace('_', '-')}: not available for a lab study (a configuration with [model])")
     fits = run_lab_study(study, args.out, progress=not args.no_progress, workers=parse_workers(args.workers),
                          tables_only=args.tables_only, repair=args.repair)
     print(f"wrote {len(fits)} fits to {Path(args.out) / 'fits.csv'} and rates to {Path(args.out) / 'rates.csv'}")
@@ -271,6 +293,12 @@ def cmd_bench(args) -> int:
 # that the two agree)
 STUDY_PRESET_NAMES = ("quick", "full", "robust-quick", "nonlinear", "robust", "restarts-quick", "contested-quick",
                       "contested", "minimax-quick", "minimax", "geometry", "tiny")
+# the rebuilt published studies (moe_estimation.lab.suite.LAB_PRESET_NAMES: the TOML files of moe_estimation/lab/presets,
+# each also NAME-full), spelled out for the same reason and checked by the same test
+LAB_PRESET_NAMES = ("deepseek-t1", "deepseek-t2", "deepseek-t3", "deepseek-t4", "fusemoe", "gmoe-1", "gmoe-2",
+                    "gmoe-3", "gmoe-4", "sgame-exact", "sgame-over", "sigmoid-vs-softmax-linear",
+                    "sigmoid-vs-softmax-relu")
+LAB_PRESET_NAMES = LAB_PRESET_NAMES + tuple(f"{name}-full" for name in LAB_PRESET_NAMES)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("study", help="run (or resume) a Monte Carlo rate study",
                        description="Fit every cell of a (problem, specification, n, replicate) grid, write "
                                    "fits.csv, rates.csv and config.json into --out. Resumes from --out.")
-    s.add_argument("--preset", choices=STUDY_PRESET_NAMES,
+    s.add_argument("--preset", choices=STUDY_PRESET_NAMES + LAB_PRESET_NAMES,
                    help="a named study: quick (CPU: 130 s from an empty compilation cache with 2 workers on a quiet 2-core machine, measured), full (n = 1e3..1e5, 12 sizes, 40 replicates; GPU-sized), "
                    "nonlinear (shared-nonlinear, a map nonlinear in fact, beside shared-linear on the full study's "
                    "design; its shared-linear cells are the full study's), "
@@ -295,7 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "prompts c n^-beta apart, beta = 0..1/2, the worst case over each family; CPU, 16 minutes on "
                    "two cores, measured), minimax (the same at n = 1e3..1e5; GPU-sized), geometry (several drawn truths and shapes: "
                    "d, d_v in {2, 4}, three key separations, two noise levels, L' - L in {1, 2}; CPU, 83 minutes on two "
-                   "cores, measured; resumable), tiny (seconds, for smoke tests). Times are of a first run, compiling "
+                   "cores, measured; resumable), tiny (seconds, for smoke tests); and the published rate studies rebuilt "
+                   "(deepseek-t1 .. t4, fusemoe, gmoe-1 .. 4, sgame-exact, sgame-over, sigmoid-vs-softmax-relu and -linear: each a suite of ways of fitting "
+                   "on the same data, CPU-sized; NAME-full the source's grid, GPU-sized). Times are of a first run, compiling "
                    "included; `moe-estimation presets` lists every preset's size, `--dry-run` times one on this machine")
     s.add_argument("--config", help="a TOML study configuration (see moe_estimation.experiments.config for the keys)")
     s.add_argument("--out", help="output directory; an existing one of the same study is resumed")

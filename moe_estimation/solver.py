@@ -19,6 +19,11 @@ Stopping tests (those of MINPACK, as in ``scipy.optimize.least_squares(method="l
 - ``gtol``: the largest cosine between the residual and a free column of J at most gtol (a column is not
   free when its coordinate sits on the box and the gradient pushes it outward).
 
+The same solver minimises an objective that is not a sum of squares when its caller supplies a model Hessian
+(the lab's maximum likelihood: the negative log-likelihood with the outer product of the per-row scores). Such an
+objective can be negative (a density above one), so the relative tests take its size |F| where a sum of squares
+has F itself: for F > 0 nothing changes, and an objective that is 0 or below is never read as an exact fit.
+
 The outcome is a :class:`Status`; :func:`is_converged` is the one test of convergence in the project.
 """
 
@@ -234,10 +239,11 @@ def solve(linearize: Callable, theta0: jax.Array, lower: jax.Array, upper: jax.A
     def free_gradient(theta, g):
         return jnp.where(held(theta, g), 0.0, g)
 
-    def gtol_met(theta, F, g, H):
+    def gtol_met(theta, F, g, H):  # |F|: an objective that is not a sum of squares can be negative (module docstring)
         gf = free_gradient(theta, g)
-        cos = jnp.abs(gf) / (jnp.sqrt(jnp.maximum(jnp.diag(H), tiny)) * jnp.sqrt(jnp.maximum(2 * F, tiny)))
-        return (jnp.max(cos) <= settings.gtol) | (F <= tiny)
+        size = jnp.abs(F)
+        cos = jnp.abs(gf) / (jnp.sqrt(jnp.maximum(jnp.diag(H), tiny)) * jnp.sqrt(jnp.maximum(2 * size, tiny)))
+        return (jnp.max(cos) <= settings.gtol) | (size <= tiny)
 
     def body(s: _State) -> _State:
         D = jnp.maximum(jnp.diag(s.H), eps * jnp.max(jnp.diag(s.H)) + tiny)
@@ -266,7 +272,7 @@ def solve(linearize: Callable, theta0: jax.Array, lower: jax.Array, upper: jax.A
         g = jnp.where(accept, g1, s.g)
         H = jnp.where(accept, H1, s.H)
         steps = s.steps + 1
-        Fs = jnp.maximum(s.F, tiny)
+        Fs = jnp.maximum(jnp.abs(s.F), tiny)
         ftol = accept & (jnp.abs(actual) <= settings.ftol * Fs) & (pred <= settings.ftol * Fs) & (rho <= 2)
         xtol = accept & (jnp.linalg.norm(step) <= settings.xtol * (settings.xtol + jnp.linalg.norm(theta)))
         gtol = accept & gtol_met(theta, F, g, H)

@@ -57,10 +57,13 @@ def blocks() -> dict:
         "lab-gaussian-moe-table": lambda: s.lab_markdown(t / "lab-gaussian-moe"),
         "lab-em-table": lambda: s.lab_em_table(b / "lab-em-cpu.json"),
         "teacher-table": lambda: s.teacher_table([t / "teacher-quick", t / "teacher-more"]),
-        "published-sgame-table": lambda: s.published_table(*reversed(s.published_runs("sgame", t / "published"))),
-        "published-fusemoe-table": lambda: s.published_table(*reversed(s.published_runs("fusemoe", t / "published"))),
         "step-table": lambda: s.step_table(b / "cpu-step.json").split("\n\n", 1)[1],
     }
+    from moe_estimation.lab.suite import pairs_markdown
+
+    for source in s.PUBLISHED:  # the rebuilt published studies: a table a source, and its ways compared data set by data set
+        out[f"published-{source}-table"] = lambda src=source: s.published_table(*reversed(s.published_runs(src, t / "published")))
+        out[f"published-{source}-pairs"] = lambda src=source: pairs_markdown(*reversed(s.published_runs(src, t / "published")))
     for name, power_problems, reference in (("full", ("non-shared", "shared-linear"), "non-shared"),
                                             ("nonlinear", None, "shared-linear")):
         out.update({

@@ -133,3 +133,32 @@ def test_no_private_name_crosses_a_module():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("moe_estimation"):
                 bad = [a.name for a in node.names if a.name.startswith("_")]
                 assert not bad, f"{path.name} imports private {bad} from {node.module}"
+
+
+def test_an_objective_that_is_negative_is_minimised_not_taken_for_an_exact_fit():
+    """A negative log-likelihood can be negative (a density above one). The solver minimises F = (theta - 1)^2 - 5
+    (supplied with its exact gradient and Hessian) from theta = 4 to 1, rather than stopping at its start as if
+    F <= 0 were a least-squares fit with zero residual; and a positive objective stops as before."""
+    def linearize(theta):
+        F = jnp.sum((theta - 1.0) ** 2) - 5.0
+        return Normal(F, 2 * (theta - 1.0), 2 * jnp.eye(theta.shape[0]))
+
+    out = solve(linearize, jnp.asarray([4.0]), jnp.asarray([-10.0]), jnp.asarray([10.0]), SolverSettings())
+    assert int(out.steps) > 0 and is_converged(out.status)
+    assert float(out.value[0]) == pytest.approx(1.0, abs=1e-6) and float(out.objective) == pytest.approx(-5.0)
+
+
+def test_a_likelihood_fit_with_a_negative_objective_reaches_em_s_maximum():
+    """The Gaussian-gated model's joint negative log-likelihood is negative on its data: the direct fit moves from
+    its start and reaches at least the likelihood EM reaches from the same start."""
+    import moe_estimation.lab as lab
+    from moe_estimation.lab.study import parse_lab_config
+    from moe_estimation.lab.suite import lab_preset, split_suite
+
+    study = parse_lab_config(dict((n, s) for n, _, s in split_suite(lab_preset("gmoe-1")))["em-k4"], "gmoe-1")
+    X, Y = lab.simulate(jax.random.key(3), study.model, study.truth, 1500)
+    em = lab.em(jax.random.key(0), study.model, X, Y, 4, truth=study.truth, init="gmoe-source", restarts=1,
+                max_steps=2000, tol=1e-10)
+    direct = lab.fit(jax.random.key(0), study.model, X, Y, 4, truth=study.truth, init="gmoe-source", restarts=1)
+    assert float(direct.objective) < 0 and int(direct.steps) > 0 and bool(direct.converged)
+    assert float(direct.objective) <= float(em.objective) + 1e-6

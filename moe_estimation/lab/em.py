@@ -1,4 +1,5 @@
-"""EM for the softmax-gated Gaussian mixture of linear experts: what the field runs (docs/maths.md, *The lab*).
+"""EM for the softmax-gated Gaussian mixture of linear experts, and for the joint likelihood of the Gaussian-gated
+one: what the field runs (docs/maths.md, *The lab*).
 
 For p(y | x) = sum_k pi_k(x; g) N(y; A_k x + c_k, sigma_k^2 I), one iteration from the current parameters:
 
@@ -8,6 +9,11 @@ For p(y | x) = sum_k pi_k(x; g) N(y; A_k x + c_k, sigma_k^2 I), one iteration fr
 - M-step, gate: the weighted multinomial log-likelihood sum_ik r_ik log pi_k(x_i) raised by ``gate_steps``
   damped Newton steps of the project's solver (its exact Hessian, positive semi-definite for a softmax; the
   pinned component's parameters held at 0 by the box).
+
+For the joint likelihood of the Gaussian-gated model (``likelihood = "joint-gaussian"``, linear experts) every
+M-step is closed form (:func:`_joint_iteration`): the gate's weights, means and diagonal variances are the
+responsibility-weighted proportions, means and variances of x. ``max_steps = 1`` is one E-step and one M-step
+from the start, the estimator the released code of the Gaussian-gated study runs in fact.
 
 The log-likelihood never falls from one iteration to the next (up to the gate's inexact M-step, which only
 raises its part); the iterations stop when it rises by less than ``tol`` relative, or after ``max_iter``.
@@ -32,10 +38,13 @@ from .parts import LinearExpert, SoftmaxGate
 
 
 def check_em_model(model: Assembly) -> None:
+    if model.likelihood == "joint-gaussian" and isinstance(model.expert, LinearExpert):
+        return  # the Gaussian-gated model's EM: every M-step in closed form (_joint_iteration)
     if model.likelihood != "gaussian" or not isinstance(model.gate, SoftmaxGate) or model.gate.reference == "extra" \
             or not isinstance(model.expert, LinearExpert) or model.shared is not None:
         raise ValueError("model: EM here is for the Gaussian likelihood with a softmax gate (reference 'pinned' or "
-                         f"'none') and linear experts, no shared ones, got {model.likelihood} with a {model.gate.name} gate and "
+                         f"'none') and linear experts, no shared ones, or the joint likelihood of the Gaussian-gated "
+                         f"model with linear experts; got {model.likelihood} with a {model.gate.name} gate and "
                          f"{model.expert.name} experts" + (f" and shared {model.shared.name} experts" if model.shared else ""))
 
 
@@ -79,6 +88,40 @@ def _iteration(model: Assembly, K: int, X, Y, w, gate_steps: int, theta, gate_to
     return jnp.clip(new, lo, hi)
 
 
+def _joint_iteration(model: Assembly, K: int, X, Y, w, theta):
+    """One EM iteration of the joint likelihood of the Gaussian-gated mixture of linear experts (the GLLiM-type
+    model): E-step r_ik proportional to pi_k N(x_i; c_k, diag(s_k)) N(y_i; A_k x_i + c'_k, sigma_k^2); M-step in
+    closed form: pi_k = r_k / n, c_k and s_k the r-weighted mean and (per coordinate) variance of x, (A_k, c'_k)
+    by r-weighted least squares, sigma_k^2 the r-weighted mean squared residual. The gate's biases are log pi_k."""
+    lo, hi = (jnp.asarray(a, X.dtype) for a in model.box(K))
+    m = model.unflatten(theta, K)
+    d = model.d
+
+    def comps(x, y):
+        h = model.expert.outputs(m.expert, x, model.d_out)
+        var = jnp.exp(m.log_var)
+        return model.gate.log_joint_scores(m.gate, x) - 0.5 * jnp.sum((y - h) ** 2, -1) / var \
+            - 0.5 * model.d_out * jnp.log(2 * jnp.pi * var)
+
+    logc = jax.vmap(comps)(X, Y)
+    r = jnp.exp(logc - jax.nn.logsumexp(logc, axis=1, keepdims=True)) * w[:, None]
+    Xt = jnp.concatenate([X, jnp.ones((X.shape[0], 1), X.dtype)], axis=1)
+
+    def component(rk):
+        total = jnp.maximum(jnp.sum(rk), 1e-300)
+        c = rk @ X / total
+        s = rk @ (X - c) ** 2 / total
+        G = (Xt * rk[:, None]).T @ Xt + 1e-10 * jnp.eye(d + 1, dtype=X.dtype)
+        coef = jnp.linalg.solve(G, (Xt * rk[:, None]).T @ Y)
+        resid = jnp.sum((Y - Xt @ coef) ** 2, axis=1)
+        var = jnp.sum(rk * resid) / (model.d_out * total)
+        gate = jnp.concatenate([c, jnp.log(jnp.maximum(s, 1e-300)), jnp.log(total / jnp.sum(w))[None]])
+        return gate, jnp.concatenate([coef[:-1].T.ravel(), coef[-1]]), jnp.log(jnp.maximum(var, 1e-300))
+
+    gate, expert, log_var = jax.vmap(component, in_axes=1)(r)
+    return jnp.clip(jnp.concatenate([gate.ravel(), expert.ravel(), log_var]), lo, hi)
+
+
 def _nll(model, K, X, Y, w, theta):
     ll = jax.vmap(log_density, in_axes=(None, None, 0, 0))(model, model.unflatten(theta, K), X, Y)
     return -jnp.sum(ll * w) / jnp.sum(w)
@@ -100,7 +143,8 @@ def em_dataset(key, model: Assembly, s: LabFitSettings, X, Y, w, truth: Mixture,
 
         def body(state):
             theta, f, _, it = state
-            new = _iteration(model, K, X, Y, w, gate_steps, theta, gate_tol)
+            new = (_joint_iteration(model, K, X, Y, w, theta) if model.likelihood == "joint-gaussian"
+                   else _iteration(model, K, X, Y, w, gate_steps, theta, gate_tol))
             return new, _nll(model, K, X, Y, w, new), f, it + 1
 
         f0 = _nll(model, K, X, Y, w, theta0)

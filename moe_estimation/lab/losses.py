@@ -5,7 +5,8 @@ A loss between a fitted mixture and the truth is declared by:
 - the **blocks** whose concatenation is a component's atom, on which the Voronoi cells are drawn: ``gate`` (the
   part :meth:`Gate.atom` names of the gate's canonical parameters (:meth:`Gate.canonical`: a softmax's are
   identified only up to a common shift), the slopes w_k without the bias), ``gate.bias`` (the canonical bias),
-  ``expert`` (the expert's canonical parameters, :meth:`Expert.canonical`: a one-neuron ReLU expert's scale, a
+  ``gate.NAME`` (a piece of the gate's atom it names, :meth:`Gate.blocks`: ``mean`` and ``variance`` of a
+  Gaussian gate), ``expert`` (the expert's canonical parameters, :meth:`Expert.canonical`: a one-neuron ReLU expert's scale, a
   tanh expert's sign), ``expert.NAME`` (a piece the expert names, :meth:`Expert.blocks`: ``slope`` and
   ``intercept`` of a linear expert; ``scale``, ``slope``, ``intercept`` of a act(b^T x + c)), ``variance``
   (exp(log_var), the Gaussian likelihoods'); with a prompt structure (the prefix model's assembly), ``prompt``,
@@ -24,6 +25,21 @@ A loss between a fitted mixture and the truth is declared by:
   ``"r"`` / ``"r/2"`` for r(m) and r(m)/2 read from ``r_of_m`` (r(2), r(3), ...: (4, 6) by default, the
   over-specified Gaussian-mixture exponents of the linear-expert theory). A cell larger than the table makes the
   loss NaN, never a finite number. The loss is the weight-sum term plus sum_terms sum_i w_i ||Delta_i||^e(m).
+
+The published losses need four more choices:
+
+- ``experts``: ``"canonical"`` (the default: the experts' canonical parameters, :meth:`Expert.canonical`) or
+  ``"raw"`` (the parameters as the fit holds them: a ReLU expert's scale then counts, as in a loss written on the
+  raw (kappa, eta) of a source); ``gates`` the same for the gates (:meth:`Gate.canonical`; raw: a softmax's
+  parameters as its pinned reference leaves them, as a source's code compares them);
+- ``cell_distance``: the cells by the Euclidean distance of the concatenated atoms (``"euclidean"``, the default)
+  or by the sum of the blocks' Euclidean distances (``"blocks"``: the sum of absolute differences when every
+  block is a number, as the released code of two published studies draws its cells);
+- a term's ``single`` or ``multi`` may be ``"none"``: the term is not counted in those cells (a bias measured in
+  cells of one atom only), and its ``cells`` (indices of true atoms) restrict it to the cells of those atoms (a
+  loss whose exponents differ from one true atom to another);
+- ``kind = "sum"``: the sum of the ``losses`` declared in it, each its own cells, weights and weight-sum term (a
+  loss whose shared and routed parts differ in form).
 
 Two kinds are shorthands for the package's own losses (and keep their part-by-part breakdown,
 :func:`moe_estimation.prefix.voronoi.voronoi_parts`):
@@ -54,43 +70,58 @@ from .model import Assembly, Mixture
 
 BLOCKS = ("gate", "gate.bias", "expert", "variance")  # and expert.NAME for the pieces an expert names
 PROMPT_BLOCKS = ("prompt", "prompt.key", "prompt.value")  # of an assembly with a prompt structure
-KINDS = ("d2", "d1r", "terms")
+KINDS = ("d2", "d1r", "terms", "sum")
 PARTS = ("routed", "shared", "both")
 WEIGHT_SUMS = ("all", "multi", "none")
 CELL_EXPONENTS = ("r", "r/2")
+EXPERT_FORMS = ("canonical", "raw")
+CELL_DISTANCES = ("euclidean", "blocks")
 
 
 def _is_block(name) -> bool:
-    return isinstance(name, str) and (name in BLOCKS + PROMPT_BLOCKS or (name.startswith("expert.") and len(name) > 7))
+    return isinstance(name, str) and (name in BLOCKS + PROMPT_BLOCKS or (name.startswith("expert.") and len(name) > 7)
+                                      or (name.startswith("gate.") and len(name) > 5))
 
 
 def _exponent_ok(e, sized: bool) -> bool:
-    if sized and isinstance(e, str):
-        return e in CELL_EXPONENTS
+    if isinstance(e, str):
+        return e == "none" or (sized and e in CELL_EXPONENTS)
     return not isinstance(e, bool) and isinstance(e, (int, float)) and np.isfinite(e) and e > 0
 
 
 @dataclasses.dataclass(frozen=True)
 class Term:
-    """One term of a declared loss: ||Delta on ``blocks``|| raised to ``single`` in a cell holding one fitted atom
-    and to ``multi`` in a cell holding m > 1 (a number, ``"r"`` for r(m) or ``"r/2"``)."""
+    """One term of a declared loss: ||Delta on ``blocks||`` raised to ``single`` in a cell holding one fitted atom
+    and to ``multi`` in a cell holding m > 1 (a number, ``"r"`` for r(m) or ``"r/2"``; ``"none"``: not counted in
+    such cells); ``cells``: the true atoms (indices) whose cells it is counted in (default: every one)."""
 
     blocks: tuple
     single: float | str = 1.0
     multi: float | str = 2.0
+    cells: tuple | None = None
 
     def __post_init__(self):
         blocks = tuple(self.blocks) if isinstance(self.blocks, (list, tuple)) else self.blocks
         object.__setattr__(self, "blocks", blocks)
         if not isinstance(blocks, tuple) or not blocks or not all(_is_block(b) for b in blocks) \
                 or len(set(blocks)) < len(blocks):
-            raise ValueError(f"terms.blocks: expected distinct names from {BLOCKS} or expert.NAME, got {self.blocks!r}")
+            raise ValueError(f"terms.blocks: expected distinct names from {BLOCKS}, gate.NAME or expert.NAME, got "
+                             f"{self.blocks!r}")
         if not _exponent_ok(self.single, sized=False):
-            raise ValueError(f"terms.single: the exponent in a cell of one atom must be a finite number > 0, got "
-                             f"{self.single!r}")
+            raise ValueError(f"terms.single: the exponent in a cell of one atom must be a finite number > 0 or 'none', "
+                             f"got {self.single!r}")
         if not _exponent_ok(self.multi, sized=True):
-            raise ValueError(f"terms.multi: the exponent in a cell of several atoms must be a finite number > 0, 'r' or "
-                             f"'r/2', got {self.multi!r}")
+            raise ValueError(f"terms.multi: the exponent in a cell of several atoms must be a finite number > 0, 'r', "
+                             f"'r/2' or 'none', got {self.multi!r}")
+        if self.single == "none" and self.multi == "none":
+            raise ValueError("terms.single, terms.multi: a term counted in no cell; give at least one exponent")
+        if self.cells is not None:
+            cells = tuple(self.cells) if isinstance(self.cells, (list, tuple)) else self.cells
+            if not isinstance(cells, tuple) or not cells or not all(
+                    isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 0 for c in cells) \
+                    or len(set(cells)) < len(cells):
+                raise ValueError(f"terms.cells: expected distinct indices >= 0 of true atoms, got {self.cells!r}")
+            object.__setattr__(self, "cells", tuple(int(c) for c in cells))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,11 +138,25 @@ class VoronoiLoss:
     weighted: bool = True
     weight_sum: str = "all"
     r_of_m: tuple = (4.0, 6.0)
+    experts: str = "canonical"
+    cell_distance: str = "euclidean"
+    losses: tuple = ()
+    gates: str = "canonical"
 
     def __post_init__(self):
+        if self.kind == "sum":
+            self._check_sum()
+            return
+        if self.losses:
+            raise ValueError(f"losses: only a loss of kind 'sum' takes losses (kind {self.kind!r})")
+        for name in ("experts", "gates"):
+            if getattr(self, name) not in EXPERT_FORMS:
+                raise ValueError(f"{name}: expected one of {EXPERT_FORMS}, got {getattr(self, name)!r}")
+        if self.cell_distance not in CELL_DISTANCES:
+            raise ValueError(f"cell_distance: expected one of {CELL_DISTANCES}, got {self.cell_distance!r}")
         if not isinstance(self.blocks, tuple) or not self.blocks or not all(_is_block(b) for b in self.blocks) \
                 or len(set(self.blocks)) < len(self.blocks):
-            raise ValueError(f"blocks: expected distinct names from {BLOCKS} or expert.NAME, got {self.blocks!r}")
+            raise ValueError(f"blocks: expected distinct names from {BLOCKS}, gate.NAME or expert.NAME, got {self.blocks!r}")
         if self.kind not in KINDS:
             raise ValueError(f"kind: expected one of {KINDS}, got {self.kind!r}")
         if self.kind == "d1r" and len(self.blocks) < 2:
@@ -141,14 +186,41 @@ class VoronoiLoss:
         if self.weight_sum not in WEIGHT_SUMS:
             raise ValueError(f"weight_sum: expected one of {WEIGHT_SUMS}, got {self.weight_sum!r}")
         r_of_m = tuple(self.r_of_m) if isinstance(self.r_of_m, (list, tuple)) else self.r_of_m
-        if not isinstance(r_of_m, tuple) or not all(_exponent_ok(v, sized=False) for v in r_of_m):
+        if not isinstance(r_of_m, tuple) or not all(not isinstance(v, str) and _exponent_ok(v, sized=False) for v in r_of_m):
             raise ValueError(f"r_of_m: expected r(2), r(3), ... as finite numbers > 0, got {self.r_of_m!r}")
         object.__setattr__(self, "r_of_m", tuple(float(v) for v in r_of_m))
         if self.kind != "terms" and (not self.weighted or self.weight_sum != "all"):
             raise ValueError(f"weighted, weight_sum: kind {self.kind!r} is weighted with every weight-sum term; declare "
                              "kind 'terms' to change them")
+        if self.kind != "terms" and (self.experts != "canonical" or self.gates != "canonical"
+                                     or self.cell_distance != "euclidean"):
+            raise ValueError(f"experts, gates, cell_distance: kind {self.kind!r} compares canonical parameters on Euclidean "
+                             "cells; declare kind 'terms' to change them")
 
-    TABLE_KEYS = ("blocks", "kind", "r", "part", "terms", "weighted", "weight_sum", "r_of_m")
+    def _check_sum(self):
+        own = [f.name for f in dataclasses.fields(self) if f.name not in ("kind", "losses", "blocks", "part")
+               and getattr(self, f.name) != f.default]
+        if own:
+            raise ValueError(f"{own[0]}: a loss of kind 'sum' takes its settings in its losses, got {own[0]} = "
+                             f"{getattr(self, own[0])!r}")
+        losses = tuple(VoronoiLoss.from_table(v) if isinstance(v, dict) else v for v in self.losses) \
+            if isinstance(self.losses, (list, tuple)) else self.losses
+        if not isinstance(losses, tuple) or not losses or not all(isinstance(v, VoronoiLoss) for v in losses):
+            raise ValueError(f"losses: a loss of kind 'sum' adds one or more VoronoiLoss declarations, got {self.losses!r}")
+        if any(v.kind == "sum" for v in losses):
+            raise ValueError("losses: a sum of sums; declare its summands directly")
+        object.__setattr__(self, "losses", losses)
+        if self.terms:
+            raise ValueError("terms: a loss of kind 'sum' takes its terms in its losses")
+        object.__setattr__(self, "blocks", tuple(dict.fromkeys(b for v in losses for b in v.blocks)))
+        parts = {v.part for v in losses}
+        object.__setattr__(self, "part", "routed" if parts == {"routed"} else "shared" if parts == {"shared"} else "both")
+
+    def summands(self) -> tuple:
+        """The losses this one adds (itself unless of kind ``sum``)."""
+        return self.losses if self.kind == "sum" else (self,)
+    TABLE_KEYS = ("blocks", "kind", "r", "part", "terms", "weighted", "weight_sum", "r_of_m", "experts", "gates",
+                  "cell_distance", "losses")
 
     @classmethod
     def from_table(cls, table) -> "VoronoiLoss":
@@ -157,10 +229,24 @@ class VoronoiLoss:
         the key for anything else."""
         if not isinstance(table, dict) or set(table) - set(cls.TABLE_KEYS):
             raise ValueError(f"expected a table with keys from {list(cls.TABLE_KEYS)}, got {table!r}")
+        if "losses" in table:
+            losses = table["losses"]
+            if not isinstance(losses, list) or not all(isinstance(v, dict) for v in losses):
+                raise ValueError(f"losses: expected a list of loss tables, got {losses!r}")
+            extra = sorted(set(table) - {"losses", "kind"})
+            if extra or table.get("kind", "sum") != "sum":
+                raise ValueError(f"losses: a sum of losses takes only kind = 'sum' and losses; got {sorted(table)}")
+            summands = []
+            for i, v in enumerate(losses):
+                try:
+                    summands.append(cls.from_table(v))
+                except ValueError as e:
+                    raise ValueError(f"losses[{i}].{e}") from None
+            return cls(kind="sum", losses=tuple(summands))
         terms = table.get("terms", [])
-        if not isinstance(terms, list) or not all(isinstance(t, dict) and set(t) <= {"blocks", "single", "multi"}
+        if not isinstance(terms, list) or not all(isinstance(t, dict) and set(t) <= {"blocks", "single", "multi", "cells"}
                                                   for t in terms):
-            raise ValueError(f"terms: expected a list of tables {{ blocks, single, multi }}, got {terms!r}")
+            raise ValueError(f"terms: expected a list of tables {{ blocks, single, multi, cells }}, got {terms!r}")
         blocks = table.get("blocks", ["gate", "expert"])
         r = table.get("r", 1.0)
         try:
@@ -168,7 +254,9 @@ class VoronoiLoss:
                        kind=table.get("kind", "terms" if terms else "d2"),
                        r=float(r) if isinstance(r, int) and not isinstance(r, bool) else r,
                        part=table.get("part", "routed"), terms=tuple(terms), weighted=table.get("weighted", True),
-                       weight_sum=table.get("weight_sum", "all"), r_of_m=table.get("r_of_m", (4.0, 6.0)))
+                       weight_sum=table.get("weight_sum", "all"), r_of_m=table.get("r_of_m", (4.0, 6.0)),
+                       experts=table.get("experts", "canonical"), gates=table.get("gates", "canonical"),
+                       cell_distance=table.get("cell_distance", "euclidean"))
         except TypeError as e:
             raise ValueError(str(e)) from None
 
@@ -176,7 +264,10 @@ class VoronoiLoss:
     def largest_cell(self) -> int | None:
         """The largest cell this loss can score: len(r_of_m) + 1 when a term's exponent is r(m) or r(m)/2, else
         None (any size)."""
-        sized = any(isinstance(t.multi, str) for t in self.declared_terms())
+        if self.kind == "sum":
+            tops = [v.largest_cell for v in self.losses if v.largest_cell is not None]
+            return min(tops) if tops else None
+        sized = any(t.multi in CELL_EXPONENTS for t in self.declared_terms())
         return len(self.r_of_m) + 1 if sized else None
 
     def check_cells(self, atoms: int, what: str = "the fit") -> None:
@@ -204,7 +295,7 @@ class VoronoiLoss:
         m = model.effective(m)  # with a prompt structure: the gate (k(p), b) and the expert v(p)
         expert = model.shared if shared else model.expert
         params = m.shared_expert if shared else m.expert
-        canon = expert.canonical(params, model.d_out)
+        canon = expert.canonical(params, model.d_out) if self.experts == "canonical" else params
         named = expert.blocks(model.d, model.d_out)
         pieces = {"expert": canon, "variance": jnp.exp(m.shared_log_var if shared else m.log_var)[:, None]}
         for b in names:
@@ -223,8 +314,15 @@ class VoronoiLoss:
                     raise ValueError(f"blocks: {b!r} is a block of a prompt structure's assembly; this one names "
                                      f"{sorted(named) or 'none'}")
                 pieces[b] = structured.gate[:, named[b]]
-        gate = model.gate.canonical(m.gate)
+        gate = model.gate.canonical(m.gate) if self.gates == "canonical" else m.gate
         pieces["gate"], pieces["gate.bias"] = model.gate.atom(gate), gate[:, -1:]
+        gate_named = model.gate.blocks(model.d)
+        for b in names:
+            if b.startswith("gate.") and b != "gate.bias":
+                if b[5:] not in gate_named:
+                    raise ValueError(f"blocks: {b!r} is no piece of the {model.gate.name} gate; it names "
+                                     f"{sorted(['gate.bias'] + ['gate.' + k for k in gate_named])}")
+                pieces[b] = pieces["gate"][:, gate_named[b[5:]]]
         return model.gate.atom_weight(gate), pieces
 
     def atoms(self, model: Assembly, m: Mixture) -> tuple[jnp.ndarray, jnp.ndarray, int]:
@@ -245,7 +343,12 @@ class VoronoiLoss:
         tw, tp = self._pieces(model, truth, shared)
         keep = lambda blocks: [b for b in blocks if not (shared and b.startswith("gate"))]
         cell_blocks = keep(self.blocks)
-        cell = voronoi_cells(jnp.concatenate([p[b] for b in cell_blocks], 1), jnp.concatenate([tp[b] for b in cell_blocks], 1))
+        if self.cell_distance == "blocks":  # the sum of the blocks' distances; ties to the lower true atom
+            dist = sum(jnp.linalg.norm(p[b][:, None, :] - tp[b][None, :, :], axis=-1) for b in cell_blocks)
+            cell = jnp.argmin(dist, axis=1)
+        else:
+            cell = voronoi_cells(jnp.concatenate([p[b] for b in cell_blocks], 1),
+                                 jnp.concatenate([tp[b] for b in cell_blocks], 1))
         onehot = jax.nn.one_hot(cell, tw.shape[0], dtype=w.dtype)
         counts = jnp.bincount(cell, length=tw.shape[0])
         size = counts[cell]
@@ -264,9 +367,17 @@ class VoronoiLoss:
             delta = jnp.concatenate([p[b] - tp[b][cell] for b in blocks], axis=1)
             sq = jnp.sum(delta**2, axis=1)
             norm = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
-            multi = {"r": r_m, "r/2": r_m / 2}.get(t.multi, t.multi) if isinstance(t.multi, str) else t.multi
-            e = jnp.where(size == 1, t.single, multi)
-            out[f"term{i}"] = factor @ jnp.where(norm > 0, norm ** jnp.where(norm > 0, e, 1.0), 0.0 * e)
+            multi = {"r": r_m, "r/2": r_m / 2, "none": 1.0}.get(t.multi, t.multi) if isinstance(t.multi, str) else t.multi
+            e = jnp.where(size == 1, 1.0 if t.single == "none" else t.single, multi)
+            counted = jnp.ones_like(norm, dtype=bool)
+            if t.single == "none":
+                counted &= size != 1
+            if t.multi == "none":
+                counted &= size == 1
+            if t.cells is not None:
+                counted &= jnp.isin(cell, jnp.asarray(t.cells))
+            value = jnp.where(norm > 0, norm ** jnp.where(norm > 0, e, 1.0), 0.0 * e)
+            out[f"term{i}"] = factor @ jnp.where(counted, value, 0.0)
             total = total + out[f"term{i}"]
         arrays = [w, tw] + [p[b] for b in p] + [tp[b] for b in tp]
         ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
@@ -286,6 +397,9 @@ class VoronoiLoss:
         """Every part of the loss (``d2``, ``d1r``: :func:`moe_estimation.prefix.voronoi.voronoi_parts`; ``terms``: the
         weight-sum term and each term), and ``loss`` itself; for ``part = "both"``, ``loss`` (the sum), ``routed``
         and ``shared`` (each one's parts)."""
+        if self.kind == "sum":
+            pieces = {f"loss{i}": v.parts(model, fitted, truth) for i, v in enumerate(self.losses)}
+            return {"loss": sum(v["loss"] for v in pieces.values()), **pieces}
         if self.part != "routed" and model.shared is None:
             raise ValueError(f"part: {self.part!r} measures shared experts, and the model has none")
         if self.part != "routed" and (fitted.shared_logit is None or truth.shared_logit is None):

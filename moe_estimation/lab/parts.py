@@ -56,6 +56,11 @@ class Gate:
         direction of its parameters unidentified (a softmax without an extra reference)."""
         return theta
 
+    def blocks(self, d: int) -> dict:
+        """The named pieces of a component's atom (:meth:`atom`) a Voronoi loss can measure apart, each a slice:
+        ``gate.NAME`` in a loss declaration. None by default (the whole ``gate`` block, and ``gate.bias``)."""
+        return {}
+
     def split_bias(self, bias: jax.Array, share) -> jax.Array:
         """The bias of one of ``share`` components that split a true one's weight equally (a start of an
         over-specified fit): exp-weighted gates subtract log(share)."""
@@ -261,6 +266,10 @@ class GaussianGate(Gate):
         d = (theta.shape[-1] - 1) // 2
         return jnp.concatenate([theta[..., :d], jnp.exp(theta[..., d:2 * d])], axis=-1)
 
+    def blocks(self, d):
+        """``mean`` (c) and ``variance`` (s, the diagonal variances) of the atom (c, s)."""
+        return {"mean": slice(0, d), "variance": slice(d, 2 * d)}
+
     def canonical(self, theta):
         return theta.at[:, -1].add(-jax.nn.logsumexp(theta[:, -1]))
 
@@ -343,25 +352,31 @@ ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "sigmoid": jax.nn.sigmo
 @dataclasses.dataclass(frozen=True)
 class ActivationExpert(Expert):
     """h(x) = a_k act(b_k^T x + c_k), a_k in R^{d_out}, b_k in R^d, c_k scalar, act one of :data:`ACTIVATIONS`
-    (ReLU, GELU, sigmoid, tanh): the one-neuron experts of the nonlinear-expert rate papers."""
+    (ReLU, GELU, sigmoid, tanh): the one-neuron experts of the nonlinear-expert rate papers. ``bias = False``:
+    h(x) = a_k act(b_k^T x), no c_k (the routed ReLU experts of the DeepSeekMoE study, eta_2 ReLU(eta_1 x))."""
 
     activation: str = "relu"
+    bias: bool = True
     name = "activation"
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {tuple(ACTIVATIONS)}, got {self.activation!r}")
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"bias: expected True or False, got {self.bias!r}")
 
     def size(self, d, d_out):
-        return d_out + d + 1
+        return d_out + d + int(self.bias)
 
     def outputs(self, theta, x, d_out):
-        a, b, c = theta[:, :d_out], theta[:, d_out:-1], theta[:, -1]
-        return a * ACTIVATIONS[self.activation](b @ x + c)[:, None]
+        a, b = theta[:, :d_out], theta[:, d_out:d_out + x.shape[0]]
+        z = b @ x + (theta[:, -1] if self.bias else 0.0)
+        return a * ACTIVATIONS[self.activation](z)[:, None]
 
     def blocks(self, d, d_out):
-        """``scale`` (a), ``slope`` (b) and ``intercept`` (c) of a act(b^T x + c)."""
-        return {"scale": slice(0, d_out), "slope": slice(d_out, d_out + d), "intercept": slice(d_out + d, d_out + d + 1)}
+        """``scale`` (a), ``slope`` (b) and, with a bias, ``intercept`` (c) of a act(b^T x + c)."""
+        out = {"scale": slice(0, d_out), "slope": slice(d_out, d_out + d)}
+        return out | ({"intercept": slice(d_out + d, d_out + d + 1)} if self.bias else {})
 
     def canonical(self, theta, d_out):
         """ReLU is positively homogeneous: a relu(b^T x + c) = (t a) relu((b^T x + c) / t) for every t > 0, so the
@@ -392,7 +407,8 @@ GATE_NAMES = {"softmax": lambda: SoftmaxGate("pinned"), "softmax-extra": lambda:
               "normalised-sigmoid": NormalisedSigmoidGate, "laplace": LaplaceGate,
               "laplace-pinned": lambda: LaplaceGate("pinned"), "gaussian": GaussianGate}
 EXPERT_NAMES = {"constant": ConstantExpert, "linear": LinearExpert} | {
-    a: (lambda a=a: ActivationExpert(activation=a)) for a in ACTIVATIONS}
+    a: (lambda a=a: ActivationExpert(activation=a)) for a in ACTIVATIONS} | {
+    f"{a}-nobias": (lambda a=a: ActivationExpert(activation=a, bias=False)) for a in ACTIVATIONS}
 
 
 def _register(kind: str, names: dict, name, factory, replace: bool, part) -> None:

@@ -4,7 +4,7 @@
     [model]
     gate = "sigmoid"            # softmax (pinned reference) | softmax-extra | softmax-free | sigmoid
                                 # | normalised-sigmoid | laplace | laplace-pinned | gaussian
-    expert = "relu"             # constant | linear | relu | gelu | sigmoid | tanh
+    expert = "relu"             # constant | linear | relu | gelu | sigmoid | tanh, or relu-nobias ... (no inner bias)
     likelihood = "least-squares"  # or "gaussian" (maximum likelihood, per-expert variances), or "joint-gaussian"
                                   # (the gaussian gate's joint likelihood of (x, y), with input law "gate")
     input = { law = "uniform", low = -1.0, high = 1.0, d = 1 }
@@ -225,6 +225,17 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
             raise _err(source, f"loss.{name}.part", f"{declared[name].part!r} measures shared experts; the model has none")
         if "variance" in declared[name].blocks and not model.has_variances:
             raise _err(source, f"loss.{name}.blocks", "'variance' is a block of the Gaussian likelihoods' mixtures only")
+        for summand in declared[name].summands():  # a term's cells name true atoms that exist
+            top = truth.gate.shape[0] if summand.part == "routed" else truth.num_shared if summand.part == "shared" \
+                else min(truth.gate.shape[0], truth.num_shared)
+            for t in summand.declared_terms():
+                if t.cells is not None and max(t.cells) >= top:
+                    raise _err(source, f"loss.{name}.terms.cells", f"{list(t.cells)} names a true atom past the last: the "
+                                                                   f"truth has {top} (indices 0 .. {top - 1})")
+        try:  # every block the loss names is one of this model's: found now, not after the first cell's fits
+            declared[name](model, truth, truth)
+        except ValueError as e:
+            raise _err(source, f"loss.{name}", str(e)) from None
     g = data.get("grid")
     if not isinstance(g, dict):
         raise _err(source, "grid", "the [grid] table is required (ns, replicates)")
@@ -302,12 +313,13 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
         if min(ns) * model.d_out < model.num_params(Kp, K1p):
             raise _err(source, "grid.ns", f"n = {min(ns)} gives fewer residuals than the {model.num_params(Kp, K1p)} "
                                           f"parameters of {Kp} components" + (f" and {K1p} shared" if K1p else ""))
-        for name, loss in declared.items():  # an r(m) table must cover the largest cell a fit can make
+        for name, declared_loss in declared.items():  # an r(m) table must cover the largest cell a fit can make
             try:
-                if loss.part != "shared":
-                    loss.check_cells(Kp, f"the {spec} fit")
-                if loss.part != "routed":
-                    loss.check_cells(K1p, f"the {spec} fit's shared part")
+                for loss in declared_loss.summands():
+                    if loss.part != "shared":
+                        loss.check_cells(Kp, f"the {spec} fit")
+                    if loss.part != "routed":
+                        loss.check_cells(K1p, f"the {spec} fit's shared part")
             except ValueError as e:
                 raise _err(source, f"loss.{name}.r_of_m", str(e).split(": ", 1)[1]) from None
     return LabStudy(model=model, truth=truth, losses=declared, theory=theory, seed=seed, ns=tuple(sorted(ns)), replicates=reps,

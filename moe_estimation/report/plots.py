@@ -630,14 +630,16 @@ def plot_lab(results: Path, out: Path) -> list[Path]:
 
 def plot_published(runs, loss: str, out: Path, name: str) -> list[Path]:
     """``<name>_<spec>.png`` for rebuilt published studies (``runs`` ``[(label, path), ...]``, lab studies on the
-    same data sets): one panel a run that fitted the specification, the loss's mean, median, interquartile band and
+    same data sets; ``<name>_<spec>_k<K'>.png`` where a specification is fitted at several K'): one panel a run
+    that fitted the specification, the loss's mean, median, interquartile band and
     90% quantile against n with its fitted slope and the declared theory, on one y-scale."""
     fits = [(label, pd.read_csv(Path(p) / "fits.csv"), pd.read_csv(Path(p) / "rates.csv")) for label, p in runs]
-    specs = list(dict.fromkeys(s for _, f, _ in fits for s in f["specification"]))
+    keys = list(dict.fromkeys((s, int(k)) for _, f, _ in fits for s, k in zip(f["specification"], f["num_components"])))
+    several = {s for s, _ in keys if sum(1 for t, _ in keys if t == s) > 1}  # a specification fitted at several K'
     written = []
-    for spec in specs:
-        mine = [(label, f[f["specification"] == spec], r[r["specification"] == spec]) for label, f, r in fits
-                if (f["specification"] == spec).any()]
+    for spec, K in keys:
+        pick = lambda t: (t["specification"] == spec) & (t["num_components"] == K)
+        mine = [(label, f[pick(f)], r[pick(r)]) for label, f, r in fits if pick(f).any()]
         fig, axes = plt.subplots(1, len(mine), figsize=(4.6 * len(mine), 4.0), squeeze=False, sharey=True)
         for ax, (label, g, r) in zip(axes[0], mine):
             _panel(ax, g, r, loss, losses={loss: (f"loss_{loss}",)})
@@ -646,7 +648,7 @@ def plot_published(runs, loss: str, out: Path, name: str) -> list[Path]:
             ax.legend(fontsize=6)
         axes[0][0].set_ylabel(loss)
         fig.tight_layout()
-        path = Path(out) / f"{name}_{spec}.png"
+        path = Path(out) / (f"{name}_{spec}_k{K}.png" if spec in several else f"{name}_{spec}.png")
         _save(fig, path)
         written.append(path)
     return written

@@ -624,70 +624,102 @@ def _lab_design(path: Path) -> str:
         start = f"truth + N(0, {scale:g}" + (f" n^-{rate:g}" if rate else "") + ")"
     else:
         start = f"{init} start"
+    if est == "EM" and fit.get("max_steps") == 1:  # the one-iteration estimator: never converged, by its design
+        return f"one EM iteration (not run to convergence, by design), {start}, best of {fit.get('restarts', 8)}"
     return f"{est}, {start}, best of {fit.get('restarts', 8)}"
 
 
-PUBLISHED = {  # the rebuilt published studies: source -> (loss, [(label, run folder under tables/published)])
-    "sgame": ("paper", [("corrected, near-truth starts", "sgame-corrected-near"),
-                        ("corrected, random starts", "sgame-corrected-random"),
-                        ("source's EM and start", "sgame-source-em-exact"),
-                        ("source's EM and start", "sgame-source-em-over")]),
-    "fusemoe": ("paper", [("corrected, near-truth starts", "fusemoe-corrected-near"),
-                          ("corrected, random starts", "fusemoe-corrected-random")]),
+PUBLISHED = {  # the rebuilt published studies: source -> (the loss its table rates, [suite folders under tables/published])
+    "sgame": ("paper", ["sgame-exact", "sgame-over"]),
+    "gmoe-1": ("paper", ["gmoe-1"]), "gmoe-2": ("paper", ["gmoe-2"]), "gmoe-3": ("paper", ["gmoe-3"]),
+    "gmoe-4": ("paper", ["gmoe-4"]),
+    "deepseek-t1": ("D1", ["deepseek-t1"]), "deepseek-t2": ("D2", ["deepseek-t2"]), "deepseek-t3": ("D3", ["deepseek-t3"]),
+    "deepseek-t4": ("D4", ["deepseek-t4"]),
+    "fusemoe": ("paper", ["fusemoe"]),
+    "sigmoid-vs-softmax-relu": ("d2", ["sigmoid-vs-softmax-relu"]),
+    "sigmoid-vs-softmax-linear": ("d2", ["sigmoid-vs-softmax-linear"]),
 }
 
 
 def published_runs(source: str, tables: Path) -> tuple[str, list]:
-    """(loss, [(label, run folder)]) of a rebuilt published study (:data:`PUBLISHED`), its runs under ``tables``."""
-    loss, named = PUBLISHED[source]
-    return loss, [(label, Path(tables) / folder) for label, folder in named]
+    """(loss, [(label, run folder)]) of a rebuilt published study (:data:`PUBLISHED`): every way of fitting of its
+    suites (:mod:`moe_estimation.lab.suite`) under ``tables``."""
+    from ..lab.suite import suite_ways
+
+    loss, suites = PUBLISHED[source]
+    return loss, [way for folder in suites for way in suite_ways(Path(tables) / folder)[0]]
 
 
 def published_table(runs, loss: str, num_bootstrap: int = 2000) -> str:
-    """Rebuilt published studies side by side: ``runs`` ``[(label, path), ...]``, lab studies of one model fitted on
-    the same data sets (one seed); per (specification, run) the design, the mean and median slopes of ``loss``
-    with their intervals, the theory slope, the median loss at the largest n and the fits not converged; and per
-    specification a row ``best of all``: each data set's fit of lowest objective over the runs that fitted it
-    (every run's objective is the same mean negative log-likelihood of the same data), rated the same way (the
-    bootstrap seeded by the first run's seed)."""
+    """Rebuilt published studies side by side: ``runs`` ``[(label, path), ...]``, lab studies fitted on the same
+    data sets (one seed); per (specification, K', run) the design, the mean and median slopes of ``loss`` with
+    their intervals, the theory slope, the median loss at the largest n and the fits not converged; and per
+    (specification, K') and model a row ``best of all``: each data set's fit of lowest objective over the runs of
+    that model (every run's objective is the same mean negative log-likelihood, or mean squared residual, of the
+    same data), rated the same way (the bootstrap seeded by the first run's seed)."""
     seed = json.loads((Path(runs[0][1]) / "config.json").read_text())["study"].get("seed", 0)
     out = ["| spec | run | estimator, starts | mean: slope [95% CI] | median: slope [95% CI] | theory | median loss at "
            "n_max | fits not converged |", "|---|---|---|---|---|---|---|---|"]
     fmt = lambda e: f"{e['slope']:.2f} [{e['ci_low']:.2f}, {e['ci_high']:.2f}]" if np.isfinite(e["slope"]) else "-"
     fits = [pd.read_csv(Path(p) / "fits.csv") for _, p in runs]
     rates = [pd.read_csv(Path(p) / "rates.csv") for _, p in runs]
-    specs = list(dict.fromkeys(s for f in fits for s in f["specification"]))
-    for spec in specs:
+    keys = list(dict.fromkeys((s, int(k)) for f in fits for s, k in zip(f["specification"], f["num_components"])))
+    several = {s for s, _ in keys if sum(1 for t, _ in keys if t == s) > 1}  # a specification fitted at several K'
+    for spec_key in keys:
+        spec = spec_key[0] if spec_key[0] not in several else f"{spec_key[0]}, K' = {spec_key[1]}"
         pooled = []
         for (label, path), f, r in zip(runs, fits, rates):
-            g = f[f["specification"] == spec]
+            g = f[(f["specification"] == spec_key[0]) & (f["num_components"] == spec_key[1])]
             if not len(g):
                 continue
             pooled.append(g.assign(_run=label))
-            rr = r[(r["specification"] == spec) & (r["loss"] == loss)]
+            rr = r[(r["specification"] == spec_key[0]) & (r["loss"] == loss) & (r["num_components"] == spec_key[1])]
             m, md = (rr[rr["statistic"] == s].iloc[0] for s in ("mean", "median"))
             theory = f"{m.theory_slope:g}" if np.isfinite(m.theory_slope) else "-"
             med = g[g["n"] == g["n"].max()][f"loss_{loss}"].median()
             out.append(f"| {spec} | {label} | {_lab_design(path)} | {fmt(m)} | {fmt(md)} | {theory} | {med:.3g} | "
                        f"{int((~g['converged'].astype(bool)).sum())} of {len(g)} |")
-        both = pd.concat(pooled, ignore_index=True)
-        common = both.groupby(["n", "replicate"])["_run"].transform("nunique") == len(pooled)
-        best = both[common].assign(_o=both["objective"].where(np.isfinite(both["objective"]), np.inf)).sort_values(
-            ["n", "replicate", "_o"], kind="stable").groupby(["n", "replicate"], sort=False).head(1)
-        if len(pooled) > 1 and len(best):
-            ns, mat = loss_matrix(best, f"loss_{loss}", replicate="replicate")
-            e = {x["statistic"]: x for x in rate_entries(ns, mat, num_bootstrap=num_bootstrap, seed=seed)}
-            share = ", ".join(f"{k} {v}" for k, v in best["_run"].value_counts().items())
-            out.append(f"| {spec} | best of all | each data set's lowest objective ({share}) | {fmt(e['mean'])} | "
-                       f"{fmt(e['median'])} | - | {best[best['n'] == best['n'].max()][f'loss_{loss}'].median():.3g} | "
-                       f"{int((~best['converged'].astype(bool)).sum())} of {len(best)} |")
+        model_of = {label: _lab_model(path) for label, path in runs}
+        groups = list(dict.fromkeys(model_of[g["_run"].iloc[0]] for g in pooled))
+        for group in groups:  # a best of all over the ways of one model (other models' objectives are other fits)
+            same = [g for g in pooled if model_of[g["_run"].iloc[0]] == group]
+            out += _best_of_all(same, spec, loss, seed, num_bootstrap, fmt,
+                                f" ({group})" if len(groups) > 1 else "")
     return "\n".join(out)
 
 
+def _lab_model(path) -> str:
+    """A lab run's model in a few words (its gate and expert), from its config.json."""
+    model = json.loads((Path(path) / "config.json").read_text())["study"].get("model", {})
+    return f"{model.get('gate', 'softmax')} gate, {model.get('expert', 'linear')} experts"
+
+
+def _best_of_all(pooled, spec, loss, seed, num_bootstrap, fmt, suffix) -> list[str]:
+    """The row ``best of all`` (none for fewer than two runs): each data set's fit of lowest objective over
+    ``pooled`` (runs of one model on common data sets), rated as every run."""
+    if len(pooled) < 2:
+        return []
+    both = pd.concat(pooled, ignore_index=True)
+    common = both.groupby(["n", "replicate"])["_run"].transform("nunique") == len(pooled)
+    best = both[common].assign(_o=both["objective"].where(np.isfinite(both["objective"]), np.inf)).sort_values(
+        ["n", "replicate", "_o"], kind="stable").groupby(["n", "replicate"], sort=False).head(1)
+    if not len(best):
+        return []
+    ns, mat = loss_matrix(best, f"loss_{loss}", replicate="replicate")
+    e = {x["statistic"]: x for x in rate_entries(ns, mat, num_bootstrap=num_bootstrap, seed=seed)}
+    share = ", ".join(f"{k} {v}" for k, v in best["_run"].value_counts().items())
+    return [f"| {spec} | best of all{suffix} | each data set's lowest objective ({share}) | {fmt(e['mean'])} | "
+            f"{fmt(e['median'])} | - | {best[best['n'] == best['n'].max()][f'loss_{loss}'].median():.3g} | "
+            f"{int((~best['converged'].astype(bool)).sum())} of {len(best)} |"]
+
+
 def run_kind(path: Path) -> str:
-    """What a run folder holds: ``study``, ``lab`` (a lab study of an assembly), ``teacher``, ``transformer`` or
-    ``inverse`` (``ValueError`` naming the folder when none)."""
+    """What a run folder holds: ``study``, ``lab`` (a lab study of an assembly), ``suite`` (several ways of fitting
+    one lab study, :mod:`moe_estimation.lab.suite`), ``teacher``, ``transformer`` or ``inverse`` (``ValueError``
+    naming the folder when none)."""
     path = Path(path)
+    if (path / "suite.json").is_file():
+        return "suite"
     if (path / "inverse.csv").is_file() and (path / "inverse_summary.csv").is_file():
         return "inverse"
     if fits_file(path).is_file():
@@ -718,6 +750,10 @@ def summarize(path: Path) -> str:
         parts = [teacher_table([path])]
     elif kind == "lab":
         parts = [lab_markdown(path)]
+    elif kind == "suite":
+        from ..lab.suite import suite_markdown
+
+        parts = [suite_markdown(path)]
     elif kind == "transformer":
         parts = [transformer_table(path)]
     elif (path / "geometry.csv").is_file():  # hundreds of problems: their findings by factor

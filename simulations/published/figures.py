@@ -3,8 +3,8 @@
     python simulations/published/figures.py            # figures/published/*.png from tables/published/
     python simulations/published/figures.py --tables   # and the README's table of each source, in markdown
 
-The runs are made by ``moe-estimation study --config simulations/published/NAME.toml --out results/NAME`` and
-committed in ``tables/published/NAME``.
+The runs are made by ``moe-estimation study --preset NAME --out results/NAME`` (each preset a suite of ways of
+fitting on the same data sets, :mod:`moe_estimation.lab.suite`) and committed in ``tables/published/NAME``.
 """
 
 from __future__ import annotations
