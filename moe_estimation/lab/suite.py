@@ -158,12 +158,12 @@ def paired_table(runs, loss: str, num_bootstrap: int = 2000, seed: int = 0) -> p
     ``median_gap``, the median excess of its objective over that lowest. Per pair of ways (``way`` against ``other``): the difference of their mean-loss
     slopes with a bootstrap interval that resamples data sets (replicates) jointly for both, so that what the
     ways share (the data) cancels."""
-    from ..report.summary import _lab_model
+    from ..report.summary import lab_model
 
     frames = []
     for label, p in runs:
         f = pd.read_csv(Path(p) / "fits.csv")
-        frames.append(f.assign(_way=label, _model=_lab_model(p)))
+        frames.append(f.assign(_way=label, _model=lab_model(p)))
     both = pd.concat(frames, ignore_index=True)
     rows = []
     several = both.groupby("specification")["num_components"].nunique()

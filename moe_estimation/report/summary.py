@@ -679,7 +679,7 @@ def published_table(runs, loss: str, num_bootstrap: int = 2000) -> str:
             med = g[g["n"] == g["n"].max()][f"loss_{loss}"].median()
             out.append(f"| {spec} | {label} | {_lab_design(path)} | {fmt(m)} | {fmt(md)} | {theory} | {med:.3g} | "
                        f"{int((~g['converged'].astype(bool)).sum())} of {len(g)} |")
-        model_of = {label: _lab_model(path) for label, path in runs}
+        model_of = {label: lab_model(path) for label, path in runs}
         groups = list(dict.fromkeys(model_of[g["_run"].iloc[0]] for g in pooled))
         for group in groups:  # a best of all over the ways of one model (other models' objectives are other fits)
             same = [g for g in pooled if model_of[g["_run"].iloc[0]] == group]
@@ -688,7 +688,7 @@ def published_table(runs, loss: str, num_bootstrap: int = 2000) -> str:
     return "\n".join(out)
 
 
-def _lab_model(path) -> str:
+def lab_model(path) -> str:
     """A lab run's model in a few words (its gate and expert), from its config.json."""
     model = json.loads((Path(path) / "config.json").read_text())["study"].get("model", {})
     return f"{model.get('gate', 'softmax')} gate, {model.get('expert', 'linear')} experts"
