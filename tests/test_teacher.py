@@ -13,6 +13,7 @@ from moe_estimation.transformer.teacher import (
     TEACHER_PRESETS,
     TeacherStudy,
     features,
+    attention_mass,
     fit_cell,
     initial_student,
     make_teacher,
@@ -110,11 +111,20 @@ def test_a_correctly_specified_student_recovers_the_teachers_prefixes(backbone):
     test_tokens = jax.random.randint(jax.random.key(6), (64, cfg.seq_len), 0, cfg.vocab)
     dkeys = jax.random.key_data(jax.random.split(jax.random.key(7), 2))
     skeys = jax.random.key_data(jax.random.split(jax.random.key(8), 2))
-    res = fit_cell(study, "simple-share", study.num_prefixes, 256, backbone, teacher, test_tokens, dkeys, skeys)
+    res, truth_mass = fit_cell(study, "simple-share", study.num_prefixes, 256, backbone, teacher, test_tokens, dkeys, skeys)
     assert np.all(res["converged"])
     assert np.all(res["start"] > 3.0)
     assert np.all(res["losses"]["d2"] < 0.3), res["losses"]["d2"]
     assert np.all(res["excess"] < 1e-3)
+    # weighted by attention mass the yardstick is small too, and its cells by key agree at this fit
+    assert np.all(res["mass"]["d2"] < 0.3) and np.all(res["by_key"] < 0.3)
+    # the recorded prefixes are the fit's: scored again they give its yardstick
+    for r in range(2):
+        prefix = [(res["keys"][r, i], res["values"][r, i], res["biases"][r, i]) for i in range(cfg.layers)]
+        assert float(prefix_losses(prefix, teacher, cfg)["d2"]) == pytest.approx(float(res["losses"]["d2"][r]), rel=1e-9)
+        np.testing.assert_allclose(res["attention_mass"][r], attention_mass(backbone, test_tokens, cfg, prefix), rtol=1e-9)
+    # every mass is a share of attention, and the teacher's prefixes carry some of it
+    assert np.all((truth_mass > 0) & (truth_mass < 1)) and truth_mass.shape == (cfg.layers, cfg.heads, study.num_prefixes)
 
 
 def test_the_design_check_presets_differ_from_teacher_quick_only_where_they_say():
@@ -138,9 +148,57 @@ def test_more_starts_keep_the_first_ones_so_no_fit_gets_worse(backbone):
     dkeys = jax.random.key_data(jax.random.split(jax.random.key(7), 3))
     skeys = jax.random.key_data(jax.random.split(jax.random.key(8), 3))
     obj = {r: fit_cell(STUDY._replace(restarts=r), "no-share", STUDY.num_prompts("over"), 16, backbone, teacher,
-                       test_tokens, dkeys, skeys)["objective"] for r in (1, 2, 4)}
+                       test_tokens, dkeys, skeys)[0]["objective"] for r in (1, 2, 4)}
     assert np.all(obj[2] <= obj[1] * (1 + 1e-12)) and np.all(obj[4] <= obj[2] * (1 + 1e-12)), obj
     assert np.any(obj[4] < obj[1] * (1 - 1e-6)), obj  # the extra starts matter somewhere, or the test shows nothing
+
+
+def test_attention_mass_is_the_share_of_attention_a_prefix_receives(backbone):
+    """A prefix's mass: the attention weight on its slot averaged over queries and sequences, computed by hand
+    here from the layer's softmax; a prefix no query meets (gate bias at -inf) has none, whatever exp(bias)
+    says of another representative, and the masses of one head with its tokens sum to 1."""
+    cfg = STUDY.backbone
+    teacher = make_teacher(STUDY, backbone, "shared")
+    tokens = jax.random.randint(jax.random.key(3), (5, cfg.seq_len), 0, cfg.vocab)
+    mass = np.asarray(attention_mass(backbone, tokens, cfg, teacher))
+    # by hand, layer 0: the embeddings' attention scores against [prefix keys, token keys]
+    from moe_estimation.transformer.model import _ln
+    lp, dh = backbone["layers"][0], cfg.head_dim
+    by_hand = []
+    for t in tokens:
+        x = _ln(lp["ln1"], backbone["tok"][t] + backbone["pos"][: cfg.seq_len])
+        q = (x @ lp["W_Q"]).reshape(cfg.seq_len, cfg.heads, dh).transpose(1, 0, 2)
+        k = (x @ lp["W_K"]).reshape(cfg.seq_len, cfg.heads, dh).transpose(1, 0, 2)
+        keys = jnp.concatenate([teacher[0][0], k], axis=1)
+        scores = jnp.einsum("htd,hsd->hts", q, keys) / jnp.sqrt(dh)
+        scores = scores.at[:, :, : STUDY.num_prefixes].add(teacher[0][2][:, None, :])
+        by_hand.append(np.asarray(jax.nn.softmax(scores, -1))[:, :, : STUDY.num_prefixes].mean(1))
+    np.testing.assert_allclose(mass[0], np.mean(by_hand, 0), rtol=1e-10)
+    assert np.all((mass > 0) & (mass < 1)) and np.all(mass.sum(-1) < 1)
+    # the second prefix made invisible: its mass vanishes while its exp(bias) is still a number
+    hidden = [(k, v, b.at[:, 1].set(-1e3)) for k, v, b in teacher]
+    m = np.asarray(attention_mass(backbone, tokens, cfg, hidden))
+    assert np.all(m[:, :, 1] < 1e-300 + 1e-12) and np.all(m[:, :, 0] > 0)
+
+
+def test_losses_weighted_by_mass_and_cells_by_key(backbone):
+    """prefix_losses with the teacher's own masses on both sides is zero at the truth; cells by key put a prefix
+    whose value wanders to another true value back with its key's atom."""
+    cfg = STUDY.backbone
+    teacher = make_teacher(STUDY, backbone, "free")
+    tokens = jax.random.randint(jax.random.key(4), (8, cfg.seq_len), 0, cfg.vocab)
+    m = attention_mass(backbone, tokens, cfg, teacher)
+    assert float(prefix_losses(teacher, teacher, cfg, weights=m, true_weights=m)["d2"]) == 0.0
+    # prefix 0's value moved onto prefix 1's true value in layer 0: by atom and by key the cells may differ
+    k, v, b = teacher[0]
+    moved = [(k, v.at[:, 0].set(v[:, 1]), b)] + list(teacher[1:])
+    by_atom = prefix_losses(moved, teacher, cfg)
+    by_key = prefix_losses(moved, teacher, cfg, cells="key")
+    value_error = float(jnp.sum(jnp.exp(b[:, 0]) * jnp.linalg.norm(v[:, 0] - v[:, 1], axis=-1)))
+    assert float(by_key["d2"]) == pytest.approx(value_error, rel=1e-9)  # scored against its own key's atom
+    assert float(by_atom["d2"]) != pytest.approx(value_error, rel=1e-6)
+    with pytest.raises(ValueError, match="cells: expected one of"):
+        prefix_losses(moved, teacher, cfg, cells="value")
 
 
 def test_validate_study_names_the_field():

@@ -76,6 +76,9 @@ def _nan_unless_finite(out: dict, *arrays, weights=()) -> dict:
     return {k: (jnp.where(ok, v, jnp.nan) if jnp.issubdtype(v.dtype, jnp.floating) else v) for k, v in out.items()}
 
 
+CELL_RULES = ("atom", "key")
+
+
 def voronoi_cells(atoms, true_atoms, width: int | None = None) -> jax.Array:
     """The cell of each fitted atom: the index of the nearest true atom (ties to the lower index), on the
     first ``width`` coordinates (default: all of them). ``(L', D)``, ``(L, D)`` -> ``(L',)``."""
@@ -92,9 +95,14 @@ def voronoi_parts(
     split: int | None = None,
     r: float = 1.0,
     smooth: float = 0.0,
+    cells: str = "atom",
 ) -> dict[str, jax.Array]:
     """All parts of D_2 and D_{1,r} for fitted ``(weights (L',), atoms (L', D))`` against the truth
     ``(true_weights (L,), true_atoms (L, D))``.
+
+    ``cells``: ``"atom"`` (the default, the loss as the theory defines it) draws the Voronoi cells on the
+    whole atom; ``"key"`` on the key part ``[:split]`` alone, as :func:`identified_parts` can (an atom whose
+    key sits on a true key but whose value wanders is then scored against that key's atom).
 
     ``split`` cuts each atom into a key part ``[:split]`` and a value part ``[split:]`` (default: the
     whole atom is the key part and the value parts are zero). Returns a dict with ``d2``, ``d1r``,
@@ -118,9 +126,13 @@ def voronoi_parts(
     outside ``[0, D]`` or an ``r`` below 1.
     """
     weights, atoms, true_weights, true_atoms = _as_measure(weights, atoms, true_weights, true_atoms, split, r)
+    if cells not in CELL_RULES:
+        raise ValueError(f"cells: expected one of {CELL_RULES}, got {cells!r}")
     L = true_atoms.shape[0]
     split = atoms.shape[-1] if split is None else split
-    cell = voronoi_cells(atoms, true_atoms)
+    if cells == "key" and split == 0:
+        raise ValueError("cells: 'key' needs a key part (split >= 1), got split = 0")
+    cell = voronoi_cells(atoms, true_atoms, split if cells == "key" else None)
     onehot = jax.nn.one_hot(cell, L, dtype=weights.dtype)  # (L', L)
     counts = onehot.sum(0)
     if not isinstance(smooth, jax.core.Tracer) and not (isinstance(smooth, (int, float, np.floating))
@@ -210,8 +222,6 @@ def key_value_loss(problem, params: Params, smooth: float = 0.0) -> jax.Array:
 
 IDENTIFIED_NAMES = ("weight", "key", "value", "spread_key", "spread_value")
 
-
-CELL_RULES = ("atom", "key")
 
 
 def identified_parts(weights, atoms, true_weights, true_atoms, split: int, cells: str = "atom"

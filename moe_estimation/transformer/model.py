@@ -67,11 +67,12 @@ def _ln(p, x):
     return (x - mu) / jnp.sqrt(var + 1e-5) * p["g"] + p["b"]
 
 
-def attention(W_Q, W_K, W_V, x, heads: int, prefix_k=None, prefix_v=None, prefix_b=None):
+def attention(W_Q, W_K, W_V, x, heads: int, prefix_k=None, prefix_v=None, prefix_b=None, with_weights: bool = False):
     """Multi-head attention of tokens ``x`` ``(T, D)`` with optional prefix keys and values
     ``(heads, L', d_head)`` (already in each head's key/value space) and optional prefix gate biases
     ``(heads, L')`` added to the prefixes' scores (the b_i of the MoE model; plain prefix-tuning has none).
-    Returns ``(T, D)`` before W_O."""
+    Returns ``(T, D)`` before W_O; with ``with_weights``, also the attention weights ``(heads, T, L' + T)``
+    (prefix slots first)."""
     T, D = x.shape
     dh = W_Q.shape[1] // heads
     split = lambda a: a.reshape(T, heads, dh).transpose(1, 0, 2)  # (H, T, dh)
@@ -83,20 +84,38 @@ def attention(W_Q, W_K, W_V, x, heads: int, prefix_k=None, prefix_v=None, prefix
     if prefix_b is not None:
         scores = scores.at[:, :, : prefix_b.shape[-1]].add(prefix_b[:, None, :].astype(scores.dtype))
     w = jax.nn.softmax(scores, axis=-1)
-    return jnp.einsum("hts,hsd->htd", w, v).transpose(1, 0, 2).reshape(T, heads * dh)
+    out = jnp.einsum("hts,hsd->htd", w, v).transpose(1, 0, 2).reshape(T, heads * dh)
+    return (out, w) if with_weights else out
 
 
 def hidden_states(backbone: dict, tokens: jax.Array, cfg: BackboneConfig, prefix=None) -> jax.Array:
     """The final residual stream ``(T, D)`` (before the last layer norm) for one sequence. ``prefix``: per
     layer a tuple ``(keys, values)`` each ``(heads, L', d_head)``, or ``(keys, values, biases)`` with gate
     biases ``(heads, L')``; None for the plain backbone."""
+    return _residual_stream(backbone, tokens, cfg, prefix)[0]
+
+
+def prefix_attention_mass(backbone: dict, tokens: jax.Array, cfg: BackboneConfig, prefix) -> jax.Array:
+    """The attention mass each prefix receives on one sequence ``tokens`` ``(T,)``: per layer, head and prefix,
+    the attention weight on that prefix's slot averaged over the T query positions (``(layers, heads, L')``;
+    a prefix with a large gate bias but a key no query meets has mass near 0). ``prefix`` as in
+    :func:`hidden_states` (not None)."""
+    return _residual_stream(backbone, tokens, cfg, prefix)[1]
+
+
+def _residual_stream(backbone, tokens, cfg, prefix):
+    """The final residual stream and, with a prefix, the prefix slots' attention mass per layer."""
     x = backbone["tok"][tokens] + backbone["pos"][: tokens.shape[0]]
+    masses = []
     for i, lp in enumerate(backbone["layers"]):
         pk, pv, pb = (None, None, None) if prefix is None else (tuple(prefix[i]) + (None,))[:3]
-        x = x + attention(lp["W_Q"], lp["W_K"], lp["W_V"], _ln(lp["ln1"], x), cfg.heads, pk, pv, pb) @ lp["W_O"]
+        a, w = attention(lp["W_Q"], lp["W_K"], lp["W_V"], _ln(lp["ln1"], x), cfg.heads, pk, pv, pb, with_weights=True)
+        if pk is not None:
+            masses.append(w[:, :, : pk.shape[1]].mean(axis=1))  # (heads, L')
+        x = x + a @ lp["W_O"]
         h = _ln(lp["ln2"], x)
         x = x + jax.nn.gelu(h @ lp["W_1"] + lp["b_1"]) @ lp["W_2"] + lp["b_2"]
-    return x
+    return x, (jnp.stack(masses) if masses else None)
 
 
 def forward(backbone: dict, tokens: jax.Array, cfg: BackboneConfig, prefix=None) -> jax.Array:

@@ -55,7 +55,7 @@ from ..experiments.runner import fit_missing, load_cells
 from ..solver import STATUS_LABELS, SolverSettings, Status, is_converged, normal_equations, solve
 from ..prefix.voronoi import IDENTIFIED_NAMES, identified_parts, voronoi_parts
 from ..experiments.workers import resolve_workers
-from .model import BackboneConfig, hidden_states
+from .model import BackboneConfig, hidden_states, prefix_attention_mass
 from .prefixes import PARAMETERISATIONS, init_prefix, prefix_kv
 from .train import prepare_backbone
 
@@ -112,6 +112,17 @@ TEACHER_PRESETS = {
     # own (jax.random.split(k, 4)[:2] equals split(k, 2)): in one process no fit's objective comes out
     # higher; across machines or thread counts the same start may land a solver tolerance away.
     "teacher-starts": TeacherStudy(restarts=4, ns=(8, 16, 32, 64, 128)),
+    # teacher-quick's design (data, starts, box, tolerances) for the exactly specified students of both truths
+    # at n = 64 ... 2048 (1.5 decades): where do the controls (D_2 at -1/2, excess risk at -1) pass? CPU: days.
+    "teacher-controls": TeacherStudy(
+        ns=(64, 128, 256, 512, 1024, 2048), specifications=("exact",),
+        cases=(("shared", "no-share"), ("shared", "simple-share"), ("free", "no-share"))),
+    # teacher-quick's and teacher-more's over-specified students again, now with the attention mass, cells by
+    # key and every fit's prefixes recorded: the anatomy of the extra prefix. CPU: about 7 hours.
+    "teacher-anatomy": TeacherStudy(
+        specifications=("over",),
+        cases=(("shared", "no-share"), ("shared", "simple-share"), ("shared", "deep-share"), ("free", "no-share"),
+               ("free", "deep-share"))),
     "teacher-tiny": TeacherStudy(pretrain_steps=50, ns=(16, 32), seeds=2, max_steps=20, test_size=64,
                                  cases=(("shared", "no-share"), ("shared", "simple-share")), num_bootstrap=50),
 }
@@ -215,23 +226,38 @@ def box(params: dict, study: TeacherStudy) -> tuple[dict, dict]:
     return lo, hi
 
 
-def prefix_losses(prefix, teacher, cfg) -> dict:
+def prefix_losses(prefix, teacher, cfg, *, cells: str = "atom", weights=None, true_weights=None) -> dict:
     """The yardstick between a student's and the teacher's prefixes: per head of every layer, D_2 on the
     atoms (key, value) with weights exp(bias) (:func:`moe_estimation.prefix.voronoi.voronoi_parts`, the value
     part starting at d_head) and the identified part; heads summed within a layer, layers summed. Returns
     the parts of :func:`voronoi_parts` (``d2``, ``weight``, ``key_single``...), ``id_<name>`` for the
-    identified terms and ``layer`` ``(layers,)``, the D_2 of each layer."""
+    identified terms and ``layer`` ``(layers,)``, the D_2 of each layer.
+
+    ``cells``: ``"atom"`` (Voronoi cells on (key, value)) or ``"key"`` (on the key alone). ``weights`` and
+    ``true_weights``: each prefix's weight per layer ``(layers, heads, L')`` in place of exp(bias), e.g.
+    the attention mass it receives (:func:`attention_mass`): exp(b) is a prefix's mixture weight only when its
+    gate exp(q . k + b) is bounded away from 0 on the data, and a key no query meets makes exp(b) large for a
+    prefix that carries no mass."""
     per_layer = []
-    for (k, v, b), (tk, tv, tb) in zip(prefix, teacher):
+    for i, ((k, v, b), (tk, tv, tb)) in enumerate(zip(prefix, teacher)):
         atoms, true_atoms = jnp.concatenate([k, v], -1), jnp.concatenate([tk, tv], -1)
-        vp = jax.vmap(lambda w, a, tw, ta: voronoi_parts(w, a, tw, ta, split=cfg.head_dim))(
-            jnp.exp(b), atoms, jnp.exp(tb), true_atoms)
-        ip = jax.vmap(lambda w, a, tw, ta: identified_parts(w, a, tw, ta, split=cfg.head_dim))(
-            jnp.exp(b), atoms, jnp.exp(tb), true_atoms)
+        w = jnp.exp(b) if weights is None else weights[i]
+        tw = jnp.exp(tb) if true_weights is None else true_weights[i]
+        vp = jax.vmap(lambda w, a, tw, ta: voronoi_parts(w, a, tw, ta, split=cfg.head_dim, cells=cells))(
+            w, atoms, tw, true_atoms)
+        ip = jax.vmap(lambda w, a, tw, ta: identified_parts(w, a, tw, ta, split=cfg.head_dim, cells=cells))(
+            w, atoms, tw, true_atoms)
         per_layer.append({**{n: x.sum(0) for n, x in vp.items()}, **{f"id_{n}": x.sum(0) for n, x in ip.items()}})
     out = {n: sum(layer[n] for layer in per_layer) for n in per_layer[0]}
     out["layer"] = jnp.stack([layer["d2"] for layer in per_layer])
     return out
+
+
+def attention_mass(backbone: dict, tokens, cfg, prefix) -> jax.Array:
+    """Each prefix's data-averaged share of attention, ``(layers, heads, L')``: the attention weight on its
+    slot, averaged over the query positions of every sequence in ``tokens`` ``(n, T)``
+    (:func:`moe_estimation.transformer.model.prefix_attention_mass`)."""
+    return jnp.mean(jax.vmap(lambda t: prefix_attention_mass(backbone, t, cfg, prefix))(tokens), axis=0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -289,6 +315,7 @@ def fit_cell(study: TeacherStudy, kind: str, num_prompts: int, n: int, backbone,
     them. Returns a dict of arrays with a leading replicate axis."""
     cfg = study.backbone
     truth_test = features(backbone, test_tokens, cfg, teacher)
+    truth_mass = attention_mass(backbone, test_tokens, cfg, teacher)
 
     def one(keys):
         dk, sk = (jax.random.wrap_key_data(k) for k in keys)
@@ -314,13 +341,20 @@ def fit_cell(study: TeacherStudy, kind: str, num_prompts: int, n: int, backbone,
         params = unravel(sol.value)
         prefix = student_prefix(kind, params, backbone, cfg)
         losses = prefix_losses(prefix, teacher, cfg)
+        mass = attention_mass(backbone, test_tokens, cfg, prefix)
+        by_mass = dict(weights=mass, true_weights=truth_mass)
+        more = dict(by_key=prefix_losses(prefix, teacher, cfg, cells="key")["d2"],
+                    mass=prefix_losses(prefix, teacher, cfg, **by_mass),
+                    mass_by_key=prefix_losses(prefix, teacher, cfg, cells="key", **by_mass)["d2"])
         start = prefix_losses(student_prefix(kind, unravel(starts[best]), backbone, cfg), teacher, cfg)
         excess = jnp.mean(jnp.sum((features(backbone, test_tokens, cfg, prefix) - truth_test) ** 2, axis=(1, 2)))
         at_bound = jnp.any((sol.value <= lo) | (sol.value >= hi))
-        return dict(losses=losses, start=start["d2"], excess=excess, objective=sol.objective, status=status,
-                    steps=sol.steps, at_bound=at_bound, converged=is_converged(status))
+        kvb = [jnp.stack(x) for x in zip(*prefix)]  # keys, values (layers, heads, L', d_head); biases
+        return dict(losses=losses, **more, attention_mass=mass, keys=kvb[0], values=kvb[1], biases=kvb[2],
+                    start=start["d2"], excess=excess, objective=sol.objective, status=status, steps=sol.steps,
+                    at_bound=at_bound, converged=is_converged(status))
 
-    return jax.lax.map(one, (dkeys, skeys))
+    return jax.lax.map(one, (dkeys, skeys)), truth_mass
 
 
 # ------------------------------------------------------------------------------------------------
@@ -332,16 +366,29 @@ def fits_columns(study: TeacherStudy) -> list[str]:
     return (["truth", "parameterisation", "specification", "num_prefixes", "n", "seed", "restarts", "loss_key_value"]
             + [f"kv_{p}" for p in parts] + [f"kv_layer_{i}" for i in range(study.backbone.layers)]
             + [f"id_{p}" for p in IDENTIFIED_NAMES]
+            + ["kvk_key_value", "mass_key_value", "mass_weight", "massk_key_value"]
+            + [f"mass_layer_{i}" for i in range(study.backbone.layers)]
+            + [f"mass_id_{p}" for p in IDENTIFIED_NAMES]
             + ["excess_risk", "start_key_value", "objective", "mean_square_residual", "converged", "status", "steps",
-               "at_bound", "seconds"])
+               "at_bound", "seconds", "params", "attention_mass", "true_attention_mass"])
 
 
 CELL = ["truth", "parameterisation", "specification", "n"]
 RATE_LOSSES = {  # the study's yardstick columns (same names in both tables), and the excess risk; the
-    # study's cells by key and its largest split-cell atom error are not computed for the teacher's fits yet
+    # study's identified parts by key and its largest split-cell atom error are not computed for the teacher's fits
     **{loss: cols for loss, cols in STUDY_RATE_LOSSES.items()
        if loss != "own" and not loss.endswith("_by_key") and loss != "max_multi_error"},
     "excess_risk": ("excess_risk",),
+    # D_2 with cells drawn by key alone; D_2 with each prefix weighted by the attention mass it receives
+    # (its weight part, its identified parts) and by mass with cells by key. Runs begun before these were
+    # measured lack the columns and rate without them.
+    "key_value_by_key": ("kvk_key_value",),
+    "mass_key_value": ("mass_key_value",),
+    "mass_weight": ("mass_weight",),
+    "mass_key_value_by_key": ("massk_key_value",),
+    "mass_identified_key": ("mass_id_key",),
+    "mass_identified_value": ("mass_id_value",),
+    "mass_spread_value": ("mass_id_spread_value",),
 }
 
 
@@ -399,19 +446,26 @@ def teacher_cell(study: TeacherStudy, backbone32, truth: str, kind: str, spec: s
     skeys = jnp.stack([jax.random.key_data(start_key(study.seed, truth, kind, spec, n, r))
                        for r in range(study.seeds)])
     t0 = time.perf_counter()
-    res = jax.device_get(fit_cell(study, kind, L, n, backbone, teachers[truth], test_tokens, dkeys, skeys))
+    res, truth_mass = jax.device_get(fit_cell(study, kind, L, n, backbone, teachers[truth], test_tokens, dkeys, skeys))
     seconds = (time.perf_counter() - t0) / study.seeds
-    ls = res["losses"]
+    ls, ms = res["losses"], res["mass"]
+    params = [json.dumps(dict(keys=res["keys"][r].tolist(), values=res["values"][r].tolist(),
+                              biases=res["biases"][r].tolist())) for r in range(study.seeds)]
     return dict(
         truth=truth, parameterisation=kind, specification=spec, num_prefixes=L, n=n, seed=np.arange(study.seeds),
         restarts=study.restarts, loss_key_value=ls["d2"], kv_weight=ls["weight"],
         **{f"kv_{p}": ls[p] for p in ("key_single", "key_multi", "value_single", "value_multi")},
         **{f"kv_layer_{i}": ls["layer"][:, i] for i in range(study.backbone.layers)},
         **{f"id_{p}": ls[f"id_{p}"] for p in IDENTIFIED_NAMES},
+        kvk_key_value=res["by_key"], mass_key_value=ms["d2"], mass_weight=ms["weight"],
+        massk_key_value=res["mass_by_key"], **{f"mass_layer_{i}": ms["layer"][:, i] for i in range(study.backbone.layers)},
+        **{f"mass_id_{p}": ms[f"id_{p}"] for p in IDENTIFIED_NAMES},
         excess_risk=res["excess"], start_key_value=res["start"], objective=2 * res["objective"] / n,
         mean_square_residual=2 * res["objective"] / (n * study.backbone.seq_len * study.backbone.width),
         converged=res["converged"], status=[STATUS_LABELS[int(s)] for s in res["status"]], steps=res["steps"],
-        at_bound=res["at_bound"], seconds=seconds)
+        at_bound=res["at_bound"], seconds=seconds, params=params,
+        attention_mass=[json.dumps(m.tolist()) for m in res["attention_mass"]],
+        true_attention_mass=[json.dumps(np.asarray(truth_mass).tolist())] * study.seeds)
 
 
 def per_row_objective(fits: pd.DataFrame, seq_len: int, width: int) -> tuple[pd.DataFrame, int]:
@@ -479,6 +533,8 @@ def teacher_rates(fits, study: TeacherStudy):
     out = []
     for (truth, kind, spec), g in fits.groupby(["truth", "parameterisation", "specification"], sort=False):
         for loss, cols in RATE_LOSSES.items():
+            if not set(cols) <= set(g.columns):
+                continue  # a run begun before the measure existed
             values = g[list(cols)].sum(axis=1).to_numpy()
             if not np.any(values != 0):
                 continue  # e.g. no spread when no cell holds two prefixes
