@@ -61,6 +61,7 @@ def blocks() -> dict:
     }
     from moe_estimation.lab.suite import pairs_markdown
 
+    out["published-reported"] = lambda: s.reported_table(t)  # what each source reports, beside ours
     for source in s.PUBLISHED:  # the rebuilt published studies: a table a source, and its ways compared data set by data set
         out[f"published-{source}-table"] = lambda src=source: s.published_table(*reversed(s.published_runs(src, t / "published")))
         out[f"published-{source}-pairs"] = lambda src=source: pairs_markdown(*reversed(s.published_runs(src, t / "published")))

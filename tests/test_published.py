@@ -3,6 +3,7 @@ from their definitions, the Gaussian-gated model's EM and start."""
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import jax
@@ -635,6 +636,39 @@ def test_the_committed_suites_are_their_presets_and_their_rates_are_their_fits()
             pd.testing.assert_frame_equal(lab_rates(fits, study).reset_index(drop=True), committed, check_dtype=False,
                                           rtol=1e-10)
         assert (out / "comparison.md").read_text() == suite_markdown(out) + "\n", out.name
+
+
+def test_the_sources_reported_numbers_sit_beside_ours_from_the_committed_ways(tmp_path):
+    """tables/published/reported.csv names, for each rebuilt source, a committed way and the loss the source rates;
+    reported_table reads our slope from that way's rates.csv and, for a source quoting powers of log(n)/n, the
+    mean loss regressed on log(n / log n) (checked here by hand on one row); an unknown regressor is refused."""
+    from moe_estimation.report.summary import PUBLISHED, reported_table
+    from moe_estimation.rates import ols_line
+
+    root = Path(__file__).resolve().parent.parent / "tables"
+    reported = pd.read_csv(root / "published" / "reported.csv")
+    assert set(reported["source"]) == set(PUBLISHED)  # every rebuilt source has its row(s)
+    assert set(reported["regressor"]) <= {"n", "log(n)/n"}
+    for row in reported.itertuples():
+        assert (root / "published" / row.way / "rates.csv").is_file(), row.way
+        assert row.loss == PUBLISHED[row.source][0]  # the loss the source's table rates
+    table = reported_table(root).splitlines()
+    assert len(table) == 2 + len(reported)
+    t2 = next(line for line in table if line.startswith("| deepseek-t2 "))
+    f = pd.read_csv(root / "published" / "deepseek-t2" / "source-kind" / "fits.csv")
+    mean = f.groupby("n")["loss_D2"].mean()
+    ns = mean.index.to_numpy(float)
+    by_hand = ols_line(np.log(ns / np.log(ns)), np.log(mean.to_numpy()))[0]
+    assert f"| {by_hand:.2f} (in log(n)/n) |" in t2 and "| -0.517 (in log(n)/n) |" in t2
+    assert "| not read |" in next(line for line in table if line.startswith("| sgame "))
+    # a regressor the table cannot read is refused, naming the file, the value and the rule
+    (tmp_path / "published").mkdir()
+    bad = reported.iloc[:1].assign(regressor="sqrt(n)")
+    bad.to_csv(tmp_path / "published" / "reported.csv", index=False)
+    suite = (root / "published" / bad["way"].iloc[0]).parent
+    shutil.copytree(suite, tmp_path / "published" / suite.name)
+    with pytest.raises(ValueError, match=r"reported.csv: regressor must be 'n' or 'log\(n\)/n', got 'sqrt\(n\)'"):
+        reported_table(tmp_path)
 
 
 @pytest.mark.slow

@@ -688,6 +688,51 @@ def published_table(runs, loss: str, num_bootstrap: int = 2000) -> str:
     return "\n".join(out)
 
 
+def reported_table(tables) -> str:
+    """What each rebuilt source reports, beside our slope under its design (``tables``: the folder holding
+    ``published/reported.csv`` and the suites). Per row of reported.csv: the source's number as its text or
+    figure states it (its regressor: n, or log(n)/n, whose powers the DeepSeekMoE study quotes), where it was
+    read, and ours from the way that rebuilds the source's design (its folder ``way``): the slope of log mean
+    loss on log n with its interval, the same mean read in the source's regressor (a point estimate: the least
+    squares slope of log mean loss on log(n / log n)), the median slope and the theory. A number the source
+    prints only inside a figure's image is not read and says so."""
+    from ..lab.suite import suite_ways
+    from ..rates import ols_line
+
+    tables = Path(tables)
+    reported = pd.read_csv(tables / "published" / "reported.csv", dtype={"num_components": "Int64"})
+    out = ["| source | spec | loss | reported by the source | where | ours, the source's design | mean: slope [95% CI] "
+           "| ours in the source's regressor | median: slope [95% CI] | theory |", "|---|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda e: f"{e['slope']:.2f} [{e['ci_low']:.2f}, {e['ci_high']:.2f}]" if np.isfinite(e["slope"]) else "-"
+    for row in reported.itertuples(index=False):
+        folder = tables / "published" / row.way
+        labels = dict((Path(p).name, label) for label, p in suite_ways(folder.parent)[0])
+        f, r = pd.read_csv(folder / "fits.csv"), pd.read_csv(folder / "rates.csv")
+        sel = (f["specification"] == row.specification)
+        rsel = (r["specification"] == row.specification) & (r["loss"] == row.loss)
+        spec = row.specification
+        if not pd.isna(row.num_components):
+            sel &= f["num_components"] == row.num_components
+            rsel &= r["num_components"] == row.num_components
+            spec = f"{spec}, K' = {row.num_components}"
+        m, md = (r[rsel & (r["statistic"] == s)].iloc[0] for s in ("mean", "median"))
+        ns, mat = loss_matrix(f[sel], f"loss_{row.loss}", replicate="replicate")
+        mean = np.array([np.nanmean(v[np.isfinite(v)]) for v in mat])
+        if row.regressor == "log(n)/n":
+            x, unit = np.log(ns / np.log(ns)), "log(n)/n"
+        elif row.regressor == "n":
+            x, unit = np.log(ns), "n"
+        else:
+            raise ValueError(f"reported.csv: regressor must be 'n' or 'log(n)/n', got {row.regressor!r}")
+        ours = f"{ols_line(x, np.log(mean))[0]:.2f} (in {unit})" if unit != "n" else "the same"
+        rep = (f"{row.reported_slope:g} (in {row.regressor})" if np.isfinite(row.reported_slope)
+               else "not read")
+        theory = f"{m.theory_slope:g}" if np.isfinite(m.theory_slope) else "-"
+        out.append(f"| {row.source} | {spec} | {row.loss} | {rep} | {row.reference}; {row.read_from} | "
+                   f"{labels[folder.name]} | {fmt(m)} | {ours} | {fmt(md)} | {theory} |")
+    return "\n".join(out)
+
+
 def lab_model(path) -> str:
     """A lab run's model in a few words (its gate and expert), from its config.json."""
     model = json.loads((Path(path) / "config.json").read_text())["study"].get("model", {})
