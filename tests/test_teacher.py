@@ -201,6 +201,51 @@ def test_losses_weighted_by_mass_and_cells_by_key(backbone):
         prefix_losses(moved, teacher, cfg, cells="value")
 
 
+def test_the_anatomy_finds_an_invisible_extra_prefix_and_a_spread_one(backbone):
+    """Two over-specified students built by hand from the teacher: (a) an extra prefix copying true prefix 0 with a
+    gate bias of -30 (invisible: mass ~0, whatever its key); (b) true prefix 0 split in two halves of its mass
+    (biases log 0.6 and log 0.4), the lighter part's value moved by 0.3 (a spread along its cell, the MoE mechanism). The anatomy marks
+    the right extra prefix in every head, its mass share, its errors and whether its cell by key moved."""
+    import json
+
+    from moe_estimation.transformer.teacher import extra_prefix_summary, prefix_anatomy
+
+    cfg = STUDY.backbone
+    teacher = make_teacher(STUDY, backbone, "shared")
+    tokens = jax.random.randint(jax.random.key(5), (32, cfg.seq_len), 0, cfg.vocab)
+    truth_mass = attention_mass(backbone, tokens, cfg, teacher)
+    shift = 0.3 * jnp.eye(cfg.head_dim)[0]
+    students = {
+        "invisible": [(jnp.concatenate([k, k[:, :1]], 1), jnp.concatenate([v, v[:, :1]], 1),
+                       jnp.concatenate([b, jnp.full((cfg.heads, 1), -30.0)], 1)) for k, v, b in teacher],
+        "spread": [(jnp.concatenate([k, k[:, :1]], 1), jnp.concatenate([v, v[:, :1] + shift], 1),
+                    jnp.concatenate([b.at[:, 0].set(np.log(0.6)), jnp.full((cfg.heads, 1), np.log(0.4))], 1))
+                   for k, v, b in teacher]}
+    rows = []
+    for name, prefix in students.items():
+        mass = attention_mass(backbone, tokens, cfg, prefix)
+        # the student computes the teacher's function (within rounding) in both cases
+        np.testing.assert_allclose(features(backbone, tokens, cfg, prefix), features(backbone, tokens, cfg, teacher),
+                                   atol=1e-6 if name == "invisible" else 1.0)
+        rows.append(dict(truth="shared", parameterisation=name, specification="over", n=8, seed=0,
+                         params=json.dumps(dict(keys=np.stack([np.asarray(k) for k, _, _ in prefix]).tolist(),
+                                                values=np.stack([np.asarray(v) for _, v, _ in prefix]).tolist(),
+                                                biases=np.stack([np.asarray(b) for _, _, b in prefix]).tolist())),
+                         attention_mass=json.dumps(np.asarray(mass).tolist()),
+                         true_attention_mass=json.dumps(np.asarray(truth_mass).tolist())))
+    config_teacher = {"shared": [dict(keys=np.asarray(k).tolist(), values=np.asarray(v).tolist()) for k, v, _ in teacher]}
+    anatomy = prefix_anatomy(pd.DataFrame(rows), config_teacher, cfg.head_dim)
+    extra = anatomy[anatomy["extra"]]
+    assert len(extra) == 2 * cfg.layers * cfg.heads and (extra["prefix"] == 2).all()
+    inv, spread = (extra[extra["parameterisation"] == k] for k in ("invisible", "spread"))
+    assert (inv["mass"] < 1e-10).all() and (inv["key_error"] == 0).all() and (inv["value_error"] == 0).all()
+    assert (spread["mass"] > 0.2 * spread["true_mass"]).all() and (spread["key_to_nearest_true_key"] == 0).all()
+    np.testing.assert_allclose(spread["value_error"], 0.3, rtol=1e-12)
+    summary = extra_prefix_summary(anatomy).set_index("parameterisation")
+    assert summary.loc["invisible", "invisible"] == 1.0 and summary.loc["spread", "invisible"] == 0.0
+    assert summary.loc["spread", "moved_cell"] == 0.0
+
+
 def test_validate_study_names_the_field():
     with pytest.raises(ValueError, match="simple-share student cannot represent a free truth"):
         validate_study(TeacherStudy(cases=(("free", "simple-share"),)))
@@ -227,6 +272,25 @@ def test_teacher_tiny_preset_writes_resumes_and_rates(tiny_runs, tmp_path, cli):
     rates = pd.read_csv(out / "rates.csv")
     assert {"key_value", "excess_risk", "identified_key"} <= set(rates["loss"])
     assert set(rates["theory_slope"][rates["loss"] == "excess_risk"]) == {-1.0}
+    assert {"mass_key_value", "key_value_by_key", "mass_weight"} <= set(rates["loss"])
+    # every fit's prefixes are kept: scored again per layer they give the fit's own yardstick, by exp(bias) and by
+    # attention mass, and their anatomy has a row per prefix, one extra prefix a head when over-specified
+    import json
+
+    from moe_estimation.transformer.teacher import layer_parts, prefix_anatomy
+
+    teacher = json.loads((out / "config.json").read_text())["teacher"]
+    parts = layer_parts(fits, teacher, study.backbone.head_dim)
+    for weighting, column in (("bias", "kv_layer_{}"), ("mass", "mass_layer_{}")):
+        for layer in range(study.backbone.layers):
+            mine = parts[(parts["weighting"] == weighting) & (parts["layer"] == layer)]
+            np.testing.assert_allclose(mine["d2"].to_numpy(), fits[column.format(layer)].to_numpy(), rtol=1e-10)
+    anatomy = prefix_anatomy(fits, teacher, study.backbone.head_dim)
+    heads = study.backbone.layers * study.backbone.heads
+    assert len(anatomy) == sum(heads * study.num_prompts(s) for s in fits["specification"])
+    over = anatomy[anatomy["specification"] == "over"].groupby(["truth", "parameterisation", "n", "seed", "layer", "head"])
+    assert (over["extra"].sum() == 1).all()  # three prefixes, two cells: one shares, and its lighter prefix is extra
+    assert ((anatomy["mass"] > 0) & (anatomy["mass"] < 1)).all()
     # run again: every cell is finished, nothing is fitted, the table is unchanged
     again = cli("transformer", "--preset", "teacher-tiny", "--out", out, "--no-progress")
     assert again.returncode == 0 and "resuming: 8 of 8 cells" in again.stdout, again.stderr

@@ -580,3 +580,108 @@ def load_runs(dirs, arg: str = "--results") -> tuple:
         fits.append(f)
         rates.append(pd.read_csv(d / "rates.csv"))
     return pd.concat(fits, ignore_index=True), pd.concat(rates, ignore_index=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# the anatomy of a fit's prefixes
+
+ANATOMY_COLUMNS = ["truth", "parameterisation", "specification", "n", "seed", "layer", "head", "prefix", "mass",
+                   "true_mass", "exp_bias", "cell", "cell_by_key", "cell_size", "key_to_nearest_true_key",
+                   "key_error", "value_error", "extra"]
+
+
+def prefix_anatomy(fits: pd.DataFrame, teacher: dict, head_dim: int) -> pd.DataFrame:
+    """One row per prefix of every fit that recorded its prefixes (``params``, ``attention_mass``: runs from
+    teacher-controls and teacher-anatomy on; older rows are skipped), per layer and head: its attention mass and
+    the mass of the true prefix of its cell (``true_mass``), exp(bias), its Voronoi cell on (key, value) and on the
+    key alone, the size of its cell, its key's distance to the nearest true key, and its key's and value's distance
+    to its cell's true key and value. ``teacher``: per truth the per-layer ``{"keys", "values"}`` of config.json.
+
+    ``extra`` marks, per head, the prefix of least attention mass among those sharing a cell (an over-specified
+    student's extra prefix; none in a head whose cells hold one prefix each). Read across n it decides between
+    two mechanisms for an over-specified student's slow yardstick: an *invisible* extra prefix (mass near 0,
+    anywhere: exp(bias) weighs a prefix no query attends to) or *values spread along a zero set* (the MoE
+    mechanism: the extra prefix keeps a share of its cell's mass, its key near the true key, its value away)."""
+    rows = []
+    have = fits.dropna(subset=[c for c in ("params", "attention_mass") if c in fits.columns])
+    if "params" not in fits.columns or not len(have):
+        return pd.DataFrame(columns=ANATOMY_COLUMNS)
+    for r in have.itertuples(index=False):
+        p = json.loads(r.params)
+        keys, values, biases = (np.asarray(p[k], float) for k in ("keys", "values", "biases"))
+        mass = np.asarray(json.loads(r.attention_mass), float)
+        true_mass = np.asarray(json.loads(r.true_attention_mass), float)
+        for layer, t in enumerate(teacher[r.truth]):
+            tk, tv = np.asarray(t["keys"], float), np.asarray(t["values"], float)
+            for h in range(keys.shape[1]):
+                k, v = keys[layer, h], values[layer, h]
+                atoms, true_atoms = np.concatenate([k, v], -1), np.concatenate([tk[h], tv[h]], -1)
+                cell = np.argmin(np.linalg.norm(atoms[:, None] - true_atoms[None], axis=-1), axis=1)
+                cell_key = np.argmin(np.linalg.norm(k[:, None] - tk[h][None], axis=-1), axis=1)
+                size = np.bincount(cell, minlength=len(true_atoms))[cell]
+                m = mass[layer, h]
+                shared = np.flatnonzero(size > 1)
+                extra = shared[np.argmin(m[shared])] if len(shared) else -1
+                near = np.linalg.norm(k[:, None] - tk[h][None], axis=-1).min(axis=1)
+                for i in range(len(k)):
+                    rows.append(dict(
+                        truth=r.truth, parameterisation=r.parameterisation, specification=r.specification, n=r.n,
+                        seed=r.seed, layer=layer, head=h, prefix=i, mass=m[i], true_mass=true_mass[layer, h, cell[i]],
+                        exp_bias=float(np.exp(biases[layer, h, i])), cell=int(cell[i]), cell_by_key=int(cell_key[i]),
+                        cell_size=int(size[i]), key_to_nearest_true_key=near[i],
+                        key_error=float(np.linalg.norm(k[i] - tk[h][cell[i]])),
+                        value_error=float(np.linalg.norm(v[i] - tv[h][cell[i]])), extra=i == extra))
+    return pd.DataFrame(rows, columns=ANATOMY_COLUMNS)
+
+
+def extra_prefix_summary(anatomy: pd.DataFrame) -> pd.DataFrame:
+    """Per (truth, student, n): the extra prefixes of the over-specified fits (one per head and fit), medians of
+    their mass as a share of their cell's true prefix's mass, their exp(bias), key distance to the nearest true
+    key, key and value errors, the share of them whose cell by key differs from their cell by (key, value), and
+    the share whose mass is below 1% of their cell's true mass (*invisible*)."""
+    x = anatomy[anatomy["extra"]].assign(
+        mass_share=lambda d: d["mass"] / d["true_mass"], moved_cell=lambda d: d["cell"] != d["cell_by_key"],
+        invisible=lambda d: d["mass"] < 0.01 * d["true_mass"])
+    if not len(x):
+        return pd.DataFrame()
+    g = x.groupby(["truth", "parameterisation", "n"], sort=False)
+    return g.agg(extra_prefixes=("mass", "size"), mass_share=("mass_share", "median"), exp_bias=("exp_bias", "median"),
+                 key_to_nearest_true_key=("key_to_nearest_true_key", "median"), key_error=("key_error", "median"),
+                 value_error=("value_error", "median"), moved_cell=("moved_cell", "mean"),
+                 invisible=("invisible", "mean")).reset_index()
+
+
+LAYER_PART_COLUMNS = ["truth", "parameterisation", "specification", "n", "seed", "layer", "weighting", "d2", "weight",
+                      "key_single", "key_multi", "value_single", "value_multi"]
+
+
+def layer_parts(fits: pd.DataFrame, teacher: dict, head_dim: int) -> pd.DataFrame:
+    """D_2 of every layer split into its parts (weight, key and value, single and multi), per fit that recorded its
+    prefixes, with the prefixes weighted by exp(bias) (``weighting = "bias"``, the yardstick) and by attention mass
+    (``"mass"``); heads summed. Over n it shows which part holds a layer's D_2 up (the first layer's weight part,
+    where gate biases and keys may be confounded by the few distinct queries the first layer sees)."""
+    have = fits.dropna(subset=[c for c in ("params", "attention_mass") if c in fits.columns])
+    if "params" not in fits.columns or not len(have):
+        return pd.DataFrame(columns=LAYER_PART_COLUMNS)
+    with jax.enable_x64(True):  # the fits' own precision, whatever the caller's flag
+        return _layer_parts(have, teacher, head_dim)
+
+
+def _layer_parts(have, teacher, head_dim):
+    parts = jax.jit(jax.vmap(lambda w, a, tw, ta: voronoi_parts(w, a, tw, ta, split=head_dim)))
+    rows = []
+    for r in have.itertuples(index=False):
+        p = json.loads(r.params)
+        keys, values, biases = (np.asarray(p[k], float) for k in ("keys", "values", "biases"))
+        mass = np.asarray(json.loads(r.attention_mass), float)
+        true_mass = np.asarray(json.loads(r.true_attention_mass), float)
+        for layer, t in enumerate(teacher[r.truth]):
+            tk, tv = np.asarray(t["keys"], float), np.asarray(t["values"], float)
+            atoms, true_atoms = np.concatenate([keys[layer], values[layer]], -1), np.concatenate([tk, tv], -1)
+            for weighting, w, tw in (("bias", np.exp(biases[layer]), np.ones(true_atoms.shape[:2])),
+                                     ("mass", mass[layer], true_mass[layer])):
+                vp = jax.device_get(parts(w, atoms, tw, true_atoms))
+                rows.append(dict(truth=r.truth, parameterisation=r.parameterisation, specification=r.specification,
+                                 n=r.n, seed=r.seed, layer=layer, weighting=weighting,
+                                 **{k: float(np.sum(vp[k])) for k in LAYER_PART_COLUMNS[7:]}))
+    return pd.DataFrame(rows, columns=LAYER_PART_COLUMNS)
