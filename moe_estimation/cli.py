@@ -158,7 +158,7 @@ def cmd_presets(args) -> int:
               f"{cfg.replicates} replicates, {len(cfg.schedules)} schedule(s): {cells} cells, {fits} fits")
     print("transformer presets (moe-estimation transformer --preset NAME): quick, standard, tiny (learning curves); "
           "teacher-quick, teacher-more, teacher, teacher-noise, teacher-starts, teacher-controls, teacher-anatomy, "
-          "teacher-tiny (teacher-student)")
+          "teacher-frozen, teacher-tiny (teacher-student)")
     return 0
 
 
@@ -436,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "yardstick per fit), rates.csv and config.json; a run started again resumes.")
     t.add_argument("--preset", default="quick",
                    choices=["quick", "standard", "tiny", "teacher-quick", "teacher-more", "teacher", "teacher-noise", "teacher-starts",
-                            "teacher-controls", "teacher-anatomy", "teacher-tiny"],
+                            "teacher-controls", "teacher-anatomy", "teacher-frozen", "teacher-tiny"],
                    help="learning curves: quick (the main command's: n to 256; 5 minutes with two workers on a 2-core CPU, measured), "
                         "standard (the README's table: n to 512, a finer search; 19 minutes there) or tiny (seconds); "
                         "teacher-student: teacher-quick "
@@ -445,7 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "three times the noise, n to 128), teacher-starts (teacher-quick with 4 starts a fit instead of 2, n to 128; "
                         "CPU, about 45 minutes), teacher-controls (the exactly specified students at n = 64 ... 2048: do the "
                         "controls pass? CPU: days, resumable), teacher-anatomy (the over-specified students with the "
-                        "attention mass and every fit's prefixes recorded; CPU: hours) or teacher-tiny (seconds)")
+                        "attention mass and every fit's prefixes recorded; CPU: hours), teacher-frozen (deep-share's controls: a "
+                        "truth from a frozen random network, fitted by no-share, deep-share and frozen-map students; "
+                        "CPU: hours) or teacher-tiny (seconds)")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.add_argument("--repair", action="store_true",

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from moe_estimation.prefix.data import fold_key
 from moe_estimation.transformer.model import attention, init_backbone
 from moe_estimation.transformer.teacher import (
     TEACHER_PRESETS,
@@ -246,11 +247,47 @@ def test_the_anatomy_finds_an_invisible_extra_prefix_and_a_spread_one(backbone):
     assert summary.loc["spread", "moved_cell"] == 0.0
 
 
+@pytest.mark.study
+def test_a_frozen_map_student_fits_the_frozen_map_truth_and_the_truth_scores_zero(backbone):
+    """The frozen-map truth is the frozen network at the true vectors: a frozen-map student holding those vectors
+    has the teacher's prefixes (yardstick 0), and from random starts it fits the teacher's function and comes
+    near its prefixes (exact, n = 256, sd 1e-3)."""
+    from moe_estimation.transformer.teacher import frozen_map, with_frozen_map
+
+    study = STUDY._replace(cases=(("frozen-map", "frozen-map"),), restarts=3, max_steps=200, noise_sd=1e-3)
+    cfg = study.backbone
+    bb = with_frozen_map(study, backbone)
+    assert "frozen_map" in bb and "frozen_map" not in with_frozen_map(STUDY, backbone)
+    net = frozen_map(study)
+    assert set(net) == {"W1", "b1", "W2", "b2"} and net["W1"].shape == (cfg.width, study.deep_hidden)
+    teacher = make_teacher(study, bb, "frozen-map")
+    kp, _ = jax.random.split(fold_key(jax.random.key(study.seed), "truth"))
+    p_star = study.truth_scale * jax.random.normal(kp, (cfg.layers, study.num_prefixes, cfg.width), jnp.float64)[0]
+    own = student_prefix("frozen-map", dict(p=p_star, b=jnp.zeros((cfg.layers, cfg.heads, study.num_prefixes))), bb, cfg)
+    assert float(prefix_losses(own, teacher, cfg)["d2"]) == 0.0
+    # its keys and values differ from the shared truth's (another structure), and every layer's come from one vector
+    shared = make_teacher(study, bb, "shared")
+    assert float(jnp.abs(teacher[0][0] - shared[0][0]).max()) > 0.1
+    test_tokens = jax.random.randint(jax.random.key(6), (64, cfg.seq_len), 0, cfg.vocab)
+    dkeys = jax.random.key_data(jax.random.split(jax.random.key(7), 2))
+    skeys = jax.random.key_data(jax.random.split(jax.random.key(8), 2))
+    res, _ = fit_cell(study, "frozen-map", study.num_prefixes, 256, bb, teacher, test_tokens, dkeys, skeys)
+    assert np.all(res["start"] > 1.0), res["start"]
+    assert np.all(res["excess"] < 1e-6) and np.all(res["losses"]["d2"] < 0.5 * res["start"])
+    # on this random (not pre-trained) backbone one data set's fit trades gate biases against keys (D_2 1.4, its
+    # weight part 1.2, at the truth's function): weighted by attention mass, the weights they carry, it is small
+    assert np.all(res["mass"]["d2"] < 0.3), res["mass"]["d2"]
+
+
 def test_validate_study_names_the_field():
     with pytest.raises(ValueError, match="simple-share student cannot represent a free truth"):
         validate_study(TeacherStudy(cases=(("free", "simple-share"),)))
     with pytest.raises(ValueError, match="ns: need at least two"):
         validate_study(TeacherStudy(ns=(16,)))
+    with pytest.raises(ValueError, match="frozen-map student .* cannot represent a shared truth"):
+        validate_study(TeacherStudy(cases=(("shared", "frozen-map"),)))
+    with pytest.raises(ValueError, match="simple-share student cannot represent a frozen-map truth"):
+        validate_study(TeacherStudy(cases=(("frozen-map", "simple-share"),)))
     with pytest.raises(ValueError, match="bias_bounds"):
         validate_study(TeacherStudy(bias_bounds=(0.0, 2.0)))
 

@@ -13,16 +13,19 @@ the prefix's attention score), in teacher and students alike; the teacher's are 
 over-specified student could not represent the teacher at all: two prefixes with one key take twice the
 attention mass of one, and nothing can split it.
 
-Two truths, drawn from one set of vectors p*_i (entries ``truth_scale * N(0, 1)``):
+Three truths, drawn from one set of vectors p*_i (entries ``truth_scale * N(0, 1)``):
 
 - ``shared``: key = p*_i W_K and value = p*_i W_V through the layer's frozen projections (a virtual token);
 - ``free``: the same keys, values q*_i W_V from an independent draw q*_i (of the same scale): key and value
-  need not come from one vector.
+  need not come from one vector;
+- ``frozen-map``: every layer's keys and values from one vector per prefix (the first layer's p*_i) through a
+  deep-share network frozen at a random map (:func:`frozen_map`).
 
 The students (:data:`moe_estimation.transformer.PARAMETERISATIONS`): ``no-share`` (free keys and values),
 ``simple-share`` (one vector per prefix and layer through W_K, W_V) and ``deep-share`` (a trained
 Linear-Tanh-Linear network from one vector per prefix to every layer's key and value). A simple-share
-student cannot represent a free truth (its value is fixed by its key), so that pair is not run.
+student cannot represent a free truth (its value is fixed by its key), so that pair is not run; the
+``frozen-map`` student (the frozen network, only the vectors estimated) fits the frozen-map truth alone.
 
 Measured per fit: the yardstick D_2 on the (key, value) atoms of each head (the same formula as the MoE
 study, :func:`moe_estimation.prefix.voronoi.voronoi_parts`), summed over the heads of a layer (``kv_layer_<l>``)
@@ -56,11 +59,15 @@ from ..solver import STATUS_LABELS, SolverSettings, Status, is_converged, normal
 from ..prefix.voronoi import IDENTIFIED_NAMES, identified_parts, voronoi_parts
 from ..experiments.workers import resolve_workers
 from .model import BackboneConfig, hidden_states, prefix_attention_mass
+from ..prefix.structures import NON_SHARED, SHARED_LINEAR, SHARED_NONLINEAR
 from .prefixes import PARAMETERISATIONS, init_prefix, prefix_kv
 from .train import prepare_backbone
 
-TRUTHS = ("shared", "free")
+TRUTHS = ("shared", "free", "frozen-map")
 SPECIFICATIONS = ("exact", "over")
+STUDENTS = PARAMETERISATIONS + ("frozen-map",)
+"""The students: the three parameterisations, and ``frozen-map``: deep-share's network frozen at a fixed random
+map (:func:`frozen_map`), only the vectors estimated, the known nonlinear structure of a ``frozen-map`` truth."""
 
 
 class TeacherStudy(NamedTuple):
@@ -123,6 +130,12 @@ TEACHER_PRESETS = {
         specifications=("over",),
         cases=(("shared", "no-share"), ("shared", "simple-share"), ("shared", "deep-share"), ("free", "no-share"),
                ("free", "deep-share"))),
+    # controls for deep-share: a truth made by a frozen random deep-share network, fitted by no-share students, by
+    # deep-share students (their network trained) and by frozen-map students (the known network, only the vectors
+    # estimated): does a known nonlinear structure stay estimable where a trained one does not? (The frozen map
+    # that reproduces simple-share's structure is simple-share itself: W_K, W_V frozen.) CPU: hours.
+    "teacher-frozen": TeacherStudy(
+        cases=(("frozen-map", "no-share"), ("frozen-map", "deep-share"), ("frozen-map", "frozen-map"))),
     "teacher-tiny": TeacherStudy(pretrain_steps=50, ns=(16, 32), seeds=2, max_steps=20, test_size=64,
                                  cases=(("shared", "no-share"), ("shared", "simple-share")), num_bootstrap=50),
 }
@@ -133,11 +146,14 @@ def validate_study(study: TeacherStudy) -> None:
     for truth, kind in study.cases:
         if truth not in TRUTHS:
             raise ValueError(f"cases: truth must be one of {TRUTHS}, got {truth!r}")
-        if kind not in PARAMETERISATIONS:
-            raise ValueError(f"cases: parameterisation must be one of {PARAMETERISATIONS}, got {kind!r}")
-        if truth == "free" and kind == "simple-share":
-            raise ValueError("cases: a simple-share student cannot represent a free truth (its value is fixed by its "
-                             "key); leave ('free', 'simple-share') out")
+        if kind not in STUDENTS:
+            raise ValueError(f"cases: parameterisation must be one of {STUDENTS}, got {kind!r}")
+        if truth in ("free", "frozen-map") and kind == "simple-share":
+            raise ValueError(f"cases: a simple-share student cannot represent a {truth} truth (its value is fixed by its "
+                             f"key through W_K, W_V); leave ('{truth}', 'simple-share') out")
+        if kind == "frozen-map" and truth != "frozen-map":
+            raise ValueError(f"cases: a frozen-map student makes its keys and values by the frozen network and cannot "
+                             f"represent a {truth} truth; pair it with the frozen-map truth")
     for spec in study.specifications:
         if spec not in SPECIFICATIONS:
             raise ValueError(f"specifications: expected a subset of {SPECIFICATIONS}, got {spec!r}")
@@ -165,6 +181,24 @@ def _heads(a, cfg):
     return a.reshape(a.shape[0], cfg.heads, cfg.head_dim).transpose(1, 0, 2)
 
 
+def frozen_map(study: TeacherStudy, dtype=jnp.float64) -> dict:
+    """The frozen network of the ``frozen-map`` truth and student: a deep-share network (Linear-Tanh-Linear from one
+    vector per prefix to every layer's key and value, :func:`moe_estimation.transformer.prefixes.init_prefix`) at
+    its usual random initialisation from the study's seed, never trained. A known nonlinear map with the
+    deep-share shape: beside the trained deep-share student it tells a known structure from a learned one."""
+    net = init_prefix(fold_key(jax.random.key(study.seed), "frozen-map"), "deep-share", study.backbone, 1,
+                      hidden=study.deep_hidden, dtype=dtype)
+    return {k: v for k, v in net.items() if k != "p"}
+
+
+def with_frozen_map(study: TeacherStudy, backbone: dict) -> dict:
+    """``backbone`` with the frozen map beside it (key ``frozen_map``) when a case needs it (a constant of every
+    fit, as the backbone is); unchanged otherwise."""
+    if not any("frozen-map" in case for case in study.cases):
+        return backbone
+    return dict(backbone, frozen_map=frozen_map(study, backbone["tok"].dtype))
+
+
 def make_teacher(study: TeacherStudy, backbone: dict, truth: str) -> list[tuple]:
     """The teacher's prefixes: per layer ``(keys, values, biases)``, keys and values ``(heads, L, d_head)``,
     biases ``(heads, L)`` (zero). Raises when the truth does not lie inside the students' box."""
@@ -176,7 +210,12 @@ def make_teacher(study: TeacherStudy, backbone: dict, truth: str) -> list[tuple]
     p = study.truth_scale * jax.random.normal(kp, shape, backbone["tok"].dtype)
     q = p if truth == "shared" else study.truth_scale * jax.random.normal(kq, shape, backbone["tok"].dtype)
     out = []
-    for i, lp in enumerate(backbone["layers"]):
+    if truth == "frozen-map":  # one vector per prefix (the first layer's draw) through the frozen network
+        net = frozen_map(study, backbone["tok"].dtype)
+        p = p[0]
+        zero = jnp.zeros((cfg.heads, study.num_prefixes), p.dtype)
+        out = [(k, v, zero) for k, v in prefix_kv("deep-share", dict(p=p, **net), backbone, cfg)]
+    for i, lp in enumerate(backbone["layers"] if truth != "frozen-map" else []):
         k, v = p[i] @ lp["W_K"], q[i] @ lp["W_V"]
         out.append((_heads(k, cfg), _heads(v, cfg), jnp.zeros((cfg.heads, study.num_prefixes), k.dtype)))
     biggest = max(float(jnp.abs(jnp.concatenate([k.ravel(), v.ravel()])).max()) for k, v, _ in out)
@@ -194,7 +233,9 @@ def initial_student(key, study: TeacherStudy, kind: str, num_prompts: int, backb
     k1, k2 = jax.random.split(key)
     shape = (cfg.layers, num_prompts, cfg.width)
     draw = lambda k: study.truth_scale * jax.random.normal(k, shape, dtype)
-    if kind == "no-share":
+    if kind == "frozen-map":
+        params = dict(p=draw(k1)[0])  # one vector per prefix, as the frozen-map truth's
+    elif kind == "no-share":
         pk, pv = draw(k1), draw(k2)
         params = dict(pk=jnp.stack([pk[i] @ lp["W_K"] for i, lp in enumerate(backbone["layers"])]),
                       pv=jnp.stack([pv[i] @ lp["W_V"] for i, lp in enumerate(backbone["layers"])]))
@@ -210,7 +251,10 @@ def initial_student(key, study: TeacherStudy, kind: str, num_prompts: int, backb
 def student_prefix(kind: str, params: dict, backbone: dict, cfg) -> list[tuple]:
     """A student's per-layer ``(keys, values, biases)``; the backbone enters as a constant (no gradient)."""
     frozen = jax.lax.stop_gradient(backbone)
-    kv = prefix_kv(kind, {k: v for k, v in params.items() if k != "b"}, frozen, cfg)
+    if kind == "frozen-map":
+        kv = prefix_kv("deep-share", dict(p=params["p"], **frozen["frozen_map"]), frozen, cfg)
+    else:
+        kv = prefix_kv(kind, {k: v for k, v in params.items() if k != "b"}, frozen, cfg)
     return [(k, v, params["b"][i]) for i, (k, v) in enumerate(kv)]
 
 
@@ -394,8 +438,8 @@ RATE_LOSSES = {  # the study's yardstick columns (same names in both tables), an
 
 def theory_slope(kind: str, loss: str, specification: str) -> float:
     """The MoE theory's reference slope for the student's structure (docs/maths.md, *Rates and intervals*):
-    no-share is the non-shared structure, simple-share the shared-linear one; deep-share, whose network is
-    trained rather than known, has no counterpart (NaN). The excess risk ||f - f*||^2: -1 for every
+    no-share is the non-shared structure, simple-share the shared-linear one, frozen-map (a known nonlinear map)
+    the shared-nonlinear one; deep-share, whose network is trained rather than known, has no counterpart (NaN). The excess risk ||f - f*||^2: -1 for every
     student (the regression function is estimated at the parametric rate). Exactly specified: -1/2."""
     if loss == "excess_risk":
         return -1.0
@@ -403,7 +447,7 @@ def theory_slope(kind: str, loss: str, specification: str) -> float:
         return -0.5
     if kind == "deep-share":
         return float("nan")
-    structure = "non-shared" if kind == "no-share" else "shared-linear"
+    structure = {"no-share": NON_SHARED, "simple-share": SHARED_LINEAR, "frozen-map": SHARED_NONLINEAR}[kind]
     return moe_theory(structure, "identified" if loss.startswith(("identified", "spread")) else "key_value", "over")
 
 
@@ -429,6 +473,7 @@ def run_teacher(study: TeacherStudy, out, *, progress: bool = True, log=print, w
 def _context(study: TeacherStudy, backbone32):
     """The float64 backbone, the teachers and the test tokens of a study (made alike in every process)."""
     backbone = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), backbone32)  # estimation in float64
+    backbone = with_frozen_map(study, backbone)
     teachers = {truth: make_teacher(study, backbone, truth) for truth in {t for t, _ in study.cases}}
     test_tokens = jax.random.randint(fold_key(jax.random.key(study.seed), "test"),
                                      (study.test_size, study.backbone.seq_len), 0, study.backbone.vocab,
