@@ -337,12 +337,13 @@ def test_teacher_tiny_preset_writes_resumes_and_rates(tiny_runs, tmp_path, cli):
     matplotlib.use("Agg")
     from moe_estimation.report.plots import plot_results
 
-    assert [p.name for p in plot_results([out], tmp_path / "fig")] == ["teacher.png"]
+    assert [p.name for p in plot_results([out], tmp_path / "fig")] == ["teacher.png", "teacher_anatomy.png"]
 
 
-def _fake_run(path, study, seed=0):
-    """A finished-looking teacher run (config.json, fits.csv, rates.csv) with D_2 ~ n^-1/2 and made-up but
-    well-formed columns: enough to test how runs are combined, without fitting anything."""
+def _fake_run(path, study, seed=0, excess_slope=-1.0, rates=True):
+    """A finished-looking teacher run (config.json, fits.csv, rates.csv) with D_2 ~ n^-1/2, the excess risk
+    ~ n^excess_slope (both with noise) and made-up but well-formed columns: enough to test how runs are combined,
+    without fitting anything. ``rates=False``: a run stopped part-way (no rates.csv yet)."""
     import json
 
     from moe_estimation.experiments.results import plain_dict, write_csv
@@ -358,14 +359,36 @@ def _fake_run(path, study, seed=0):
                     d2 = n ** -0.5 * np.exp(0.1 * rng.standard_normal())
                     row.update(truth=truth, parameterisation=kind, specification=spec, num_prefixes=study.num_prompts(spec),
                                n=n, seed=s, restarts=study.restarts, loss_key_value=d2, kv_key_single=d2 / 2,
-                               kv_value_single=d2 / 2, kv_layer_0=d2, id_key=d2, id_value=d2, excess_risk=1 / n,
+                               kv_value_single=d2 / 2, kv_layer_0=d2, id_key=d2, id_value=d2, mass_key_value=d2 / 5,
+                               excess_risk=n ** excess_slope * np.exp(0.1 * rng.standard_normal()), params=np.nan,
+                               attention_mass=np.nan, true_attention_mass=np.nan,
                                converged=True, status="ftol", steps=10, at_bound=False)
                     rows.append(row)
     fits = pd.DataFrame(rows)
     path.mkdir()
     (path / "config.json").write_text(json.dumps(dict(study=plain_dict(study))))
     write_csv(path / "fits.csv", fits)
-    write_csv(path / "rates.csv", teacher_rates(fits, study))
+    if rates:
+        write_csv(path / "rates.csv", teacher_rates(fits, study))
+
+
+def test_the_controls_table_says_in_which_window_they_pass(tmp_path):
+    """teacher_windows_table on made-up runs (D_2 ~ n^-1/2): with the excess risk ~ n^-1 the exact students pass
+    in every window of at least 1.5 decades and are too narrow below it; ~ n^-2 they fail; a run stopped part-way
+    (no rates.csv) is read from its fits."""
+    from moe_estimation.report.summary import teacher_windows_table
+
+    study = TeacherStudy(ns=(8, 16, 32, 64, 128, 256, 512), seeds=8, num_bootstrap=200,
+                         cases=(("shared", "no-share"),), specifications=("exact",))
+    _fake_run(tmp_path / "good", study, rates=False)
+    _fake_run(tmp_path / "bad", study, excess_slope=-2.0)
+    good = [line for line in teacher_windows_table(tmp_path / "good", num_bootstrap=200).splitlines()
+            if line.startswith("| shared")]
+    bad = [line for line in teacher_windows_table(tmp_path / "bad", num_bootstrap=200).splitlines()
+           if line.startswith("| shared")]
+    assert [line.split(" | ")[3] for line in good] == [f"{n} ... 512" for n in (8, 16, 32, 64, 128)]
+    assert [line.rsplit("|", 2)[1].strip() for line in good] == ["pass", "pass", "too narrow", "too narrow", "too narrow"]
+    assert [line.rsplit("|", 2)[1].strip() for line in bad][:2] == ["fail", "fail"]
 
 
 def test_runs_that_split_one_designs_cases_are_drawn_and_tabulated_together(tmp_path, monkeypatch):

@@ -555,6 +555,64 @@ def plot_teacher(results, out: Path) -> list[Path]:
     return [path]
 
 
+def plot_teacher_anatomy(results, out: Path) -> list[Path]:
+    """``teacher_anatomy.png``: the extra prefix of every over-specified student, against n, from the fits'
+    recorded prefixes (:func:`moe_estimation.transformer.teacher.prefix_anatomy`; runs that recorded none draw
+    nothing): its attention mass as a share of its cell's true prefix's (an invisible prefix falls to 0), its
+    key's distance to the nearest true key, its value's error, and the students' D_2 weighted by exp(bias)
+    (solid) and by attention mass (dashed); medians, with the quartiles shaded."""
+    from ..transformer.teacher import prefix_anatomy
+
+    paths = [Path(results)] if isinstance(results, (str, Path)) else [Path(r) for r in results]
+    fits, _ = load_runs(paths)
+    teacher, head_dim = {}, None
+    for p in paths:
+        cfg = json.loads((p / "config.json").read_text())
+        teacher.update(cfg.get("teacher", {}))
+        head_dim = cfg["study"]["backbone"]["width"] // cfg["study"]["backbone"]["heads"]
+    over = fits[fits["specification"] == "over"]
+    anatomy = prefix_anatomy(over, teacher, head_dim)
+    if not len(anatomy):
+        return []
+    extra = anatomy[anatomy["extra"].astype(bool)].assign(mass_share=lambda d: d["mass"] / d["true_mass"])
+    if not len(extra):
+        return []
+    panels = (("mass_share", "extra prefix: mass / its cell's true mass"),
+              ("key_to_nearest_true_key", "extra prefix: key to the nearest true key"),
+              ("value_error", "extra prefix: value to its cell's true value"), (None, "D_2: by exp(bias) (solid), by mass (dashed)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
+    cases = list(dict.fromkeys(zip(extra["truth"], extra["parameterisation"])))
+    for (col, title), ax in zip(panels, axes[0]):
+        for c, (truth, kind) in enumerate(cases):
+            color = f"C{c}"
+            if col is None:
+                g = over[(over["truth"] == truth) & (over["parameterisation"] == kind)].dropna(subset=["mass_key_value"])
+                for name, style in (("loss_key_value", "-"), ("mass_key_value", "--")):
+                    q = g.groupby("n")[name].quantile([0.25, 0.5, 0.75]).unstack()
+                    ax.plot(q.index, q[0.5], style, color=color, marker="o", ms=3,
+                            label=f"{kind}, {truth}" if style == "-" else None)
+            else:
+                g = extra[(extra["truth"] == truth) & (extra["parameterisation"] == kind)]
+                q = g.groupby("n")[col].quantile([0.25, 0.5, 0.75]).unstack()
+                ax.fill_between(q.index, q[0.25], q[0.75], color=color, alpha=0.15, lw=0)
+                ax.plot(q.index, q[0.5], "o-", color=color, ms=3, label=f"{kind}, {truth}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=8)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ns = np.sort(over["n"].unique())
+        ax.set_xticks(ns, [str(int(n)) for n in ns], fontsize=7)
+        ax.set_xlabel("n (sequences)")
+        ax.grid(True, which="both", alpha=0.2)
+        ax.legend(fontsize=6)
+    fig.suptitle("The extra prefix of over-specified students: invisible, or spread along its cell? (medians, quartiles)",
+                 fontsize=10)
+    fig.tight_layout()
+    path = out / "teacher_anatomy.png"
+    _save(fig, path)
+    return [path]
+
+
 def plot_combined(study: Path, transformer: Path | None, out: Path, teacher=None) -> Path:
     """The MoE rate panels (key/value yardstick, over-specified) beside the teacher-student transformer's
     (same loss, over-specified students of the shared truth, the MoE study's counterpart; ``teacher``: one
@@ -759,6 +817,7 @@ def plot_results(results, out) -> list[Path]:
         written += plot_lab(d, out)
     if teachers:  # several teacher runs: one design split over its cases, drawn as one (else refused)
         written += plot_teacher(teachers, out)
+        written += plot_teacher_anatomy(teachers, out)
     single = [d for d in studies if pd.read_csv(fits_file(d), usecols=["schedule"])["schedule"].nunique() == 1]
     if single and (transformers or teachers):  # the combined figure shows one schedule's rates
         written.append(plot_combined(single[0], transformers[0] if transformers else None, out,

@@ -310,6 +310,75 @@ def teacher_table(paths) -> str:
     return "\n".join(out)
 
 
+def teacher_windows_table(paths, min_decades: float = 1.5, num_bootstrap: int = 2000) -> str:
+    """Do the teacher-student study's controls pass, and in which window of n? Per (truth, student, specification)
+    and per window of the grid ending at its largest n (at least 3 sizes): the mean slopes of D_2 (key, value), of
+    D_2 weighted by attention mass and of the excess risk, with their intervals, the window's width in decades,
+    and ``controls`` (exactly specified students only): ``pass`` when the window spans at least ``min_decades``,
+    the D_2 interval holds the theory's -1/2 and the excess-risk interval holds -1; ``fail`` when it spans that
+    much and either misses; ``too narrow`` otherwise. Rated by the common rate code (bootstrap over seeds)."""
+    f, _ = load_runs(paths, arg="--teacher")
+    seed = 0
+    out = ["| truth | student | spec | window (n) | decades | D_2 (k, v), mean [95% CI] | D_2 by attention mass | "
+           "excess risk | controls |", "|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda e: f"{e['slope']:.2f} [{e['ci_low']:.2f}, {e['ci_high']:.2f}]" if np.isfinite(e["slope"]) else "-"
+    for (truth, kind, spec), g in f.groupby(["truth", "parameterisation", "specification"], sort=False):
+        ns = np.sort(g["n"].unique())
+        for i in range(len(ns) - 2):
+            w = g[g["n"] >= ns[i]]
+            rate = {}
+            for col in ("loss_key_value", "mass_key_value", "excess_risk"):
+                if col not in w.columns or w[col].isna().all():
+                    rate[col] = None
+                    continue
+                wn, mat = loss_matrix(w, col, replicate="seed")
+                rate[col] = next(e for e in rate_entries(wn, mat, num_bootstrap=num_bootstrap, seed=seed,
+                                                         statistics=("mean",)))
+            decades = float(np.log10(ns[-1] / ns[i]))
+            verdict = "-"
+            if spec == "exact":
+                kv, ex = rate["loss_key_value"], rate["excess_risk"]
+                holds = kv["ci_low"] <= -0.5 <= kv["ci_high"] and ex["ci_low"] <= -1.0 <= ex["ci_high"]
+                verdict = "too narrow" if decades < min_decades - 1e-9 else ("pass" if holds else "fail")
+            cell = lambda c: fmt(rate[c]) if rate[c] is not None else "-"
+            out.append(f"| {truth} | {kind} | {spec} | {ns[i]} ... {ns[-1]} | {decades:.1f} | {cell('loss_key_value')} | "
+                       f"{cell('mass_key_value')} | {cell('excess_risk')} | {verdict} |")
+    out.append(f"\n{f['seed'].nunique()} seeds per size; best of {int(f['restarts'].iloc[0])} starts; a window spans "
+               f"at least {min_decades} decades to count.")
+    return "\n".join(out)
+
+
+def teacher_anatomy_table(paths) -> str:
+    """The extra prefix of the over-specified students, per (truth, student, n), from every fit's recorded
+    prefixes (:func:`moe_estimation.transformer.teacher.prefix_anatomy`): medians of its attention mass as a
+    share of its cell's true prefix's, of its key's distance to the nearest true key and of its value's error,
+    the share of extra prefixes with mass below 1% of their cell's (invisible) and whose cell by key differs from
+    their cell by (key, value), and the fits' median spread of values and D_2 by exp(bias) and by mass."""
+    from ..transformer.teacher import extra_prefix_summary, prefix_anatomy
+
+    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    f, _ = load_runs(paths, arg="--teacher")
+    teacher, head_dim = {}, None
+    for p in paths:
+        cfg = json.loads((p / "config.json").read_text())
+        teacher.update(cfg.get("teacher", {}))
+        b = cfg["study"]["backbone"]
+        head_dim = b["width"] // b["heads"]
+    over = f[f["specification"] == "over"]
+    anatomy = extra_prefix_summary(prefix_anatomy(over, teacher, head_dim))
+    if not len(anatomy):
+        return "(no over-specified fit recorded its prefixes)"
+    med = over.groupby(["truth", "parameterisation", "n"])[["id_spread_value", "loss_key_value", "mass_key_value"]].median()
+    out = ["| truth | student | n | extra prefixes | mass share (median) | invisible (< 1%) | key to nearest true key | "
+           "value error | cell by key differs | spread of values | D_2 | D_2 by mass |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in anatomy.itertuples(index=False):
+        m = med.loc[(r.truth, r.parameterisation, r.n)]
+        out.append(f"| {r.truth} | {r.parameterisation} | {r.n} | {r.extra_prefixes} | {r.mass_share:.2f} | "
+                   f"{r.invisible:.2f} | {r.key_to_nearest_true_key:.3g} | {r.value_error:.3g} | {r.moved_cell:.2f} | "
+                   f"{m['id_spread_value']:.3g} | {m['loss_key_value']:.3g} | {m['mass_key_value']:.3g} |")
+    return "\n".join(out)
+
+
 def _ci(x, digits=2) -> str:
     """A slope and its interval; a composite loss's (rates.csv ``composite``) says so: it is no rate."""
     tag = " (composite)" if str(x.get("composite", False)) == "True" else ""
@@ -768,14 +837,15 @@ def run_kind(path: Path) -> str:
     if (path / "inverse.csv").is_file() and (path / "inverse_summary.csv").is_file():
         return "inverse"
     if fits_file(path).is_file():
-        if not (path / "rates.csv").is_file():
-            raise ValueError(f"summarize: {path} holds fits but no rates.csv: rebuild its tables first "
-                             f"(`moe-estimation study ... --out {path} --tables-only`)")
         try:
             columns = pd.read_csv(fits_file(path), nrows=0).columns
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError, OSError) as e:
             raise ValueError(f"summarize: {fits_file(path)} is not a readable table ({str(e).splitlines()[0]})") from None
-        return "teacher" if "truth" in columns else "lab" if "num_components" in columns else "study"
+        kind = "teacher" if "truth" in columns else "lab" if "num_components" in columns else "study"
+        if kind != "teacher" and not (path / "rates.csv").is_file():  # a teacher run part-way is rated from its fits
+            raise ValueError(f"summarize: {path} holds fits but no rates.csv: rebuild its tables first "
+                             f"(`moe-estimation study ... --out {path} --tables-only`)")
+        return kind
     if (path / "curves.csv").is_file():
         return "transformer"
     raise ValueError(f"summarize: {path} holds no run's tables (fits.csv or fits.csv.gz of a study or a teacher run, "
@@ -792,7 +862,9 @@ def summarize(path: Path) -> str:
     if kind == "inverse":
         parts = [inverse_markdown(path)] + ([le_cam_markdown(path)] if (path / "le_cam.csv").is_file() else [])
     elif kind == "teacher":
-        parts = [teacher_table([path])]
+        parts = [teacher_table([path]), teacher_windows_table([path])]
+        if (pd.read_csv(path / "fits.csv", usecols=lambda c: c == "specification")["specification"] == "over").any():
+            parts.append(teacher_anatomy_table([path]))
     elif kind == "lab":
         parts = [lab_markdown(path)]
     elif kind == "suite":

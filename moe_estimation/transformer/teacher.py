@@ -596,6 +596,16 @@ def teacher_rates(fits, study: TeacherStudy):
     return pd.DataFrame(out)
 
 
+def study_from_config(study: dict) -> TeacherStudy:
+    """The :class:`TeacherStudy` a run's config.json records (its ``study``), tuples restored."""
+    fields = dict(study)
+    fields["backbone"] = BackboneConfig(**fields["backbone"])
+    for name in ("ns", "bias_bounds", "specifications"):
+        fields[name] = tuple(fields[name])
+    fields["cases"] = tuple(tuple(c) for c in fields["cases"])
+    return TeacherStudy(**fields)
+
+
 def load_runs(dirs, arg: str = "--results") -> tuple:
     """The fits and rates of one teacher-student run (``dirs``: its directory) or of several runs of one
     design (a list of directories), as one pair of tables: runs that split the cases of one study between
@@ -623,7 +633,9 @@ def load_runs(dirs, arg: str = "--results") -> tuple:
                 raise ValueError(f"{arg}: {seen[case]} and {d} both hold the {case[0]} truth's {case[1]} students")
             seen[case] = d
         fits.append(f)
-        rates.append(pd.read_csv(d / "rates.csv"))
+        # a run stopped part-way has fits.csv but no rates.csv yet: rate what it has, as the run would
+        rates.append(pd.read_csv(d / "rates.csv") if (d / "rates.csv").is_file()
+                     else teacher_rates(f, study_from_config(study)))
     return pd.concat(fits, ignore_index=True), pd.concat(rates, ignore_index=True)
 
 
@@ -633,6 +645,15 @@ def load_runs(dirs, arg: str = "--results") -> tuple:
 ANATOMY_COLUMNS = ["truth", "parameterisation", "specification", "n", "seed", "layer", "head", "prefix", "mass",
                    "true_mass", "exp_bias", "cell", "cell_by_key", "cell_size", "key_to_nearest_true_key",
                    "key_error", "value_error", "extra"]
+
+
+def _recorded(fits: pd.DataFrame) -> pd.DataFrame:
+    """The fits that recorded their prefixes and attention masses (runs begun before these were kept have no such
+    columns, or empty ones in a table joined with newer runs)."""
+    cols = ("params", "attention_mass", "true_attention_mass")
+    if not set(cols) <= set(fits.columns):
+        return fits.iloc[:0]
+    return fits[np.all([fits[c].map(lambda x: isinstance(x, str)).to_numpy() for c in cols], axis=0)]
 
 
 def prefix_anatomy(fits: pd.DataFrame, teacher: dict, head_dim: int) -> pd.DataFrame:
@@ -648,8 +669,8 @@ def prefix_anatomy(fits: pd.DataFrame, teacher: dict, head_dim: int) -> pd.DataF
     anywhere: exp(bias) weighs a prefix no query attends to) or *values spread along a zero set* (the MoE
     mechanism: the extra prefix keeps a share of its cell's mass, its key near the true key, its value away)."""
     rows = []
-    have = fits.dropna(subset=[c for c in ("params", "attention_mass") if c in fits.columns])
-    if "params" not in fits.columns or not len(have):
+    have = _recorded(fits)
+    if not len(have):
         return pd.DataFrame(columns=ANATOMY_COLUMNS)
     for r in have.itertuples(index=False):
         p = json.loads(r.params)
@@ -684,7 +705,9 @@ def extra_prefix_summary(anatomy: pd.DataFrame) -> pd.DataFrame:
     their mass as a share of their cell's true prefix's mass, their exp(bias), key distance to the nearest true
     key, key and value errors, the share of them whose cell by key differs from their cell by (key, value), and
     the share whose mass is below 1% of their cell's true mass (*invisible*)."""
-    x = anatomy[anatomy["extra"]].assign(
+    if not len(anatomy):
+        return pd.DataFrame()
+    x = anatomy[anatomy["extra"].astype(bool)].assign(
         mass_share=lambda d: d["mass"] / d["true_mass"], moved_cell=lambda d: d["cell"] != d["cell_by_key"],
         invisible=lambda d: d["mass"] < 0.01 * d["true_mass"])
     if not len(x):
@@ -705,8 +728,8 @@ def layer_parts(fits: pd.DataFrame, teacher: dict, head_dim: int) -> pd.DataFram
     prefixes, with the prefixes weighted by exp(bias) (``weighting = "bias"``, the yardstick) and by attention mass
     (``"mass"``); heads summed. Over n it shows which part holds a layer's D_2 up (the first layer's weight part,
     where gate biases and keys may be confounded by the few distinct queries the first layer sees)."""
-    have = fits.dropna(subset=[c for c in ("params", "attention_mass") if c in fits.columns])
-    if "params" not in fits.columns or not len(have):
+    have = _recorded(fits)
+    if not len(have):
         return pd.DataFrame(columns=LAYER_PART_COLUMNS)
     with jax.enable_x64(True):  # the fits' own precision, whatever the caller's flag
         return _layer_parts(have, teacher, head_dim)
