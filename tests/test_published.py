@@ -553,6 +553,41 @@ def test_one_em_iteration_of_the_joint_model_is_its_closed_form_and_em_climbs():
     assert all(b <= a + 1e-12 for a, b in zip(values, values[1:]))
 
 
+def test_the_softmax_gated_sources_abort_rule_counts_falls_across_tries(monkeypatch):
+    """The source's rule (``abort_after`` = 20 there): a try goes on through falls of the log-likelihood, counts
+    those above 1e-5, and is aborted at the count's (m + 1)-th, the count carried into the next try. Here every
+    iteration is replaced by a flip theta -> -theta from a near-true start, so the likelihood falls on every odd
+    iteration: with m = 3 the first try stops at its 4th fall (iteration 7), every later try at its first
+    (iteration 1), all reported stalled; without the rule (m = 0) EM stops at the first fall, reported converged.
+    On a real fit whose likelihood only rises both rules give the same fit."""
+    import importlib
+
+    from moe_estimation.lab.fit import LabFitSettings, start
+
+    em_module = importlib.import_module("moe_estimation.lab.em")  # the module (moe_estimation.lab.em is the function)
+
+    study = _study("sgame-exact", "source")
+    model, truth = study.model, study.truth
+    X, Y = lab.simulate(jax.random.key(0), model, truth, 500)
+    w = jnp.ones(500)
+    s = LabFitSettings(num_components=2, init="near-truth", init_scale=0.01, restarts=3, max_steps=50)
+    starts = jax.vmap(lambda r: start(jax.random.fold_in(jax.random.key(1), r), model, s, truth, X.dtype, 500.0))(
+        jnp.arange(3))
+    real = [lab.em(jax.random.key(1), model, X, Y, 2, truth=truth, init="near-truth", init_scale=0.01, restarts=3,
+                   tol=1e-6, gate_steps=50, abort_after=m) for m in (0, 20)]
+    assert float(real[0].objective) == pytest.approx(float(real[1].objective), rel=1e-9) and bool(real[1].converged)
+    monkeypatch.setattr(em_module, "_iteration", lambda model, K, X, Y, w, gate_steps, theta, gate_tol=0.0: -theta)
+    nll = lambda th: float(em_module._nll(model, 2, X, Y, w, th))
+    assert all(nll(-th) > nll(th) + 1e-3 for th in starts)  # the flip is a fall, the flip back a rise
+    theta, f, status, steps = em_module._em_tries(model, s, X, Y, w, 1e-6, 5, 0.0, 3, starts)
+    assert [int(k) for k in steps] == [7, 1, 1]
+    assert [int(k) for k in status] == [em_module.Status.STALLED] * 3
+    fit = em_module.em_dataset(jax.random.key(1), model, s, X, Y, w, truth, 1e-6, 5)  # no rule: stops at the fall
+    assert int(fit.steps) == 1 and bool(fit.converged)
+    with pytest.raises(ValueError, match="abort_after: must be an integer >= 0"):
+        lab.em(jax.random.key(1), model, X, Y, 2, truth=truth, abort_after=-1)
+
+
 def test_the_gaussian_gated_source_start():
     """'gmoe-source': every true component covered, the weights split among the fitted components of one true one,
     the noise of the stated sizes (means sd 0.005 n^-0.083; variances above the truth's by |N(0, 0.0005 n^-0.25)|)."""

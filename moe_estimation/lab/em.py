@@ -128,13 +128,23 @@ def _nll(model, K, X, Y, w, theta):
 
 
 def em_dataset(key, model: Assembly, s: LabFitSettings, X, Y, w, truth: Mixture, tol: float, gate_steps: int,
-               gate_tol: float = 0.0) -> LabFit:
+               gate_tol: float = 0.0, abort_after: int = 0) -> LabFit:
     """Every restart of ``s`` by EM (``s.max_steps`` iterations at most) on one data set; the best by mean NLL.
     ``gate_tol``: the gate's M-step stops early when a Newton step lowers its objective by less than this relative
-    amount (0: always ``gate_steps`` steps)."""
+    amount (0: always ``gate_steps`` steps).
+
+    ``abort_after`` = 0 (the default): an iteration stops EM when the log-likelihood rises by less than ``tol``
+    relative, a fall included. ``abort_after`` = m > 0 is the stopping rule of the softmax-gated source's EM: stop
+    when the log-likelihood changes by at most ``tol`` relative either way (a larger fall goes on); count the
+    iterations whose log-likelihood L = sum_i w_i log p(y_i | x_i) falls by more than 1e-5, and abort a try at the
+    count's (m + 1)-th, the count running on across tries (the source never resets it: once it passes m, every
+    later try stops at its first such fall). The tries then run one after another; an aborted try keeps its last
+    parameters, competes for the best by its likelihood and reports ``stalled`` (not converged)."""
     K = s.num_components
     starts = jax.vmap(lambda r: start(jax.random.fold_in(key, r), model, s, truth, X.dtype, jnp.sum(w)))(
         jnp.arange(s.restarts))
+    if abort_after:
+        return _em_counted(model, s, X, Y, w, tol, gate_steps, gate_tol, abort_after, starts)
 
     def run(theta0):
         def cond(state):
@@ -160,24 +170,72 @@ def em_dataset(key, model: Assembly, s: LabFitSettings, X, Y, w, truth: Mixture,
     return LabFit(model.unflatten(theta[best], K), f[best], is_converged(code), code, steps[best], f)
 
 
-@partial(jax.jit, static_argnames=("model", "s", "gate_steps"))
-def _em_batch(keys, model, s, X, Y, w, truth, tol, gate_steps):
-    return batch_map(lambda a: em_dataset(a[0], model, s, a[1], a[2], a[3], truth, tol, gate_steps), (keys, X, Y, w),
-                     s.batching)
+def _em_counted(model, s, X, Y, w, tol, gate_steps, gate_tol, abort_after, starts) -> LabFit:
+    """:func:`em_dataset` under the source's stopping and abort rule (its docstring), the tries in sequence."""
+    K = s.num_components
+    theta, f, status, steps = _em_tries(model, s, X, Y, w, tol, gate_steps, gate_tol, abort_after, starts)
+    rank = jnp.where(jnp.isfinite(f), f, jnp.inf)
+    best = jnp.argmin(rank)
+    finite = jnp.isfinite(f[best]) & jnp.all(jnp.isfinite(theta[best]))
+    code = jnp.where(finite, status[best], Status.NONFINITE)
+    return LabFit(model.unflatten(theta[best], K), f[best], is_converged(code), code, steps[best], f)
+
+
+def _em_tries(model, s, X, Y, w, tol, gate_steps, gate_tol, abort_after, starts):
+    """Every try's (parameters, mean NLL, status, iterations) under the source's rule, the tries in sequence with
+    the fall counter carried from one to the next."""
+    K = s.num_components
+    total = jnp.sum(w)
+
+    def step(theta):
+        return (_joint_iteration(model, K, X, Y, w, theta) if model.likelihood == "joint-gaussian"
+                else _iteration(model, K, X, Y, w, gate_steps, theta, gate_tol))
+
+    def run(top, theta0):
+        def cond(state):
+            _, f, f_old, it, _, aborted = state
+            converged = (it > 0) & (jnp.abs(f_old - f) <= tol * jnp.abs(f_old))
+            return (it < s.max_steps) & ~converged & ~aborted
+
+        def body(state):
+            theta, f, _, it, top, _ = state
+            new = step(theta)
+            f_new = _nll(model, K, X, Y, w, new)
+            fell = total * (f_new - f) > 1e-5  # L = -total * f fell by more than 1e-5
+            top = top + fell.astype(top.dtype)
+            return new, f_new, f, it + 1, top, fell & (top > abort_after)
+
+        f0 = _nll(model, K, X, Y, w, theta0)
+        theta, f, f_old, it, top, aborted = jax.lax.while_loop(
+            cond, body, (theta0, f0, jnp.inf, jnp.asarray(0), top, jnp.asarray(False)))
+        status = jnp.where(aborted, Status.STALLED,
+                           jnp.where(jnp.abs(f_old - f) <= tol * jnp.abs(f_old), Status.FTOL, Status.MAX_STEPS))
+        return top, (theta, f, status, it)
+
+    return jax.lax.scan(run, jnp.asarray(0), starts)[1]
+
+
+@partial(jax.jit, static_argnames=("model", "s", "gate_steps", "abort_after"))
+def _em_batch(keys, model, s, X, Y, w, truth, tol, gate_steps, abort_after=0):
+    return batch_map(lambda a: em_dataset(a[0], model, s, a[1], a[2], a[3], truth, tol, gate_steps,
+                                          abort_after=abort_after), (keys, X, Y, w), s.batching)
 
 
 def em(key, model: Assembly, X, Y, num_components: int, *, truth: Mixture | None = None, tol: float = 1e-8,
-       gate_steps: int = 5, **options) -> LabFit:
+       gate_steps: int = 5, abort_after: int = 0, **options) -> LabFit:
     """EM for K' = ``num_components`` components on one data set (module docstring). ``options``: the fields of
     :class:`moe_estimation.lab.LabFitSettings`, ``max_steps`` being the EM iterations; the same starts as
-    :func:`moe_estimation.lab.fit` draws from the same key."""
+    :func:`moe_estimation.lab.fit` draws from the same key. ``abort_after`` > 0: the softmax-gated source's
+    stopping and abort rule (:func:`em_dataset`)."""
     check_em_model(model)
     s = LabFitSettings(num_components=num_components, **options)
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (np.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol: must be a finite number >= 0, got {tol!r}")
     if isinstance(gate_steps, bool) or not isinstance(gate_steps, (int, np.integer)) or gate_steps < 1:
         raise ValueError(f"gate_steps: must be an integer >= 1, got {gate_steps!r}")
+    if isinstance(abort_after, bool) or not isinstance(abort_after, (int, np.integer)) or abort_after < 0:
+        raise ValueError(f"abort_after: must be an integer >= 0 (0: no abort rule), got {abort_after!r}")
     X, Y, truth = check_fit_inputs(model, s, X, Y, truth)
     out = _em_batch(jnp.asarray(key)[None], model, s, X[None], Y[None], jnp.ones((1, X.shape[0])), truth,
-                    jnp.asarray(tol), gate_steps)
+                    jnp.asarray(tol), gate_steps, int(abort_after))
     return jax.tree.map(lambda a: a[0], out)

@@ -77,7 +77,8 @@ from .parts import EXPERT_NAMES, GATE_NAMES, InputLaw
 ESTIMATORS = ("direct", "em")
 # EM's own options in [fit] (with estimator = "em"): the relative rise of the log-likelihood it stops at, the Newton
 # steps of the gate's M-step and their relative stopping tolerance (0: always that many steps)
-EM_DEFAULTS = {"em_tol": 1e-8, "em_gate_steps": 5, "em_gate_tol": 0.0}
+EM_DEFAULTS = {"em_tol": 1e-8, "em_gate_steps": 5, "em_gate_tol": 0.0, "em_abort": 0}
+EM_INTEGERS = {"em_gate_steps": 1, "em_abort": 0}  # the integer options and their least values
 DEFAULT_LOSS = {"voronoi": {"blocks": ["gate", "expert"], "kind": "d2"}}  # a study without [loss] tables
 LAB_CELL = ["specification", "n"]
 
@@ -267,12 +268,13 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
     if em_options and estimator != "em":
         raise _err(source, f"fit.{sorted(em_options)[0]}", "an option of EM; it goes with estimator = \"em\"")
     for k, v in em_options.items():
-        kind = int if k == "em_gate_steps" else float
+        kind = int if k in EM_INTEGERS else float
+        least = EM_INTEGERS.get(k, 0)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)) \
-                or not (np.isfinite(v) and (v >= 1 if kind is int else v >= 0)):
-            raise _err(source, f"fit.{k}", f"expected {'an integer >= 1' if kind is int else 'a finite number >= 0'}, "
+                or not (np.isfinite(v) and v >= least):
+            raise _err(source, f"fit.{k}", f"expected {f'an integer >= {least}' if kind is int else 'a finite number >= 0'}, "
                                            f"got {v!r}")
-    em_options = EM_DEFAULTS | {k: int(v) if k == "em_gate_steps" else float(v) for k, v in em_options.items()}
+    em_options = EM_DEFAULTS | {k: int(v) if k in EM_INTEGERS else float(v) for k, v in em_options.items()}
     fields = set(LabFitSettings._fields) - {"num_components", "num_shared"}
     unknown = sorted(set(f) - fields)
     if unknown:
@@ -359,7 +361,8 @@ def _cell_impl(model, s, estimator, truth, dkeys, skeys, n, rows, em_options=tup
         X, Y = simulate_rows(model, truth, dk, rows, n)
         w = (jnp.arange(rows) < n).astype(X.dtype)
         if estimator == "em":
-            return em_dataset(sk, model, s, X, Y, w, truth, em["em_tol"], em["em_gate_steps"], em["em_gate_tol"])
+            return em_dataset(sk, model, s, X, Y, w, truth, em["em_tol"], em["em_gate_steps"], em["em_gate_tol"],
+                              em.get("em_abort", 0))
         return fit_dataset(sk, model, s, X, Y, w, truth)
 
     return jax.lax.map(one, (dkeys, skeys))
