@@ -68,7 +68,7 @@ from ..experiments.results import (CellTable, RunLog, StudyLock, check_same_stud
 from ..solver import STATUS_LABELS
 from ..experiments.runner import fit_missing, load_cells
 from ..experiments.workers import resolve_workers
-from .em import check_em_model, em_dataset
+from .em import GATE_STEPS, check_em_model, em_dataset
 from .fit import LabFitSettings, check_settings, fit_dataset
 from .losses import VoronoiLoss
 from .model import Assembly, Mixture, simulate_rows
@@ -77,7 +77,7 @@ from .parts import EXPERT_NAMES, GATE_NAMES, InputLaw
 ESTIMATORS = ("direct", "em")
 # EM's own options in [fit] (with estimator = "em"): the relative rise of the log-likelihood it stops at, the Newton
 # steps of the gate's M-step and their relative stopping tolerance (0: always that many steps)
-EM_DEFAULTS = {"em_tol": 1e-8, "em_gate_steps": 5, "em_gate_tol": 0.0, "em_abort": 0}
+EM_DEFAULTS = {"em_tol": 1e-8, "em_gate_steps": 5, "em_gate_tol": 0.0, "em_abort": 0, "em_gate_step": "newton"}
 EM_INTEGERS = {"em_gate_steps": 1, "em_abort": 0}  # the integer options and their least values
 DEFAULT_LOSS = {"voronoi": {"blocks": ["gate", "expert"], "kind": "d2"}}  # a study without [loss] tables
 LAB_CELL = ["specification", "n"]
@@ -268,13 +268,18 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
     if em_options and estimator != "em":
         raise _err(source, f"fit.{sorted(em_options)[0]}", "an option of EM; it goes with estimator = \"em\"")
     for k, v in em_options.items():
+        if k == "em_gate_step":
+            if v not in GATE_STEPS:
+                raise _err(source, f"fit.{k}", f"expected one of {GATE_STEPS}, got {v!r}")
+            continue
         kind = int if k in EM_INTEGERS else float
         least = EM_INTEGERS.get(k, 0)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)) \
                 or not (np.isfinite(v) and v >= least):
             raise _err(source, f"fit.{k}", f"expected {f'an integer >= {least}' if kind is int else 'a finite number >= 0'}, "
                                            f"got {v!r}")
-    em_options = EM_DEFAULTS | {k: int(v) if k in EM_INTEGERS else float(v) for k, v in em_options.items()}
+    em_options = EM_DEFAULTS | {k: v if k == "em_gate_step" else int(v) if k in EM_INTEGERS else float(v)
+                                for k, v in em_options.items()}
     fields = set(LabFitSettings._fields) - {"num_components", "num_shared"}
     unknown = sorted(set(f) - fields)
     if unknown:
@@ -283,7 +288,7 @@ def parse_lab_config(data: dict, source: str = "<config>") -> LabStudy:
     try:
         check_settings(LabFitSettings(num_components=K, **f))
         if estimator == "em":
-            check_em_model(model)
+            check_em_model(model, em_options["em_gate_step"])
     except (ValueError, TypeError) as e:
         raise _err(source, "fit", str(e)) from None
     if f.get("init") == "near-truth" and "init_scale" not in f:
@@ -362,7 +367,7 @@ def _cell_impl(model, s, estimator, truth, dkeys, skeys, n, rows, em_options=tup
         w = (jnp.arange(rows) < n).astype(X.dtype)
         if estimator == "em":
             return em_dataset(sk, model, s, X, Y, w, truth, em["em_tol"], em["em_gate_steps"], em["em_gate_tol"],
-                              em.get("em_abort", 0))
+                              em.get("em_abort", 0), em.get("em_gate_step", "newton"))
         return fit_dataset(sk, model, s, X, Y, w, truth)
 
     return jax.lax.map(one, (dkeys, skeys))
