@@ -57,6 +57,11 @@ def blocks() -> dict:
         "lab-gaussian-moe-table": lambda: s.lab_markdown(t / "lab-gaussian-moe"),
         "lab-em-table": lambda: s.lab_em_table(b / "lab-em-cpu.json"),
         "teacher-table": lambda: s.teacher_table([t / "teacher-quick", t / "teacher-more"]),
+        "teacher-controls-table": lambda: s.teacher_windows_table([t / "teacher-controls"]),
+        "teacher-anatomy-table": lambda: s.teacher_anatomy_table([t / "teacher-anatomy"]),
+        "teacher-layers-table": lambda: s.teacher_layer_table([t / "teacher-controls"]),
+        "teacher-anatomy-rates": lambda: s.teacher_table([t / "teacher-anatomy"]),
+        "teacher-frozen-table": lambda: s.teacher_table([t / "teacher-frozen"]),
         "step-table": lambda: s.step_table(b / "cpu-step.json").split("\n\n", 1)[1],
     }
     from moe_estimation.lab.suite import pairs_markdown

@@ -201,6 +201,20 @@ def test_the_teacher_and_combined_figures_are_drawn_from_the_committed_tables(tm
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("name", ["teacher-controls", "teacher-anatomy", "teacher-frozen"])
+def test_the_teacher_checks_figures_are_drawn_from_their_committed_runs(name, tmp_path):
+    """figures/<name> is what `plot` draws from tables/<name> (the teacher-student checks: controls, the extra
+    prefix's anatomy, the frozen map), byte for byte."""
+    from moe_estimation.cli import main
+
+    assert main(["plot", "--results", str(README.parent / "tables" / name), "--out", str(tmp_path)]) == 0
+    drawn = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert drawn and drawn == sorted(p.name for p in (README.parent / "figures" / name).glob("*.png"))
+    for png in drawn:
+        assert (README.parent / "figures" / name / png).read_bytes() == (tmp_path / png).read_bytes(), png
+
+
+@pytest.mark.e2e
 def test_the_published_figures_are_drawn_from_the_committed_runs(tmp_path):
     """figures/published is what simulations/published/figures.py draws from tables/published, byte for byte."""
     import matplotlib

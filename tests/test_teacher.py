@@ -328,6 +328,17 @@ def test_teacher_tiny_preset_writes_resumes_and_rates(tiny_runs, tmp_path, cli):
     over = anatomy[anatomy["specification"] == "over"].groupby(["truth", "parameterisation", "n", "seed", "layer", "head"])
     assert (over["extra"].sum() == 1).all()  # three prefixes, two cells: one shares, and its lighter prefix is extra
     assert ((anatomy["mass"] > 0) & (anatomy["mass"] < 1)).all()
+    # and the summaries read them: a row per (case, n, layer) of the exact fits' parts, per (case, n) of the extra
+    # prefixes, and the medians as layer_parts gives them
+    from moe_estimation.report.summary import teacher_anatomy_table, teacher_layer_table
+
+    layers = [line for line in teacher_layer_table(out).splitlines()[2:]]
+    assert len(layers) == len(study.cases) * len(study.ns) * study.backbone.layers
+    first = parts[(parts["weighting"] == "bias") & (parts["specification"] == "exact") & (parts["layer"] == 0)]
+    first = first[(first["truth"] == study.cases[0][0]) & (first["parameterisation"] == study.cases[0][1])
+                  & (first["n"] == study.ns[0])]
+    assert f"| {first['d2'].median():.3g} | {first['weight'].median():.3g} |" in layers[0]
+    assert len(teacher_anatomy_table(out).splitlines()) == 2 + len(study.cases) * len(study.ns)
     # run again: every cell is finished, nothing is fitted, the table is unchanged
     again = cli("transformer", "--preset", "teacher-tiny", "--out", out, "--no-progress")
     assert again.returncode == 0 and "resuming: 8 of 8 cells" in again.stdout, again.stderr

@@ -379,6 +379,34 @@ def teacher_anatomy_table(paths) -> str:
     return "\n".join(out)
 
 
+def teacher_layer_table(paths, specification: str = "exact") -> str:
+    """Each layer's D_2 split into its parts, per (truth, student, n), medians over the fits that recorded their
+    prefixes (:func:`moe_estimation.transformer.teacher.layer_parts`): the weight part sum_j |W_j - w*_j|, the key
+    and value parts, by exp(bias), and D_2 by attention mass. Which part holds a slow layer's D_2 up: the first
+    layer's weight part is where gate biases and keys can be confounded when its queries take few values."""
+    from ..transformer.teacher import layer_parts
+
+    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    f, _ = load_runs(paths, arg="--teacher")
+    teacher, head_dim = {}, None
+    for p in paths:
+        cfg = json.loads((p / "config.json").read_text())
+        teacher.update(cfg.get("teacher", {}))
+        head_dim = cfg["study"]["backbone"]["width"] // cfg["study"]["backbone"]["heads"]
+    parts = layer_parts(f[f["specification"] == specification], teacher, head_dim)
+    if not len(parts):
+        return "(no fit recorded its prefixes)"
+    parts = parts.assign(key=parts["key_single"] + parts["key_multi"], value=parts["value_single"] + parts["value_multi"])
+    bias = parts[parts["weighting"] == "bias"].groupby(["truth", "parameterisation", "n", "layer"], sort=False)
+    mass = parts[parts["weighting"] == "mass"].groupby(["truth", "parameterisation", "n", "layer"], sort=False)["d2"].median()
+    out = ["| truth | student | n | layer | D_2 (median) | weight part | key part | value part | D_2 by attention mass |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for key, g in bias:
+        out.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {g['d2'].median():.3g} | {g['weight'].median():.3g} | "
+                   f"{g['key'].median():.3g} | {g['value'].median():.3g} | {mass.loc[key]:.3g} |")
+    return "\n".join(out)
+
+
 def _ci(x, digits=2) -> str:
     """A slope and its interval; a composite loss's (rates.csv ``composite``) says so: it is no rate."""
     tag = " (composite)" if str(x.get("composite", False)) == "True" else ""
