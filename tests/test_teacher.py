@@ -235,7 +235,7 @@ def test_the_anatomy_finds_an_invisible_extra_prefix_and_a_spread_one(backbone):
                          attention_mass=json.dumps(np.asarray(mass).tolist()),
                          true_attention_mass=json.dumps(np.asarray(truth_mass).tolist())))
     config_teacher = {"shared": [dict(keys=np.asarray(k).tolist(), values=np.asarray(v).tolist()) for k, v, _ in teacher]}
-    anatomy = prefix_anatomy(pd.DataFrame(rows), config_teacher, cfg.head_dim)
+    anatomy = prefix_anatomy(pd.DataFrame(rows), config_teacher)
     extra = anatomy[anatomy["extra"]]
     assert len(extra) == 2 * cfg.layers * cfg.heads and (extra["prefix"] == 2).all()
     inv, spread = (extra[extra["parameterisation"] == k] for k in ("invisible", "spread"))
@@ -322,7 +322,7 @@ def test_teacher_tiny_preset_writes_resumes_and_rates(tiny_runs, tmp_path, cli):
         for layer in range(study.backbone.layers):
             mine = parts[(parts["weighting"] == weighting) & (parts["layer"] == layer)]
             np.testing.assert_allclose(mine["d2"].to_numpy(), fits[column.format(layer)].to_numpy(), rtol=1e-10)
-    anatomy = prefix_anatomy(fits, teacher, study.backbone.head_dim)
+    anatomy = prefix_anatomy(fits, teacher)
     heads = study.backbone.layers * study.backbone.heads
     assert len(anatomy) == sum(heads * study.num_prompts(s) for s in fits["specification"])
     over = anatomy[anatomy["specification"] == "over"].groupby(["truth", "parameterisation", "n", "seed", "layer", "head"])

@@ -190,6 +190,10 @@ def em_dataset(key, model: Assembly, s: LabFitSettings, X, Y, w, truth: Mixture,
 
     ``gate_step``: the gate's M-step, ``"newton"`` (damped Newton steps of the project's solver) or
     ``"coordinate"`` (coordinate descent, :func:`_coordinate_gate`: the FuseMoE source's, for its Laplace gate)."""
+    if gate_step not in GATE_STEPS:
+        raise ValueError(f"gate_step: expected one of {GATE_STEPS}, got {gate_step!r}")
+    if isinstance(abort_after, bool) or not isinstance(abort_after, (int, np.integer)) or abort_after < 0:
+        raise ValueError(f"abort_after: must be an integer >= 0 (0: no abort rule), got {abort_after!r}")
     K = s.num_components
     starts = jax.vmap(lambda r: start(jax.random.fold_in(key, r), model, s, truth, X.dtype, jnp.sum(w)))(
         jnp.arange(s.restarts))

@@ -565,13 +565,11 @@ def plot_teacher_anatomy(results, out: Path) -> list[Path]:
 
     paths = [Path(results)] if isinstance(results, (str, Path)) else [Path(r) for r in results]
     fits, _ = load_runs(paths)
-    teacher, head_dim = {}, None
+    teacher = {}
     for p in paths:
-        cfg = json.loads((p / "config.json").read_text())
-        teacher.update(cfg.get("teacher", {}))
-        head_dim = cfg["study"]["backbone"]["width"] // cfg["study"]["backbone"]["heads"]
+        teacher.update(json.loads((p / "config.json").read_text()).get("teacher", {}))
     over = fits[fits["specification"] == "over"]
-    anatomy = prefix_anatomy(over, teacher, head_dim)
+    anatomy = prefix_anatomy(over, teacher)
     if not len(anatomy):
         return []
     extra = anatomy[anatomy["extra"].astype(bool)].assign(mass_share=lambda d: d["mass"] / d["true_mass"])

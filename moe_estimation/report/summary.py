@@ -338,8 +338,10 @@ def teacher_windows_table(paths, min_decades: float = 1.5, num_bootstrap: int = 
             verdict = "-"
             if spec == "exact":
                 kv, ex = rate["loss_key_value"], rate["excess_risk"]
-                holds = kv["ci_low"] <= -0.5 <= kv["ci_high"] and ex["ci_low"] <= -1.0 <= ex["ci_high"]
-                verdict = "too narrow" if decades < min_decades - 1e-9 else ("pass" if holds else "fail")
+                finite = all(np.isfinite([e["ci_low"], e["ci_high"]]).all() for e in (kv, ex))
+                holds = finite and kv["ci_low"] <= -0.5 <= kv["ci_high"] and ex["ci_low"] <= -1.0 <= ex["ci_high"]
+                verdict = ("too narrow" if decades < min_decades - 1e-9 else "no rate" if not finite
+                           else "pass" if holds else "fail")
             cell = lambda c: fmt(rate[c]) if rate[c] is not None else "-"
             out.append(f"| {truth} | {kind} | {spec} | {ns[i]} ... {ns[-1]} | {decades:.1f} | {cell('loss_key_value')} | "
                        f"{cell('mass_key_value')} | {cell('excess_risk')} | {verdict} |")
@@ -358,14 +360,13 @@ def teacher_anatomy_table(paths) -> str:
 
     paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     f, _ = load_runs(paths, arg="--teacher")
-    teacher, head_dim = {}, None
+    from ..transformer.teacher import _recorded
+
+    teacher = {}
     for p in paths:
-        cfg = json.loads((p / "config.json").read_text())
-        teacher.update(cfg.get("teacher", {}))
-        b = cfg["study"]["backbone"]
-        head_dim = b["width"] // b["heads"]
-    over = f[f["specification"] == "over"]
-    anatomy = extra_prefix_summary(prefix_anatomy(over, teacher, head_dim))
+        teacher.update(json.loads((p / "config.json").read_text()).get("teacher", {}))
+    over = _recorded(f[f["specification"] == "over"])  # the fits the anatomy reads, and their medians alone
+    anatomy = extra_prefix_summary(prefix_anatomy(over, teacher))
     if not len(anatomy):
         return "(no over-specified fit recorded its prefixes)"
     med = over.groupby(["truth", "parameterisation", "n"])[["id_spread_value", "loss_key_value", "mass_key_value"]].median()
@@ -384,8 +385,10 @@ def teacher_layer_table(paths, specification: str = "exact") -> str:
     prefixes (:func:`moe_estimation.transformer.teacher.layer_parts`): the weight part sum_j |W_j - w*_j|, the key
     and value parts, by exp(bias), and D_2 by attention mass. Which part holds a slow layer's D_2 up: the first
     layer's weight part is where gate biases and keys can be confounded when its queries take few values."""
-    from ..transformer.teacher import layer_parts
+    from ..transformer.teacher import SPECIFICATIONS, layer_parts
 
+    if specification not in SPECIFICATIONS:
+        raise ValueError(f"specification: expected one of {SPECIFICATIONS}, got {specification!r}")
     paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     f, _ = load_runs(paths, arg="--teacher")
     teacher, head_dim = {}, None
@@ -803,6 +806,9 @@ def reported_table(tables) -> str:
     fmt = lambda e: f"{e['slope']:.2f} [{e['ci_low']:.2f}, {e['ci_high']:.2f}]" if np.isfinite(e["slope"]) else "-"
     for row in reported.itertuples(index=False):
         folder = tables / "published" / row.way
+        if not (folder / "rates.csv").is_file():
+            raise ValueError(f"reported.csv: way {row.way!r} of {row.source} names no finished way of a committed suite "
+                             f"({folder} has no rates.csv)")
         labels = dict((Path(p).name, label) for label, p in suite_ways(folder.parent)[0])
         f, r = pd.read_csv(folder / "fits.csv"), pd.read_csv(folder / "rates.csv")
         sel = (f["specification"] == row.specification)
@@ -812,6 +818,8 @@ def reported_table(tables) -> str:
             sel &= f["num_components"] == row.num_components
             rsel &= r["num_components"] == row.num_components
             spec = f"{spec}, K' = {row.num_components}"
+        if not (rsel & (r["statistic"] == "mean")).any() or not sel.any():
+            raise ValueError(f"reported.csv: {row.way} has no {row.loss!r} rate for {spec} (source {row.source})")
         m, md = (r[rsel & (r["statistic"] == s)].iloc[0] for s in ("mean", "median"))
         ns, mat = loss_matrix(f[sel], f"loss_{row.loss}", replicate="replicate")
         mean = np.array([np.nanmean(v[np.isfinite(v)]) for v in mat])
@@ -891,7 +899,7 @@ def summarize(path: Path) -> str:
         parts = [inverse_markdown(path)] + ([le_cam_markdown(path)] if (path / "le_cam.csv").is_file() else [])
     elif kind == "teacher":
         parts = [teacher_table([path]), teacher_windows_table([path])]
-        if (pd.read_csv(path / "fits.csv", usecols=lambda c: c == "specification")["specification"] == "over").any():
+        if (pd.read_csv(fits_file(path), usecols=lambda c: c == "specification")["specification"] == "over").any():
             parts.append(teacher_anatomy_table([path]))
     elif kind == "lab":
         parts = [lab_markdown(path)]

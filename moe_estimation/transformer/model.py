@@ -100,6 +100,8 @@ def prefix_attention_mass(backbone: dict, tokens: jax.Array, cfg: BackboneConfig
     the attention weight on that prefix's slot averaged over the T query positions (``(layers, heads, L')``;
     a prefix with a large gate bias but a key no query meets has mass near 0). ``prefix`` as in
     :func:`hidden_states` (not None)."""
+    if prefix is None:
+        raise ValueError("prefix: the attention mass of prefixes needs prefixes (per layer (keys, values[, biases])), got None")
     return _residual_stream(backbone, tokens, cfg, prefix)[1]
 
 

@@ -67,7 +67,7 @@ TRUTHS = ("shared", "free", "frozen-map")
 SPECIFICATIONS = ("exact", "over")
 STUDENTS = PARAMETERISATIONS + ("frozen-map",)
 """The students: the three parameterisations, and ``frozen-map``: deep-share's network frozen at a fixed random
-map (:func:`frozen_map`), only the vectors estimated, the known nonlinear structure of a ``frozen-map`` truth."""
+map (:func:`frozen_map`), only the vectors estimated: the known shared structure of a ``frozen-map`` truth."""
 
 
 class TeacherStudy(NamedTuple):
@@ -184,8 +184,10 @@ def _heads(a, cfg):
 def frozen_map(study: TeacherStudy, dtype=jnp.float64) -> dict:
     """The frozen network of the ``frozen-map`` truth and student: a deep-share network (Linear-Tanh-Linear from one
     vector per prefix to every layer's key and value, :func:`moe_estimation.transformer.prefixes.init_prefix`) at
-    its usual random initialisation from the study's seed, never trained. A known nonlinear map with the
-    deep-share shape: beside the trained deep-share student it tells a known structure from a learned one."""
+    its usual random initialisation from the study's seed, never trained. Every layer's keys and values are then a
+    fixed affine map of one bounded latent per prefix, tanh(p W1 + b1) (``deep_hidden`` numbers, below the
+    vector's width, so p itself is not identified and the yardstick is on (key, value)): a known shared structure
+    of the deep-share shape, beside the trained deep-share student a known map against a learned one."""
     net = init_prefix(fold_key(jax.random.key(study.seed), "frozen-map"), "deep-share", study.backbone, 1,
                       hidden=study.deep_hidden, dtype=dtype)
     return {k: v for k, v in net.items() if k != "p"}
@@ -438,9 +440,10 @@ RATE_LOSSES = {  # the study's yardstick columns (same names in both tables), an
 
 def theory_slope(kind: str, loss: str, specification: str) -> float:
     """The MoE theory's reference slope for the student's structure (docs/maths.md, *Rates and intervals*):
-    no-share is the non-shared structure, simple-share the shared-linear one, frozen-map (a known nonlinear map)
-    the shared-nonlinear one; deep-share, whose network is trained rather than known, has no counterpart (NaN). The excess risk ||f - f*||^2: -1 for every
-    student (the regression function is estimated at the parametric rate). Exactly specified: -1/2."""
+    no-share is the non-shared structure, simple-share the shared-linear one, frozen-map (a known map shared by
+    all layers) a shared one; deep-share, whose network is trained rather than known, has no counterpart (NaN).
+    The excess risk ||f - f*||^2: -1 for every student (the regression function is estimated at the parametric
+    rate). Exactly specified: -1/2. A loss weighted by attention mass (``mass_<name>``) takes its term's slope."""
     if loss == "excess_risk":
         return -1.0
     if specification == "exact":
@@ -448,7 +451,9 @@ def theory_slope(kind: str, loss: str, specification: str) -> float:
     if kind == "deep-share":
         return float("nan")
     structure = {"no-share": NON_SHARED, "simple-share": SHARED_LINEAR, "frozen-map": SHARED_NONLINEAR}[kind]
-    return moe_theory(structure, "identified" if loss.startswith(("identified", "spread")) else "key_value", "over")
+    base = loss.removeprefix("mass_")  # weighted by attention mass: the same term of the yardstick
+    identified = base.startswith(("identified", "spread")) or base == "weight"
+    return moe_theory(structure, "identified" if identified else "key_value", "over")
 
 
 def run_teacher(study: TeacherStudy, out, *, progress: bool = True, log=print, workers: int | str = 1,
@@ -580,7 +585,7 @@ def teacher_rates(fits, study: TeacherStudy):
         for loss, cols in RATE_LOSSES.items():
             if not set(cols) <= set(g.columns):
                 continue  # a run begun before the measure existed
-            values = g[list(cols)].sum(axis=1).to_numpy()
+            values = g[list(cols)].sum(axis=1, min_count=len(cols)).to_numpy()  # a NaN part: no value, never 0
             if not np.any(values != 0):
                 continue  # e.g. no spread when no cell holds two prefixes
             ns, mat = loss_matrix(g, values, replicate="seed")
@@ -656,15 +661,15 @@ def _recorded(fits: pd.DataFrame) -> pd.DataFrame:
     return fits[np.all([fits[c].map(lambda x: isinstance(x, str)).to_numpy() for c in cols], axis=0)]
 
 
-def prefix_anatomy(fits: pd.DataFrame, teacher: dict, head_dim: int) -> pd.DataFrame:
+def prefix_anatomy(fits: pd.DataFrame, teacher: dict) -> pd.DataFrame:
     """One row per prefix of every fit that recorded its prefixes (``params``, ``attention_mass``: runs from
     teacher-controls and teacher-anatomy on; older rows are skipped), per layer and head: its attention mass and
     the mass of the true prefix of its cell (``true_mass``), exp(bias), its Voronoi cell on (key, value) and on the
     key alone, the size of its cell, its key's distance to the nearest true key, and its key's and value's distance
     to its cell's true key and value. ``teacher``: per truth the per-layer ``{"keys", "values"}`` of config.json.
 
-    ``extra`` marks, per head, the prefix of least attention mass among those sharing a cell (an over-specified
-    student's extra prefix; none in a head whose cells hold one prefix each). Read across n it decides between
+    ``extra`` marks, per head of an over-specified student (more prefixes than the truth), the prefix of least
+    attention mass relative to its cell's true prefix's (its extra prefix, whether it shares a cell or sits alone). Read across n it decides between
     two mechanisms for an over-specified student's slow yardstick: an *invisible* extra prefix (mass near 0,
     anywhere: exp(bias) weighs a prefix no query attends to) or *values spread along a zero set* (the MoE
     mechanism: the extra prefix keeps a share of its cell's mass, its key near the true key, its value away)."""
@@ -686,8 +691,8 @@ def prefix_anatomy(fits: pd.DataFrame, teacher: dict, head_dim: int) -> pd.DataF
                 cell_key = np.argmin(np.linalg.norm(k[:, None] - tk[h][None], axis=-1), axis=1)
                 size = np.bincount(cell, minlength=len(true_atoms))[cell]
                 m = mass[layer, h]
-                shared = np.flatnonzero(size > 1)
-                extra = shared[np.argmin(m[shared])] if len(shared) else -1
+                share = m / true_mass[layer, h, cell]
+                extra = int(np.argmin(share)) if len(k) > len(tk[h]) else -1
                 near = np.linalg.norm(k[:, None] - tk[h][None], axis=-1).min(axis=1)
                 for i in range(len(k)):
                     rows.append(dict(
