@@ -962,9 +962,14 @@ def test_registered_starts_and_em_options_refuse_what_they_cannot_mean(tmp_path)
         "gate = [[3.0, 1.0], [-3.0, 0.0]]", "gate = [[3.0, 1.0], [0.0, 0.0]]").replace("[fit]", '[fit]\nestimator = "em"')
     assert dict(_parse(tmp_path, gm).em_options)["em_gate_steps"] == 5
     assert dict(_parse(tmp_path, gm.replace("[fit]", "[fit]\nem_gate_steps = 300\nem_gate_tol = 1e-7")).em_options) == \
-        {"em_tol": 1e-8, "em_gate_steps": 300, "em_gate_tol": 1e-7}
+        {"em_tol": 1e-8, "em_gate_steps": 300, "em_gate_tol": 1e-7, "em_abort": 0, "em_gate_step": "newton"}
     with pytest.raises(ValueError, match="fit.em_gate_steps: expected an integer >= 1"):
         _parse(tmp_path, gm.replace("[fit]", "[fit]\nem_gate_steps = 0.5"))
+    with pytest.raises(ValueError, match="fit.em_abort: expected an integer >= 0, got -1"):
+        _parse(tmp_path, gm.replace("[fit]", "[fit]\nem_abort = -1"))
+    with pytest.raises(ValueError, match="fit.em_gate_step: expected one of \\('newton', 'coordinate'\\), got 'gradient'"):
+        _parse(tmp_path, gm.replace("[fit]", '[fit]\nem_gate_step = "gradient"'))
+    assert dict(_parse(tmp_path, gm.replace("[fit]", "[fit]\nem_abort = 20")).em_options)["em_abort"] == 20
     one = gm.replace("[grid]", '[grid]\nspecifications = ["over"]').replace("num_bootstrap = 100", "num_bootstrap = 100\ntheory = { voronoi = -0.5 }")
     assert _parse(tmp_path, one).theory["voronoi"] == {"over": -0.5}  # one slope: for the specifications fitted
 

@@ -286,21 +286,23 @@ def paired_runs_markdown(a: Path, b: Path, loss: str = "key_value") -> str:
 
 def teacher_table(paths) -> str:
     """Teacher-student prefix estimation: per (truth, student, specification) the slopes of the prefix
-    yardstick (mean and median), its identified key and value parts and the excess risk. ``paths``: one
-    run, or runs of one design that split its cases (teacher-quick and teacher-more)."""
+    yardstick (mean and median), weighted by attention mass and with cells by key (runs that recorded them; "-"
+    otherwise), its identified key and value parts and the excess risk. ``paths``: one run, or runs of one design
+    that split its cases (teacher-quick and teacher-more)."""
     f, r = load_runs(paths, arg="--teacher")
     cell = lambda g, loss, stat: g[(g["loss"] == loss) & (g["statistic"] == stat)]
     fmt = lambda row: (f"{row['slope']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]" if len(row) else "-")
-    out = ["| truth | student | spec | D_2 (k, v), mean: slope [95% CI] | median | identified key (mean) | "
-           "identified value (mean) | excess risk (mean) | theory (D_2) | D_2 at n_max: mean / median | fits not converged |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| truth | student | spec | D_2 (k, v), mean: slope [95% CI] | median | D_2 by attention mass (mean) | "
+           "D_2, cells by key (mean) | identified key (mean) | identified value (mean) | excess risk (mean) | "
+           "theory (D_2) | D_2 at n_max: mean / median | fits not converged |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (truth, kind, spec), g in r.groupby(["truth", "parameterisation", "specification"], sort=False):
         kv = cell(g, "key_value", "mean")
         row = lambda loss, stat="mean": fmt(cell(g, loss, stat).iloc[0]) if len(cell(g, loss, stat)) else "-"
         theory = kv.iloc[0]["theory_slope"]
         fits = f[(f["truth"] == truth) & (f["parameterisation"] == kind) & (f["specification"] == spec)]
         out.append(f"| {truth} | {kind} | {spec} | {row('key_value')} | {row('key_value', 'median')} | "
-                   f"{row('identified_key')} | {row('identified_value')} | {row('excess_risk')} | "
+                   f"{row('mass_key_value')} | {row('key_value_by_key')} | {row('identified_key')} | {row('identified_value')} | {row('excess_risk')} | "
                    f"{'-' if pd.isna(theory) else ('0 (worst-case reading)' if kind == 'no-share' and spec == 'over' and theory == 0 else f'{theory:g}')} | {kv.iloc[0]['mean_loss_at_n_max']:.3g} / "
                    f"{fits.loc[fits['n'] == fits['n'].max(), 'loss_key_value'].median():.3g} | "
                    f"{int((~fits['converged'].astype(bool)).sum())} of {len(fits)} |")
@@ -360,12 +362,12 @@ def teacher_anatomy_table(paths) -> str:
 
     paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     f, _ = load_runs(paths, arg="--teacher")
-    from ..transformer.teacher import _recorded
+    from ..transformer.teacher import recorded_fits
 
     teacher = {}
     for p in paths:
         teacher.update(json.loads((p / "config.json").read_text()).get("teacher", {}))
-    over = _recorded(f[f["specification"] == "over"])  # the fits the anatomy reads, and their medians alone
+    over = recorded_fits(f[f["specification"] == "over"])  # the fits the anatomy reads, and their medians alone
     anatomy = extra_prefix_summary(prefix_anatomy(over, teacher))
     if not len(anatomy):
         return "(no over-specified fit recorded its prefixes)"
@@ -876,12 +878,17 @@ def run_kind(path: Path) -> str:
         try:
             columns = pd.read_csv(fits_file(path), nrows=0).columns
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError, OSError) as e:
-            raise ValueError(f"summarize: {fits_file(path)} is not a readable table ({str(e).splitlines()[0]})") from None
-        kind = "teacher" if "truth" in columns else "lab" if "num_components" in columns else "study"
-        if kind != "teacher" and not (path / "rates.csv").is_file():  # a teacher run part-way is rated from its fits
+            columns, unreadable = (), str(e).splitlines()[0]
+        else:
+            unreadable = None
+        if "truth" in columns:
+            return "teacher"  # a teacher run part-way, without rates.csv yet, is rated from its fits
+        if not (path / "rates.csv").is_file():
             raise ValueError(f"summarize: {path} holds fits but no rates.csv: rebuild its tables first "
                              f"(`moe-estimation study ... --out {path} --tables-only`)")
-        return kind
+        if unreadable is not None:
+            raise ValueError(f"summarize: {fits_file(path)} is not a readable table ({unreadable})")
+        return "lab" if "num_components" in columns else "study"
     if (path / "curves.csv").is_file():
         return "transformer"
     raise ValueError(f"summarize: {path} holds no run's tables (fits.csv or fits.csv.gz of a study or a teacher run, "

@@ -652,7 +652,7 @@ ANATOMY_COLUMNS = ["truth", "parameterisation", "specification", "n", "seed", "l
                    "key_error", "value_error", "extra"]
 
 
-def _recorded(fits: pd.DataFrame) -> pd.DataFrame:
+def recorded_fits(fits: pd.DataFrame) -> pd.DataFrame:
     """The fits that recorded their prefixes and attention masses (runs begun before these were kept have no such
     columns, or empty ones in a table joined with newer runs)."""
     cols = ("params", "attention_mass", "true_attention_mass")
@@ -674,7 +674,7 @@ def prefix_anatomy(fits: pd.DataFrame, teacher: dict) -> pd.DataFrame:
     anywhere: exp(bias) weighs a prefix no query attends to) or *values spread along a zero set* (the MoE
     mechanism: the extra prefix keeps a share of its cell's mass, its key near the true key, its value away)."""
     rows = []
-    have = _recorded(fits)
+    have = recorded_fits(fits)
     if not len(have):
         return pd.DataFrame(columns=ANATOMY_COLUMNS)
     for r in have.itertuples(index=False):
@@ -733,7 +733,7 @@ def layer_parts(fits: pd.DataFrame, teacher: dict, head_dim: int) -> pd.DataFram
     prefixes, with the prefixes weighted by exp(bias) (``weighting = "bias"``, the yardstick) and by attention mass
     (``"mass"``); heads summed. Over n it shows which part holds a layer's D_2 up (the first layer's weight part,
     where gate biases and keys may be confounded by the few distinct queries the first layer sees)."""
-    have = _recorded(fits)
+    have = recorded_fits(fits)
     if not len(have):
         return pd.DataFrame(columns=LAYER_PART_COLUMNS)
     with jax.enable_x64(True):  # the fits' own precision, whatever the caller's flag
