@@ -98,7 +98,16 @@ def test_teacher_with_workers_writes_the_one_process_table(tiny_runs, tmp_path):
     # the same fits: XLA's multi-threaded kernels in the one process and the workers' single-threaded ones
     # sum the backbone's float64 products in another order, so the numbers agree to rounding, not bit for bit
     # (a solver's stopping point moves with that rounding: 1.7e-9 relative seen, on one yardstick of 68)
+    # the recorded prefixes and masses (JSON lists of floats) likewise, entry by entry
+    import json
+
+    recorded = ["params", "attention_mass", "true_attention_mass"]
     a, b = (t.drop(columns="seconds").reset_index(drop=True) for t in (one, two))
+    for col in recorded:
+        for x, y in zip(a[col], b[col]):
+            flat = lambda v: np.concatenate([np.ravel(u) for u in (v.values() if isinstance(v, dict) else [v])])
+            np.testing.assert_allclose(flat(json.loads(y)), flat(json.loads(x)), rtol=1e-6, atol=1e-8)
+    a, b = a.drop(columns=recorded), b.drop(columns=recorded)
     numeric = [c for c in a.columns if a[c].dtype.kind == "f"]
     pd.testing.assert_frame_equal(a.drop(columns=numeric), b.drop(columns=numeric), check_exact=True)
     np.testing.assert_allclose(b[numeric].to_numpy(float), a[numeric].to_numpy(float), rtol=1e-8, atol=1e-14)
