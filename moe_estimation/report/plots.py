@@ -475,12 +475,17 @@ def _curve_panel(ax, curves: pd.DataFrame, crates: pd.DataFrame | None, column: 
     ax.set_xscale("log")
     if column == "heldout_loss":
         ax.set_yscale("log")
+    _n_axis(ax, curves["n"], "training samples n", 7)
+
+
+def _n_axis(ax, n, label: str, legend_size) -> None:
+    """A log-n axis labelled at the sample sizes ``n`` drawn, a grid and the legend."""
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ns = np.sort(curves["n"].unique())
-    ax.set_xticks(ns, [str(int(n)) for n in ns], fontsize=7)
-    ax.set_xlabel("training samples n")
+    ns = np.sort(pd.unique(n))
+    ax.set_xticks(ns, [str(int(v)) for v in ns], fontsize=7)
+    ax.set_xlabel(label)
     ax.grid(True, which="both", alpha=0.2)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=legend_size)
 
 
 def plot_curves(results: Path, out: Path) -> list[Path]:
@@ -597,12 +602,7 @@ def plot_teacher_anatomy(results, out: Path) -> list[Path]:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(title, fontsize=8)
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ns = np.sort(over["n"].unique())
-        ax.set_xticks(ns, [str(int(n)) for n in ns], fontsize=7)
-        ax.set_xlabel("n (sequences)")
-        ax.grid(True, which="both", alpha=0.2)
-        ax.legend(fontsize=6)
+        _n_axis(ax, over["n"], "n (sequences)", 6)
     fig.suptitle("The extra prefix of over-specified students: invisible, or spread along its cell? (medians, quartiles)",
                  fontsize=10)
     fig.tight_layout()

@@ -661,6 +661,15 @@ def recorded_fits(fits: pd.DataFrame) -> pd.DataFrame:
     return fits[np.all([fits[c].map(lambda x: isinstance(x, str)).to_numpy() for c in cols], axis=0)]
 
 
+def _recorded_arrays(row) -> tuple:
+    """A recorded fit's keys and values ``(layers, heads, L', d_head)``, biases, attention masses and its truth's
+    masses ``(layers, heads, L')``, from its fits.csv row."""
+    p = json.loads(row.params)
+    keys, values, biases = (np.asarray(p[k], float) for k in ("keys", "values", "biases"))
+    return (keys, values, biases, np.asarray(json.loads(row.attention_mass), float),
+            np.asarray(json.loads(row.true_attention_mass), float))
+
+
 def prefix_anatomy(fits: pd.DataFrame, teacher: dict) -> pd.DataFrame:
     """One row per prefix of every fit that recorded its prefixes (``params``, ``attention_mass``: runs from
     teacher-controls and teacher-anatomy on; older rows are skipped), per layer and head: its attention mass and
@@ -678,10 +687,7 @@ def prefix_anatomy(fits: pd.DataFrame, teacher: dict) -> pd.DataFrame:
     if not len(have):
         return pd.DataFrame(columns=ANATOMY_COLUMNS)
     for r in have.itertuples(index=False):
-        p = json.loads(r.params)
-        keys, values, biases = (np.asarray(p[k], float) for k in ("keys", "values", "biases"))
-        mass = np.asarray(json.loads(r.attention_mass), float)
-        true_mass = np.asarray(json.loads(r.true_attention_mass), float)
+        keys, values, biases, mass, true_mass = _recorded_arrays(r)
         for layer, t in enumerate(teacher[r.truth]):
             tk, tv = np.asarray(t["keys"], float), np.asarray(t["values"], float)
             for h in range(keys.shape[1]):
@@ -744,10 +750,7 @@ def _layer_parts(have, teacher, head_dim):
     parts = jax.jit(jax.vmap(lambda w, a, tw, ta: voronoi_parts(w, a, tw, ta, split=head_dim)))
     rows = []
     for r in have.itertuples(index=False):
-        p = json.loads(r.params)
-        keys, values, biases = (np.asarray(p[k], float) for k in ("keys", "values", "biases"))
-        mass = np.asarray(json.loads(r.attention_mass), float)
-        true_mass = np.asarray(json.loads(r.true_attention_mass), float)
+        keys, values, biases, mass, true_mass = _recorded_arrays(r)
         for layer, t in enumerate(teacher[r.truth]):
             tk, tv = np.asarray(t["keys"], float), np.asarray(t["values"], float)
             atoms, true_atoms = np.concatenate([keys[layer], values[layer]], -1), np.concatenate([tk, tv], -1)
