@@ -158,7 +158,7 @@ def paired_table(runs, loss: str, num_bootstrap: int = 2000, seed: int = 0) -> p
     ``median_gap``, the median excess of its objective over that lowest. Per pair of ways (``way`` against ``other``): the difference of their mean-loss
     slopes with a bootstrap interval that resamples data sets (replicates) jointly for both, so that what the
     ways share (the data) cancels."""
-    from ..report.summary import lab_model
+    from ..report.summary import lab_model, spec_groups
 
     frames = []
     for label, p in runs:
@@ -166,9 +166,8 @@ def paired_table(runs, loss: str, num_bootstrap: int = 2000, seed: int = 0) -> p
         frames.append(f.assign(_way=label, _model=lab_model(p)))
     both = pd.concat(frames, ignore_index=True)
     rows = []
-    several = both.groupby("specification")["num_components"].nunique()
-    for (spec, K), g in both.groupby(["specification", "num_components"], sort=False):
-        spec = spec if several[spec] == 1 else f"{spec}, K' = {K}"
+    for spec_name, K, spec in spec_groups([both]):
+        g = both[(both["specification"] == spec_name) & (both["num_components"] == K)]
         labels = list(dict.fromkeys(g["_way"]))
         if len(labels) < 2:
             continue

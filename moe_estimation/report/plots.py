@@ -475,10 +475,10 @@ def _curve_panel(ax, curves: pd.DataFrame, crates: pd.DataFrame | None, column: 
     ax.set_xscale("log")
     if column == "heldout_loss":
         ax.set_yscale("log")
-    _n_axis(ax, curves["n"], "training samples n", 7)
+    _sizes_axis(ax, curves["n"], "training samples n", 7)
 
 
-def _n_axis(ax, n, label: str, legend_size) -> None:
+def _sizes_axis(ax, n, label: str, legend_size) -> None:
     """A log-n axis labelled at the sample sizes ``n`` drawn, a grid and the legend."""
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ns = np.sort(pd.unique(n))
@@ -602,7 +602,7 @@ def plot_teacher_anatomy(results, out: Path) -> list[Path]:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(title, fontsize=8)
-        _n_axis(ax, over["n"], "n (sequences)", 6)
+        _sizes_axis(ax, over["n"], "n (sequences)", 6)
     fig.suptitle("The extra prefix of over-specified students: invisible, or spread along its cell? (medians, quartiles)",
                  fontsize=10)
     fig.tight_layout()
@@ -689,11 +689,11 @@ def plot_published(runs, loss: str, out: Path, name: str) -> list[Path]:
     same data sets; ``<name>_<spec>_k<K'>.png`` where a specification is fitted at several K'): one panel a run
     that fitted the specification, the loss's mean, median, interquartile band and
     90% quantile against n with its fitted slope and the declared theory, on one y-scale."""
+    from .summary import spec_groups
+
     fits = [(label, pd.read_csv(Path(p) / "fits.csv"), pd.read_csv(Path(p) / "rates.csv")) for label, p in runs]
-    keys = list(dict.fromkeys((s, int(k)) for _, f, _ in fits for s, k in zip(f["specification"], f["num_components"])))
-    several = {s for s, _ in keys if sum(1 for t, _ in keys if t == s) > 1}  # a specification fitted at several K'
     written = []
-    for spec, K in keys:
+    for spec, K, spec_label in spec_groups([f for _, f, _ in fits]):
         pick = lambda t: (t["specification"] == spec) & (t["num_components"] == K)
         mine = [(label, f[pick(f)], r[pick(r)]) for label, f, r in fits if pick(f).any()]
         fig, axes = plt.subplots(1, len(mine), figsize=(4.6 * len(mine), 4.0), squeeze=False, sharey=True)
@@ -704,7 +704,7 @@ def plot_published(runs, loss: str, out: Path, name: str) -> list[Path]:
             ax.legend(fontsize=6)
         axes[0][0].set_ylabel(loss)
         fig.tight_layout()
-        path = Path(out) / (f"{name}_{spec}_k{K}.png" if spec in several else f"{name}_{spec}.png")
+        path = Path(out) / (f"{name}_{spec}_k{K}.png" if spec_label != spec else f"{name}_{spec}.png")
         _save(fig, path)
         written.append(path)
     return written

@@ -765,10 +765,8 @@ def published_table(runs, loss: str, num_bootstrap: int = 2000) -> str:
     fmt = lambda e: f"{e['slope']:.2f} [{e['ci_low']:.2f}, {e['ci_high']:.2f}]" if np.isfinite(e["slope"]) else "-"
     fits = [pd.read_csv(Path(p) / "fits.csv") for _, p in runs]
     rates = [pd.read_csv(Path(p) / "rates.csv") for _, p in runs]
-    keys = list(dict.fromkeys((s, int(k)) for f in fits for s, k in zip(f["specification"], f["num_components"])))
-    several = {s for s, _ in keys if sum(1 for t, _ in keys if t == s) > 1}  # a specification fitted at several K'
-    for spec_key in keys:
-        spec = spec_key[0] if spec_key[0] not in several else f"{spec_key[0]}, K' = {spec_key[1]}"
+    model_of = {label: lab_model(path) for label, path in runs}
+    for *spec_key, spec in spec_groups(fits):
         pooled = []
         for (label, path), f, r in zip(runs, fits, rates):
             g = f[(f["specification"] == spec_key[0]) & (f["num_components"] == spec_key[1])]
@@ -781,7 +779,6 @@ def published_table(runs, loss: str, num_bootstrap: int = 2000) -> str:
             med = g[g["n"] == g["n"].max()][f"loss_{loss}"].median()
             out.append(f"| {spec} | {label} | {_lab_design(path)} | {fmt(m)} | {fmt(md)} | {theory} | {med:.3g} | "
                        f"{int((~g['converged'].astype(bool)).sum())} of {len(g)} |")
-        model_of = {label: lab_model(path) for label, path in runs}
         groups = list(dict.fromkeys(model_of[g["_run"].iloc[0]] for g in pooled))
         for group in groups:  # a best of all over the ways of one model (other models' objectives are other fits)
             same = [g for g in pooled if model_of[g["_run"].iloc[0]] == group]
@@ -838,6 +835,14 @@ def reported_table(tables) -> str:
         out.append(f"| {row.source} | {spec} | {row.loss} | {rep} | {row.reference}; {row.read_from} | "
                    f"{labels[folder.name]} | {fmt(m)} | {ours} | {fmt(md)} | {theory} |")
     return "\n".join(out)
+
+
+def spec_groups(frames) -> list[tuple[str, int, str]]:
+    """The (specification, K') pairs that the fits tables ``frames`` hold, in order of first appearance, each with
+    its label: the specification, or ``"<spec>, K' = <K'>"`` where one specification is fitted at several K'."""
+    keys = list(dict.fromkeys((s, int(k)) for f in frames for s, k in zip(f["specification"], f["num_components"])))
+    several = {s for s, _ in keys if sum(1 for t, _ in keys if t == s) > 1}
+    return [(s, k, s if s not in several else f"{s}, K' = {k}") for s, k in keys]
 
 
 def lab_model(path) -> str:
