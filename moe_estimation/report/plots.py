@@ -566,15 +566,11 @@ def plot_teacher_anatomy(results, out: Path) -> list[Path]:
     nothing): its attention mass as a share of its cell's true prefix's (an invisible prefix falls to 0), its
     key's distance to the nearest true key, its value's error, and the students' D_2 weighted by exp(bias)
     (solid) and by attention mass (dashed); medians, with the quartiles shaded."""
-    from ..transformer.teacher import prefix_anatomy
+    from ..transformer.teacher import prefix_anatomy, run_teachers
 
-    paths = [Path(results)] if isinstance(results, (str, Path)) else [Path(r) for r in results]
-    fits, _ = load_runs(paths)
-    teacher = {}
-    for p in paths:
-        teacher.update(json.loads((p / "config.json").read_text()).get("teacher", {}))
+    fits, _ = load_runs(results)
     over = fits[fits["specification"] == "over"]
-    anatomy = prefix_anatomy(over, teacher)
+    anatomy = prefix_anatomy(over, run_teachers(results)[0])
     if not len(anatomy):
         return []
     extra = anatomy[anatomy["extra"].astype(bool)].assign(mass_share=lambda d: d["mass"] / d["true_mass"])

@@ -358,17 +358,11 @@ def teacher_anatomy_table(paths) -> str:
     share of its cell's true prefix's, of its key's distance to the nearest true key and of its value's error,
     the share of extra prefixes with mass below 1% of their cell's (invisible) and whose cell by key differs from
     their cell by (key, value), and the fits' median spread of values and D_2 by exp(bias) and by mass."""
-    from ..transformer.teacher import extra_prefix_summary, prefix_anatomy
+    from ..transformer.teacher import extra_prefix_summary, prefix_anatomy, recorded_fits, run_teachers
 
-    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     f, _ = load_runs(paths, arg="--teacher")
-    from ..transformer.teacher import recorded_fits
-
-    teacher = {}
-    for p in paths:
-        teacher.update(json.loads((p / "config.json").read_text()).get("teacher", {}))
     over = recorded_fits(f[f["specification"] == "over"])  # the fits the anatomy reads, and their medians alone
-    anatomy = extra_prefix_summary(prefix_anatomy(over, teacher))
+    anatomy = extra_prefix_summary(prefix_anatomy(over, run_teachers(paths)[0]))
     if not len(anatomy):
         return "(no over-specified fit recorded its prefixes)"
     med = over.groupby(["truth", "parameterisation", "n"])[["id_spread_value", "loss_key_value", "mass_key_value"]].median()
@@ -387,17 +381,12 @@ def teacher_layer_table(paths, specification: str = "exact") -> str:
     prefixes (:func:`moe_estimation.transformer.teacher.layer_parts`): the weight part sum_j |W_j - w*_j|, the key
     and value parts, by exp(bias), and D_2 by attention mass. Which part holds a slow layer's D_2 up: the first
     layer's weight part is where gate biases and keys can be confounded when its queries take few values."""
-    from ..transformer.teacher import SPECIFICATIONS, layer_parts
+    from ..transformer.teacher import SPECIFICATIONS, layer_parts, run_teachers
 
     if specification not in SPECIFICATIONS:
         raise ValueError(f"specification: expected one of {SPECIFICATIONS}, got {specification!r}")
-    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     f, _ = load_runs(paths, arg="--teacher")
-    teacher, head_dim = {}, None
-    for p in paths:
-        cfg = json.loads((p / "config.json").read_text())
-        teacher.update(cfg.get("teacher", {}))
-        head_dim = cfg["study"]["backbone"]["width"] // cfg["study"]["backbone"]["heads"]
+    teacher, head_dim = run_teachers(paths)
     parts = layer_parts(f[f["specification"] == specification], teacher, head_dim)
     if not len(parts):
         return "(no fit recorded its prefixes)"

@@ -611,6 +611,19 @@ def study_from_config(study: dict) -> TeacherStudy:
     return TeacherStudy(**fields)
 
 
+def run_teachers(dirs) -> tuple[dict, int | None]:
+    """The teachers that the runs ``dirs`` (one directory or several, as :func:`load_runs` takes) recorded in their
+    config.json (truth -> per-layer ``{"keys", "values"}``), and their heads' width (one design: ``load_runs``
+    checks it)."""
+    dirs = [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(d) for d in dirs]
+    teacher, head_dim = {}, None
+    for d in dirs:
+        cfg = json.loads((d / "config.json").read_text())
+        teacher.update(cfg.get("teacher", {}))
+        head_dim = cfg["study"]["backbone"]["width"] // cfg["study"]["backbone"]["heads"]
+    return teacher, head_dim
+
+
 def load_runs(dirs, arg: str = "--results") -> tuple:
     """The fits and rates of one teacher-student run (``dirs``: its directory) or of several runs of one
     design (a list of directories), as one pair of tables: runs that split the cases of one study between
