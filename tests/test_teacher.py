@@ -1,5 +1,6 @@
 """Teacher-student prefix estimation in the transformer (moe_estimation.transformer.teacher)."""
 
+import json
 from pathlib import Path
 
 import jax
@@ -460,6 +461,44 @@ def test_the_chained_jacobian_of_a_deep_share_student_is_the_direct_one(backbone
     assert theta.shape[0] > 3 * cfg.layers * (2 * cfg.width + cfg.heads)  # more parameters than prefix numbers
     for a, b in zip(chained, direct):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12 * float(jnp.max(jnp.abs(b))))
+
+
+@pytest.mark.study
+@pytest.mark.parametrize("kind", ["no-share", "deep-share"])
+def test_the_students_sums_in_row_blocks_are_the_whole_ones(backbone, kind):
+    from jax.flatten_util import ravel_pytree
+
+    from moe_estimation.transformer.teacher import BLOCK_FROM, BLOCK_ROWS, block_rows, student_linearize
+
+    cfg = STUDY.backbone
+    tokens = jax.random.randint(jax.random.key(1), (12, cfg.seq_len), 0, cfg.vocab, dtype=jnp.int32)
+    Y = features(backbone, tokens, cfg, make_teacher(STUDY, backbone, "free"))
+    theta, unravel = ravel_pytree(initial_student(jax.random.key(2), STUDY, kind, 3, backbone))
+    whole = student_linearize(kind, unravel, backbone, cfg, tokens, Y)(theta)
+    blocked = student_linearize(kind, unravel, backbone, cfg, tokens, Y, rows=5)(theta)  # 3 blocks, 3 rows of padding
+    for a, b in zip(blocked, whole):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14 * float(jnp.max(jnp.abs(b))))
+    # the committed tables (n <= BLOCK_FROM) keep the whole sums; a CPU blocks above
+    assert block_rows(BLOCK_FROM) is None
+    assert block_rows(2 * BLOCK_FROM) == (BLOCK_ROWS if jax.default_backend() == "cpu" else None)
+
+
+@pytest.mark.study  # two compilations
+def test_the_step_benchmark_times_the_whole_and_the_blocked_sums_of_one_problem(tmp_path):
+    """benchmarks/teacher_step.py at a tiny size (the committed teacher-controls backbone): a record per variant,
+    the blocked H the whole one's to rounding, the JSON written."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "teacher_step.py"
+    spec = importlib.util.spec_from_file_location("teacher_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "step.json"
+    bench.main(["--kinds", "no-share", "--ns", "40", "--blocks", "16", "64", "--rounds", "1", "--calls", "1",
+                "--json", str(out)])
+    got = json.loads(out.read_text())["records"]
+    assert [r["variant"] for r in got] == ["whole", "blocks-16"]  # a block as large as n is not a variant
+    assert all(r["ms_per_step"] > 0 and r["max_rel_diff_H"] < 1e-13 for r in got)
 
 
 def test_the_objective_is_per_row_and_older_tables_are_read_so():

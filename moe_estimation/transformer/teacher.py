@@ -320,13 +320,45 @@ def start_key(seed: int, truth: str, kind: str, specification: str, n: int, repl
     return fold_key(jax.random.key(seed), "start", truth, kind, specification, n, replicate)
 
 
-def student_linearize(kind: str, unravel, backbone, cfg, tokens, Y):
+BLOCK_FROM = 512
+"""On a CPU the students' J^T J and J^T r are summed over blocks of :data:`BLOCK_ROWS` sequences when a fit has more
+than this many (:func:`block_rows`): the same numbers up to the order of a float sum (relative 1e-15), about half
+the time at n = 1024 (``benchmarks/teacher_step.py``). Every table committed before blocking existed stops at
+n <= 512, so each of its fits is still the same computation bit for bit."""
+BLOCK_ROWS = 32
+
+
+def block_rows(n: int) -> int | None:
+    """The row block a fit on n sequences sums over: :data:`BLOCK_ROWS` on a CPU above :data:`BLOCK_FROM`
+    sequences, else None (the whole Jacobian at once: what an accelerator wants)."""
+    return BLOCK_ROWS if jax.default_backend() == "cpu" and n > BLOCK_FROM else None
+
+
+def _summed(residual_jacobian, tokens, Y, rows: int | None):
+    """:func:`moe_estimation.solver.normal_equations` over the sequences ``tokens`` ``(n, T)`` and targets ``Y``
+    ``(n, T, D)``; with ``rows``, summed over blocks of that many sequences (rows on the last axis there, a
+    weight of 0 on the padding rows of the last block, so they add nothing)."""
+    if rows is None:
+        return normal_equations(residual_jacobian, (tokens, Y))
+
+    def by_column(data, x):
+        toks, y, w = data
+        r, J = residual_jacobian((toks.T, jnp.moveaxis(y, -1, 0)), x)
+        w = w[:, None, None]
+        return r * w, J * w
+
+    return normal_equations(by_column, (tokens.T, jnp.moveaxis(Y, 0, -1), jnp.ones(tokens.shape[0], Y.dtype)),
+                            block_rows=rows)
+
+
+def student_linearize(kind: str, unravel, backbone, cfg, tokens, Y, *, rows: int | None = None):
     """The students' least-squares problem linearised at theta (``theta -> Normal(F, g, H)``, the solver's
     input; Gauss-Newton H = J^T J). The model depends on theta only through the prefixes z(theta) (every
     layer's keys, values and gate biases, K numbers). When theta has more entries than z (deep-share: the
     network's weights) the Jacobian is taken with respect to z and chained, J = J_z dz/dtheta, so that the
     transformer is differentiated in K directions rather than P: g = A^T g_z and H = A^T H_z A with
-    A = dz/dtheta (K x P). The same numbers up to rounding, at about K/P of the cost."""
+    A = dz/dtheta (K x P). The same numbers up to rounding, at about K/P of the cost. With ``rows``, the sums
+    over sequences run in blocks of that many (:func:`block_rows`)."""
 
     def prefix_vector(theta):
         return ravel_pytree(student_prefix(kind, unravel(theta), backbone, cfg))[0]
@@ -339,12 +371,12 @@ def student_linearize(kind: str, unravel, backbone, cfg, tokens, Y):
     def model_theta(theta, toks):
         return features(backbone, toks, cfg, student_prefix(kind, unravel(theta), backbone, cfg))
 
-    direct = normal_equations(partial(residual_jacobian, model=model_theta), (tokens, Y))
+    direct = _summed(partial(residual_jacobian, model=model_theta), tokens, Y, rows)
 
     def chained(theta):
         z, unravel_z = ravel_pytree(student_prefix(kind, unravel(theta), backbone, cfg))
-        at_z = normal_equations(partial(residual_jacobian, model=lambda w, toks: features(backbone, toks, cfg, unravel_z(w))),
-                                (tokens, Y))(z)
+        at_z = _summed(partial(residual_jacobian, model=lambda w, toks: features(backbone, toks, cfg, unravel_z(w))),
+                       tokens, Y, rows)(z)
         A = jax.jacfwd(prefix_vector)(theta)  # (K, P)
         return at_z._replace(g=A.T @ at_z.g, H=A.T @ at_z.H @ A)
 
@@ -373,7 +405,7 @@ def fit_cell(study: TeacherStudy, kind: str, num_prompts: int, n: int, backbone,
         _, unravel = ravel_pytree(template)
         lo, hi = (ravel_pytree(b)[0] for b in box(template, study))
 
-        linearize = student_linearize(kind, unravel, backbone, cfg, tokens, Y)
+        linearize = student_linearize(kind, unravel, backbone, cfg, tokens, Y, rows=block_rows(n))
 
         def restart(k):
             theta0 = ravel_pytree(initial_student(k, study, kind, num_prompts, backbone))[0]
