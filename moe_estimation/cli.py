@@ -245,7 +245,7 @@ def cmd_plot(args) -> int:
 
 
 def cmd_transformer(args) -> int:
-    from .transformer.teacher import TEACHER_PRESETS, run_teacher
+    from .transformer.teacher import TEACHER_PRESETS, TRUTH_STARTS, run_teacher
     from .transformer.train import TRANSFORMER_PRESETS, run_transformer
 
     if args.preset in TEACHER_PRESETS:  # teacher-student: the students are fitted in float64, as in a study
@@ -253,6 +253,9 @@ def cmd_transformer(args) -> int:
         fits = run_teacher(TEACHER_PRESETS[args.preset], args.out, progress=not args.no_progress,
                            workers=parse_workers(args.workers), repair=args.repair)
         print(f"wrote {len(fits)} fits to {Path(args.out) / 'fits.csv'}, rates to {Path(args.out) / 'rates.csv'}")
+        started = Path(args.out) / TRUTH_STARTS
+        if started.is_file():
+            print(f"the exactly specified data sets fitted again from the truth (the positive control): {started}")
         return 0
     _setup_jax(argparse.Namespace(float32=True))  # the compilation cache; the transformer's dtypes are its own
     curves = run_transformer(TRANSFORMER_PRESETS[args.preset], args.out, progress=not args.no_progress,
@@ -433,7 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "simple-share and deep-share prefixes and write curves.csv, curve_rates.csv and "
                                    "config.json. The teacher presets fit students to a "
                                    "teacher with known prefixes by least squares and write fits.csv (the prefix "
-                                   "yardstick per fit), rates.csv and config.json; a run started again resumes.")
+                                   "yardstick per fit), rates.csv and config.json, and truth_starts.csv: each exactly "
+                                   "specified data set fitted once more from the truth, where the student can "
+                                   "represent it (the positive control); a run started again resumes.")
     t.add_argument("--preset", default="quick",
                    choices=["quick", "standard", "tiny", "teacher-quick", "teacher-more", "teacher", "teacher-noise", "teacher-starts",
                             "teacher-controls", "teacher-anatomy", "teacher-frozen", "teacher-tiny"],

@@ -343,10 +343,22 @@ def test_teacher_tiny_preset_writes_resumes_and_rates(tiny_runs, tmp_path, cli):
                   & (first["n"] == study.ns[0])]
     assert f"| {first['d2'].median():.3g} | {first['weight'].median():.3g} |" in layers[0]
     assert len(teacher_anatomy_table(out).splitlines()) == 2 + len(study.cases) * len(study.ns)
-    # run again: every cell is finished, nothing is fitted, the table is unchanged
+    # the positive control: each exactly specified data set fitted once more from the truth (both students can
+    # represent the shared truth), on the same data: its own objective at most the random starts' best in the main
+    from moe_estimation.transformer.teacher import TRUTH_STARTS, best_fits
+
+    started = pd.read_csv(out / TRUTH_STARTS)
+    exact = fits[fits["specification"] == "exact"]
+    assert len(started) == len(exact) and set(started["restarts"]) == {0}
+    assert list(started.columns) == list(fits.columns)
+    best = best_fits(fits, started)
+    assert len(best) == len(exact) and (best["objective"] <= exact["objective"].to_numpy() + 1e-12).all()
+    # run again: every cell is finished, nothing is fitted, the tables are unchanged
     again = cli("transformer", "--preset", "teacher-tiny", "--out", out, "--no-progress")
     assert again.returncode == 0 and "resuming: 8 of 8 cells" in again.stdout, again.stderr
+    assert "resuming: 4 of 4 truth-started cells" in again.stdout
     pd.testing.assert_frame_equal(pd.read_csv(out / "fits.csv"), fits)
+    pd.testing.assert_frame_equal(pd.read_csv(out / TRUTH_STARTS), started)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -401,9 +413,42 @@ def test_the_controls_table_says_in_which_window_they_pass(tmp_path):
             if line.startswith("| shared")]
     bad = [line for line in teacher_windows_table(tmp_path / "bad", num_bootstrap=200).splitlines()
            if line.startswith("| shared")]
-    assert [line.split(" | ")[3] for line in good] == [f"{n} ... 512" for n in (8, 16, 32, 64, 128)]
+    assert [line.split(" | ")[4] for line in good] == [f"{n} ... 512" for n in (8, 16, 32, 64, 128)]
     assert [line.rsplit("|", 2)[1].strip() for line in good] == ["pass", "pass", "too narrow", "too narrow", "too narrow"]
     assert [line.rsplit("|", 2)[1].strip() for line in bad][:2] == ["fail", "fail"]
+    assert all(line.split(" | ")[3] == "best of 2 starts" and line.split(" | ")[-2] == "-" for line in good)
+
+
+def test_a_missed_minimum_is_told_from_a_slow_rate_by_the_truth_started_fits(tmp_path):
+    """A made-up run whose fits at the largest n include two stuck far from the truth (objective above their data
+    set's truth-started fit's): the study's rows hold -1/2 only in intervals that reach 0 (uninformative) and
+    count them missed; the best-fit rows, which take the truth-started fits there, pass. The best fit of a data set whose truth-started fit is worse stays its own."""
+    from moe_estimation.experiments.results import write_csv
+    from moe_estimation.report.summary import teacher_windows_table
+    from moe_estimation.transformer.teacher import TRUTH_STARTS, best_fits
+
+    study = TeacherStudy(ns=(8, 16, 32, 64, 128, 256, 512), seeds=8, num_bootstrap=200,
+                         cases=(("shared", "no-share"),), specifications=("exact",))
+    _fake_run(tmp_path / "run", study)
+    fits = pd.read_csv(tmp_path / "run" / "fits.csv").assign(objective=1.0)
+    started = fits.assign(restarts=0, objective=1.0 - 1e-9)
+    stuck = (fits["n"] == 512) & (fits["seed"] < 2)
+    fits.loc[stuck, ["loss_key_value", "excess_risk", "objective"]] = [50.0, 1.0, 1.5]
+    started.loc[(fits["n"] == 8) & (fits["seed"] == 1), "objective"] = 2.0  # worse than the study's: not taken
+    write_csv(tmp_path / "run" / "fits.csv", fits)
+    write_csv(tmp_path / "run" / TRUTH_STARTS, started)
+
+    best = best_fits(fits, started)
+    assert int(best["missed"].sum()) == 2
+    assert list(best.loc[best["missed"], "loss_key_value"]) == list(started.loc[stuck, "loss_key_value"])
+    assert best.loc[(best["n"] == 8) & (best["seed"] == 1), "objective"].item() == 1.0
+    lines = [line.split(" | ") for line in teacher_windows_table(tmp_path / "run", num_bootstrap=200).splitlines()
+             if line.startswith("| shared")]
+    study_rows = [r for r in lines if r[3] == "best of 2 starts"]
+    best_rows = [r for r in lines if r[3] == "best fit"]
+    assert [r[-1].strip(" |") for r in study_rows][:2] == ["uninformative", "uninformative"]  # intervals reach 0
+    assert [r[-2] for r in study_rows][:2] == ["2/56", "2/48"]  # two missed fits among the window's
+    assert [r[-1].strip(" |") for r in best_rows][:2] == ["pass", "pass"]
 
 
 def test_runs_that_split_one_designs_cases_are_drawn_and_tabulated_together(tmp_path, monkeypatch):
@@ -499,6 +544,29 @@ def test_the_step_benchmark_times_the_whole_and_the_blocked_sums_of_one_problem(
     got = json.loads(out.read_text())["records"]
     assert [r["variant"] for r in got] == ["whole", "blocks-16"]  # a block as large as n is not a variant
     assert all(r["ms_per_step"] > 0 and r["max_rel_diff_H"] < 1e-13 for r in got)
+
+
+@pytest.mark.parametrize("truth, kind", [("shared", "no-share"), ("free", "no-share"), ("shared", "simple-share"),
+                                         ("frozen-map", "frozen-map")])
+def test_a_student_at_the_truth_has_the_teachers_prefixes(backbone, truth, kind):
+    from moe_estimation.transformer.teacher import truth_student, with_frozen_map
+
+    study = STUDY._replace(cases=((truth, kind),))
+    bb = with_frozen_map(study, backbone)
+    at_truth = truth_student(study, bb, truth, kind)
+    for (k, v, b), (tk, tv, tb) in zip(student_prefix(kind, at_truth, bb, study.backbone), make_teacher(study, bb, truth)):
+        np.testing.assert_allclose(k, tk, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(v, tv, rtol=1e-12, atol=1e-14)
+        np.testing.assert_array_equal(b, tb)
+
+
+def test_no_student_is_started_at_a_truth_it_cannot_represent(backbone):
+    from moe_estimation.transformer.teacher import truth_student
+
+    assert truth_student(STUDY, backbone, "free", "simple-share") is None  # one vector cannot give two
+    assert truth_student(STUDY, backbone, "shared", "deep-share") is None  # no known network weights
+    with pytest.raises(ValueError, match="kind"):
+        truth_student(STUDY, backbone, "shared", "deep")
 
 
 def test_the_objective_is_per_row_and_older_tables_are_read_so():

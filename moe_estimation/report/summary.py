@@ -317,14 +317,25 @@ def teacher_windows_table(paths, min_decades: float = 1.5, num_bootstrap: int = 
     and per window of the grid ending at its largest n (at least 3 sizes): the mean slopes of D_2 (key, value), of
     D_2 weighted by attention mass and of the excess risk, with their intervals, the window's width in decades,
     and ``controls`` (exactly specified students only): ``pass`` when the window spans at least ``min_decades``,
-    the D_2 interval holds the theory's -1/2 and the excess-risk interval holds -1; ``fail`` when it spans that
-    much and either misses; ``too narrow`` otherwise. Rated by the common rate code (bootstrap over seeds)."""
+    the D_2 interval holds the theory's -1/2 and the excess-risk interval holds -1, both below 0; ``uninformative``
+    when they hold the theory's slopes but one also reaches 0 (no fall cannot be ruled out); ``fail`` when it
+    spans that much and either misses; ``too narrow`` otherwise. Rated by the common rate code (bootstrap over
+    seeds).
+
+    Where a run has its truth-started fits (``truth_starts.csv``), each exactly specified row gains ``missed``
+    (the window's fits whose objective lies above their data set's truth-started fit's:
+    :func:`moe_estimation.transformer.teacher.best_fits`) and a row ``best fit`` beneath it: the same rates of
+    each data set's better of the two fits, the positive control that tells a slow rate from a missed minimum."""
+    from ..transformer.teacher import best_fits, load_truth_starts
+
     f, _ = load_runs(paths, arg="--teacher")
+    best = best_fits(f, load_truth_starts(paths))
     seed = 0
-    out = ["| truth | student | spec | window (n) | decades | D_2 (k, v), mean [95% CI] | D_2 by attention mass | "
-           "excess risk | controls |", "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| truth | student | spec | fit | window (n) | decades | D_2 (k, v), mean [95% CI] | D_2 by attention mass | "
+           "excess risk | missed | controls |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda e: f"{e['slope']:.2f} [{e['ci_low']:.2f}, {e['ci_high']:.2f}]" if np.isfinite(e["slope"]) else "-"
-    for (truth, kind, spec), g in f.groupby(["truth", "parameterisation", "specification"], sort=False):
+
+    def rows(truth, kind, spec, g, label, missed):
         ns = np.sort(g["n"].unique())
         for i in range(len(ns) - 2):
             w = g[g["n"] >= ns[i]]
@@ -342,13 +353,27 @@ def teacher_windows_table(paths, min_decades: float = 1.5, num_bootstrap: int = 
                 kv, ex = rate["loss_key_value"], rate["excess_risk"]
                 finite = all(np.isfinite([e["ci_low"], e["ci_high"]]).all() for e in (kv, ex))
                 holds = finite and kv["ci_low"] <= -0.5 <= kv["ci_high"] and ex["ci_low"] <= -1.0 <= ex["ci_high"]
+                sharp = finite and kv["ci_high"] < 0 and ex["ci_high"] < 0  # a fall, told from no fall at all
                 verdict = ("too narrow" if decades < min_decades - 1e-9 else "no rate" if not finite
-                           else "pass" if holds else "fail")
+                           else "fail" if not holds else "pass" if sharp else "uninformative")
             cell = lambda c: fmt(rate[c]) if rate[c] is not None else "-"
-            out.append(f"| {truth} | {kind} | {spec} | {ns[i]} ... {ns[-1]} | {decades:.1f} | {cell('loss_key_value')} | "
-                       f"{cell('mass_key_value')} | {cell('excess_risk')} | {verdict} |")
-    out.append(f"\n{f['seed'].nunique()} seeds per size; best of {int(f['restarts'].iloc[0])} starts; a window spans "
-               f"at least {min_decades} decades to count.")
+            m = missed[missed["n"] >= ns[i]] if missed is not None else None
+            miss = "-" if m is None or not len(m) else f"{int(m['missed'].sum())}/{len(m)}"
+            out.append(f"| {truth} | {kind} | {spec} | {label} | {ns[i]} ... {ns[-1]} | {decades:.1f} | "
+                       f"{cell('loss_key_value')} | {cell('mass_key_value')} | {cell('excess_risk')} | {miss} | {verdict} |")
+
+    for (truth, kind, spec), g in f.groupby(["truth", "parameterisation", "specification"], sort=False):
+        b = best[(best["truth"] == truth) & (best["parameterisation"] == kind) & (best["specification"] == spec)]
+        complete = len(b) == len(g)  # every fit has its truth-started one (a run part-way through them: not yet)
+        rows(truth, kind, spec, g, f"best of {int(g['restarts'].iloc[0])} starts", b if complete else None)
+        if complete and len(b):
+            rows(truth, kind, spec, b, "best fit", None)
+    out.append(f"\n{f['seed'].nunique()} seeds per size; a window spans at least {min_decades} decades to count. "
+               "*pass*: both intervals hold the theory's slope (-1/2, -1) and lie below 0; *uninformative*: they "
+               "hold it but reach 0. *best of k starts*: the study's fits (random starts); *best fit*: each data "
+               "set's lower-objective fit "
+               "of that one and one started at the truth; *missed*: fits above their truth-started fit's objective "
+               "(relative 1e-6).")
     return "\n".join(out)
 
 

@@ -201,16 +201,48 @@ def with_frozen_map(study: TeacherStudy, backbone: dict) -> dict:
     return dict(backbone, frozen_map=frozen_map(study, backbone["tok"].dtype))
 
 
+def _truth_vectors(study: TeacherStudy, backbone: dict, truth: str):
+    """The truth's draws ``(p, q)``, each ``(layers, L, width)``: every layer's keys are p @ W_K and values
+    q @ W_V (q is p for the shared truth; the frozen-map truth takes p's first layer through its network)."""
+    cfg = study.backbone
+    kp, kq = jax.random.split(fold_key(jax.random.key(study.seed), "truth"))
+    shape = (cfg.layers, study.num_prefixes, cfg.width)
+    p = study.truth_scale * jax.random.normal(kp, shape, backbone["tok"].dtype)
+    q = p if truth == "shared" else study.truth_scale * jax.random.normal(kq, shape, backbone["tok"].dtype)
+    return p, q
+
+
+def truth_student(study: TeacherStudy, backbone: dict, truth: str, kind: str) -> dict | None:
+    """The exactly specified ``kind`` student's parameters at the truth (gate biases 0), or None when that
+    student cannot represent the truth: no-share any truth of keys and values, simple-share the shared truth,
+    frozen-map the frozen-map truth. Where it exists it is the start of the truth-started fit of each data set
+    (:func:`run_teacher`: ``truth_starts.csv``), the positive control of the fits from random starts."""
+    if truth not in TRUTHS:
+        raise ValueError(f"truth: expected one of {TRUTHS}, got {truth!r}")
+    if kind not in STUDENTS:
+        raise ValueError(f"kind: expected one of {STUDENTS}, got {kind!r}")
+    cfg, dtype = study.backbone, backbone["tok"].dtype
+    p, q = _truth_vectors(study, backbone, truth)
+    if kind == "no-share" and truth != "frozen-map":
+        params = dict(pk=jnp.stack([p[i] @ lp["W_K"] for i, lp in enumerate(backbone["layers"])]),
+                      pv=jnp.stack([q[i] @ lp["W_V"] for i, lp in enumerate(backbone["layers"])]))
+    elif kind == "simple-share" and truth == "shared":
+        params = dict(p=p)
+    elif kind == "frozen-map" and truth == "frozen-map":
+        params = dict(p=p[0])
+    else:
+        return None
+    params["b"] = jnp.zeros((cfg.layers, cfg.heads, study.num_prefixes), dtype)
+    return params
+
+
 def make_teacher(study: TeacherStudy, backbone: dict, truth: str) -> list[tuple]:
     """The teacher's prefixes: per layer ``(keys, values, biases)``, keys and values ``(heads, L, d_head)``,
     biases ``(heads, L)`` (zero). Raises when the truth does not lie inside the students' box."""
     cfg = study.backbone
     if truth not in TRUTHS:
         raise ValueError(f"truth: expected one of {TRUTHS}, got {truth!r}")
-    kp, kq = jax.random.split(fold_key(jax.random.key(study.seed), "truth"))
-    shape = (cfg.layers, study.num_prefixes, cfg.width)
-    p = study.truth_scale * jax.random.normal(kp, shape, backbone["tok"].dtype)
-    q = p if truth == "shared" else study.truth_scale * jax.random.normal(kq, shape, backbone["tok"].dtype)
+    p, q = _truth_vectors(study, backbone, truth)
     out = []
     if truth == "frozen-map":  # one vector per prefix (the first layer's draw) through the frozen network
         net = frozen_map(study, backbone["tok"].dtype)
@@ -388,9 +420,11 @@ def student_linearize(kind: str, unravel, backbone, cfg, tokens, Y, *, rows: int
 
 
 @partial(jax.jit, static_argnames=("study", "kind", "num_prompts", "n"))
-def fit_cell(study: TeacherStudy, kind: str, num_prompts: int, n: int, backbone, teacher, test_tokens, dkeys, skeys):
+def fit_cell(study: TeacherStudy, kind: str, num_prompts: int, n: int, backbone, teacher, test_tokens, dkeys, skeys,
+             start_at=None):
     """Fit the replicates of one cell (``dkeys``, ``skeys``: raw key data, one row per replicate) and score
-    them. Returns a dict of arrays with a leading replicate axis."""
+    them. Returns a dict of arrays with a leading replicate axis. With ``start_at`` (a raveled theta), every
+    replicate is fitted once from it instead of from ``study.restarts`` random starts."""
     cfg = study.backbone
     truth_test = features(backbone, test_tokens, cfg, teacher)
     truth_mass = attention_mass(backbone, test_tokens, cfg, teacher)
@@ -411,7 +445,10 @@ def fit_cell(study: TeacherStudy, kind: str, num_prompts: int, n: int, backbone,
             theta0 = ravel_pytree(initial_student(k, study, kind, num_prompts, backbone))[0]
             return solve(linearize, theta0, lo, hi, study.solver), theta0
 
-        sols, starts = jax.lax.map(restart, jax.random.split(sk, study.restarts))
+        if start_at is None:
+            sols, starts = jax.lax.map(restart, jax.random.split(sk, study.restarts))
+        else:
+            sols, starts = jax.lax.map(lambda t: (solve(linearize, t, lo, hi, study.solver), t), start_at[None])
         finite = jnp.isfinite(sols.objective) & jnp.all(jnp.isfinite(sols.value), axis=1)
         best = jnp.argmin(jnp.where(finite, sols.objective, jnp.inf))
         sol = jax.tree.map(lambda a: a[best], sols)
@@ -518,24 +555,34 @@ def _context(study: TeacherStudy, backbone32):
     return backbone, teachers, test_tokens
 
 
-def teacher_cell(study: TeacherStudy, backbone32, truth: str, kind: str, spec: str, n: int) -> dict:
+def teacher_cell(study: TeacherStudy, backbone32, truth: str, kind: str, spec: str, n: int,
+                 from_truth: bool = False) -> dict:
     """Fit and score the replicates of one cell of a teacher study: its rows of ``fits.csv`` (numpy arrays
     and lists). A pure function of its arguments (keys from the coordinates), run in the lead process or in
-    a worker (:mod:`moe_estimation.experiments.workers`); ``backbone32`` is the pre-trained backbone as saved."""
+    a worker (:mod:`moe_estimation.experiments.workers`); ``backbone32`` is the pre-trained backbone as saved.
+    ``from_truth``: each data set fitted once from the truth (:func:`truth_student`; exactly specified cells
+    whose student can represent the truth): the rows of ``truth_starts.csv``, ``restarts`` 0."""
     backbone, teachers, test_tokens = _context(study, backbone32)
     L = study.num_prompts(spec)
+    start = None
+    if from_truth:
+        at_truth = truth_student(study, backbone, truth, kind)
+        if spec != "exact" or at_truth is None:
+            raise ValueError(f"from_truth: the {spec} {kind} student cannot start at the {truth} truth")
+        start = ravel_pytree(at_truth)[0]
     dkeys = jnp.stack([jax.random.key_data(data_key(study.seed, n, r)) for r in range(study.seeds)])
     skeys = jnp.stack([jax.random.key_data(start_key(study.seed, truth, kind, spec, n, r))
                        for r in range(study.seeds)])
     t0 = time.perf_counter()
-    res, truth_mass = jax.device_get(fit_cell(study, kind, L, n, backbone, teachers[truth], test_tokens, dkeys, skeys))
+    res, truth_mass = jax.device_get(fit_cell(study, kind, L, n, backbone, teachers[truth], test_tokens, dkeys, skeys,
+                                              start))
     seconds = (time.perf_counter() - t0) / study.seeds
     ls, ms = res["losses"], res["mass"]
     params = [json.dumps(dict(keys=res["keys"][r].tolist(), values=res["values"][r].tolist(),
                               biases=res["biases"][r].tolist())) for r in range(study.seeds)]
     return dict(
         truth=truth, parameterisation=kind, specification=spec, num_prefixes=L, n=n, seed=np.arange(study.seeds),
-        restarts=study.restarts, loss_key_value=ls["d2"], kv_weight=ls["weight"],
+        restarts=0 if from_truth else study.restarts, loss_key_value=ls["d2"], kv_weight=ls["weight"],
         **{f"kv_{p}": ls[p] for p in ("key_single", "key_multi", "value_single", "value_multi")},
         **{f"kv_layer_{i}": ls["layer"][:, i] for i in range(study.backbone.layers)},
         **{f"id_{p}": ls[f"id_{p}"] for p in IDENTIFIED_NAMES},
@@ -594,11 +641,28 @@ def _run_teacher(study: TeacherStudy, out: Path, *, progress: bool, log, workers
     fit_missing(table, todo, total=len(cells), work=teacher_cell, args=lambda c: (study, shipped, *c),
                 rows=lambda c, result: result, describe=lambda c: "{} truth, {} {} n={}".format(*c),
                 cost=lambda c: c[3] * study.num_prompts(c[2]), workers=workers, progress=progress, log=log)
-    run_log.append("end", cells_fitted=len(todo))
+    # the positive control: each exactly specified data set fitted again from the truth, where the student can
+    # represent it (the best fit of the data set that the random starts are to find)
+    truth_cells = [c for c in cells if c[2] == "exact" and truth_student(study, backbone, c[0], c[1]) is not None]
+    started = CellTable(out / TRUTH_STARTS, columns, CELL, study.seeds)
+    done = {(t, k, s, int(n)) for t, k, s, n in load_cells(started, repair=repair, log=log)}
+    truth_todo = [c for c in truth_cells if c not in done]
+    fit_missing(started, truth_todo, total=len(truth_cells), work=teacher_cell,
+                args=lambda c: (study, shipped, *c, True), rows=lambda c, result: result,
+                describe=lambda c: "{} truth, {} {} n={} from the truth".format(*c), cost=lambda c: c[3],
+                workers=workers, progress=progress, log=log, unit="truth-started cells")
+    run_log.append("end", cells_fitted=len(todo), truth_started_cells_fitted=len(truth_todo))
+    if truth_cells:
+        started.write(_canonical(started.frame(), study))
     fits = _canonical(table.frame(), study)
     table.write(fits)
     write_csv(out / "rates.csv", teacher_rates(fits, study))
     return fits
+
+
+TRUTH_STARTS = "truth_starts.csv"
+"""A teacher run's truth-started fits (the columns of ``fits.csv``, ``restarts`` 0): each exactly specified data set
+fitted once from the truth, where the student can represent it (:func:`truth_student`)."""
 
 
 def _canonical(fits, study: TeacherStudy):
@@ -687,6 +751,40 @@ def load_runs(dirs, arg: str = "--results") -> tuple:
         rates.append(pd.read_csv(d / "rates.csv") if (d / "rates.csv").is_file()
                      else teacher_rates(f, study_from_config(study)))
     return pd.concat(fits, ignore_index=True), pd.concat(rates, ignore_index=True)
+
+
+MISSED_RTOL = 1e-6
+"""A fit has missed its data set's best fit when its objective exceeds the truth-started fit's by more than this,
+relative (the solver stops at a relative change of 1e-8: two fits of one minimum agree far closer)."""
+
+
+def load_truth_starts(dirs) -> pd.DataFrame:
+    """The truth-started fits (``truth_starts.csv``) of the runs ``dirs`` (as :func:`load_runs` takes them), one
+    table; empty (no rows) when no run has them (a run begun before they existed: running it again adds them)."""
+    dirs = [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(d) for d in dirs]
+    have = [pd.read_csv(d / TRUTH_STARTS) for d in dirs if (d / TRUTH_STARTS).is_file()]
+    return pd.concat(have, ignore_index=True) if have else pd.DataFrame(columns=CELL + ["seed"])
+
+
+def best_fits(fits: pd.DataFrame, started: pd.DataFrame) -> pd.DataFrame:
+    """Each data set's best fit: of its fit in ``fits`` and its truth-started fit in ``started``, the row of lower
+    objective, for the data sets that have both (the exactly specified ones whose student can represent the
+    truth). Columns: those of ``fits``, and ``missed`` (the fit's objective above the truth-started one's by more
+    than :data:`MISSED_RTOL`, relative: the random starts did not find the data set's best fit) and
+    ``relative_gap`` ((F_fit - F_truth-started) / F_truth-started)."""
+    key = CELL + ["seed"]
+    if not len(started):
+        return fits.iloc[:0].assign(missed=pd.Series(dtype=bool), relative_gap=pd.Series(dtype=float))
+    pair = fits.merge(started[key + ["objective"]].rename(columns={"objective": "_truth_objective"}), on=key)
+    gap = (pair["objective"] - pair["_truth_objective"]) / pair["_truth_objective"].abs()
+    pair = pair.assign(missed=(gap > MISSED_RTOL).to_numpy(), relative_gap=gap.to_numpy())
+    lower = started.set_index(key).loc[pd.MultiIndex.from_frame(pair[key])].reset_index()
+    use = pair["missed"].to_numpy()
+    best = pair.drop(columns="_truth_objective").copy()
+    for c in fits.columns:
+        if c not in key and c in lower.columns:
+            best[c] = np.where(use, lower[c].to_numpy(), best[c].to_numpy())
+    return best
 
 
 # ------------------------------------------------------------------------------------------------
