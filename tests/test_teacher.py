@@ -546,8 +546,8 @@ def test_the_step_benchmark_times_the_whole_and_the_blocked_sums_of_one_problem(
     assert all(r["ms_per_step"] > 0 and r["max_rel_diff_H"] < 1e-13 for r in got)
 
 
-@pytest.mark.parametrize("truth, kind", [("shared", "no-share"), ("free", "no-share"), ("shared", "simple-share"),
-                                         ("frozen-map", "frozen-map")])
+@pytest.mark.parametrize("truth, kind", [("shared", "no-share"), ("free", "no-share"), ("frozen-map", "no-share"),
+                                         ("shared", "simple-share"), ("frozen-map", "frozen-map")])
 def test_a_student_at_the_truth_has_the_teachers_prefixes(backbone, truth, kind):
     from moe_estimation.transformer.teacher import truth_student, with_frozen_map
 

@@ -214,8 +214,8 @@ def _truth_vectors(study: TeacherStudy, backbone: dict, truth: str):
 
 def truth_student(study: TeacherStudy, backbone: dict, truth: str, kind: str) -> dict | None:
     """The exactly specified ``kind`` student's parameters at the truth (gate biases 0), or None when that
-    student cannot represent the truth: no-share any truth of keys and values, simple-share the shared truth,
-    frozen-map the frozen-map truth. Where it exists it is the start of the truth-started fit of each data set
+    student cannot represent the truth: no-share any truth, simple-share the shared truth, frozen-map the
+    frozen-map truth (deep-share none: no network weights are known to give the truth). Where it exists it is the start of the truth-started fit of each data set
     (:func:`run_teacher`: ``truth_starts.csv``), the positive control of the fits from random starts."""
     if truth not in TRUTHS:
         raise ValueError(f"truth: expected one of {TRUTHS}, got {truth!r}")
@@ -223,9 +223,10 @@ def truth_student(study: TeacherStudy, backbone: dict, truth: str, kind: str) ->
         raise ValueError(f"kind: expected one of {STUDENTS}, got {kind!r}")
     cfg, dtype = study.backbone, backbone["tok"].dtype
     p, q = _truth_vectors(study, backbone, truth)
-    if kind == "no-share" and truth != "frozen-map":
-        params = dict(pk=jnp.stack([p[i] @ lp["W_K"] for i, lp in enumerate(backbone["layers"])]),
-                      pv=jnp.stack([q[i] @ lp["W_V"] for i, lp in enumerate(backbone["layers"])]))
+    if kind == "no-share":  # every layer's keys and values themselves, the heads put side by side again
+        merge = lambda a: a.transpose(1, 0, 2).reshape(a.shape[1], cfg.width)
+        teacher = make_teacher(study, backbone, truth)
+        params = dict(pk=jnp.stack([merge(k) for k, _, _ in teacher]), pv=jnp.stack([merge(v) for _, v, _ in teacher]))
     elif kind == "simple-share" and truth == "shared":
         params = dict(p=p)
     elif kind == "frozen-map" and truth == "frozen-map":
