@@ -351,8 +351,10 @@ def test_teacher_tiny_preset_writes_resumes_and_rates(tiny_runs, tmp_path, cli):
     exact = fits[fits["specification"] == "exact"]
     assert len(started) == len(exact) and set(started["restarts"]) == {0}
     assert list(started.columns) == list(fits.columns)
-    best = best_fits(fits, started)
-    assert len(best) == len(exact) and (best["objective"] <= exact["objective"].to_numpy() + 1e-12).all()
+    both = exact.merge(started, on=["truth", "parameterisation", "specification", "n", "seed"], suffixes=("", "_t"))
+    assert len(both) == len(exact)
+    assert (both["objective_t"] <= both["objective"] * (1 + 1e-6)).all()  # the truth start finds the lower minimum
+    assert best_fits(fits, started)["missed"].sum() == (both["objective"] > both["objective_t"] * (1 + 1e-6)).sum()
     # run again: every cell is finished, nothing is fitted, the tables are unchanged
     again = cli("transformer", "--preset", "teacher-tiny", "--out", out, "--no-progress")
     assert again.returncode == 0 and "resuming: 8 of 8 cells" in again.stdout, again.stderr
@@ -439,9 +441,19 @@ def test_a_missed_minimum_is_told_from_a_slow_rate_by_the_truth_started_fits(tmp
     write_csv(tmp_path / "run" / TRUTH_STARTS, started)
 
     best = best_fits(fits, started)
+    assert list(best.columns) == list(fits.columns) + ["missed", "relative_gap"]
     assert int(best["missed"].sum()) == 2
     assert list(best.loc[best["missed"], "loss_key_value"]) == list(started.loc[stuck, "loss_key_value"])
     assert best.loc[(best["n"] == 8) & (best["seed"] == 1), "objective"].item() == 1.0
+    # a fit that failed (objective NaN) missed; a truth-started fit that failed is never taken
+    failed, control_failed = fits.copy(), started.copy()
+    failed.loc[(fits["n"] == 16) & (fits["seed"] == 3), "objective"] = np.nan
+    control_failed.loc[(fits["n"] == 32) & (fits["seed"] == 3), "objective"] = np.nan
+    b2 = best_fits(failed, control_failed)
+    assert b2.loc[(b2["n"] == 16) & (b2["seed"] == 3), ["missed", "objective"]].values.tolist() == [[True, 1.0 - 1e-9]]
+    assert b2.loc[(b2["n"] == 32) & (b2["seed"] == 3), ["missed", "objective"]].values.tolist() == [[False, 1.0]]
+    with pytest.raises(ValueError, match="started: 1 data set"):
+        best_fits(fits, pd.concat([started, started.iloc[:1]]))
     lines = [line.split(" | ") for line in teacher_windows_table(tmp_path / "run", num_bootstrap=200).splitlines()
              if line.startswith("| shared")]
     study_rows = [r for r in lines if r[3] == "best of 2 starts"]
@@ -567,6 +579,13 @@ def test_no_student_is_started_at_a_truth_it_cannot_represent(backbone):
     assert truth_student(STUDY, backbone, "shared", "deep-share") is None  # no known network weights
     with pytest.raises(ValueError, match="kind"):
         truth_student(STUDY, backbone, "shared", "deep")
+    from moe_estimation.transformer.teacher import teacher_cell
+
+    study = STUDY._replace(cases=(("free", "simple-share"),))
+    with pytest.raises(ValueError, match="from_truth: the exact simple-share student cannot start at the free truth"):
+        teacher_cell(study, backbone, "free", "simple-share", "exact", 16, True)
+    with pytest.raises(ValueError, match="from_truth: the over no-share student"):
+        teacher_cell(study, backbone, "free", "no-share", "over", 16, True)
 
 
 def test_the_objective_is_per_row_and_older_tables_are_read_so():

@@ -324,8 +324,9 @@ def teacher_windows_table(paths, min_decades: float = 1.5, num_bootstrap: int = 
 
     Where a run has its truth-started fits (``truth_starts.csv``), each exactly specified row gains ``missed``
     (the window's fits whose objective lies above their data set's truth-started fit's:
-    :func:`moe_estimation.transformer.teacher.best_fits`) and a row ``best fit`` beneath it: the same rates of
-    each data set's better of the two fits, the positive control that tells a slow rate from a missed minimum."""
+    :func:`moe_estimation.transformer.teacher.best_fits`) and, after the study's windows, rows ``best fit``: the
+    same rates of each data set's better of the two fits, the positive control that tells a slow rate from a
+    missed minimum (shown once every fit has its truth-started one)."""
     from ..transformer.teacher import best_fits, load_truth_starts
 
     f, _ = load_runs(paths, arg="--teacher")

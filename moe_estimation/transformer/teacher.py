@@ -530,11 +530,15 @@ def run_teacher(study: TeacherStudy, out, *, progress: bool = True, log=print, w
                 repair: bool = False):
     """Run (or resume) a teacher-student study into ``out``: ``fits.csv`` (one row per fit, written after
     every cell), ``rates.csv``, ``config.json`` (the provenance of the run that began it) and ``runs.jsonl``
-    (one line per run); the backbone is pre-trained once into ``backbone.npz`` (or reused). Estimation runs in
+    (one line per run); the backbone is pre-trained once into ``backbone.npz`` (or reused). Then
+    ``truth_starts.csv`` (:data:`TRUTH_STARTS`): each exactly specified data set fitted once more from the truth
+    where the student can represent it (:func:`truth_student`), also a cell at a time. Estimation runs in
     float64 (call ``jax.config.update('jax_enable_x64', True)`` first). ``workers``: processes fitting cells
     at once (:mod:`moe_estimation.experiments.workers`; 1 here, in this process; ``"auto"``, the command line's default,
-    one per core on a CPU); the table does not depend on it. A damaged ``fits.csv`` is refused unless
-    ``repair`` (its damaged cells are then computed again), as every study's (:mod:`moe_estimation.experiments.runner`)."""
+    one per core on a CPU); the tables do not depend on it. Above n = :data:`BLOCK_FROM` they depend on the
+    backend to rounding (a CPU sums in row blocks). A damaged ``fits.csv`` or ``truth_starts.csv`` is refused
+    unless ``repair`` (its damaged cells are then computed again), as every study's
+    (:mod:`moe_estimation.experiments.runner`)."""
     workers = resolve_workers(workers)
     if not jax.config.jax_enable_x64:
         raise ValueError("run_teacher: the students are fitted in float64; call "
@@ -620,6 +624,8 @@ def _run_teacher(study: TeacherStudy, out: Path, *, progress: bool, log, workers
     columns = fits_columns(study)
     table = CellTable(out / "fits.csv", columns, CELL, study.seeds)
     finished = {(t, k, s, int(n)) for t, k, s, n in load_cells(table, repair=repair, log=log)}
+    started = CellTable(out / TRUTH_STARTS, columns, CELL, study.seeds)  # checked now, not after days of fitting
+    started_done = {(t, k, s, int(n)) for t, k, s, n in load_cells(started, repair=repair, log=log)}
     converted, changed = per_row_objective(table.frame(), study.backbone.seq_len, study.backbone.width)
     if changed:
         log(f"{table.path}: the objective of {changed} fit(s) written as (1/2) RSS is now per row, 2F/n (as every "
@@ -642,22 +648,20 @@ def _run_teacher(study: TeacherStudy, out: Path, *, progress: bool, log, workers
     fit_missing(table, todo, total=len(cells), work=teacher_cell, args=lambda c: (study, shipped, *c),
                 rows=lambda c, result: result, describe=lambda c: "{} truth, {} {} n={}".format(*c),
                 cost=lambda c: c[3] * study.num_prompts(c[2]), workers=workers, progress=progress, log=log)
+    fits = _canonical(table.frame(), study)
+    table.write(fits)
+    write_csv(out / "rates.csv", teacher_rates(fits, study))
     # the positive control: each exactly specified data set fitted again from the truth, where the student can
     # represent it (the best fit of the data set that the random starts are to find)
     truth_cells = [c for c in cells if c[2] == "exact" and truth_student(study, backbone, c[0], c[1]) is not None]
-    started = CellTable(out / TRUTH_STARTS, columns, CELL, study.seeds)
-    done = {(t, k, s, int(n)) for t, k, s, n in load_cells(started, repair=repair, log=log)}
-    truth_todo = [c for c in truth_cells if c not in done]
+    truth_todo = [c for c in truth_cells if c not in started_done]
     fit_missing(started, truth_todo, total=len(truth_cells), work=teacher_cell,
                 args=lambda c: (study, shipped, *c, True), rows=lambda c, result: result,
                 describe=lambda c: "{} truth, {} {} n={} from the truth".format(*c), cost=lambda c: c[3],
                 workers=workers, progress=progress, log=log, unit="truth-started cells")
-    run_log.append("end", cells_fitted=len(todo), truth_started_cells_fitted=len(truth_todo))
     if truth_cells:
         started.write(_canonical(started.frame(), study))
-    fits = _canonical(table.frame(), study)
-    table.write(fits)
-    write_csv(out / "rates.csv", teacher_rates(fits, study))
+    run_log.append("end", cells_fitted=len(todo), truth_started_cells_fitted=len(truth_todo))
     return fits
 
 
@@ -768,24 +772,33 @@ def load_truth_starts(dirs) -> pd.DataFrame:
 
 
 def best_fits(fits: pd.DataFrame, started: pd.DataFrame) -> pd.DataFrame:
-    """Each data set's best fit: of its fit in ``fits`` and its truth-started fit in ``started``, the row of lower
-    objective, for the data sets that have both (the exactly specified ones whose student can represent the
-    truth). Columns: those of ``fits``, and ``missed`` (the fit's objective above the truth-started one's by more
-    than :data:`MISSED_RTOL`, relative: the random starts did not find the data set's best fit) and
-    ``relative_gap`` ((F_fit - F_truth-started) / F_truth-started)."""
+    """Each data set's best fit, for the data sets with a fit in ``fits`` and a truth-started fit in ``started``
+    (the exactly specified ones whose student can represent the truth): the truth-started row where the fit
+    missed, the fit's own row otherwise. Columns: those of ``fits``, and ``missed`` (the fit's objective is above
+    the truth-started one's by more than :data:`MISSED_RTOL`, relative, or not finite where that one is: the
+    random starts did not find the data set's best fit) and ``relative_gap`` ((F_fit - F_truth-started) /
+    |F_truth-started|; NaN where either is not finite). A truth-started fit that is not finite is never taken.
+    Raises a ValueError when a data set appears twice in either table."""
     key = CELL + ["seed"]
     if not len(started):
         return fits.iloc[:0].assign(missed=pd.Series(dtype=bool), relative_gap=pd.Series(dtype=float))
-    pair = fits.merge(started[key + ["objective"]].rename(columns={"objective": "_truth_objective"}), on=key)
-    gap = (pair["objective"] - pair["_truth_objective"]) / pair["_truth_objective"].abs()
-    pair = pair.assign(missed=(gap > MISSED_RTOL).to_numpy(), relative_gap=gap.to_numpy())
-    lower = started.set_index(key).loc[pd.MultiIndex.from_frame(pair[key])].reset_index()
-    use = pair["missed"].to_numpy()
-    best = pair.drop(columns="_truth_objective").copy()
+    for name, t in (("fits", fits), ("started", started)):
+        twice = t.duplicated(key)
+        if twice.any():
+            raise ValueError(f"{name}: {int(twice.sum())} data set(s) appear more than once "
+                             f"(first: {t.loc[twice, key].iloc[0].to_dict()}); one row per data set")
+    pair = fits.merge(started, on=key, suffixes=("", "_truth_started"), validate="one_to_one")
+    f_fit = pair["objective"].to_numpy(float)
+    f_truth = pair["objective_truth_started"].to_numpy(float)
+    with np.errstate(all="ignore"):
+        gap = (f_fit - f_truth) / np.abs(f_truth)
+    use = np.isfinite(f_truth) & ~(gap <= MISSED_RTOL)  # NaN gap with a finite truth-started fit: the fit failed
+    best = pair[list(fits.columns)].copy()
     for c in fits.columns:
-        if c not in key and c in lower.columns:
-            best[c] = np.where(use, lower[c].to_numpy(), best[c].to_numpy())
-    return best
+        other = f"{c}_truth_started"
+        if c not in key and other in pair.columns:
+            best[c] = np.where(use, pair[other].to_numpy(), pair[c].to_numpy())
+    return best.assign(missed=use, relative_gap=np.where(np.isfinite(gap), gap, np.nan))
 
 
 # ------------------------------------------------------------------------------------------------
