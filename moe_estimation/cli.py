@@ -448,8 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(CPU, about an hour), teacher-more (the same design for the deep-share students and the free "
                         "truth; CPU, about 2.5 hours, resumable), teacher (GPU-sized), teacher-noise (its over-specified students at "
                         "three times the noise, n to 128), teacher-starts (teacher-quick with 4 starts a fit instead of 2, n to 128; "
-                        "CPU, about 45 minutes), teacher-controls (the exactly specified students at n = 64 ... 2048: do the "
-                        "controls pass? CPU: days, resumable), teacher-anatomy (the over-specified students with the "
+                        "CPU, about 45 minutes), teacher-controls (the exactly specified students at n = 64 ... 4096: do the "
+                        "controls pass? CPU: hours with two workers, resumable), teacher-anatomy (the over-specified students with the "
                         "attention mass and every fit's prefixes recorded; CPU: hours), teacher-frozen (deep-share's controls: a "
                         "truth from a frozen random network, fitted by no-share, deep-share and frozen-map students; "
                         "CPU: hours) or teacher-tiny (seconds)")

@@ -588,6 +588,33 @@ def test_no_student_is_started_at_a_truth_it_cannot_represent(backbone):
         teacher_cell(study, backbone, "free", "no-share", "over", 16, True)
 
 
+@pytest.mark.study
+def test_a_run_grows_to_larger_n_and_keeps_its_fits_but_refuses_any_other_change(tmp_path):
+    """A run of sizes (8, 16) resumed with (8, 16, 32) fits only n = 32, its other rows unchanged and the same as
+    a run begun with (8, 16, 32) makes; a grid that drops or moves a size, or a grown grid with another setting, is refused."""
+    from moe_estimation.transformer.teacher import grown_grid, run_teacher
+
+    small = STUDY._replace(ns=(8, 16), cases=(("shared", "simple-share"),), specifications=("exact",))
+    big = small._replace(ns=(8, 16, 32))
+    quiet = lambda *a: None
+    out = tmp_path / "grow"
+    first = run_teacher(small, out, progress=False, log=quiet)
+    assert grown_grid(out, big) == [32] and grown_grid(out, small) == []
+    said = []
+    grown = run_teacher(big, out, progress=False, log=said.append)
+    assert any("the grid grows by n = [32]" in m for m in said)
+    assert json.loads((out / "config.json").read_text())["study"]["ns"] == [8, 16, 32]
+    pd.testing.assert_frame_equal(grown[grown["n"] < 32].drop(columns="seconds").reset_index(drop=True),
+                                  first.drop(columns="seconds"))
+    whole = run_teacher(big, tmp_path / "whole", progress=False, log=quiet)
+    pd.testing.assert_frame_equal(grown.drop(columns="seconds"), whole.drop(columns="seconds"))
+    start = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()][-2]
+    assert start["grid_grown_by"] == [32] and start["cells_to_fit"] == 1
+    for other in (small._replace(ns=(16, 32)), big._replace(ns=(8, 16, 24)), big._replace(ns=(8, 16, 32, 64), noise_sd=2e-4)):
+        with pytest.raises(ValueError, match="holds a different study"):
+            run_teacher(other, out, progress=False, log=quiet)
+
+
 def test_the_objective_is_per_row_and_older_tables_are_read_so():
     """objective is 2F/n (per sequence), as in every study; a table that held F (1/2 RSS) is converted row by
     row, found exactly through mean_square_residual, and a converted table is left alone."""

@@ -120,9 +120,11 @@ TEACHER_PRESETS = {
     # higher; across machines or thread counts the same start may land a solver tolerance away.
     "teacher-starts": TeacherStudy(restarts=4, ns=(8, 16, 32, 64, 128)),
     # teacher-quick's design (data, starts, box, tolerances) for the exactly specified students of both truths
-    # at n = 64 ... 2048 (1.5 decades): where do the controls (D_2 at -1/2, excess risk at -1) pass? CPU: days.
+    # at n = 64 ... 4096: where do the controls (D_2 at -1/2, excess risk at -1) pass, over 1.5 decades? CPU: about
+    # 3.5 hours with two workers (the grid grew from 2048 to 4096 when 64 ... 2048 left the excess risk's interval
+    # just short of -1; a run of the smaller grid resumes into this one).
     "teacher-controls": TeacherStudy(
-        ns=(64, 128, 256, 512, 1024, 2048), specifications=("exact",),
+        ns=(64, 128, 256, 512, 1024, 2048, 4096), specifications=("exact",),
         cases=(("shared", "no-share"), ("shared", "simple-share"), ("free", "no-share"))),
     # teacher-quick's and teacher-more's over-specified students again, now with the attention mass, cells by
     # key and every fit's prefixes recorded: the anatomy of the extra prefix. CPU: about 7 hours.
@@ -618,9 +620,30 @@ def per_row_objective(fits: pd.DataFrame, seq_len: int, width: int) -> tuple[pd.
     return fits, int(old.sum())
 
 
+def grown_grid(out: Path, study: TeacherStudy) -> list[int]:
+    """The sizes by which ``study``'s grid extends the one ``out/config.json`` records, when that is all that
+    differs (every old size kept, nothing else changed); else ``[]``. A teacher-student cell is a function of its
+    own coordinates (data and starts from (seed, n, replicate); the teacher, backbone and test sequences from the
+    seed), so the fits at the old sizes are the ones the larger grid would make, and a run may grow to larger n."""
+    cfg_path = out / "config.json"
+    try:
+        old = json.loads(cfg_path.read_text()).get("study")
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return []  # no config, or not one (check_same_study says so)
+    new = plain_dict(study)
+    if not isinstance(old, dict) or not isinstance(old.get("ns"), list) or old["ns"] == new["ns"]:
+        return []
+    same = {k: v for k, v in old.items() if k != "ns"} == {k: v for k, v in new.items() if k != "ns"}
+    return sorted(set(new["ns"]) - set(old["ns"])) if same and set(old["ns"]) < set(new["ns"]) else []
+
+
 def _run_teacher(study: TeacherStudy, out: Path, *, progress: bool, log, workers: int = 1, repair: bool = False):
     cfg_path = out / "config.json"
-    check_same_study(out, plain_dict(study))
+    grown = grown_grid(out, study)
+    if grown:
+        log(f"{out}: the grid grows by n = {grown}; the fits at the sizes already run are kept (a cell depends on "
+            "its own n alone)")
+    check_same_study(out, plain_dict(study), reread=("ns",) if grown else (), log=lambda *_: None)
     columns = fits_columns(study)
     table = CellTable(out / "fits.csv", columns, CELL, study.seeds)
     finished = {(t, k, s, int(n)) for t, k, s, n in load_cells(table, repair=repair, log=log)}
@@ -643,7 +666,7 @@ def _run_teacher(study: TeacherStudy, out: Path, *, progress: bool, log, workers
     todo = [c for c in cells if c not in finished]
     run_log = RunLog(out / "runs.jsonl")
     run_log.append("start", **provenance, cells_finished_before=len(cells) - len(todo), cells_to_fit=len(todo),
-                   repair=repair, workers=workers)
+                   repair=repair, workers=workers, **(dict(grid_grown_by=grown) if grown else {}))
     shipped = jax.tree.map(np.asarray, backbone32)
     fit_missing(table, todo, total=len(cells), work=teacher_cell, args=lambda c: (study, shipped, *c),
                 rows=lambda c, result: result, describe=lambda c: "{} truth, {} {} n={}".format(*c),
