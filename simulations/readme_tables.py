@@ -58,6 +58,7 @@ def blocks() -> dict:
         "lab-em-table": lambda: s.lab_em_table(b / "lab-em-cpu.json"),
         "teacher-table": lambda: s.teacher_table([t / "teacher-quick", t / "teacher-more"]),
         "teacher-controls-table": lambda: s.teacher_windows_table([t / "teacher-controls"]),
+        "teacher-efficiency-table": lambda: s.teacher_efficiency_table([t / "teacher-controls", t / "teacher-frozen"]),
         "teacher-anatomy-table": lambda: s.teacher_anatomy_table([t / "teacher-anatomy"]),
         "teacher-layers-table": lambda: s.teacher_layer_table([t / "teacher-controls"]),
         "teacher-anatomy-rates": lambda: s.teacher_table([t / "teacher-anatomy"]),

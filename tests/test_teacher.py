@@ -354,7 +354,22 @@ def test_teacher_tiny_preset_writes_resumes_and_rates(tiny_runs, tmp_path, cli):
     both = exact.merge(started, on=["truth", "parameterisation", "specification", "n", "seed"], suffixes=("", "_t"))
     assert len(both) == len(exact)
     assert (both["objective_t"] <= both["objective"] * (1 + 1e-6)).all()  # the truth start finds the lower minimum
-    assert best_fits(fits, started)["missed"].sum() == (both["objective"] > both["objective_t"] * (1 + 1e-6)).sum()
+    best = best_fits(fits, started)
+    assert best["missed"].sum() == (both["objective"] > both["objective_t"] * (1 + 1e-6)).sum()
+    # the level of the excess risk against sigma^2 p / n: p the rank of J^T J at the truth, a row per exact (case, n)
+    from moe_estimation.report.summary import teacher_efficiency_table
+    from moe_estimation.transformer.teacher import identified_dimension
+
+    dims = identified_dimension(out)
+    assert set(dims) == set(study.cases) and all(0 < d["rank"] <= d["parameters"] for d in dims.values())
+    assert dims[("shared", "simple-share")]["parameters"] == study.backbone.layers * (
+        study.num_prefixes * study.backbone.width + study.backbone.heads * study.num_prefixes)
+    rows = [line.split(" | ") for line in teacher_efficiency_table(out).splitlines() if line.startswith("| shared")]
+    assert len(rows) == len(study.cases) * len(study.ns) and {r[2] for r in rows} == {"best fit"}
+    for r in rows:
+        h = best[(best["parameterisation"] == r[1]) & (best["n"] == int(r[3]))]
+        level = (h["n"] * h["excess_risk"] / study.noise_sd ** 2).mean() / dims[("shared", r[1])]["rank"]
+        assert r[-1].strip(" |") == f"{level:.2f}"
     # run again: every cell is finished, nothing is fitted, the tables are unchanged
     again = cli("transformer", "--preset", "teacher-tiny", "--out", out, "--no-progress")
     assert again.returncode == 0 and "resuming: 8 of 8 cells" in again.stdout, again.stderr

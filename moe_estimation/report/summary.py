@@ -378,6 +378,34 @@ def teacher_windows_table(paths, min_decades: float = 1.5, num_bootstrap: int = 
     return "\n".join(out)
 
 
+def teacher_efficiency_table(paths) -> str:
+    """The level of the exactly specified students' excess risk against the parametric one: per (truth, student,
+    n), n x excess risk / sigma^2 (mean over seeds, and its range), which a well-specified least-squares fit
+    brings to p, the number of directions the data identify
+    (:func:`moe_estimation.transformer.teacher.identified_dimension`), as n grows. Each data set's best fit
+    where the run has its truth-started fits (:func:`moe_estimation.transformer.teacher.best_fits`), else the
+    study's fits."""
+    from ..transformer.teacher import best_fits, identified_dimension, load_truth_starts
+
+    dirs = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(d) for d in paths]
+    out = ["| truth | student | fits | n | n x excess risk / sigma^2, mean (range) | identified p (of parameters) | "
+           "mean / p |", "|---|---|---|---|---|---|---|"]
+    for d in dirs:
+        f, _ = load_runs(d, arg="--teacher")
+        sigma2 = json.loads((d / "config.json").read_text())["study"]["noise_sd"] ** 2
+        best = best_fits(f, load_truth_starts(d))
+        for (truth, kind), dim in identified_dimension(d).items():
+            mine = lambda t: t[(t["truth"] == truth) & (t["parameterisation"] == kind) & (t["specification"] == "exact")]
+            g, label = (mine(best), "best fit") if len(mine(best)) == len(mine(f)) and len(mine(f)) else (mine(f), "study's")
+            for n, h in g.groupby("n"):
+                r = n * h["excess_risk"].to_numpy(float) / sigma2
+                out.append(f"| {truth} | {kind} | {label} | {n} | {r.mean():.1f} ({r.min():.1f} - {r.max():.1f}) | "
+                           f"{dim['rank']} ({dim['parameters']}) | {r.mean() / dim['rank']:.2f} |")
+    out.append("\nsigma: the noise's standard deviation on each output; p: the rank of J^T J at the truth on the held-out "
+               "sequences. A least-squares fit of a well-specified model reaches sigma^2 p / n as n grows.")
+    return "\n".join(out)
+
+
 def teacher_anatomy_table(paths) -> str:
     """The extra prefix of the over-specified students, per (truth, student, n), from every fit's recorded
     prefixes (:func:`moe_estimation.transformer.teacher.prefix_anatomy`): medians of its attention mass as a
@@ -926,7 +954,10 @@ def summarize(path: Path) -> str:
         parts = [inverse_markdown(path)] + ([le_cam_markdown(path)] if (path / "le_cam.csv").is_file() else [])
     elif kind == "teacher":
         parts = [teacher_table([path]), teacher_windows_table([path])]
-        if (pd.read_csv(fits_file(path), usecols=lambda c: c == "specification")["specification"] == "over").any():
+        specs = pd.read_csv(fits_file(path), usecols=lambda c: c == "specification")["specification"]
+        if (specs == "exact").any() and (path / "backbone.npz").is_file():
+            parts.append(teacher_efficiency_table([path]))
+        if (specs == "over").any():
             parts.append(teacher_anatomy_table([path]))
     elif kind == "lab":
         parts = [lab_markdown(path)]

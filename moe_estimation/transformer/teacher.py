@@ -824,6 +824,46 @@ def best_fits(fits: pd.DataFrame, started: pd.DataFrame) -> pd.DataFrame:
     return best.assign(missed=use, relative_gap=np.where(np.isfinite(gap), gap, np.nan))
 
 
+RANK_RTOL = 1e-14
+"""An eigenvalue of J^T J counts towards the identified dimension above this fraction of the largest (about P
+float64 epsilons: below it an eigenvalue is rounding; a direction above it, however weak, is identified)."""
+
+
+def identified_dimension(run) -> dict:
+    """Per exactly specified (truth, student) of the run in directory ``run`` whose student can represent the
+    truth (:func:`truth_student`): the rank of J^T J at the truth on the run's held-out sequences (eigenvalues
+    above :data:`RANK_RTOL` of the largest), the number of directions the data identify, and the smallest
+    kept eigenvalue over the largest. For a well-specified least-squares fit with Gaussian noise of variance
+    sigma^2 on each output, the excess risk on data like the training data is sigma^2 p / n to first order
+    (p that rank): the level the exactly specified students' excess risk must reach once n is large."""
+    from .train import load_backbone
+
+    run = Path(run)
+    study = study_from_config(json.loads((run / "config.json").read_text())["study"])
+    backbone32 = load_backbone(run / "backbone.npz", study.backbone)
+    if backbone32 is None:
+        raise ValueError(f"run: {run / 'backbone.npz'} is missing or was made for another backbone")
+    was = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)  # in float64 as the fits (float32 blurs eigenvalues below 1e-7)
+    try:
+        backbone, teachers, test_tokens = _context(study, backbone32)
+        out = {}
+        for truth, kind in study.cases:
+            at_truth = truth_student(study, backbone, truth, kind)
+            if "exact" not in study.specifications or at_truth is None:
+                continue
+            theta, unravel = ravel_pytree(at_truth)
+            Y = features(backbone, test_tokens, study.backbone, teachers[truth])
+            H = student_linearize(kind, unravel, backbone, study.backbone, test_tokens, Y)(theta).H
+            ev = np.sort(np.linalg.eigvalsh(np.asarray(H, np.float64)))[::-1]
+            kept = ev > RANK_RTOL * ev[0]
+            out[(truth, kind)] = dict(parameters=int(theta.shape[0]), rank=int(kept.sum()),
+                                      smallest=float(ev[kept][-1] / ev[0]))
+    finally:
+        jax.config.update("jax_enable_x64", was)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # the anatomy of a fit's prefixes
 
