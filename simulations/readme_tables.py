@@ -59,6 +59,7 @@ def blocks() -> dict:
         "teacher-table": lambda: s.teacher_table([t / "teacher-quick", t / "teacher-more"]),
         "teacher-controls-table": lambda: s.teacher_windows_table([t / "teacher-controls"]),
         "teacher-efficiency-table": lambda: s.teacher_efficiency_table([t / "teacher-controls", t / "teacher-frozen"]),
+        "teacher-weak-table": lambda: s.teacher_weak_table([t / "teacher-controls"]),
         "teacher-anatomy-table": lambda: s.teacher_anatomy_table([t / "teacher-anatomy"]),
         "teacher-layers-table": lambda: s.teacher_layer_table([t / "teacher-controls"]),
         "teacher-anatomy-rates": lambda: s.teacher_table([t / "teacher-anatomy"]),

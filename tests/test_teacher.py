@@ -370,6 +370,18 @@ def test_teacher_tiny_preset_writes_resumes_and_rates(tiny_runs, tmp_path, cli):
         h = best[(best["parameterisation"] == r[1]) & (best["n"] == int(r[3]))]
         level = (h["n"] * h["excess_risk"] / study.noise_sd ** 2).mean() / dims[("shared", r[1])]["rank"]
         assert r[-1].strip(" |") == f"{level:.2f}"
+    # the directions the data identify least: the smallest eigenvalues of J^T J at the truth, in order, each
+    # eigenvector's squared weights over its groups of coordinates adding to at most 1
+    from moe_estimation.transformer.teacher import weak_directions
+
+    weak = weak_directions(out, count=2)
+    assert len(weak) == 2 * len(study.cases) and set(weak["direction"]) == {0, 1}
+    assert (weak["eigenvalue"] <= weak["next_eigenvalue"]).all() and (weak["eigenvalue"] > 0).all()
+    for text in weak["loadings"]:
+        shares = [float(part.rsplit(" ", 1)[1]) for part in text.split(", ")]
+        assert 0.5 < sum(shares) <= 1.0 + 1e-9
+    assert weak.loc[(weak["parameterisation"] == "no-share") & (weak["direction"] == 0), "eigenvalue"].item() == (
+        pytest.approx(identified_dimension(out)[("shared", "no-share")]["smallest"]))
     # run again: every cell is finished, nothing is fitted, the tables are unchanged
     again = cli("transformer", "--preset", "teacher-tiny", "--out", out, "--no-progress")
     assert again.returncode == 0 and "resuming: 8 of 8 cells" in again.stdout, again.stderr

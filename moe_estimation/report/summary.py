@@ -406,6 +406,24 @@ def teacher_efficiency_table(paths) -> str:
     return "\n".join(out)
 
 
+def teacher_weak_table(paths, count: int = 2) -> str:
+    """The directions the data identify least (:func:`moe_estimation.transformer.teacher.weak_directions`): per
+    exactly specified (truth, student) of each run, the ``count`` smallest eigenvalues of J^T J at the truth (over
+    the largest), the next one up, and where each eigenvector lies."""
+    from ..transformer.teacher import weak_directions
+
+    dirs = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(d) for d in paths]
+    out = ["| truth | student | direction | eigenvalue / largest | next one up | weight of the direction on | largest "
+           "coordinates |", "|---|---|---|---|---|---|---|"]
+    for d in dirs:
+        for r in weak_directions(d, count=count).itertuples(index=False):
+            out.append(f"| {r.truth} | {r.parameterisation} | {r.direction + 1} | {r.eigenvalue:.1e} | "
+                       f"{r.next_eigenvalue:.1e} | {r.loadings} | {r.largest} |")
+    out.append("\nJ^T J at the truth on the run's held-out sequences. Along a direction of eigenvalue lambda a fit's error "
+               "has variance sigma^2 / (n lambda).")
+    return "\n".join(out)
+
+
 def teacher_anatomy_table(paths) -> str:
     """The extra prefix of the over-specified students, per (truth, student, n), from every fit's recorded
     prefixes (:func:`moe_estimation.transformer.teacher.prefix_anatomy`): medians of its attention mass as a

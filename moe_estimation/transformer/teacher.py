@@ -829,13 +829,10 @@ RANK_RTOL = 1e-14
 float64 epsilons: below it an eigenvalue is rounding; a direction above it, however weak, is identified)."""
 
 
-def identified_dimension(run) -> dict:
-    """Per exactly specified (truth, student) of the run in directory ``run`` whose student can represent the
-    truth (:func:`truth_student`): the rank of J^T J at the truth on the run's held-out sequences (eigenvalues
-    above :data:`RANK_RTOL` of the largest), the number of directions the data identify, and the smallest
-    kept eigenvalue over the largest. For a well-specified least-squares fit with Gaussian noise of variance
-    sigma^2 on each output, the excess risk on data like the training data is sigma^2 p / n to first order
-    (p that rank): the level the exactly specified students' excess risk must reach once n is large."""
+def _truth_information(run) -> list[tuple]:
+    """Per exactly specified (truth, student) of the run in directory ``run`` whose student can represent the truth
+    (:func:`truth_student`): ``(truth, kind, params, H)``, params the student at the truth and H = J^T J there on the
+    run's held-out sequences (float64, as the fits)."""
     from .train import load_backbone
 
     run = Path(run)
@@ -844,10 +841,10 @@ def identified_dimension(run) -> dict:
     if backbone32 is None:
         raise ValueError(f"run: {run / 'backbone.npz'} is missing or was made for another backbone")
     was = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)  # in float64 as the fits (float32 blurs eigenvalues below 1e-7)
+    jax.config.update("jax_enable_x64", True)  # float32 would blur eigenvalues below 1e-7 of the largest
     try:
         backbone, teachers, test_tokens = _context(study, backbone32)
-        out = {}
+        out = []
         for truth, kind in study.cases:
             at_truth = truth_student(study, backbone, truth, kind)
             if "exact" not in study.specifications or at_truth is None:
@@ -855,13 +852,81 @@ def identified_dimension(run) -> dict:
             theta, unravel = ravel_pytree(at_truth)
             Y = features(backbone, test_tokens, study.backbone, teachers[truth])
             H = student_linearize(kind, unravel, backbone, study.backbone, test_tokens, Y)(theta).H
-            ev = np.sort(np.linalg.eigvalsh(np.asarray(H, np.float64)))[::-1]
-            kept = ev > RANK_RTOL * ev[0]
-            out[(truth, kind)] = dict(parameters=int(theta.shape[0]), rank=int(kept.sum()),
-                                      smallest=float(ev[kept][-1] / ev[0]))
+            out.append((truth, kind, jax.tree.map(np.asarray, at_truth), np.asarray(H, np.float64)))
     finally:
         jax.config.update("jax_enable_x64", was)
     return out
+
+
+def identified_dimension(run) -> dict:
+    """Per exactly specified (truth, student) of the run in directory ``run`` whose student can represent the
+    truth (:func:`truth_student`): the rank of J^T J at the truth on the run's held-out sequences (eigenvalues
+    above :data:`RANK_RTOL` of the largest), the number of directions the data identify, and the smallest
+    kept eigenvalue over the largest. For a well-specified least-squares fit with Gaussian noise of variance
+    sigma^2 on each output, the excess risk on data like the training data is sigma^2 p / n to first order
+    (p that rank): the level the exactly specified students' excess risk must reach once n is large."""
+    out = {}
+    for truth, kind, params, H in _truth_information(run):
+        ev = np.sort(np.linalg.eigvalsh(H))[::-1]
+        kept = ev > RANK_RTOL * ev[0]
+        out[(truth, kind)] = dict(parameters=int(H.shape[0]), rank=int(kept.sum()), smallest=float(ev[kept][-1] / ev[0]))
+    return out
+
+
+def _coordinate_names(params: dict) -> list[str]:
+    """A name per raveled coordinate of a student's parameters: ``biases``, ``keys``, ``values`` or ``vectors`` (the
+    shared parameterisations' p) and the layer (``layer 0``), or the name of a parameter without one."""
+    what = {"b": "biases", "pk": "keys", "pv": "values", "p": "vectors"}
+    names = []
+    for k in sorted(params):  # ravel_pytree's order
+        a = np.asarray(params[k])
+        per_layer = k in ("b", "pk", "pv") or (k == "p" and a.ndim == 3)
+        if per_layer:
+            names += [f"{what[k]} layer {i}" for i in range(a.shape[0]) for _ in range(a[0].size)]
+        else:
+            names += [what.get(k, k)] * a.size
+    return names
+
+
+WEAK_COLUMNS = ["truth", "parameterisation", "direction", "eigenvalue", "next_eigenvalue", "loadings", "largest"]
+
+
+def weak_directions(run, count: int = 2) -> pd.DataFrame:
+    """The directions the data identify least, per exactly specified (truth, student) of the run in ``run`` whose
+    student can represent the truth: the ``count`` eigenvectors of J^T J at the truth with the smallest
+    eigenvalues (over the largest: ``eigenvalue``; ``next_eigenvalue``: the one above it), with ``loadings`` (the
+    eigenvector's squared weight on each group of coordinates, groups above 2%, as text) and ``largest`` (its two
+    largest coordinates, signed, with their layer, head and prefix where they are gate biases). A fit's error
+    along a direction of eigenvalue lambda has variance sigma^2 / (n lambda): where lambda is far below the rest,
+    that direction alone holds the fit away from the truth until n is large."""
+    rows = []
+    for truth, kind, params, H in _truth_information(run):
+        ev, V = np.linalg.eigh(H)
+        names = _coordinate_names(params)
+        shapes = {k: np.asarray(params[k]).shape for k in sorted(params)}
+        labels = []
+        for k, shape in shapes.items():  # every coordinate's index within its parameter
+            labels += [(k, idx) for idx in np.ndindex(*shape)]
+        for j in range(min(count, len(ev))):
+            w = V[:, j] ** 2
+            groups = {}
+            for name, x in zip(names, w):
+                groups[name] = groups.get(name, 0.0) + float(x)
+            loads = ", ".join(f"{g} {x:.2f}" for g, x in sorted(groups.items(), key=lambda t: -t[1]) if x > 0.02)
+            top = np.argsort(-np.abs(V[:, j]))[:2]
+            def describe(i):
+                k, idx = labels[i]
+                if k == "b":
+                    return f"bias (layer {idx[0]}, head {idx[1]}, prefix {idx[2]})"
+                what = {"pk": "key", "pv": "value", "p": "vector"}.get(k, k)
+                where = f"layer {idx[0]}, prefix {idx[1]}" if len(idx) == 3 else f"prefix {idx[0]}"
+                return f"{what} ({where}, coordinate {idx[-1]})"
+
+            largest = "; ".join(f"{describe(i)} {V[i, j]:+.2f}" for i in top)
+            rows.append(dict(truth=truth, parameterisation=kind, direction=j, eigenvalue=float(ev[j] / ev[-1]),
+                             next_eigenvalue=float(ev[j + 1] / ev[-1]) if j + 1 < len(ev) else np.nan,
+                             loadings=loads, largest=largest))
+    return pd.DataFrame(rows, columns=WEAK_COLUMNS)
 
 
 # ------------------------------------------------------------------------------------------------
