@@ -873,19 +873,23 @@ def identified_dimension(run) -> dict:
     return out
 
 
-def _coordinate_names(params: dict) -> list[str]:
-    """A name per raveled coordinate of a student's parameters: ``biases``, ``keys``, ``values`` or ``vectors`` (the
-    shared parameterisations' p) and the layer (``layer 0``), or the name of a parameter without one."""
-    what = {"b": "biases", "pk": "keys", "pv": "values", "p": "vectors"}
-    names = []
-    for k in sorted(params):  # ravel_pytree's order
+def _coordinates(params: dict) -> list[tuple[str, str]]:
+    """Per raveled coordinate of a student's parameters (ravel_pytree's order): its group (``biases``, ``keys``,
+    ``values`` or ``vectors``, with the layer where the parameter has one) and a description of the coordinate."""
+    what = {"b": "bias", "pk": "key", "pv": "value", "p": "vector"}
+    plural = {"b": "biases", "pk": "keys", "pv": "values", "p": "vectors"}
+    out = []
+    for k in sorted(params):
         a = np.asarray(params[k])
-        per_layer = k in ("b", "pk", "pv") or (k == "p" and a.ndim == 3)
-        if per_layer:
-            names += [f"{what[k]} layer {i}" for i in range(a.shape[0]) for _ in range(a[0].size)]
-        else:
-            names += [what.get(k, k)] * a.size
-    return names
+        layered = a.ndim == 3  # biases (layers, heads, L); keys, values, vectors (layers, L, width)
+        for idx in np.ndindex(*a.shape):
+            group = plural.get(k, k) + (f" layer {idx[0]}" if layered else "")
+            if k == "b":
+                where = f"layer {idx[0]}, head {idx[1]}, prefix {idx[2]}"
+            else:
+                where = (f"layer {idx[0]}, prefix {idx[1]}, " if layered else f"prefix {idx[0]}, ") + f"coordinate {idx[-1]}"
+            out.append((group, f"{what.get(k, k)} ({where})"))
+    return out
 
 
 WEAK_COLUMNS = ["truth", "parameterisation", "direction", "eigenvalue", "next_eigenvalue", "loadings", "largest"]
@@ -894,7 +898,8 @@ WEAK_COLUMNS = ["truth", "parameterisation", "direction", "eigenvalue", "next_ei
 def weak_directions(run, count: int = 2) -> pd.DataFrame:
     """The directions the data identify least, per exactly specified (truth, student) of the run in ``run`` whose
     student can represent the truth: the ``count`` eigenvectors of J^T J at the truth with the smallest
-    eigenvalues (over the largest: ``eigenvalue``; ``next_eigenvalue``: the one above it), with ``loadings`` (the
+    eigenvalues above :data:`RANK_RTOL` of the largest (the identified directions: :func:`identified_dimension`;
+    ``eigenvalue`` over the largest, ``next_eigenvalue`` the one above it), with ``loadings`` (the
     eigenvector's squared weight on each group of coordinates, groups above 2%, as text) and ``largest`` (its two
     largest coordinates, signed, with their layer, head and prefix where they are gate biases). A fit's error
     along a direction of eigenvalue lambda has variance sigma^2 / (n lambda): where lambda is far below the rest,
@@ -902,28 +907,17 @@ def weak_directions(run, count: int = 2) -> pd.DataFrame:
     rows = []
     for truth, kind, params, H in _truth_information(run):
         ev, V = np.linalg.eigh(H)
-        names = _coordinate_names(params)
-        shapes = {k: np.asarray(params[k]).shape for k in sorted(params)}
-        labels = []
-        for k, shape in shapes.items():  # every coordinate's index within its parameter
-            labels += [(k, idx) for idx in np.ndindex(*shape)]
-        for j in range(min(count, len(ev))):
+        coordinates = _coordinates(params)
+        first = int(np.sum(ev <= RANK_RTOL * ev[-1]))  # directions the data do not identify at all: not weak ones
+        for j in range(first, min(first + count, len(ev))):
             w = V[:, j] ** 2
             groups = {}
-            for name, x in zip(names, w):
-                groups[name] = groups.get(name, 0.0) + float(x)
+            for (group, _), x in zip(coordinates, w):
+                groups[group] = groups.get(group, 0.0) + float(x)
             loads = ", ".join(f"{g} {x:.2f}" for g, x in sorted(groups.items(), key=lambda t: -t[1]) if x > 0.02)
             top = np.argsort(-np.abs(V[:, j]))[:2]
-            def describe(i):
-                k, idx = labels[i]
-                if k == "b":
-                    return f"bias (layer {idx[0]}, head {idx[1]}, prefix {idx[2]})"
-                what = {"pk": "key", "pv": "value", "p": "vector"}.get(k, k)
-                where = f"layer {idx[0]}, prefix {idx[1]}" if len(idx) == 3 else f"prefix {idx[0]}"
-                return f"{what} ({where}, coordinate {idx[-1]})"
-
-            largest = "; ".join(f"{describe(i)} {V[i, j]:+.2f}" for i in top)
-            rows.append(dict(truth=truth, parameterisation=kind, direction=j, eigenvalue=float(ev[j] / ev[-1]),
+            largest = "; ".join(f"{coordinates[i][1]} {V[i, j]:+.2f}" for i in top)
+            rows.append(dict(truth=truth, parameterisation=kind, direction=j - first, eigenvalue=float(ev[j] / ev[-1]),
                              next_eigenvalue=float(ev[j + 1] / ev[-1]) if j + 1 < len(ev) else np.nan,
                              loadings=loads, largest=largest))
     return pd.DataFrame(rows, columns=WEAK_COLUMNS)
