@@ -227,3 +227,59 @@ def test_the_published_figures_are_drawn_from_the_committed_runs(tmp_path):
         loss, runs = published_runs(source, README.parent / "tables" / "published")
         for p in plot_published(runs, loss, tmp_path, source):
             assert (README.parent / "figures" / "published" / p.name).read_bytes() == p.read_bytes(), p.name
+
+
+@pytest.mark.e2e
+def test_the_teacher_controls_prose_quotes_the_committed_tables():
+    """The numbers the README's prose quotes about the teacher's controls (the best-fit misses, the level of the
+    excess risk, the least identified direction, its standard deviation, the first layer's medians) are computed
+    here again from tables/teacher-controls and tables/teacher-quick."""
+    import numpy as np
+    import pandas as pd
+
+    from moe_estimation.transformer.teacher import (TRUTH_STARTS, _truth_information, best_fits,
+                                                   identified_dimension, layer_parts, run_teachers, weak_directions)
+
+    text = " ".join(README.read_text().split())  # the prose with its line breaks undone
+    run = README.parent / "tables" / "teacher-controls"
+    fits, started = pd.read_csv(run / "fits.csv"), pd.read_csv(run / TRUTH_STARTS)
+    best = best_fits(fits, started)
+    missed = best[best["missed"]]
+    assert set(missed["parameterisation"]) == {"simple-share"} and len(missed) == 2
+    assert sorted(zip(missed["n"], missed["seed"])) == [(2048, 0), (4096, 4)]
+    assert "missed it twice (n = 2048, seed 0, and n = 4096, seed 4" in text
+    gap = best.loc[best["parameterisation"] == "no-share", "relative_gap"].abs().max()
+    assert gap < 2e-8 and "objectives within 2e-8 of each other" in text
+    # the level: n x excess risk / sigma^2 over p, means over seeds
+    sigma2 = 1e-8
+    dims = identified_dimension(run)
+    level = {(t, k, n): (h["n"] * h["excess_risk"]).mean() / sigma2 / dims[(t, k)]["rank"]
+             for (t, k, n), h in best.groupby(["truth", "parameterisation", "n"])}
+    late = [v for (t, k, n), v in level.items() if n >= 128]
+    assert f"n x excess risk / sigma^2 is {min(late):.2f} to {max(late):.2f} of p from n = 128 on" in text
+    early = [v for (t, k, n), v in level.items() if n == 64 and k == "no-share"]
+    assert f"{min(early):.2f} to {max(early):.2f} of p at n = 64" in text
+    quick = pd.concat([pd.read_csv(README.parent / "tables" / d / "fits.csv") for d in ("teacher-quick", "teacher-more")])
+    quick = quick[(quick["specification"] == "exact") & (quick["parameterisation"] == "no-share")]
+    at = lambda n: (quick[quick["n"] == n].groupby("truth")["excess_risk"].mean() * n / sigma2 / 72).round(1)
+    assert f"{at(32).min():.1f} to {at(32).max():.1f} at 32 and {at(8).min():.1f} to {at(8).max():.1f} at 8" in text
+    # the least identified direction of the no-share students, and what it predicts
+    weak = weak_directions(run, count=2)
+    first = weak[(weak["parameterisation"] == "no-share") & (weak["direction"] == 0)].set_index("truth")
+    assert f"eigenvalue {first.loc['shared', 'eigenvalue']:.1e} and {first.loc['free', 'eigenvalue']:.1e} of the largest" in text
+    times = [float(f"{r.next_eigenvalue / r.eigenvalue:.2g}") for r in first.loc[["shared", "free"]].itertuples()]
+    assert f"{times[0]:.0f} and {times[1]:.0f} times below the next one" in text
+    shares = [int(round(100 * float(r.loadings.split(", ")[0].rsplit(" ", 1)[1]))) for r in first.loc[["shared", "free"]].itertuples()]
+    assert f"({shares[0]}% and {shares[1]}% of the direction" in text
+    assert all(r.largest.startswith("bias (layer 0, head 1") for r in first.itertuples())
+    H = {(t, k): h for t, k, _, h in _truth_information(run)}[("shared", "no-share")]
+    per_sequence = np.linalg.eigvalsh(H)[0] / 512  # the held-out sequences J^T J is taken on
+    sd = [1e-4 / np.sqrt(n * per_sequence) for n in (64, 256, 1024)]
+    assert "(lambda per sequence): {:.2f}, {:.2f} and {:.2f} at n = 64, 256 and 1024".format(*sd) in text
+    # the first layer's medians
+    teacher, head_dim = run_teachers(run)
+    parts = layer_parts(fits, teacher, head_dim)
+    first_layer = parts[(parts["weighting"] == "bias") & (parts["layer"] == 0) & (parts["truth"] == "shared")
+                        & (parts["parameterisation"] == "no-share")].groupby("n")["d2"].median()
+    assert "falls from {} at n = 256 to {}, {}, {} and {} at n = 512".format(
+        *(f"{first_layer[n]:.2g}" for n in (256, 512, 1024, 2048, 4096))) in text
