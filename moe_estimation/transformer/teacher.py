@@ -555,7 +555,7 @@ def _context(study: TeacherStudy, backbone32):
     """The float64 backbone, the teachers and the test tokens of a study (made alike in every process)."""
     backbone = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), backbone32)  # estimation in float64
     backbone = with_frozen_map(study, backbone)
-    teachers = {truth: make_teacher(study, backbone, truth) for truth in {t for t, _ in study.cases}}
+    teachers = {truth: make_teacher(study, backbone, truth) for truth in dict.fromkeys(t for t, _ in study.cases)}
     test_tokens = jax.random.randint(fold_key(jax.random.key(study.seed), "test"),
                                      (study.test_size, study.backbone.seq_len), 0, study.backbone.vocab,
                                      dtype=jnp.int32)
