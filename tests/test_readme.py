@@ -237,7 +237,7 @@ def test_the_teacher_controls_prose_quotes_the_committed_tables():
     import numpy as np
     import pandas as pd
 
-    from moe_estimation.transformer.teacher import (TRUTH_STARTS, _truth_information, best_fits,
+    from moe_estimation.transformer.teacher import (TRUTH_STARTS, truth_information, best_fits,
                                                    identified_dimension, layer_parts, run_teachers, weak_directions)
 
     text = " ".join(README.read_text().split())  # the prose with its line breaks undone
@@ -272,7 +272,7 @@ def test_the_teacher_controls_prose_quotes_the_committed_tables():
     shares = [int(round(100 * float(r.loadings.split(", ")[0].rsplit(" ", 1)[1]))) for r in first.loc[["shared", "free"]].itertuples()]
     assert f"({shares[0]}% and {shares[1]}% of the direction" in text
     assert all(r.largest.startswith("bias (layer 0, head 1") for r in first.itertuples())
-    H = {(t, k): h for t, k, _, h in _truth_information(run)}[("shared", "no-share")]
+    H = {(t, k): h for t, k, _, h in truth_information(run)}[("shared", "no-share")]
     per_sequence = np.linalg.eigvalsh(H)[0] / 512  # the held-out sequences J^T J is taken on
     sd = [1e-4 / np.sqrt(n * per_sequence) for n in (64, 256, 1024)]
     assert "(lambda per sequence): {:.2f}, {:.2f} and {:.2f} at n = 64, 256 and 1024".format(*sd) in text

@@ -829,7 +829,7 @@ RANK_RTOL = 1e-14
 float64 epsilons: below it an eigenvalue is rounding; a direction above it, however weak, is identified)."""
 
 
-def _truth_information(run) -> list[tuple]:
+def truth_information(run) -> list[tuple]:
     """Per exactly specified (truth, student) of the run in directory ``run`` whose student can represent the truth
     (:func:`truth_student`): ``(truth, kind, params, H)``, params the student at the truth and H = J^T J there on the
     run's held-out sequences (float64, as the fits)."""
@@ -866,7 +866,7 @@ def identified_dimension(run) -> dict:
     sigma^2 on each output, the excess risk on data like the training data is sigma^2 p / n to first order
     (p that rank): the level the exactly specified students' excess risk must reach once n is large."""
     out = {}
-    for truth, kind, params, H in _truth_information(run):
+    for truth, kind, params, H in truth_information(run):
         ev = np.sort(np.linalg.eigvalsh(H))[::-1]
         kept = ev > RANK_RTOL * ev[0]
         out[(truth, kind)] = dict(parameters=int(H.shape[0]), rank=int(kept.sum()), smallest=float(ev[kept][-1] / ev[0]))
@@ -905,7 +905,7 @@ def weak_directions(run, count: int = 2) -> pd.DataFrame:
     along a direction of eigenvalue lambda has variance sigma^2 / (n lambda): where lambda is far below the rest,
     that direction alone holds the fit away from the truth until n is large."""
     rows = []
-    for truth, kind, params, H in _truth_information(run):
+    for truth, kind, params, H in truth_information(run):
         ev, V = np.linalg.eigh(H)
         coordinates = _coordinates(params)
         first = int(np.sum(ev <= RANK_RTOL * ev[-1]))  # directions the data do not identify at all: not weak ones
